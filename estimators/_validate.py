@@ -1,0 +1,272 @@
+"""Input validation shared by every backend (numpy, torch, taichi).
+
+Every check takes arrays that are already numpy arrays or torch tensors (the backend converts
+python lists first) and works on either without copying a tensor to the host: the element
+checks use the array's own ``isfinite`` / comparisons and reduce to one python bool.
+Every error is a ``ValueError`` (bad value or shape) or ``TypeError`` (bad type) whose message
+starts with the argument's name, e.g. ``"next_values: shape (3, 2) does not match rewards (3, 4)"``.
+
+Backends call the grouped checks (``state_inputs``, ``action_inputs``, ``nstep_inputs``,
+``p3o_inputs``) so that every backend rejects exactly the same inputs with the same messages.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import sys
+
+import numpy as np
+
+NORMALIZE_MODES = ("max", "sum", "none")
+
+
+# ---------------------------------------------------------------------------------------------
+# array primitives (numpy or torch)
+
+
+def _is_torch(x) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _isfinite(x):
+    return sys.modules["torch"].isfinite(x) if _is_torch(x) else np.isfinite(x)
+
+
+def _isnan(x):
+    return sys.modules["torch"].isnan(x) if _is_torch(x) else np.isnan(x)
+
+
+def _dtype_kind(x) -> str:
+    """'b' bool, 'i' integer, 'f' real float, 'c' complex, 'o' anything else."""
+    if _is_torch(x):
+        if x.dtype == sys.modules["torch"].bool:
+            return "b"
+        if x.dtype.is_complex:
+            return "c"
+        return "f" if x.dtype.is_floating_point else "i"
+    kind = np.asarray(x).dtype.kind
+    return {"b": "b", "i": "i", "u": "i", "f": "f", "c": "c"}.get(kind, "o")
+
+
+def _true_everywhere(mask) -> bool:
+    return bool(mask.all())
+
+
+# ---------------------------------------------------------------------------------------------
+# scalars
+
+
+def _real_scalar(name: str, value) -> float:
+    """A python/numpy real number or a 0-d array; NaN is rejected."""
+    if isinstance(value, (bool, str)) or tuple(getattr(value, "shape", ())) != ():
+        raise TypeError(f"{name}: expected a real number, got {value!r}")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name}: expected a real number, got {value!r}") from None
+    if math.isnan(value):
+        raise ValueError(f"{name}: is NaN")
+    return value
+
+
+def check_unit_interval(name: str, value) -> float:
+    """gamma, lam: a real number in [0, 1]."""
+    value = _real_scalar(name, value)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}: must lie in [0, 1], got {value}")
+    return value
+
+
+def check_clip(name: str, value) -> float:
+    """A clip level (rho_clip, c_clip, pg_rho_clip): >= 0; +inf means no clipping."""
+    value = _real_scalar(name, value)
+    if value < 0.0:
+        raise ValueError(f"{name}: must be >= 0, got {value}")
+    return value
+
+
+def check_positive(name: str, value) -> float:
+    """A strictly positive scalar (batch_reward_std); +inf is allowed."""
+    value = _real_scalar(name, value)
+    if value <= 0.0:
+        raise ValueError(f"{name}: must be > 0, got {value}")
+    return value
+
+
+def check_n(n) -> int:
+    """n-step horizon: an integer >= 1 (bool and non-integer values are rejected)."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(f"n: expected an integer >= 1, got {n!r}")
+    if n < 1:
+        raise ValueError(f"n: must be >= 1, got {n}")
+    return int(n)
+
+
+def check_normalize(normalize) -> str:
+    if normalize not in NORMALIZE_MODES:
+        raise ValueError(f"normalize: must be one of {NORMALIZE_MODES}, got {normalize!r}")
+    return normalize
+
+
+# ---------------------------------------------------------------------------------------------
+# arrays
+
+
+def check_real(name: str, x) -> None:
+    """A numeric real array (bool, integer or float dtype)."""
+    if _dtype_kind(x) not in "bif":
+        raise TypeError(f"{name}: expected a real numeric array, got dtype {x.dtype}")
+
+
+def check_time_major(reference_name: str, reference, **others) -> None:
+    """``reference`` is [T] or [T,B] with T >= 1; every other array has exactly its shape."""
+    shape = tuple(reference.shape)
+    if len(shape) not in (1, 2):
+        raise ValueError(f"{reference_name}: expected shape [T] or [T,B], got {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"{reference_name}: T = 0 (empty time axis)")
+    for name, x in others.items():
+        if tuple(x.shape) != shape:
+            raise ValueError(
+                f"{name}: shape {tuple(x.shape)} does not match {reference_name} {shape}"
+            )
+
+
+def check_flags(name: str, x) -> None:
+    """terminated / truncated: bool, or integer/float holding only 0 and 1."""
+    kind = _dtype_kind(x)
+    if kind == "b":
+        return
+    if kind not in "if":
+        raise TypeError(f"{name}: expected a bool (or 0/1) array, got dtype {x.dtype}")
+    if not _true_everywhere((x == 0) | (x == 1)):
+        raise ValueError(f"{name}: must hold only 0/1 (or be boolean)")
+
+
+def check_finite(name: str, x, where=None) -> None:
+    """No NaN or inf in ``x`` (only where ``where`` is true, when given)."""
+    ok = _isfinite(x)
+    if where is not None:
+        ok = ok | ~where
+    if not _true_everywhere(ok):
+        tail = " where not terminated" if where is not None else ""
+        raise ValueError(f"{name}: contains NaN or inf{tail}")
+
+
+def check_log_rhos(name: str, x) -> None:
+    """log importance ratios: -inf (rho = 0) is fine; NaN and +inf (behaviour prob 0) are not."""
+    if _true_everywhere(~_isnan(x)) and _true_everywhere(x < math.inf):
+        return
+    raise ValueError(f"{name}: contains NaN or +inf (a behaviour probability of 0)")
+
+
+def check_probabilities(name: str, x) -> None:
+    check_finite(name, x)
+    if not _true_everywhere((x >= 0) & (x <= 1)):
+        raise ValueError(f"{name}: must lie in [0, 1]")
+
+
+def check_nonnegative(name: str, x) -> None:
+    check_finite(name, x)
+    if not _true_everywhere(x >= 0):
+        raise ValueError(f"{name}: must be >= 0")
+
+
+def _not_terminated(terminated):
+    return terminated == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# grouped checks, one per family of estimators
+
+
+def state_inputs(rewards, values, next_values, terminated, truncated, *, gamma, lam,
+                 log_rhos=None) -> None:
+    """Checks for gae, vtrace, puff_advantage, per_decision_is."""
+    arrays = dict(values=values, next_values=next_values, terminated=terminated,
+                  truncated=truncated)
+    if log_rhos is not None:
+        arrays["log_rhos"] = log_rhos
+    for name, x in dict(rewards=rewards, **arrays).items():
+        check_real(name, x)
+    check_time_major("rewards", rewards, **arrays)
+    check_flags("terminated", terminated)
+    check_flags("truncated", truncated)
+    check_finite("rewards", rewards)
+    check_finite("values", values)
+    check_finite("next_values", next_values, where=_not_terminated(terminated))
+    if log_rhos is not None:
+        check_log_rhos("log_rhos", log_rhos)
+    check_unit_interval("gamma", gamma)
+    check_unit_interval("lam", lam)
+
+
+def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam,
+                  traces=None, log_rhos=None, target_probs_taken=None) -> None:
+    """Checks for q_trace and its wrappers (retrace, tree_backup, q_lambda,
+    importance_sampling_q); at most one of traces / log_rhos / target_probs_taken is given."""
+    arrays = dict(q_taken=q_taken, next_expected_q=next_expected_q, terminated=terminated,
+                  truncated=truncated)
+    extra = dict(traces=traces, log_rhos=log_rhos, target_probs_taken=target_probs_taken)
+    arrays.update({k: v for k, v in extra.items() if v is not None})
+    for name, x in dict(rewards=rewards, **arrays).items():
+        check_real(name, x)
+    check_time_major("rewards", rewards, **arrays)
+    check_flags("terminated", terminated)
+    check_flags("truncated", truncated)
+    check_finite("rewards", rewards)
+    check_finite("q_taken", q_taken)
+    check_finite("next_expected_q", next_expected_q, where=_not_terminated(terminated))
+    if traces is not None:
+        check_nonnegative("traces", traces)
+    if log_rhos is not None:
+        check_log_rhos("log_rhos", log_rhos)
+    if target_probs_taken is not None:
+        check_probabilities("target_probs_taken", target_probs_taken)
+    check_unit_interval("gamma", gamma)
+    check_unit_interval("lam", lam)
+
+
+def nstep_inputs(rewards, next_values, terminated, truncated, *, gamma, n) -> None:
+    arrays = dict(next_values=next_values, terminated=terminated, truncated=truncated)
+    for name, x in dict(rewards=rewards, **arrays).items():
+        check_real(name, x)
+    check_time_major("rewards", rewards, **arrays)
+    check_flags("terminated", terminated)
+    check_flags("truncated", truncated)
+    check_finite("rewards", rewards)
+    check_finite("next_values", next_values, where=_not_terminated(terminated))
+    check_unit_interval("gamma", gamma)
+    check_n(n)
+
+
+def p3o_inputs(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
+               normalize) -> None:
+    """Checks for p3o_advantage: reward_mean and reward_std are rewards' shape plus [H], H >= 1."""
+    for name, x in dict(rewards=rewards, reward_mean=reward_mean, reward_std=reward_std,
+                        terminated=terminated, truncated=truncated).items():
+        check_real(name, x)
+    check_time_major("rewards", rewards, terminated=terminated, truncated=truncated)
+    shape = tuple(rewards.shape)
+    for name, x in dict(reward_mean=reward_mean, reward_std=reward_std).items():
+        got = tuple(x.shape)
+        if len(got) != len(shape) + 1 or got[:-1] != shape or got[-1] < 1:
+            raise ValueError(
+                f"{name}: expected shape rewards.shape + (H,) = {shape} + (H,) with H >= 1, "
+                f"got {got}"
+            )
+    if tuple(reward_std.shape) != tuple(reward_mean.shape):
+        raise ValueError(
+            f"reward_std: shape {tuple(reward_std.shape)} does not match reward_mean "
+            f"{tuple(reward_mean.shape)}"
+        )
+    check_flags("terminated", terminated)
+    check_flags("truncated", truncated)
+    check_finite("rewards", rewards)
+    check_finite("reward_mean", reward_mean)
+    if not _true_everywhere(reward_std > 0):  # NaN fails this too; +inf (weight 0) is allowed
+        raise ValueError("reward_std: must be > 0 (and not NaN)")
+    check_positive("batch_reward_std", batch_reward_std)
+    check_normalize(normalize)
