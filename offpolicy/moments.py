@@ -1,0 +1,715 @@
+"""Exact mean and variance of every estimator's first output on a sampled segment.
+
+DESIGN.md section 3: along a trajectory drawn from the behaviour policy ``mu``, every estimator
+of the contract is a linear recursion
+
+    X_t = alpha_t + b_t * X_{t+1},        alpha_t = c_r * r_t + a_0
+
+whose coefficients ``(c_r, a_0, b)`` depend on ``(s_t, a_t, s_{t+1}, a_{t+1})``, on the remaining
+length ``h`` of the segment and (for P3O only) on the step index and the start state. The
+reward ``r_t`` enters linearly, so its noise contributes ``c_r**2 * Var[r_t]``. Conditional
+first and second moments then follow by backward recursion over ``h`` with the transition
+tensor, with no sampling:
+
+    m(s,a)   = sum_{s',a'} P(s'|s,a) mu(a'|s') (E alpha + b m'(s',a'))
+    var(s,a) = sum_{s',a'} P mu (c_r^2 Var r + b^2 var'(s',a') + (E alpha + b m' - m(s,a))^2)
+
+(the law of total variance; it stays non-negative in floating point). A transition into a
+terminal state is a termination (no bootstrap, trace cut); there are no truncations inside the
+segment, and its end (``h = 1``) cuts the trace and bootstraps.
+
+This module never calls the estimators: it is the independent ground truth they are tested
+against. An estimator contributes only its coefficient function (``_COEFFS`` below).
+
+Public API
+----------
+``exact_moments(mdp, estimator, *, behaviour, target, horizon, values=None, q=None, **params)``
+    -> :class:`Moments`: ``mean_sa``/``var_sa`` [S,A] given (s_0, a_0); ``mean_s``/``var_s``
+    [S] given s_0 with a_0 ~ behaviour.
+``estimator_target(mdp, estimator, *, behaviour, target, which="fixed_point", **params)``
+    -> :class:`Truth`: what the estimator's output is compared against (see its docstring).
+``enumerate_segments(mdp, behaviour, horizon, ...)``: every trajectory of a segment with its
+    probability, as estimator inputs; a brute-force cross-check of :func:`exact_moments`.
+
+Estimators and their ``output`` choices (the first is the default):
+
+============================  ==============================================  ===============
+estimator                     outputs                                         parameters
+============================  ==============================================  ===============
+gae (td_lambda: value)        advantage, value                                lam
+vtrace (puff_advantage)       value, advantage, pg_advantage                  lam, rho_clip,
+                                                                              c_clip, pg_rho_clip
+per_decision_is               value, advantage                                lam
+nstep                         value                                           n
+retrace, tree_backup,         target (G_0 of the Q-trace)                     lam, c_clip
+q_lambda,                                                                     (retrace, IS),
+importance_sampling_q                                                         next_q
+p3o                           advantage                                       p3o_horizon, weights,
+                                                                              means
+============================  ==============================================  ===============
+
+``gamma`` defaults to ``mdp.gamma``. ``values`` [S] is the value estimate V used by the
+state-value estimators (default: exact ``V^behaviour``), ``q`` [S,A] the Q estimate of the
+Q-trace estimators (default: exact ``Q^target``). ``next_q="expected"`` (default) bootstraps
+from ``sum_a target(a|s') q(s',a)``, ``"max"`` from ``max_a q(s',a)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = [
+    "Moments",
+    "Truth",
+    "ESTIMATORS",
+    "exact_moments",
+    "estimator_target",
+    "enumerate_segments",
+    "mdp_arrays",
+    "q_pi",
+    "v_pi",
+    "clipped_target_policy",
+    "p3o_exact_means",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# MDP access
+
+
+@dataclasses.dataclass(frozen=True)
+class MDPArrays:
+    """The tabular quantities the recursion needs, in one place.
+
+    P [S,A,S], reward mean R [S,A,S] and reward variance R_var [S,A,S] (both as a function of
+    the transition), terminal [S] bool, gamma.
+    """
+
+    P: np.ndarray
+    R: np.ndarray
+    R_var: np.ndarray
+    terminal: np.ndarray
+    gamma: float
+
+    @property
+    def S(self) -> int:
+        return self.P.shape[0]
+
+    @property
+    def A(self) -> int:
+        return self.P.shape[1]
+
+    @property
+    def R_sa(self) -> np.ndarray:
+        """Expected reward of (s, a): sum_s' P(s'|s,a) R(s,a,s')."""
+        return np.einsum("ijk,ijk->ij", self.P, self.R)
+
+
+def _first_attr(obj, names):
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def mdp_arrays(mdp) -> MDPArrays:
+    """Read P, R, reward noise, terminal states and gamma from an ``offpolicy.mdp`` MDP."""
+    P = np.asarray(mdp.P, dtype=np.float64)
+    S, A, _ = P.shape
+    R = np.asarray(_first_attr(mdp, ("R_sas", "R")), dtype=np.float64)
+    if R.shape == (S, A):
+        R = np.broadcast_to(R[:, :, None], (S, A, S))
+    std = getattr(mdp, "reward_std", None)
+    std = np.zeros((S, A)) if std is None else np.asarray(std, dtype=np.float64)
+    if std.ndim == 0:
+        std = np.full((S, A), float(std))
+    if std.shape == (S, A):
+        std = np.broadcast_to(std[:, :, None], (S, A, S))
+    terminal = getattr(mdp, "terminal", None)
+    terminal = np.zeros(S, bool) if terminal is None else np.asarray(terminal)
+    if terminal.dtype != bool:  # a list of terminal state indices
+        mask = np.zeros(S, bool)
+        mask[terminal.astype(int)] = True
+        terminal = mask
+    return MDPArrays(P, np.asarray(R, float), np.asarray(std, float) ** 2, terminal,
+                     float(mdp.gamma))
+
+
+# ---------------------------------------------------------------------------------------------
+# exact policy values (a few lines, independent of offpolicy.exact)
+
+
+def q_pi(mdp, policy, gamma=None) -> np.ndarray:
+    """Q^pi [S,A] = (I - gamma P^pi)^{-1} R; transitions into terminal states do not bootstrap."""
+    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    g = m.gamma if gamma is None else gamma
+    S, A = m.S, m.A
+    Pn = m.P * (~m.terminal)[None, None, :]
+    Ppi = np.einsum("ijk,kl->ijkl", Pn, policy).reshape(S * A, S * A)
+    return np.linalg.solve(np.eye(S * A) - g * Ppi, m.R_sa.reshape(-1)).reshape(S, A)
+
+
+def v_pi(mdp, policy, gamma=None) -> np.ndarray:
+    """V^pi [S] = sum_a pi(a|s) Q^pi(s,a)."""
+    return np.einsum("ij,ij->i", policy, q_pi(mdp, policy, gamma))
+
+
+def clipped_target_policy(behaviour, target, rho_clip) -> np.ndarray:
+    """pi_rhobar(a|s) proportional to min(rho_clip mu(a|s), pi(a|s)) (V-trace's fixed point)."""
+    x = np.minimum(rho_clip * behaviour, target)
+    total = x.sum(axis=1, keepdims=True)
+    return np.where(total > 0, x / np.where(total > 0, total, 1.0), behaviour)
+
+
+def p3o_exact_means(mdp, policy, p3o_horizon, gamma=None) -> np.ndarray:
+    """means [S,H]: E[r_k | s_0 = s] under ``policy``, zero after a termination."""
+    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    Pn = m.P * (~m.terminal)[None, None, :]
+    out = np.zeros((m.S, p3o_horizon))
+    dist = np.eye(m.S)  # row s0: distribution over s_k (alive mass only)
+    for k in range(p3o_horizon):
+        out[:, k] = dist @ np.einsum("ij,ij->i", policy, m.R_sa)
+        dist = dist @ np.einsum("ij,ijk->ik", policy, Pn)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the coefficient functions
+
+
+class _Ctx:
+    """Broadcast-ready arrays: axes (s, a, s', a')."""
+
+    def __init__(self, m: MDPArrays, behaviour, target, values, q, gamma, params):
+        self.m, self.mu, self.pi = m, behaviour, target
+        self.gamma = float(gamma)
+        self.params = params
+        self.S, self.A = m.S, m.A
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rho = np.where(behaviour > 0, target / np.where(behaviour > 0, behaviour, 1.0), 0.0)
+        self.rho = rho
+        self.V = values
+        self.Q = q
+        self.beta = (~m.terminal).astype(float)[None, None, :, None]  # bootstrap from s'
+
+    @staticmethod
+    def sa(x):
+        return np.asarray(x)[:, :, None, None]
+
+    @staticmethod
+    def s_(x):
+        return np.asarray(x)[:, None, None, None]
+
+    @staticmethod
+    def n(x):
+        return np.asarray(x)[None, None, :, None]
+
+    @staticmethod
+    def na(x):
+        return np.asarray(x)[None, None, :, :]
+
+    def kappa(self, h):
+        """Trace continues into the next step: not terminated and not the segment's last step."""
+        return self.beta * (1.0 if h > 1 else 0.0)
+
+
+Coeffs = tuple  # (c_r, a_0, b), each broadcastable to [S,A,S,A]
+
+
+def _state_trace(ctx: _Ctx, h: int, rho_hat, c_hat, lam) -> Coeffs:
+    """A_t = rho_hat (r + gamma beta V(s') - V(s)) + gamma lam c_hat kappa A_{t+1}."""
+    rh = ctx.sa(rho_hat)
+    a0 = rh * (ctx.gamma * ctx.beta * ctx.n(ctx.V) - ctx.s_(ctx.V))
+    b = ctx.gamma * lam * ctx.sa(c_hat) * ctx.kappa(h)
+    return rh, a0, b
+
+
+def _gae(ctx, h, k, s0):
+    one = np.ones((ctx.S, ctx.A))
+    return _state_trace(ctx, h, one, one, ctx.params["lam"])
+
+
+def _vtrace(ctx, h, k, s0):
+    p = ctx.params
+    rho_hat = np.minimum(p["rho_clip"], ctx.rho)
+    c_hat = np.minimum(p["c_clip"], ctx.rho)
+    return _state_trace(ctx, h, rho_hat, c_hat, p["lam"])
+
+
+def _vtrace_pg(ctx, h, k, s0):
+    """pg_0 = min(pg_rho_clip, rho_0) (r_0 + gamma beta (V(s'_0) + kappa lam A_1) - V(s_0))."""
+    if k > 0:
+        return _vtrace(ctx, h, k, s0)
+    p = ctx.params
+    pg = ctx.sa(np.minimum(p["pg_rho_clip"], ctx.rho))
+    a0 = pg * (ctx.gamma * ctx.beta * ctx.n(ctx.V) - ctx.s_(ctx.V))
+    b = pg * ctx.gamma * p["lam"] * ctx.kappa(h)
+    return pg, a0, b
+
+
+def _pdis(ctx, h, k, s0):
+    return _state_trace(ctx, h, ctx.rho, ctx.rho, ctx.params["lam"])
+
+
+def _nstep(ctx, h, k, s0):
+    """G = r + gamma (kappa G' + beta (1 - kappa) V(s')); h is already min(horizon, n)."""
+    kap = ctx.kappa(h)
+    return 1.0, ctx.gamma * ctx.beta * (1.0 - kap) * ctx.n(ctx.V), ctx.gamma * kap
+
+
+def _q_trace(c_hat_fn: Callable[[_Ctx], np.ndarray]):
+    """G = r + gamma beta EQ(s') + gamma lam kappa c(s',a') (G' - Q(s',a'))."""
+
+    def coeffs(ctx, h, k, s0):
+        p = ctx.params
+        if p["next_q"] == "max":
+            eq = ctx.Q.max(axis=1)
+        else:
+            eq = np.einsum("ij,ij->i", ctx.pi, ctx.Q)
+        b = ctx.gamma * p["lam"] * ctx.kappa(h) * ctx.na(c_hat_fn(ctx))
+        a0 = ctx.gamma * ctx.beta * ctx.n(eq) - b * ctx.na(ctx.Q)
+        return 1.0, a0, b
+
+    return coeffs
+
+
+def _p3o(ctx, h, k, s0):
+    """A_0 = sum_{k<m} w_k (r_k - mu_k(s_0)): X_k = w_k (r_k - mu_k(s_0)) + kappa X_{k+1}."""
+    p = ctx.params
+    w = p["weights"][s0, k]
+    return w, -w * p["means"][s0, k], ctx.kappa(h)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    coeffs: dict  # output name -> coefficient function
+    kind: str  # "state" (values V) or "action" (q)
+    value_outputs: tuple = ()  # outputs offset by V(s_0)
+    per_start: bool = False  # coefficients depend on s_0 (P3O)
+
+
+_SPECS = {
+    "gae": _Spec({"advantage": _gae, "value": _gae}, "state", ("value",)),
+    "vtrace": _Spec(
+        {"value": _vtrace, "advantage": _vtrace, "pg_advantage": _vtrace_pg}, "state", ("value",)
+    ),
+    "per_decision_is": _Spec({"value": _pdis, "advantage": _pdis}, "state", ("value",)),
+    "nstep": _Spec({"value": _nstep}, "state"),
+    "retrace": _Spec(
+        {"target": _q_trace(lambda c: np.minimum(c.params["c_clip"], c.rho))}, "action"
+    ),
+    "tree_backup": _Spec({"target": _q_trace(lambda c: c.pi)}, "action"),
+    "q_lambda": _Spec({"target": _q_trace(lambda c: np.ones_like(c.pi))}, "action"),
+    "importance_sampling_q": _Spec(
+        {"target": _q_trace(lambda c: np.minimum(c.params["c_clip"], c.rho))}, "action"
+    ),
+    "p3o": _Spec({"advantage": _p3o}, "state", per_start=True),
+}
+_ALIASES = {
+    "td_lambda": ("gae", "value"),
+    "puff_advantage": ("vtrace", "advantage"),
+    "pg_advantages": ("vtrace", "pg_advantage"),
+}
+ESTIMATORS = tuple(_SPECS) + tuple(_ALIASES)
+_DEFAULT_C_CLIP = {"retrace": 1.0, "importance_sampling_q": np.inf, "vtrace": 1.0}
+
+
+def _resolve(estimator: str, output: str | None):
+    if estimator in _ALIASES:
+        base, default_output = _ALIASES[estimator]
+        return base, output or default_output
+    if estimator not in _SPECS:
+        raise ValueError(f"estimator: unknown {estimator!r}; known: {ESTIMATORS}")
+    spec = _SPECS[estimator]
+    output = output or next(iter(spec.coeffs))
+    if output not in spec.coeffs:
+        raise ValueError(f"output: {estimator} has outputs {tuple(spec.coeffs)}, got {output!r}")
+    return estimator, output
+
+
+# ---------------------------------------------------------------------------------------------
+# the recursion
+
+
+@dataclasses.dataclass(frozen=True)
+class Moments:
+    """Exact moments of an estimator's output at the first step of a segment.
+
+    ``mean_sa``, ``var_sa`` [S,A]: given s_0 = s, a_0 = a. ``mean_s``, ``var_s`` [S]: given
+    s_0 = s with a_0 ~ behaviour. Entries for actions the behaviour never takes are still the
+    conditional moments (useful for Q-targets). Reward noise is included in the variances.
+    """
+
+    mean_sa: np.ndarray
+    var_sa: np.ndarray
+    mean_s: np.ndarray
+    var_s: np.ndarray
+    output: str
+    estimator: str
+    horizon: int
+    params: dict
+
+    @property
+    def second_sa(self) -> np.ndarray:
+        return self.var_sa + self.mean_sa**2
+
+    @property
+    def second_s(self) -> np.ndarray:
+        return self.var_s + self.mean_s**2
+
+
+def _recursion(ctx: _Ctx, coeffs, h: int, s0=None):
+    """Backward recursion over the remaining length: returns (mean, var) [S,A] at length h."""
+    m = ctx.m
+    S, A = ctx.S, ctx.A
+    W = m.P[:, :, :, None] * ctx.mu[None, None, :, :]  # P(s'|s,a) mu(a'|s')
+    R = m.R[:, :, :, None]
+    Rv = m.R_var[:, :, :, None]
+    mean = np.zeros((S, A))
+    var = np.zeros((S, A))
+    shape = (S, A, S, A)
+    for rem in range(1, h + 1):
+        c_r, a0, b = (np.broadcast_to(x, shape) for x in coeffs(ctx, rem, h - rem, s0))
+        g = c_r * R + a0 + b * mean[None, None, :, :]  # E[X | s,a,s',a']
+        new_mean = np.einsum("ijkl,ijkl->ij", W, g)
+        dev = g - new_mean[:, :, None, None]
+        inner = c_r**2 * Rv + b**2 * var[None, None, :, :] + dev**2
+        var = np.einsum("ijkl,ijkl->ij", W, inner)
+        mean = new_mean
+    return mean, var
+
+
+def _defaults(estimator: str, m: MDPArrays, behaviour, target, horizon, params):
+    p = dict(params)
+    p.setdefault("gamma", m.gamma)
+    p.setdefault("lam", 1.0)
+    p.setdefault("rho_clip", 1.0)
+    p.setdefault("c_clip", _DEFAULT_C_CLIP.get(estimator, 1.0))
+    p.setdefault("pg_rho_clip", p["rho_clip"])
+    p.setdefault("next_q", "expected")
+    if estimator == "p3o":
+        H = int(p.setdefault("p3o_horizon", horizon))
+        w = p.get("weights")
+        if w is None:
+            w = p["gamma"] ** np.arange(H)
+        w = np.asarray(w, float)
+        p["weights"] = np.broadcast_to(w if w.ndim == 2 else w[None, :], (m.S, H))
+        means = p.get("means")
+        if means is None:
+            means = p3o_exact_means(m, behaviour, H)
+        p["means"] = np.broadcast_to(np.asarray(means, float), (m.S, H))
+    return p
+
+
+def exact_moments(
+    mdp,
+    estimator: str,
+    *,
+    behaviour,
+    target,
+    horizon: int,
+    values=None,
+    q=None,
+    output: str | None = None,
+    **params,
+) -> Moments:
+    """Exact mean and variance of ``estimator``'s output at t = 0 of a segment of length horizon.
+
+    Trajectories: s_0 given, a_t ~ behaviour, r_t ~ R (+ noise), s_{t+1} ~ P; a transition into
+    a terminal state terminates; the segment end bootstraps. See the module docstring for
+    estimators, outputs and parameters (lam, rho_clip, c_clip, pg_rho_clip, n, p3o_horizon,
+    weights [H] or [S,H], means [S,H], next_q, gamma).
+    """
+    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    base, output = _resolve(estimator, output)
+    spec = _SPECS[base]
+    behaviour = np.asarray(behaviour, float)
+    target = np.asarray(target, float)
+    if horizon < 1:
+        raise ValueError(f"horizon: must be >= 1, got {horizon}")
+    p = _defaults(base, m, behaviour, target, horizon, params)
+    if values is None:
+        values = v_pi(m, behaviour, p["gamma"])
+    if q is None:
+        q = q_pi(m, target, p["gamma"])
+    values = np.asarray(values, float)
+    q = np.asarray(q, float)
+    ctx = _Ctx(m, behaviour, target, values, q, p["gamma"], p)
+    coeffs = spec.coeffs[output]
+    h = horizon
+    if base == "nstep":
+        h = min(horizon, int(p.get("n", horizon)))
+    if base == "p3o":
+        h = min(horizon, int(p["p3o_horizon"]))
+    if spec.per_start:
+        mean = np.zeros((m.S, m.A))
+        var = np.zeros((m.S, m.A))
+        for s0 in range(m.S):
+            mu_, var_ = _recursion(ctx, coeffs, h, s0)
+            mean[s0], var[s0] = mu_[s0], var_[s0]
+    else:
+        mean, var = _recursion(ctx, coeffs, h)
+    if output in spec.value_outputs:
+        mean = mean + values[:, None]
+    mean_s = np.einsum("ij,ij->i", behaviour, mean)
+    var_s = np.einsum("ij,ij->i", behaviour, var + (mean - mean_s[:, None]) ** 2)
+    return Moments(mean, var, mean_s, var_s, output, base, horizon, p)
+
+
+# ---------------------------------------------------------------------------------------------
+# what each estimator is compared against
+
+
+@dataclasses.dataclass(frozen=True)
+class Truth:
+    """The quantity an estimator's output is compared against, shaped like :class:`Moments`.
+
+    Value outputs: ``mean_s`` = V(s), ``mean_sa`` = V(s) for every a (the value target at s_0
+    estimates V(s_0) whichever a_0 was drawn). Advantage and Q outputs: ``mean_sa`` per (s,a),
+    ``mean_s`` = sum_a behaviour(a|s) mean_sa(s,a) (the expectation over the sampled a_0).
+    """
+
+    mean_sa: np.ndarray
+    mean_s: np.ndarray
+    description: str
+
+
+def _truncated_q(m: MDPArrays, policy, H: int, gamma: float) -> np.ndarray:
+    """H-step truncated Q (rewards r_0..r_{H-1}, no bootstrap)."""
+    Pn = m.P * (~m.terminal)[None, None, :]
+    qk = np.zeros((m.S, m.A))
+    for _ in range(H):
+        qk = m.R_sa + gamma * np.einsum("ijk,k->ij", Pn, np.einsum("ij,ij->i", policy, qk))
+    return qk
+
+
+def estimator_target(
+    mdp, estimator: str, *, behaviour, target, output: str | None = None,
+    which: str = "fixed_point", **params,
+) -> Truth:
+    """What ``estimator``'s output estimates: its fixed point, or the target policy's quantity.
+
+    ``which="fixed_point"``: the mean of the output in the limit of a long segment with exact
+    values V (the fixed point of the estimator's operator):
+
+    - gae, nstep (uncorrected): ``A^mu``, ``V^mu`` (the behaviour's);
+    - vtrace: ``V^{pi_rhobar}`` (value); ``min(rho_clip, rho) (Q^{pi_rhobar} - V^{pi_rhobar})``
+      (advantage; ``pg_rho_clip`` for pg_advantage), ``pi_rhobar = clipped_target_policy``;
+    - per_decision_is: ``V^pi``; ``rho A^pi`` (advantage: the first ratio stays);
+    - retrace, tree_backup, q_lambda, importance_sampling_q: ``Q^pi``;
+    - p3o: the H-truncated advantage of the behaviour, ``Q_H^mu - V_H^mu``.
+
+    ``which="target"``: the same kind of quantity for the target policy pi (``V^pi``,
+    ``A^pi`` for gae/p3o, ``rho A^pi`` for the ratio-weighted advantages, ``Q^pi``);
+    ``exact_moments(...).mean_* - truth.mean_*`` is then the bias off-policy.
+    """
+    if which not in ("fixed_point", "target"):
+        raise ValueError(f"which: 'fixed_point' or 'target', got {which!r}")
+    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    base, output = _resolve(estimator, output)
+    mu = np.asarray(behaviour, float)
+    pi = np.asarray(target, float)
+    gamma = params.get("gamma", m.gamma)
+    fixed = which == "fixed_point"
+    rho = _Ctx(m, mu, pi, None, None, gamma, {}).rho
+
+    def pack(sa, desc, state_value=None):
+        if state_value is not None:
+            return Truth(np.broadcast_to(state_value[:, None], (m.S, m.A)).copy(),
+                         state_value, desc)
+        return Truth(sa, np.einsum("ij,ij->i", mu, sa), desc)
+
+    if base in ("retrace", "tree_backup", "q_lambda", "importance_sampling_q"):
+        return pack(q_pi(m, pi, gamma), "Q^pi")
+    if base == "p3o":
+        pol, name = (mu, "mu") if fixed else (pi, "pi")
+        H = int(params.get("p3o_horizon", params.get("horizon", 1)))
+        qh = _truncated_q(m, pol, H, gamma)
+        return pack(qh - np.einsum("ij,ij->i", pol, qh)[:, None], f"H-truncated A^{name}")
+    if base in ("gae", "nstep"):
+        pol, name = (mu, "mu") if fixed else (pi, "pi")
+        qp = q_pi(m, pol, gamma)
+        vp = np.einsum("ij,ij->i", pol, qp)
+        if output == "value":
+            return pack(None, f"V^{name}", vp)
+        return pack(qp - vp[:, None], f"A^{name}")
+    if base == "vtrace" and fixed:
+        rho_clip = params.get("rho_clip", 1.0)
+        pol = clipped_target_policy(mu, pi, rho_clip)
+        qp = q_pi(m, pol, gamma)
+        vp = np.einsum("ij,ij->i", pol, qp)
+        if output == "value":
+            return pack(None, "V^{pi_rhobar}", vp)
+        clip = params.get("pg_rho_clip", rho_clip) if output == "pg_advantage" else rho_clip
+        return pack(np.minimum(clip, rho) * (qp - vp[:, None]),
+                    "min(clip, rho) (Q^{pi_rhobar} - V^{pi_rhobar})")
+    # per_decision_is (both), vtrace with which="target"
+    qp = q_pi(m, pi, gamma)
+    vp = np.einsum("ij,ij->i", pi, qp)
+    if output == "value":
+        return pack(None, "V^pi", vp)
+    return pack(rho * (qp - vp[:, None]), "rho A^pi")
+
+
+# ---------------------------------------------------------------------------------------------
+# brute force: every trajectory of a short segment, with its probability
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """All trajectories of a segment as time-major [T,B] arrays, with probabilities ``weight``.
+
+    Reward noise is a two-point distribution (mean +- std, probability 1/2 each): the same
+    mean and variance as the MDP's noise, which is all the moments depend on. After a
+    termination the remaining steps hold a fixed filler (start state, first action, reward 0)
+    that the output at t = 0 must not depend on.
+    """
+
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_states: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    weight: np.ndarray
+
+    def inputs(self, *, behaviour, target, values=None, q=None, next_q="expected",
+               terminal_next_value=np.nan) -> dict:
+        """Estimator inputs (DESIGN.md section 1) for these trajectories.
+
+        ``next_values`` holds ``terminal_next_value`` (default NaN) wherever terminated.
+        """
+        out = {
+            "rewards": self.rewards,
+            "terminated": self.terminated,
+            "truncated": self.truncated,
+        }
+        mu = np.asarray(behaviour, float)
+        pi = np.asarray(target, float)
+        with np.errstate(divide="ignore"):
+            out["log_rhos"] = np.log(pi[self.states, self.actions]) - np.log(
+                mu[self.states, self.actions])
+        if values is not None:
+            values = np.asarray(values, float)
+            out["values"] = values[self.states]
+            out["next_values"] = np.where(self.terminated, terminal_next_value,
+                                          values[self.next_states])
+        if q is not None:
+            q = np.asarray(q, float)
+            eq = q.max(axis=1) if next_q == "max" else np.einsum("ij,ij->i", pi, q)
+            out["q_taken"] = q[self.states, self.actions]
+            out["next_expected_q"] = np.where(self.terminated, terminal_next_value,
+                                              eq[self.next_states])
+            out["target_probs"] = pi[self.states, self.actions]
+        return out
+
+    def moments(self, x0) -> tuple[float, float]:
+        """Probability-weighted mean and variance of a per-trajectory output ``x0`` [B]."""
+        x0 = np.asarray(x0, float)
+        mean = float(self.weight @ x0)
+        return mean, float(self.weight @ (x0 - mean) ** 2)
+
+
+def enumerate_segments(mdp, behaviour, horizon: int, *, start_state: int,
+                       start_action: int | None = None, max_branches: int = 200_000) -> Segments:
+    """Every trajectory of length ``horizon`` from ``start_state`` (and ``start_action``)."""
+    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    mu = np.asarray(behaviour, float)
+    noisy = m.R_var > 0
+    signs = np.array([1.0, -1.0])
+    state = np.array([start_state])
+    alive = np.array([True])
+    weight = np.array([1.0])
+    hist: list[list[np.ndarray]] = [[] for _ in range(5)]  # s, a, r, s', terminated
+    filler_a = int(np.argmax(mu[start_state]))
+    for t in range(horizon):
+        B = state.shape[0]
+        pa = mu[state]  # [B,A]
+        if t == 0 and start_action is not None:
+            pa = np.zeros_like(pa)
+            pa[:, start_action] = 1.0
+        pr = np.repeat(pa[:, :, None, None] * m.P[state][:, :, :, None] * 0.5, 2, axis=-1)
+        pr = np.where(noisy[state][:, :, :, None], pr,
+                      np.concatenate([2 * pr[..., :1], 0 * pr[..., 1:]], axis=-1))
+        pr = pr * alive[:, None, None, None]
+        b, a, s2, sg = np.nonzero(pr > 0)
+        dead = np.nonzero(~alive)[0]
+        if b.size + dead.size > max_branches:
+            raise ValueError(f"enumerate_segments: more than {max_branches} trajectories")
+        r = m.R[state[b], a, s2] + signs[sg] * np.sqrt(m.R_var[state[b], a, s2])
+        new = [
+            np.concatenate([state[b], np.full(dead.size, start_state)]),
+            np.concatenate([a, np.full(dead.size, filler_a)]),
+            np.concatenate([r, np.zeros(dead.size)]),
+            np.concatenate([s2, np.full(dead.size, start_state)]),
+            np.concatenate([m.terminal[s2], np.zeros(dead.size, bool)]),
+        ]
+        parents = np.concatenate([b, dead])
+        hist = [[h[parents] for h in col] + [x] for col, x in zip(hist, new)]
+        weight = np.concatenate([weight[b] * pr[b, a, s2, sg], weight[dead]])
+        alive = np.concatenate([alive[b] & ~m.terminal[s2], np.zeros(dead.size, bool)])
+        state = new[3]
+    s, a, r, s2, term = (np.stack(col) for col in hist)
+    return Segments(s, a, r, s2, term, np.zeros_like(term), weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# calling a backend with the names used here (for cross-checks; the moments never call it)
+
+
+def call_estimator(backend, estimator: str, inputs: dict, *, gamma: float,
+                   output: str | None = None, **params):
+    """Run ``estimator`` of ``backend`` (e.g. ``estimators.numpy``) on ``inputs`` (a dict as
+    :meth:`Segments.inputs` or the sampler make) and return the output selected by ``output``
+    ([T,B], the same names and defaults as :func:`exact_moments`).
+
+    P3O: ``weights`` [H] (default gamma^k) and ``means`` [S,H] are fed through the backend's
+    ``reward_std = weights^-1/2`` with ``normalize="none"`` and no batch-std floor, which
+    reproduces the fixed weights exactly; pass ``states`` [T,B] in ``inputs``.
+    """
+    base, output = _resolve(estimator, output)
+    x = inputs
+    lam = params.get("lam", 1.0)
+    state_args = (x["rewards"], x["values"], x["next_values"], x["terminated"], x["truncated"])
+    action_args = (x["rewards"], x["q_taken"], x["next_expected_q"], x["terminated"],
+                   x["truncated"])
+    if base == "gae":
+        out = backend.gae(*state_args, gamma=gamma, lam=lam)
+        return out.advantages if output == "advantage" else out.returns
+    if base == "vtrace":
+        rho_clip = params.get("rho_clip", 1.0)
+        out = backend.vtrace(*state_args, x["log_rhos"], gamma=gamma, lam=lam,
+                             rho_clip=rho_clip, c_clip=params.get("c_clip", 1.0),
+                             pg_rho_clip=params.get("pg_rho_clip", rho_clip))
+        return {"value": out.value_targets, "advantage": out.advantages,
+                "pg_advantage": out.pg_advantages}[output]
+    if base == "per_decision_is":
+        out = backend.per_decision_is(*state_args, x["log_rhos"], gamma=gamma, lam=lam)
+        return out.advantages if output == "advantage" else out.value_targets
+    if base == "nstep":
+        return backend.nstep_returns(x["rewards"], x["next_values"], x["terminated"],
+                                     x["truncated"], gamma=gamma, n=params["n"])
+    if base == "retrace":
+        return backend.retrace(*action_args, x["log_rhos"], gamma=gamma, lam=lam)
+    if base == "tree_backup":
+        return backend.tree_backup(*action_args, x["target_probs"], gamma=gamma, lam=lam)
+    if base == "q_lambda":
+        return backend.q_lambda(*action_args, gamma=gamma, lam=lam)
+    if base == "importance_sampling_q":
+        return backend.importance_sampling_q(*action_args, x["log_rhos"], gamma=gamma, lam=lam)
+    if base == "p3o":
+        means = np.asarray(params["means"], float)
+        H = means.shape[1]
+        w = np.asarray(params.get("weights", gamma ** np.arange(H)), float)
+        w = np.broadcast_to(w if w.ndim == 2 else w[None, :], means.shape)
+        with np.errstate(divide="ignore"):
+            std = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), np.inf)
+        st = np.asarray(x["states"])
+        return backend.p3o_advantage(x["rewards"], means[st], std[st], x["terminated"],
+                                     x["truncated"], batch_reward_std=np.inf, normalize="none")
+    raise AssertionError(base)
