@@ -1,0 +1,336 @@
+"""The torch backend: the estimators of ``estimators.numpy``, batched, on any device, with autograd.
+
+Same functions, arguments and conventions as the numpy reference (see its module docstring and
+DESIGN.md section 2). Differences:
+
+* outputs keep the inputs' floating dtype (the promotion of the float inputs; integer or bool
+  inputs give ``torch.get_default_dtype()``) and device; numpy arrays and python lists are
+  converted with ``torch.as_tensor`` onto the device of the first tensor argument;
+* gradients flow to rewards, values, next_values, q_taken, next_expected_q, log_rhos, traces,
+  target_probs_taken, reward_mean and reward_std wherever the output depends on them (through
+  ``min`` clips the gradient is that of the selected branch); entries that are never read
+  (``next_values`` under ``terminated``) get a zero gradient, even when they hold NaN;
+* the recurrences loop over T (vectorised over B) and the windowed estimators loop over the
+  window offset k (vectorised over T and B); no operation writes into a tensor in place.
+
+Validation is ``estimators._validate``, shared with every backend (one device sync per check).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import _validate
+from ._types import GAEOutput, PDISOutput, VTraceOutput
+
+__all__ = [
+    "gae",
+    "vtrace",
+    "puff_advantage",
+    "per_decision_is",
+    "nstep_returns",
+    "q_trace",
+    "retrace",
+    "tree_backup",
+    "q_lambda",
+    "importance_sampling_q",
+    "p3o_advantage",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# input conversion
+
+
+def _tensors(**named):
+    """Tensors stay as they are; anything else becomes a tensor on the first tensor's device."""
+    device = next((x.device for x in named.values() if isinstance(x, torch.Tensor)), None)
+    out = []
+    for name, x in named.items():
+        if not isinstance(x, torch.Tensor):
+            x = np.asarray(x)
+            _validate.check_real(name, x)  # strings, objects, complex: TypeError naming x
+            x = torch.as_tensor(x, device=device)
+        out.append(x)
+    return out
+
+
+def _float_dtype(*xs) -> torch.dtype:
+    dtype = None
+    for x in xs:
+        if x.dtype.is_floating_point:
+            dtype = x.dtype if dtype is None else torch.promote_types(dtype, x.dtype)
+    return torch.get_default_dtype() if dtype is None else dtype
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    """[T] -> [T, 1]; [T, B] unchanged."""
+    return x.reshape(x.shape[0], -1) if x.dim() == 1 else x
+
+
+def _floats(dtype, *xs):
+    return [_as_2d(x.to(dtype)) for x in xs]
+
+
+def _bools(*xs):
+    return [_as_2d(x != 0) for x in xs]
+
+
+# ---------------------------------------------------------------------------------------------
+# the conventions, each written once (as in estimators.numpy)
+
+
+def _masks(terminated, truncated):
+    """kappa_t (the trace continues into t+1) and beta_t (bootstrap from s'_t allowed), [T,B]."""
+    done = terminated | truncated
+    kappa = torch.cat([~done[:-1], torch.zeros_like(done[-1:])])  # segment end cuts the trace
+    beta = ~terminated  # a terminal s'_t has value 0: no bootstrap
+    return kappa, beta
+
+
+def _ratio(log_rhos):
+    return torch.exp(log_rhos)
+
+
+def _clip(rho, level: float):
+    return torch.clamp(rho, max=level)
+
+
+def _shift(x, k: int):
+    """x_{t+k} at index t, zero (False) past the end of the segment."""
+    if k == 0:
+        return x
+    return torch.cat([x[k:], torch.zeros_like(x[:k])])
+
+
+# ---------------------------------------------------------------------------------------------
+# the two core recurrences
+
+
+def _state_value_trace(rewards, values, next_values, terminated, truncated, rho_hat, c_hat,
+                       gamma, lam):
+    """delta_t = rho_hat_t (r_t + gamma beta_t V(s'_t) - V(s_t)),
+    A_t = delta_t + gamma lam c_hat_t kappa_t A_{t+1}."""
+    kappa, beta = _masks(terminated, truncated)
+    bootstrap = torch.where(beta, next_values, 0.0)
+    delta = rho_hat * (rewards + gamma * bootstrap - values)
+    advantages = []
+    next_advantage = torch.zeros_like(delta[0])
+    for t in reversed(range(rewards.shape[0])):
+        trace = torch.where(kappa[t], c_hat[t] * next_advantage, 0.0)
+        next_advantage = delta[t] + gamma * lam * trace
+        advantages.append(next_advantage)
+    return torch.stack(advantages[::-1])
+
+
+def _action_value_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces,
+                        gamma, lam):
+    """G_t = r_t + gamma beta_t E_pi Q(s'_t) + gamma lam kappa_t c_{t+1} (G_{t+1} - Q_{t+1})."""
+    kappa, beta = _masks(terminated, truncated)
+    bootstrap = torch.where(beta, next_expected_q, 0.0)
+    next_traces = _shift(traces, 1)  # c_{t+1}: the first action is never corrected
+    next_q_taken = _shift(q_taken, 1)
+    targets = []
+    next_target = torch.zeros_like(bootstrap[0])
+    for t in reversed(range(rewards.shape[0])):
+        correction = torch.where(kappa[t], next_traces[t] * (next_target - next_q_taken[t]), 0.0)
+        next_target = rewards[t] + gamma * bootstrap[t] + gamma * lam * correction
+        targets.append(next_target)
+    return torch.stack(targets[::-1])
+
+
+# ---------------------------------------------------------------------------------------------
+# state-value estimators
+
+
+def _state_arrays(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam):
+    named = dict(rewards=rewards, values=values, next_values=next_values,
+                 terminated=terminated, truncated=truncated)
+    if log_rhos is not None:
+        named["log_rhos"] = log_rhos
+    xs = _tensors(**named)
+    lr = xs[5] if log_rhos is not None else None
+    _validate.state_inputs(*xs[:5], gamma=gamma, lam=lam, log_rhos=lr)
+    floats = [xs[0], xs[1], xs[2]] + ([lr] if lr is not None else [])
+    dtype = _float_dtype(*floats)
+    r, v, nv = _floats(dtype, *xs[:3])
+    term, trunc = _bools(*xs[3:5])
+    lr = None if lr is None else _floats(dtype, lr)[0]
+    return xs[0].shape, r, v, nv, term, trunc, lr
+
+
+def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    """GAE(gamma, lam) (Schulman et al. 2016): ``A_t = delta_t + gamma lam kappa_t A_{t+1}``,
+    ``delta_t = r_t + gamma beta_t V(s'_t) - V(s_t)``; returns ``GAEOutput(advantages,
+    returns = V + A)``, tensors of the rewards' shape, input dtype and device."""
+    shape, r, v, nv, term, trunc, _ = _state_arrays(
+        rewards, values, next_values, terminated, truncated, None, gamma, lam)
+    ones = torch.ones_like(r)
+    adv = _state_value_trace(r, v, nv, term, trunc, ones, ones, gamma, lam)
+    return GAEOutput(adv.reshape(shape), (v + adv).reshape(shape))
+
+
+def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
+            rho_clip, c_clip, pg_rho_clip):
+    shape, r, v, nv, term, trunc, lr = _state_arrays(
+        rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
+    _validate.check_clip("rho_clip", rho_clip)
+    _validate.check_clip("c_clip", c_clip)
+    _validate.check_clip("pg_rho_clip", pg_rho_clip)
+    rho = _ratio(lr)
+    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), _clip(rho, c_clip),
+                             gamma, lam)
+    value_targets = v + adv
+    kappa, beta = _masks(term, trunc)
+    continuation = torch.where(kappa, lam * _shift(value_targets, 1) + (1 - lam) * nv, nv)
+    q = r + gamma * torch.where(beta, continuation, 0.0)
+    pg = _clip(rho, pg_rho_clip) * (q - v)
+    return VTraceOutput(adv.reshape(shape), value_targets.reshape(shape), pg.reshape(shape))
+
+
+def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma, lam=1.0,
+           rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0):
+    """V-trace (Espeholt et al. 2018) with lambda: ``delta_t = min(rho_clip, rho_t) (r_t +
+    gamma beta_t V(s'_t) - V(s_t))``, ``A_t = delta_t + gamma lam min(c_clip, rho_t) kappa_t
+    A_{t+1}``, ``v_t = V + A``, ``pg_t = min(pg_rho_clip, rho_t) (q_t - V(s_t))`` with
+    ``q_t = r_t + gamma beta_t [kappa_t (lam v_{t+1} + (1-lam) V(s'_t)) + (1-kappa_t) V(s'_t)]``.
+    Returns ``VTraceOutput(advantages, value_targets, pg_advantages)`` (input dtype/device)."""
+    return _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
+                   rho_clip, c_clip, pg_rho_clip)
+
+
+def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
+                   lam=1.0, rho_clip=1.0, c_clip=1.0):
+    """PufferLib's puff advantage: V-trace's ``A_t = v_t - V(s_t)`` (see ``vtrace``)."""
+    return _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
+                   rho_clip, c_clip, 1.0).advantages
+
+
+def per_decision_is(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
+                    lam):
+    """Per-decision IS with control variates (Precup et al. 2000): the state-value trace with
+    ``rho_hat_t = c_t = rho_t``. Returns ``PDISOutput(advantages, value_targets)``."""
+    shape, r, v, nv, term, trunc, lr = _state_arrays(
+        rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
+    rho = _ratio(lr)
+    adv = _state_value_trace(r, v, nv, term, trunc, rho, rho, gamma, lam)
+    return PDISOutput(adv.reshape(shape), (v + adv).reshape(shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# n-step returns
+
+
+def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
+    """``G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m beta_{t+m-1} V(s'_{t+m-1})``,
+    ``m = min(n, T-t, 1 + steps to the first done at or after t)``."""
+    xs = _tensors(rewards=rewards, next_values=next_values, terminated=terminated,
+                  truncated=truncated)
+    _validate.nstep_inputs(*xs, gamma=gamma, n=n)
+    r, nv = _floats(_float_dtype(*xs[:2]), *xs[:2])
+    term, trunc = _bools(*xs[2:])
+    kappa, beta = _masks(term, trunc)
+    bootstrap = torch.where(beta, nv, 0.0)
+    total = torch.zeros_like(r)
+    is_open = torch.ones_like(kappa)  # the window from t still covers step t+k
+    for k in range(min(n, r.shape[0])):
+        total = total + torch.where(is_open, gamma**k * _shift(r, k), 0.0)
+        closes = is_open & (~_shift(kappa, k) | (k == n - 1))
+        total = total + torch.where(closes, gamma ** (k + 1) * _shift(bootstrap, k), 0.0)
+        is_open = is_open & ~closes
+    return total.reshape(xs[0].shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# action-value estimators
+
+
+def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
+             coefficient_name=None, coefficient_input=None, coefficient=None):
+    named = dict(rewards=rewards, q_taken=q_taken, next_expected_q=next_expected_q,
+                 terminated=terminated, truncated=truncated)
+    if coefficient_name is not None:
+        named[coefficient_name] = coefficient_input
+    xs = _tensors(**named)
+    extra = {} if coefficient_name is None else {coefficient_name: xs[5]}
+    _validate.action_inputs(*xs[:5], gamma=gamma, lam=lam, **extra)
+    dtype = _float_dtype(*xs[:3], *extra.values())
+    r, q, nq = _floats(dtype, *xs[:3])
+    term, trunc = _bools(*xs[3:5])
+    if coefficient_name is None:
+        traces = torch.ones_like(r)
+    else:
+        traces = coefficient(_floats(dtype, xs[5])[0])
+    return _action_value_trace(r, q, nq, term, trunc, traces, gamma, lam).reshape(xs[0].shape)
+
+
+def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *, gamma, lam):
+    """``G_t = r_t + gamma beta_t next_expected_q_t + gamma lam kappa_t c_{t+1} (G_{t+1} -
+    Q(s_{t+1}, a_{t+1}))`` with ``c = traces`` (Munos et al. 2016)."""
+    return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
+                    "traces", traces, lambda c: c)
+
+
+def retrace(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *, gamma, lam):
+    """Retrace(lambda) (Munos et al. 2016): ``q_trace`` with ``c_t = min(1, rho_t)``."""
+    return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
+                    "log_rhos", log_rhos, lambda lr: _clip(_ratio(lr), 1.0))
+
+
+def tree_backup(rewards, q_taken, next_expected_q, terminated, truncated, target_probs_taken,
+                *, gamma, lam):
+    """Tree-backup(lambda) (Precup et al. 2000): ``q_trace`` with ``c_t = pi(a_t|s_t)``."""
+    return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
+                    "target_probs_taken", target_probs_taken, lambda p: p)
+
+
+def q_lambda(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam):
+    """Q^pi(lambda) (Harutyunyan et al. 2016): ``q_trace`` with ``c_t = 1``."""
+    return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam)
+
+
+def importance_sampling_q(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *,
+                          gamma, lam):
+    """Per-decision importance sampling for Q: ``q_trace`` with ``c_t = rho_t``."""
+    return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
+                    "log_rhos", log_rhos, _ratio)
+
+
+# ---------------------------------------------------------------------------------------------
+# P3O
+
+
+def _p3o_weights(reward_std, batch_reward_std, normalize):
+    """As ``estimators.numpy._p3o_weights``: normalised over all H offsets; all-zero rows -> 0."""
+    weights = torch.clamp(reward_std**-2.0 - batch_reward_std**-2.0, min=0.0)
+    if normalize == "max":
+        scale = weights.amax(dim=-1, keepdim=True)
+    elif normalize == "sum":
+        scale = weights.sum(dim=-1, keepdim=True)
+    else:
+        scale = torch.ones_like(weights[..., :1])
+    return weights / torch.where(scale > 0, scale, 1.0)
+
+
+def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
+                  normalize="max"):
+    """P3O variance-weighted advantage: ``A_t = sum_{k<m} w_{t,k} (r_{t+k} - mu_{t,k})``,
+    ``w_{t,k} = max(0, sigma_{t,k}^-2 - batch_reward_std^-2)`` normalised per t, ``m = min(H,
+    T-t, 1 + steps to the first done at or after t)``. Predictions ``[T,(B,)H]``."""
+    xs = _tensors(rewards=rewards, reward_mean=reward_mean, reward_std=reward_std,
+                  terminated=terminated, truncated=truncated)
+    _validate.p3o_inputs(*xs, batch_reward_std=batch_reward_std, normalize=normalize)
+    dtype = _float_dtype(*xs[:3])
+    (r,) = _floats(dtype, xs[0])
+    mean, std = (x.to(dtype).reshape(r.shape + x.shape[-1:]) for x in xs[1:3])
+    term, trunc = _bools(*xs[3:])
+    weights = _p3o_weights(std, float(batch_reward_std), normalize)
+    kappa, _ = _masks(term, trunc)
+    total = torch.zeros_like(r)
+    is_open = torch.ones_like(kappa)  # the window from t still covers step t+k
+    for k in range(min(mean.shape[-1], r.shape[0])):
+        term_k = weights[..., k] * (_shift(r, k) - mean[..., k])
+        total = total + torch.where(is_open, term_k, 0.0)
+        is_open = is_open & _shift(kappa, k)
+    return total.reshape(xs[0].shape)
