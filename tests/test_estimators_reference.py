@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import estimators.numpy as E
+from estimators import layout as L
 
 F, T_ = False, True
 
@@ -194,3 +195,77 @@ def test_p3o_window_stops_at_done_and_all_zero_weights_give_zero():
         a = E.p3o_advantage(P3[0], P3[1], np.full((3, 2), 3.0), [F] * 3, [F] * 3,
                             batch_reward_std=2.0, normalize=normalize)
         np.testing.assert_array_equal(a, [0.0, 0.0, 0.0])
+
+
+# --- layout ---------------------------------------------------------------------------------
+
+
+def test_next_values_from_values_gives_the_textbook_gae():
+    # Textbook GAE over values[0..T] (V(s_T) the bootstrap), one stream, no truncation:
+    # delta_t = r_t + gamma V_{t+1} (1 - d_t) - V_t, A_t = delta_t + gamma lam (1 - d_t) A_{t+1}.
+    rng = np.random.default_rng(3)
+    T, gamma, lam = 9, 0.9, 0.8
+    v_ext, r = rng.normal(size=T + 1), rng.normal(size=T)
+    d = rng.random(T) < 0.3
+    expected, a = np.zeros(T), 0.0
+    for t in reversed(range(T)):
+        a = r[t] + gamma * v_ext[t + 1] * (1 - d[t]) - v_ext[t] + gamma * lam * (1 - d[t]) * a
+        expected[t] = a
+    nv = L.next_values_from_values(v_ext[:-1], v_ext[-1])
+    adv, _ = E.gae(r, v_ext[:-1], nv, d, np.zeros(T, bool), gamma=gamma, lam=lam)
+    np.testing.assert_allclose(adv, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_next_values_from_values_truncation_values():
+    v = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]])
+    trunc = np.array([[F, T_], [F, F], [T_, T_]])
+    nv = L.next_values_from_values(v, [7.0, 8.0], truncated=trunc, truncation_values=-v)
+    # inside truncation at (0, 1) takes -2; the last row's truncation keeps the bootstrap.
+    np.testing.assert_array_equal(nv, [[3.0, -2.0], [5.0, 6.0], [7.0, 8.0]])
+    with pytest.raises(ValueError, match="truncation_values"):
+        L.next_values_from_values(v, [7.0, 8.0], truncated=trunc)
+
+
+def pufferlib_row_loop(values, rewards, dones, importance, gamma, lam, rho_clip, c_clip):
+    """A transcription of PufferLib's puff_advantage_row loop (rows [S, H], reward/done at j+1)."""
+    S, H = values.shape
+    adv = np.zeros((S, H))
+    for s in range(S):
+        last = 0.0
+        for t in range(H - 2, -1, -1):
+            nonterminal = 1.0 - dones[s, t + 1]
+            rho_t = min(importance[s, t], rho_clip)
+            c_t = min(importance[s, t], c_clip)
+            delta = rho_t * (rewards[s, t + 1] + gamma * values[s, t + 1] * nonterminal
+                             - values[s, t])
+            last = delta + gamma * lam * c_t * last * nonterminal
+            adv[s, t] = last
+    return adv
+
+
+@pytest.mark.parametrize("rho_clip, c_clip, lam", [(1.0, 1.0, 1.0), (1.5, 0.7, 0.9),
+                                                   (math.inf, math.inf, 0.95)])
+def test_from_pufferlib_matches_pufferlib_row_loop(rho_clip, c_clip, lam):
+    rng = np.random.default_rng(7)
+    S, H = 4, 6
+    values, rewards = rng.normal(size=(S, H)), rng.normal(size=(S, H))
+    dones = (rng.random((S, H)) < 0.25).astype(np.float32)
+    importance = rng.uniform(0.2, 2.0, size=(S, H))
+    expected = pufferlib_row_loop(values, rewards, dones, importance, 0.97, lam, rho_clip, c_clip)
+    d = L.from_pufferlib(values, rewards, dones, importance)
+    got = L.to_pufferlib(E.puff_advantage(**d, gamma=0.97, lam=lam, rho_clip=rho_clip,
+                                          c_clip=c_clip))
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-12)
+
+
+def test_from_pufferlib_truncations_bootstrap_from_the_final_observation():
+    # One row, H = 3: o_0 -a_0-> (r=1, truncated, stored o_1 = reset state) -a_1-> (r=2, o_2).
+    values = np.array([[0.5, 100.0, 0.25]])
+    d = L.from_pufferlib(values, [[9.0, 1.0, 2.0]], [[1, 1, 0]], truncations=[[0, 1, 0]],
+                         truncation_values=[[0.0, 4.0, 0.0]])
+    np.testing.assert_array_equal(d["next_values"], [[4.0], [0.25]])
+    np.testing.assert_array_equal(d["truncated"], [[T_], [F]])
+    np.testing.assert_array_equal(d["terminated"], [[F], [F]])
+    np.testing.assert_array_equal(d["rewards"], [[1.0], [2.0]])
+    with pytest.raises(ValueError, match="truncation_values"):
+        L.from_pufferlib(values, [[9.0, 1.0, 2.0]], [[1, 1, 0]], truncations=[[0, 1, 0]])
