@@ -57,7 +57,6 @@ from ``sum_a target(a|s') q(s',a)``, ``"max"`` from ``max_a q(s',a)``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 from collections.abc import Callable
 
 import numpy as np
@@ -628,7 +627,6 @@ def enumerate_segments(mdp, behaviour, horizon: int, *, start_state: int,
     hist: list[list[np.ndarray]] = [[] for _ in range(5)]  # s, a, r, s', terminated
     filler_a = int(np.argmax(mu[start_state]))
     for t in range(horizon):
-        B = state.shape[0]
         pa = mu[state]  # [B,A]
         if t == 0 and start_action is not None:
             pa = np.zeros_like(pa)
@@ -650,7 +648,7 @@ def enumerate_segments(mdp, behaviour, horizon: int, *, start_state: int,
             np.concatenate([m.terminal[s2], np.zeros(dead.size, bool)]),
         ]
         parents = np.concatenate([b, dead])
-        hist = [[h[parents] for h in col] + [x] for col, x in zip(hist, new)]
+        hist = [[h[parents] for h in col] + [x] for col, x in zip(hist, new, strict=True)]
         weight = np.concatenate([weight[b] * pr[b, a, s2, sg], weight[dead]])
         alive = np.concatenate([alive[b] & ~m.terminal[s2], np.zeros(dead.size, bool)])
         state = new[3]
@@ -681,6 +679,10 @@ def call_estimator(backend, estimator: str, inputs: dict, *, gamma: float,
     if base == "gae":
         out = backend.gae(*state_args, gamma=gamma, lam=lam)
         return out.advantages if output == "advantage" else out.returns
+    if estimator == "puff_advantage":
+        return backend.puff_advantage(*state_args, x["log_rhos"], gamma=gamma, lam=lam,
+                                      rho_clip=params.get("rho_clip", 1.0),
+                                      c_clip=params.get("c_clip", 1.0))
     if base == "vtrace":
         rho_clip = params.get("rho_clip", 1.0)
         out = backend.vtrace(*state_args, x["log_rhos"], gamma=gamma, lam=lam,
