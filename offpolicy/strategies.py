@@ -1,0 +1,250 @@
+"""Hypothesis strategies for estimator tests (importable by users).
+
+The numbers inside an MDP or policy come from a numpy generator seeded by hypothesis, while
+the structure (sizes, branching, terminal states, divergence kind, done patterns) is drawn by
+hypothesis itself, so examples stay fast and shrink on what matters.
+
+- :func:`mdps`: small tabular MDPs (S 1-8, A 1-4, any branching, optional terminal states,
+  optional reward noise);
+- :func:`policy_pairs`: ``(behaviour, target)`` with a controlled divergence
+  (``"equal"``, ``"random"``, ``"near_deterministic"``, ``"deterministic"``, ``"tiny_mu"``);
+- :func:`value_estimates` / :func:`q_estimates`: exact, stale (another policy's) or noisy
+  (terminal states may then hold non-zero values, as a learned critic does);
+- :func:`done_patterns` and :func:`trajectory_batches`: estimator inputs ``[T,B]`` with
+  arbitrary terminations and truncations (adjacent, both at once, at t = 0 and t = T-1),
+  NaN in ``next_values``/``next_expected_q`` wherever terminated.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import strategies as st
+
+from . import moments as _moments
+from .mdp import TabularMDP
+
+__all__ = [
+    "DIVERGENCES",
+    "mdps",
+    "policies",
+    "policy_pairs",
+    "value_estimates",
+    "q_estimates",
+    "done_patterns",
+    "trajectory_batches",
+    "ESTIMATOR_OUTPUTS",
+    "estimator_configs",
+]
+
+DIVERGENCES = ("equal", "random", "near_deterministic", "deterministic", "tiny_mu")
+_seeds = st.integers(0, 2**32 - 1)
+
+
+@st.composite
+def mdps(draw, *, min_states=1, max_states=8, min_actions=1, max_actions=4, terminal=None,
+         gamma=None, noise=None) -> TabularMDP:
+    """A random tabular MDP.
+
+    ``terminal``: None (maybe), True (at least one terminal state, when S >= 2) or False.
+    ``gamma``: a fixed discount or None (drawn from [0, 0.99]). ``noise``: reward noise std
+    (None: maybe some).
+    """
+    S = draw(st.integers(min_states, max_states))
+    A = draw(st.integers(min_actions, max_actions))
+    if S == 1 or terminal is False:
+        n_term = 0
+    else:
+        n_term = draw(st.integers(1 if terminal else 0, max(1, S // 3)))
+    g = draw(st.sampled_from([0.0, 0.5, 0.9, 0.99]) | st.floats(0.0, 0.99)) if gamma is None \
+        else gamma
+    std = draw(st.sampled_from([0.0, 0.3, 1.0])) if noise is None else noise
+    rng = np.random.default_rng(draw(_seeds))
+    n_live = S - n_term
+    P = np.zeros((S, A, S))
+    for s in range(n_live):
+        for a in range(A):
+            k = int(rng.integers(1, S + 1))  # any branching, deterministic included
+            nxt = rng.choice(S, size=k, replace=False)
+            P[s, a, nxt] = rng.dirichlet(np.ones(k))
+    for s in range(n_live, S):
+        P[s, :, s] = 1.0
+    R = np.zeros((S, A, S))
+    R[:n_live] = rng.normal(size=(n_live, A, S))
+    rstd = np.zeros((S, A))
+    rstd[:n_live] = std
+    return TabularMDP(P, R, g, terminal=np.arange(n_live, S), reward_std=rstd, name="drawn")
+
+
+def _random_policy(rng, S, A):
+    return rng.dirichlet(np.ones(A), size=S)
+
+
+@st.composite
+def policies(draw, S: int, A: int):
+    """One random stochastic policy [S,A] (full support)."""
+    return _random_policy(np.random.default_rng(draw(_seeds)), S, A)
+
+
+@st.composite
+def policy_pairs(draw, S: int, A: int, divergence=None, full_support_target=False):
+    """``(behaviour, target)`` [S,A] each; the behaviour always has full support.
+
+    ``divergence`` one of :data:`DIVERGENCES` or None (any). ``full_support_target`` excludes
+    the deterministic target (for statements that need pi > 0).
+    """
+    kinds = [d for d in DIVERGENCES if not (full_support_target and d == "deterministic")]
+    kind = draw(st.sampled_from(kinds)) if divergence is None else divergence
+    rng = np.random.default_rng(draw(_seeds))
+    mu = _random_policy(rng, S, A)
+    if kind == "tiny_mu" and A > 1:
+        tiny = rng.random((S, A)) < 0.5
+        mu = np.where(tiny, 10.0 ** rng.uniform(-4, -2, size=(S, A)), mu)
+        mu = mu / mu.sum(axis=1, keepdims=True)
+    if kind == "equal":
+        return mu, mu.copy()
+    if kind == "near_deterministic" and A > 1:
+        best = rng.integers(0, A, size=S)
+        pi = np.full((S, A), 1e-3 / max(A - 1, 1))
+        pi[np.arange(S), best] = 1 - 1e-3
+        return mu, pi
+    if kind == "deterministic":
+        pi = np.zeros((S, A))
+        pi[np.arange(S), rng.integers(0, A, size=S)] = 1.0
+        return mu, pi
+    return mu, _random_policy(rng, S, A)
+
+
+@st.composite
+def value_estimates(draw, mdp, policy, kind=None):
+    """V [S]: ``"exact"`` (V^policy), ``"stale"`` (V of another policy) or ``"noisy"``."""
+    kind = draw(st.sampled_from(["exact", "stale", "noisy"])) if kind is None else kind
+    rng = np.random.default_rng(draw(_seeds))
+    if kind == "exact":
+        return _moments.v_pi(mdp, policy)
+    if kind == "stale":
+        return _moments.v_pi(mdp, _random_policy(rng, *policy.shape))
+    return _moments.v_pi(mdp, policy) + rng.normal(size=policy.shape[0])
+
+
+@st.composite
+def q_estimates(draw, mdp, policy, kind=None):
+    """Q [S,A]: ``"exact"`` (Q^policy), ``"stale"`` or ``"noisy"``."""
+    kind = draw(st.sampled_from(["exact", "stale", "noisy"])) if kind is None else kind
+    rng = np.random.default_rng(draw(_seeds))
+    if kind == "exact":
+        return _moments.q_pi(mdp, policy)
+    if kind == "stale":
+        return _moments.q_pi(mdp, _random_policy(rng, *policy.shape))
+    return _moments.q_pi(mdp, policy) + rng.normal(size=policy.shape)
+
+
+@st.composite
+def done_patterns(draw, T: int, B: int):
+    """``(terminated, truncated)`` bool [T,B]: arbitrary, with the edge cases made likely."""
+    kind = draw(st.sampled_from(["random", "dense", "edges", "none"]))
+    rng = np.random.default_rng(draw(_seeds))
+    if kind == "none":
+        z = np.zeros((T, B), bool)
+        return z, z.copy()
+    p = {"random": 0.2, "dense": 0.6, "edges": 0.0}[kind]
+    term = rng.random((T, B)) < p
+    trunc = rng.random((T, B)) < p
+    if kind == "edges":  # at t = 0, at t = T-1, adjacent, and both at one step
+        for b in range(B):
+            which = rng.integers(0, 4)
+            flags = (term, trunc)
+            flags[rng.integers(0, 2)][0, b] = True
+            flags[rng.integers(0, 2)][T - 1, b] = True
+            if which == 1 and T > 2:
+                term[1, b] = trunc[2, b] = True
+            if which == 2:
+                term[T // 2, b] = trunc[T // 2, b] = True
+    return term, trunc
+
+
+@st.composite
+def trajectory_batches(draw, *, min_T=1, max_T=8, max_B=3, divergence=None):
+    """Estimator inputs ``[T,B]`` (a dict) with arbitrary done patterns.
+
+    Keys: rewards, values, next_values (NaN where terminated; equal to ``values[t+1]`` where
+    step t is not done and t < T-1, as in real data), terminated, truncated,
+    log_rhos (with -inf where the target probability is 0), q_taken, next_expected_q (NaN
+    where terminated), target_probs (pi(a_t|s_t) in [0, 1]), states (for P3O: indices into an
+    8-state table), gamma.
+    """
+    T = draw(st.integers(min_T, max_T))
+    B = draw(st.integers(1, max_B))
+    term, trunc = draw(done_patterns(T, B))
+    rng = np.random.default_rng(draw(_seeds))
+    kind = draw(st.sampled_from(["equal", "mixed", "tiny", "zero"])) if divergence is None \
+        else divergence
+    probs_pi = rng.uniform(0.05, 1.0, size=(T, B))
+    if kind == "equal":
+        log_rhos = np.zeros((T, B))
+    else:
+        log_rhos = rng.normal(scale=1.5 if kind == "tiny" else 0.7, size=(T, B))
+        if kind == "zero":
+            zero = rng.random((T, B)) < 0.3
+            log_rhos = np.where(zero, -np.inf, log_rhos)
+            probs_pi = np.where(zero, 0.0, probs_pi)
+    values = rng.normal(size=(T, B))
+    q = rng.normal(size=(T, B))
+    # consistent data: without a done, the next observation is the next step's state
+    next_values = rng.normal(size=(T, B))
+    follows = ~(term | trunc)[:-1]
+    next_values[:-1] = np.where(follows, values[1:], next_values[:-1])
+    out = {
+        "rewards": rng.normal(size=(T, B)),
+        "values": values,
+        "next_values": np.where(term, np.nan, next_values),
+        "terminated": term,
+        "truncated": trunc,
+        "log_rhos": log_rhos,
+        "q_taken": q,
+        "next_expected_q": np.where(term, np.nan, rng.normal(size=(T, B))),
+        "target_probs": probs_pi,
+        "states": rng.integers(0, 8, size=(T, B)),
+        "gamma": draw(st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0])),
+    }
+    return out
+
+
+#: every (estimator, output) of offpolicy.moments, with the parameters it reads
+ESTIMATOR_OUTPUTS = (
+    ("gae", "advantage"), ("gae", "value"),
+    ("vtrace", "value"), ("vtrace", "advantage"), ("vtrace", "pg_advantage"),
+    ("puff_advantage", "advantage"),
+    ("per_decision_is", "value"), ("per_decision_is", "advantage"),
+    ("nstep", "value"),
+    ("retrace", "target"), ("tree_backup", "target"), ("q_lambda", "target"),
+    ("importance_sampling_q", "target"),
+    ("p3o", "advantage"),
+)
+
+
+@st.composite
+def estimator_configs(draw, estimators=None, p3o_states=8):
+    """``(estimator, output, params)`` for :func:`offpolicy.moments.exact_moments` and
+    :func:`offpolicy.moments.call_estimator` (P3O: ``weights`` [H] and ``means`` [p3o_states, H];
+    pass ``p3o_horizon=H`` to exact_moments)."""
+    pool = [c for c in ESTIMATOR_OUTPUTS if estimators is None or c[0] in estimators]
+    est, out = draw(st.sampled_from(pool))
+    lam = draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
+    clip = st.sampled_from([0.5, 1.0, 2.0, np.inf])
+    params = {}
+    if est in ("gae", "per_decision_is", "retrace", "tree_backup", "q_lambda",
+               "importance_sampling_q", "vtrace", "puff_advantage"):
+        params["lam"] = lam
+    if est in ("vtrace", "puff_advantage"):
+        params["rho_clip"] = draw(clip)
+        params["c_clip"] = draw(clip)
+        if out == "pg_advantage":
+            params["pg_rho_clip"] = draw(clip)
+    if est == "nstep":
+        params["n"] = draw(st.integers(1, 4))
+    if est == "p3o":
+        H = draw(st.integers(1, 4))
+        rng = np.random.default_rng(draw(_seeds))
+        params["weights"] = rng.uniform(0.0, 1.0, size=H)
+        params["means"] = rng.normal(size=(p3o_states, H))
+    return est, out, params
