@@ -1,0 +1,13 @@
+"""Staleness harness: PPO and DQN learners whose data can be made stale on purpose, the
+project's estimators as corrections, and exact measurements on tabular MDPs.
+
+    python -m offpolicy.harness --algo ppo --env chain --lag 0,2,8 --estimator gae,vtrace --seeds 5
+
+Modules: ``envs`` (tabular vectorised env with exact J/V/Q/A; Gymnasium vector wrapper),
+``ppo`` and ``dqn`` (single-file learners, one config dataclass each), ``measure``,
+``grid`` (resumable grids over a process pool or Ray), ``report`` (tables and plots).
+"""
+from offpolicy.harness.dqn import DQNConfig
+from offpolicy.harness.ppo import PPOConfig
+
+__all__ = ["PPOConfig", "DQNConfig"]

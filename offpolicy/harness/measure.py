@@ -1,0 +1,86 @@
+"""Measurements shared by the learners: tabular policies read off networks, exact errors of
+the advantages/targets used in an update, and per-run summaries."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def tabular_policy(agent, env) -> np.ndarray:
+    """pi[S, A] of a softmax-policy network on a one-hot tabular env."""
+    with torch.no_grad():
+        pi = torch.softmax(agent.logits(env.all_obs()).double(), dim=-1).numpy()
+    return pi / pi.sum(axis=1, keepdims=True)
+
+
+def greedy_policy(q_values: np.ndarray, epsilon: float = 0.0) -> np.ndarray:
+    """epsilon-greedy pi[S, A] w.r.t. q_values [S, A] (ties to the lowest index, as argmax)."""
+    S, A = q_values.shape
+    pi = np.full((S, A), epsilon / A)
+    pi[np.arange(S), q_values.argmax(axis=1)] += 1.0 - epsilon
+    return pi
+
+
+def _stats(err: np.ndarray, prefix: str) -> dict:
+    if err.size == 0:
+        return {f"{prefix}_bias": float("nan"), f"{prefix}_rmse": float("nan")}
+    return {f"{prefix}_bias": float(err.mean()),
+            f"{prefix}_rmse": float(np.sqrt((err ** 2).mean()))}
+
+
+def error_stats(adv, targets, states, actions, exact: dict) -> dict:
+    """Bias (mean error) and RMS error of the advantages against the current policy's true
+    A^pi(s_t, a_t), and of the value targets against V^pi(s_t), over the whole batch."""
+    adv = torch.as_tensor(adv).double().numpy().reshape(-1)
+    targets = torch.as_tensor(targets).double().numpy().reshape(-1)
+    s = np.asarray(states).reshape(-1)
+    a = np.asarray(actions).reshape(-1)
+    out = _stats(adv - exact["A"][s, a], "adv")
+    out.update(_stats(targets - exact["V"][s], "vtarget"))
+    return out
+
+
+def q_error_stats(targets, states, actions, exact: dict) -> dict:
+    """Bias and RMS error of Q targets against the target policy's true Q^pi(s, a)."""
+    t = torch.as_tensor(targets).double().numpy().reshape(-1)
+    s = np.asarray(states).reshape(-1)
+    a = np.asarray(actions).reshape(-1)
+    return _stats(t - exact["Q"][s, a], "qtarget")
+
+
+def _nanmean(xs):
+    xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
+    return float(np.mean(xs)) if xs else float("nan")
+
+
+def summarize(curve: list[dict], tabular: bool, tail: float = 0.1) -> dict:
+    """Final performance = mean over the last ``tail`` fraction of the curve; ``mean_J`` (the
+    normalised area under the learning curve) and the error columns = means over the whole
+    run (over the rows that carry them)."""
+    if not curve:
+        return {}
+    k = max(1, int(round(len(curve) * tail)))
+    last = curve[-k:]
+    out = {
+        "env_steps": curve[-1]["env_steps"],
+        "wall_time": curve[-1]["wall_time"],
+        "sps": curve[-1]["sps"],
+        "env_sps": curve[-1].get("env_sps", float("nan")),
+        "final_return": _nanmean([r.get("episodic_return") for r in last]),
+    }
+    if tabular:
+        out["final_J"] = _nanmean([r.get("J") for r in last])
+        out["J_opt"] = curve[-1].get("J_opt")
+        out["mean_J"] = _nanmean([r.get("J") for r in curve])  # area under the curve
+        if out["J_opt"]:
+            out["final_J_frac"] = out["final_J"] / out["J_opt"]
+            out["mean_J_frac"] = out["mean_J"] / out["J_opt"]
+    for key in ("adv_bias", "adv_rmse", "vtarget_bias", "vtarget_rmse", "qtarget_bias",
+                "qtarget_rmse", "sample_age"):
+        vals = [r.get(key) for r in curve if key in r]
+        if vals:
+            out[key] = _nanmean(vals)
+            out[key + "_abs"] = _nanmean([abs(v) for v in vals]) if key.endswith("bias") else None
+    return {k: v for k, v in out.items() if v is not None}
