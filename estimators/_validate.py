@@ -7,7 +7,9 @@ Every error is a ``ValueError`` (bad value or shape) or ``TypeError`` (bad type)
 starts with the argument's name, e.g. ``"next_values: shape (3, 2) does not match rewards (3, 4)"``.
 
 Backends call the grouped checks (``state_inputs``, ``action_inputs``, ``nstep_inputs``,
-``p3o_inputs``) so that every backend rejects exactly the same inputs with the same messages.
+``p3o_inputs``) so that every backend rejects exactly the same inputs with the same messages;
+they return the scalars as python numbers (a numpy scalar or 0-d tensor ``gamma`` becomes a
+float), which the backends then use.
 """
 
 from __future__ import annotations
@@ -183,8 +185,8 @@ def _not_terminated(terminated):
 
 
 def state_inputs(rewards, values, next_values, terminated, truncated, *, gamma, lam,
-                 log_rhos=None) -> None:
-    """Checks for gae, vtrace, puff_advantage, per_decision_is."""
+                 log_rhos=None) -> tuple[float, float]:
+    """Checks for gae, vtrace, puff_advantage, per_decision_is; returns (gamma, lam)."""
     arrays = dict(values=values, next_values=next_values, terminated=terminated,
                   truncated=truncated)
     if log_rhos is not None:
@@ -199,14 +201,14 @@ def state_inputs(rewards, values, next_values, terminated, truncated, *, gamma, 
     check_finite("next_values", next_values, where=_not_terminated(terminated))
     if log_rhos is not None:
         check_log_rhos("log_rhos", log_rhos)
-    check_unit_interval("gamma", gamma)
-    check_unit_interval("lam", lam)
+    return check_unit_interval("gamma", gamma), check_unit_interval("lam", lam)
 
 
 def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam,
-                  traces=None, log_rhos=None, target_probs_taken=None) -> None:
+                  traces=None, log_rhos=None, target_probs_taken=None) -> tuple[float, float]:
     """Checks for q_trace and its wrappers (retrace, tree_backup, q_lambda,
-    importance_sampling_q); at most one of traces / log_rhos / target_probs_taken is given."""
+    importance_sampling_q); at most one of traces / log_rhos / target_probs_taken is given.
+    Returns (gamma, lam)."""
     arrays = dict(q_taken=q_taken, next_expected_q=next_expected_q, terminated=terminated,
                   truncated=truncated)
     extra = dict(traces=traces, log_rhos=log_rhos, target_probs_taken=target_probs_taken)
@@ -225,11 +227,11 @@ def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, g
         check_log_rhos("log_rhos", log_rhos)
     if target_probs_taken is not None:
         check_probabilities("target_probs_taken", target_probs_taken)
-    check_unit_interval("gamma", gamma)
-    check_unit_interval("lam", lam)
+    return check_unit_interval("gamma", gamma), check_unit_interval("lam", lam)
 
 
-def nstep_inputs(rewards, next_values, terminated, truncated, *, gamma, n) -> None:
+def nstep_inputs(rewards, next_values, terminated, truncated, *, gamma, n) -> tuple[float, int]:
+    """Checks for nstep_returns; returns (gamma, n)."""
     arrays = dict(next_values=next_values, terminated=terminated, truncated=truncated)
     for name, x in dict(rewards=rewards, **arrays).items():
         check_real(name, x)
@@ -238,13 +240,13 @@ def nstep_inputs(rewards, next_values, terminated, truncated, *, gamma, n) -> No
     check_flags("truncated", truncated)
     check_finite("rewards", rewards)
     check_finite("next_values", next_values, where=_not_terminated(terminated))
-    check_unit_interval("gamma", gamma)
-    check_n(n)
+    return check_unit_interval("gamma", gamma), check_n(n)
 
 
 def p3o_inputs(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
-               normalize) -> None:
-    """Checks for p3o_advantage: reward_mean and reward_std are rewards' shape plus [H], H >= 1."""
+               normalize) -> tuple[float, str]:
+    """Checks for p3o_advantage: reward_mean and reward_std are rewards' shape plus [H], H >= 1.
+    Returns (batch_reward_std, normalize)."""
     for name, x in dict(rewards=rewards, reward_mean=reward_mean, reward_std=reward_std,
                         terminated=terminated, truncated=truncated).items():
         check_real(name, x)
@@ -268,5 +270,4 @@ def p3o_inputs(rewards, reward_mean, reward_std, terminated, truncated, *, batch
     check_finite("reward_mean", reward_mean)
     if not _true_everywhere(reward_std > 0):  # NaN fails this too; +inf (weight 0) is allowed
         raise ValueError("reward_std: must be > 0 (and not NaN)")
-    check_positive("batch_reward_std", batch_reward_std)
-    check_normalize(normalize)
+    return check_positive("batch_reward_std", batch_reward_std), check_normalize(normalize)

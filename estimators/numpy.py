@@ -148,11 +148,11 @@ def _state_arrays(rewards, values, next_values, terminated, truncated, log_rhos,
     """Convert, validate, and return 2-d float64/bool arrays (log_rhos None when not given)."""
     arrays = [_array(x) for x in (rewards, values, next_values, terminated, truncated)]
     lr = None if log_rhos is None else _array(log_rhos)
-    _validate.state_inputs(*arrays, gamma=gamma, lam=lam, log_rhos=lr)
+    gamma, lam = _validate.state_inputs(*arrays, gamma=gamma, lam=lam, log_rhos=lr)
     r, v, nv = (_as_2d(_float64(x)) for x in arrays[:3])
     term, trunc = (_as_2d(_bool(x)) for x in arrays[3:])
     lr = None if lr is None else _as_2d(_float64(lr))
-    return arrays[0], r, v, nv, term, trunc, lr
+    return arrays[0], r, v, nv, term, trunc, lr, gamma, lam
 
 
 def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
@@ -164,7 +164,7 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
 
     Returns ``GAEOutput(advantages, returns)``, float64 numpy arrays of the rewards' shape.
     """
-    shape_ref, r, v, nv, term, trunc, _ = _state_arrays(
+    shape_ref, r, v, nv, term, trunc, _, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, None, gamma, lam)
     ones = np.ones_like(r)
     adv = _state_value_trace(r, v, nv, term, trunc, ones, ones, gamma, lam)
@@ -173,11 +173,11 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
 
 def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
             rho_clip, c_clip, pg_rho_clip):
-    shape_ref, r, v, nv, term, trunc, lr = _state_arrays(
+    shape_ref, r, v, nv, term, trunc, lr, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
-    _validate.check_clip("rho_clip", rho_clip)
-    _validate.check_clip("c_clip", c_clip)
-    _validate.check_clip("pg_rho_clip", pg_rho_clip)
+    rho_clip = _validate.check_clip("rho_clip", rho_clip)
+    c_clip = _validate.check_clip("c_clip", c_clip)
+    pg_rho_clip = _validate.check_clip("pg_rho_clip", pg_rho_clip)
     rho = _ratio(lr)
     adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), _clip(rho, c_clip),
                              gamma, lam)
@@ -229,7 +229,7 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
 
     Returns ``PDISOutput(advantages, value_targets)``, float64 numpy arrays.
     """
-    shape_ref, r, v, nv, term, trunc, lr = _state_arrays(
+    shape_ref, r, v, nv, term, trunc, lr, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
     rho = _ratio(lr)
     adv = _state_value_trace(r, v, nv, term, trunc, rho, rho, gamma, lam)
@@ -249,7 +249,7 @@ def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
     returns a float64 numpy array.
     """
     arrays = [_array(x) for x in (rewards, next_values, terminated, truncated)]
-    _validate.nstep_inputs(*arrays, gamma=gamma, n=n)
+    gamma, n = _validate.nstep_inputs(*arrays, gamma=gamma, n=n)
     r, nv = (_as_2d(_float64(x)) for x in arrays[:2])
     term, trunc = (_as_2d(_bool(x)) for x in arrays[2:])
     T = r.shape[0]
@@ -278,7 +278,7 @@ def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, la
     core. Without a coefficient input (Q(lambda)) the traces are 1."""
     arrays = [_array(x) for x in (rewards, q_taken, next_expected_q, terminated, truncated)]
     extra = {} if coefficient_name is None else {coefficient_name: _array(coefficient_input)}
-    _validate.action_inputs(*arrays, gamma=gamma, lam=lam, **extra)
+    gamma, lam = _validate.action_inputs(*arrays, gamma=gamma, lam=lam, **extra)
     r, q, nq = (_as_2d(_float64(x)) for x in arrays[:3])
     term, trunc = (_as_2d(_bool(x)) for x in arrays[3:])
     if coefficient_name is None:
@@ -364,12 +364,13 @@ def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, ba
     Returns a float64 numpy array of the rewards' shape.
     """
     arrays = [_array(x) for x in (rewards, reward_mean, reward_std, terminated, truncated)]
-    _validate.p3o_inputs(*arrays, batch_reward_std=batch_reward_std, normalize=normalize)
+    batch_reward_std, normalize = _validate.p3o_inputs(
+        *arrays, batch_reward_std=batch_reward_std, normalize=normalize)
     r = _as_2d(_float64(arrays[0]))
     mean, std = (_float64(x).reshape(r.shape + x.shape[-1:]) for x in arrays[1:3])
     term, trunc = (_as_2d(_bool(x)) for x in arrays[3:])
     T, H = r.shape[0], mean.shape[-1]
-    weights = _p3o_weights(std, float(batch_reward_std), normalize)
+    weights = _p3o_weights(std, batch_reward_std, normalize)
     kappa, _ = _masks(term, trunc)
     advantages = np.zeros_like(r)
     for t in range(T):

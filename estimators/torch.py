@@ -151,20 +151,20 @@ def _state_arrays(rewards, values, next_values, terminated, truncated, log_rhos,
         named["log_rhos"] = log_rhos
     xs = _tensors(**named)
     lr = xs[5] if log_rhos is not None else None
-    _validate.state_inputs(*xs[:5], gamma=gamma, lam=lam, log_rhos=lr)
+    gamma, lam = _validate.state_inputs(*xs[:5], gamma=gamma, lam=lam, log_rhos=lr)
     floats = [xs[0], xs[1], xs[2]] + ([lr] if lr is not None else [])
     dtype = _float_dtype(*floats)
     r, v, nv = _floats(dtype, *xs[:3])
     term, trunc = _bools(*xs[3:5])
     lr = None if lr is None else _floats(dtype, lr)[0]
-    return xs[0].shape, r, v, nv, term, trunc, lr
+    return xs[0].shape, r, v, nv, term, trunc, lr, gamma, lam
 
 
 def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
     """GAE(gamma, lam) (Schulman et al. 2016): ``A_t = delta_t + gamma lam kappa_t A_{t+1}``,
     ``delta_t = r_t + gamma beta_t V(s'_t) - V(s_t)``; returns ``GAEOutput(advantages,
     returns = V + A)``, tensors of the rewards' shape, input dtype and device."""
-    shape, r, v, nv, term, trunc, _ = _state_arrays(
+    shape, r, v, nv, term, trunc, _, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, None, gamma, lam)
     ones = torch.ones_like(r)
     adv = _state_value_trace(r, v, nv, term, trunc, ones, ones, gamma, lam)
@@ -173,11 +173,11 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
 
 def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
             rho_clip, c_clip, pg_rho_clip):
-    shape, r, v, nv, term, trunc, lr = _state_arrays(
+    shape, r, v, nv, term, trunc, lr, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
-    _validate.check_clip("rho_clip", rho_clip)
-    _validate.check_clip("c_clip", c_clip)
-    _validate.check_clip("pg_rho_clip", pg_rho_clip)
+    rho_clip = _validate.check_clip("rho_clip", rho_clip)
+    c_clip = _validate.check_clip("c_clip", c_clip)
+    pg_rho_clip = _validate.check_clip("pg_rho_clip", pg_rho_clip)
     rho = _ratio(lr)
     adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), _clip(rho, c_clip),
                              gamma, lam)
@@ -211,7 +211,7 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
                     lam):
     """Per-decision IS with control variates (Precup et al. 2000): the state-value trace with
     ``rho_hat_t = c_t = rho_t``. Returns ``PDISOutput(advantages, value_targets)``."""
-    shape, r, v, nv, term, trunc, lr = _state_arrays(
+    shape, r, v, nv, term, trunc, lr, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
     rho = _ratio(lr)
     adv = _state_value_trace(r, v, nv, term, trunc, rho, rho, gamma, lam)
@@ -227,7 +227,7 @@ def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
     ``m = min(n, T-t, 1 + steps to the first done at or after t)``."""
     xs = _tensors(rewards=rewards, next_values=next_values, terminated=terminated,
                   truncated=truncated)
-    _validate.nstep_inputs(*xs, gamma=gamma, n=n)
+    gamma, n = _validate.nstep_inputs(*xs, gamma=gamma, n=n)
     r, nv = _floats(_float_dtype(*xs[:2]), *xs[:2])
     term, trunc = _bools(*xs[2:])
     kappa, beta = _masks(term, trunc)
@@ -254,7 +254,7 @@ def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, la
         named[coefficient_name] = coefficient_input
     xs = _tensors(**named)
     extra = {} if coefficient_name is None else {coefficient_name: xs[5]}
-    _validate.action_inputs(*xs[:5], gamma=gamma, lam=lam, **extra)
+    gamma, lam = _validate.action_inputs(*xs[:5], gamma=gamma, lam=lam, **extra)
     dtype = _float_dtype(*xs[:3], *extra.values())
     r, q, nq = _floats(dtype, *xs[:3])
     term, trunc = _bools(*xs[3:5])
@@ -320,12 +320,13 @@ def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, ba
     T-t, 1 + steps to the first done at or after t)``. Predictions ``[T,(B,)H]``."""
     xs = _tensors(rewards=rewards, reward_mean=reward_mean, reward_std=reward_std,
                   terminated=terminated, truncated=truncated)
-    _validate.p3o_inputs(*xs, batch_reward_std=batch_reward_std, normalize=normalize)
+    batch_reward_std, normalize = _validate.p3o_inputs(
+        *xs, batch_reward_std=batch_reward_std, normalize=normalize)
     dtype = _float_dtype(*xs[:3])
     (r,) = _floats(dtype, xs[0])
     mean, std = (x.to(dtype).reshape(r.shape + x.shape[-1:]) for x in xs[1:3])
     term, trunc = _bools(*xs[3:])
-    weights = _p3o_weights(std, float(batch_reward_std), normalize)
+    weights = _p3o_weights(std, batch_reward_std, normalize)
     kappa, _ = _masks(term, trunc)
     total = torch.zeros_like(r)
     is_open = torch.ones_like(kappa)  # the window from t still covers step t+k
