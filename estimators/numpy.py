@@ -184,8 +184,9 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
     value_targets = v + adv
     # q_t = r_t + gamma beta_t [kappa_t (lam v_{t+1} + (1-lam) V(s'_t)) + (1-kappa_t) V(s'_t)]
     kappa, beta = _masks(term, trunc)
-    continuation = np.where(kappa, lam * _next_step(value_targets) + (1 - lam) * nv, nv)
-    q = r + gamma * np.where(beta, continuation, 0.0)
+    bootstrap = np.where(beta, nv, 0.0)  # beta_t V(s'_t); kappa_t implies beta_t
+    v_next = _next_step(value_targets)
+    q = r + gamma * np.where(kappa, lam * v_next + (1 - lam) * bootstrap, bootstrap)
     pg = _clip(rho, pg_rho_clip) * (q - v)
     return VTraceOutput(*(_like_rewards(x, shape_ref) for x in (adv, value_targets, pg)))
 

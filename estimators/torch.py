@@ -183,8 +183,9 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
                              gamma, lam)
     value_targets = v + adv
     kappa, beta = _masks(term, trunc)
-    continuation = torch.where(kappa, lam * _shift(value_targets, 1) + (1 - lam) * nv, nv)
-    q = r + gamma * torch.where(beta, continuation, 0.0)
+    bootstrap = torch.where(beta, nv, 0.0)  # beta_t V(s'_t); kappa_t implies beta_t
+    v_next = _shift(value_targets, 1)
+    q = r + gamma * torch.where(kappa, lam * v_next + (1 - lam) * bootstrap, bootstrap)
     pg = _clip(rho, pg_rho_clip) * (q - v)
     return VTraceOutput(adv.reshape(shape), value_targets.reshape(shape), pg.reshape(shape))
 
