@@ -1,0 +1,481 @@
+"""Taichi kernels behind ``estimators.taichi`` (imported lazily, after ``ti.init``).
+
+Every kernel works on time-major memory, ``[T, B]`` flattened row by row (index ``t*B + b``),
+and never loops over T or B in Python. Kernels are built per float dtype (``ti.f32`` or
+``ti.f64``) and per estimator family by the ``build_*`` factories below, and cached.
+
+Conventions (DESIGN.md sections 1-2), written once in the ``@ti.func`` helpers:
+
+* ``kappa_t = not (terminated_t or truncated_t) and t < T-1`` (the trace continues into t+1);
+* ``beta_t = not terminated_t``: ``next_values`` under ``terminated`` is replaced by 0 with a
+  select, never multiplied, so NaN or inf there cannot reach any output.
+
+Three forms of the state-value trace ``A_t = delta_t + gamma lam c_t kappa_t A_{t+1}``:
+
+* ``vec4``  (CPU fast form): blocks of streams run in parallel (one block per core); inside a
+  block the loop walks t downwards and, at each t, sweeps the block's streams in groups of 4
+  contiguous lanes held in LLVM vector registers. ``A_{t+1}`` is re-read from the output row
+  just written (it is still in L1/L2). Needs 16-byte aligned arrays and B % 4 == 0; the
+  compile option ``real_matrix_scalarize=False`` makes Taichi emit real ``<4 x float>`` loads,
+  stores and arithmetic. (Vector compares, selects and casts crash Taichi 1.7's LLVM codegen in
+  that mode, so per-lane flags are handled as scalars and assembled into vectors.)
+* ``rows``  (CPU fallback for any alignment / B): the same lockstep walk, one lane at a time.
+* ``naive`` (one thread per stream walking T): the natural GPU form; slow on a CPU because the
+  carried dependency along T leaves the vector units idle and strides through memory. Kept for
+  the benchmark and used on GPUs.
+* ``chunked`` (GPU form for few, long streams): T is cut into chunks; since the recurrence is an
+  affine map ``A -> d + g A``, each chunk is first reduced to one map (parallel over chunks and
+  streams), the maps are composed serially over chunks (per stream), and each chunk is finally
+  re-walked from its now-known carry-in.
+
+Every state/action kernel also checks the element-wise input rules of ``estimators._validate``
+in the same pass (non-finite rewards/values, non-finite bootstrap values where not terminated,
+NaN/+inf log-ratios, traces outside their range) and raises a per-block flag in ``err``; the
+Python wrapper then re-runs ``_validate`` to raise the exact error the other backends raise.
+"""
+
+
+import taichi as ti
+
+# kernel modes of the state-value trace
+GAE, VTRACE, PDIS = 0, 1, 2
+# kernel modes of the action-value trace (how c_t is obtained)
+Q_TRACES, Q_RETRACE, Q_IS, Q_ONES = 0, 1, 2, 3
+
+nd1 = ti.types.ndarray(ndim=1)
+
+
+def _vec(dt):
+    return ti.types.vector(4, dt)
+
+
+_cache: dict = {}
+
+
+def _memo(key, make):
+    if key not in _cache:
+        _cache[key] = make()
+    return _cache[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# state-value trace (GAE, V-trace, per-decision IS)
+
+
+def build_state(dt, mode):
+    """Kernels of the state-value trace for float dtype ``dt`` and ``mode`` (GAE/VTRACE/PDIS).
+
+    Arguments common to every form (flat 1-d arrays of T*B elements unless said otherwise):
+    r, v, nv (dt), te, tr (u8), lr (dt; a 1-element dummy for GAE), adv, ret, pg (dt; pg is a
+    1-element dummy unless VTRACE), err (i32, 1 element, set to 1 when an input breaks a
+    rule), then the ints and the float parameters gamma, lam, rho_clip, c_clip, pg_clip (f64, cast to dt inside).
+    """
+    return _memo(("state", dt, mode), lambda: _make_state(dt, mode))
+
+
+def _make_state(dt, mode):
+    V4 = _vec(dt)
+    nd4 = ti.types.ndarray(dtype=V4, ndim=1)
+    want_rho = mode != GAE
+    want_pg = mode == VTRACE
+
+    @ti.func
+    def lane(te, tr, lrj, nvj, first_step, gamma, lam, rho_clip, c_clip, pg_clip):
+        """Per-element coefficients: (bootstrap value, rho_hat, trace factor gamma lam c kappa,
+        kappa, pg ratio, bad log-ratio)."""
+        term = te != 0
+        cut = term or tr != 0 or first_step  # first_step: t = T-1, the segment end
+        boot = ti.select(term, ti.cast(0, dt), nvj)
+        rh = ti.cast(1, dt)
+        c = ti.cast(1, dt)
+        rpg = ti.cast(1, dt)
+        bad = ti.cast(0, dt)
+        if ti.static(want_rho):
+            rho = ti.exp(lrj)
+            bad = ti.select(lrj < ti.cast(float("inf"), dt), ti.cast(0, dt), ti.cast(1, dt))
+            if ti.static(mode == VTRACE):
+                rh = ti.min(rho_clip, rho)
+                c = ti.min(c_clip, rho)
+                rpg = ti.min(pg_clip, rho)
+            else:
+                rh = rho
+                c = rho
+        cf = ti.select(cut, ti.cast(0, dt), gamma * lam * c)
+        kap = ti.select(cut, ti.cast(0, dt), ti.cast(1, dt))
+        return ti.Vector([boot, rh, cf, kap, rpg, bad], dt=dt)
+
+    @ti.kernel
+    def vec4(r: nd4, v: nd4, nv: nd4, te: nd1, tr: nd1, lr: nd1, adv: nd4, ret: nd4, pg: nd4,
+             err: nd1, T: ti.i32, G: ti.i32, GB: ti.i32, gamma_: ti.f64, lam_: ti.f64,
+             rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
+        gamma = ti.cast(gamma_, dt)
+        lam = ti.cast(lam_, dt)
+        rho_clip = ti.cast(rho_clip_, dt)
+        c_clip = ti.cast(c_clip_, dt)
+        pg_clip = ti.cast(pg_clip_, dt)
+        nblk = (G + GB - 1) // GB
+        ti.loop_config(block_dim=1)
+        for blk in range(nblk):
+            # Vector constants live inside the parallel loop: defined outside it they would be
+            # stored in Taichi's global temporaries, where a <4 x float> may be misaligned.
+            # (No python ints next to vectors either: an int->vector cast crashes the codegen.)
+            zero = ti.Vector([0.0, 0.0, 0.0, 0.0], dt=dt)
+            one = ti.Vector([1.0, 1.0, 1.0, 1.0], dt=dt)
+            g0 = blk * GB
+            g1 = ti.min(g0 + GB, G)
+            acc = zero  # r*0 + v*0 + boot*0 summed: NaN iff a checked input is NaN/inf
+            nbad = ti.cast(0, dt)
+            for k in range(T):
+                t = T - 1 - k
+                for g in range(g0, g1):
+                    i = t * G + g
+                    e = i * 4
+                    nvv = nv[i]
+                    l0 = lane(te[e], tr[e], lr[e] if ti.static(want_rho) else ti.cast(0, dt),
+                              nvv[0], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
+                    l1 = lane(te[e + 1], tr[e + 1],
+                              lr[e + 1] if ti.static(want_rho) else ti.cast(0, dt),
+                              nvv[1], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
+                    l2 = lane(te[e + 2], tr[e + 2],
+                              lr[e + 2] if ti.static(want_rho) else ti.cast(0, dt),
+                              nvv[2], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
+                    l3 = lane(te[e + 3], tr[e + 3],
+                              lr[e + 3] if ti.static(want_rho) else ti.cast(0, dt),
+                              nvv[3], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
+                    boot = ti.Vector([l0[0], l1[0], l2[0], l3[0]], dt=dt)
+                    cf = ti.Vector([l0[2], l1[2], l2[2], l3[2]], dt=dt)
+                    rv = r[i]
+                    vv = v[i]
+                    prev = zero
+                    if k > 0:
+                        prev = adv[i + G]
+                    delta = rv + gamma * boot - vv
+                    if ti.static(want_rho):
+                        rh = ti.Vector([l0[1], l1[1], l2[1], l3[1]], dt=dt)
+                        delta = rh * delta
+                        nbad += l0[5] + l1[5] + l2[5] + l3[5]
+                    a = delta + cf * prev
+                    adv[i] = a
+                    target = a + vv
+                    ret[i] = target
+                    acc += rv * zero + vv * zero + boot * zero
+                    if ti.static(want_pg):
+                        kap = ti.Vector([l0[3], l1[3], l2[3], l3[3]], dt=dt)
+                        rpg = ti.Vector([l0[4], l1[4], l2[4], l3[4]], dt=dt)
+                        vnext = zero
+                        if k > 0:
+                            vnext = ret[i + G]
+                        q = rv + gamma * (kap * (lam * vnext + (1 - lam) * boot)
+                                          + (one - kap) * boot)
+                        pg[i] = rpg * (q - vv)
+            s = acc[0] + acc[1] + acc[2] + acc[3]
+            if not (s == s and nbad == 0):
+                err[0] = 1
+
+    @ti.func
+    def element(r: ti.template(), v: ti.template(), nv: ti.template(), te: ti.template(),
+                tr: ti.template(), lr: ti.template(), adv: ti.template(), ret: ti.template(),
+                pg: ti.template(), i, nxt, k, gamma, lam, rho_clip, c_clip, pg_clip, prev):
+        """One element of the scalar forms; returns (A_t, bad)."""
+        l = lane(te[i], tr[i], lr[i] if ti.static(want_rho) else ti.cast(0, dt), nv[i], k == 0,
+                 gamma, lam, rho_clip, c_clip, pg_clip)
+        rv = r[i]
+        vv = v[i]
+        a = l[1] * (rv + gamma * l[0] - vv) + l[2] * prev
+        adv[i] = a
+        ret[i] = a + vv
+        bad = l[5] + rv * 0 + vv * 0 + l[0] * 0
+        return a, bad
+
+    @ti.func
+    def pg_element(r: ti.template(), v: ti.template(), nv: ti.template(), te: ti.template(),
+                   tr: ti.template(), lr: ti.template(), ret: ti.template(), pg: ti.template(),
+                   i, nxt, k, gamma, lam, pg_clip):
+        """V-trace's policy-gradient advantage at flat index i (nxt: index of t+1)."""
+        term = te[i] != 0
+        kap = ti.select(term or tr[i] != 0 or k == 0, ti.cast(0, dt), ti.cast(1, dt))
+        boot = ti.select(term, ti.cast(0, dt), nv[i])
+        vnext = ti.cast(0, dt)
+        if k > 0:
+            vnext = ret[nxt]
+        q = r[i] + gamma * (kap * (lam * vnext + (1 - lam) * boot) + (1 - kap) * boot)
+        pg[i] = ti.min(pg_clip, ti.exp(lr[i])) * (q - v[i])
+
+    @ti.kernel
+    def rows(r: nd1, v: nd1, nv: nd1, te: nd1, tr: nd1, lr: nd1, adv: nd1, ret: nd1, pg: nd1,
+             err: nd1, T: ti.i32, B: ti.i32, BB: ti.i32, gamma_: ti.f64, lam_: ti.f64,
+             rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
+        gamma = ti.cast(gamma_, dt)
+        lam = ti.cast(lam_, dt)
+        rho_clip = ti.cast(rho_clip_, dt)
+        c_clip = ti.cast(c_clip_, dt)
+        pg_clip = ti.cast(pg_clip_, dt)
+        nblk = (B + BB - 1) // BB
+        ti.loop_config(block_dim=1)
+        for blk in range(nblk):
+            b0 = blk * BB
+            b1 = ti.min(b0 + BB, B)
+            bad = ti.cast(0, dt)
+            for k in range(T):
+                t = T - 1 - k
+                for b in range(b0, b1):
+                    i = t * B + b
+                    prev = ti.cast(0, dt)
+                    if k > 0:
+                        prev = adv[i + B]
+                    a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, i, i + B, k, gamma, lam,
+                                   rho_clip, c_clip, pg_clip, prev)
+                    bad += e
+                    if ti.static(want_pg):
+                        pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, k, gamma, lam,
+                                   pg_clip)
+            if bad != 0:
+                err[0] = 1
+
+    @ti.kernel
+    def naive(r: nd1, v: nd1, nv: nd1, te: nd1, tr: nd1, lr: nd1, adv: nd1, ret: nd1, pg: nd1,
+              err: nd1, T: ti.i32, B: ti.i32, gamma_: ti.f64, lam_: ti.f64,
+              rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
+        gamma = ti.cast(gamma_, dt)
+        lam = ti.cast(lam_, dt)
+        rho_clip = ti.cast(rho_clip_, dt)
+        c_clip = ti.cast(c_clip_, dt)
+        pg_clip = ti.cast(pg_clip_, dt)
+        for b in range(B):  # one thread per stream
+            bad = ti.cast(0, dt)
+            a = ti.cast(0, dt)
+            for k in range(T):
+                t = T - 1 - k
+                i = t * B + b
+                a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, i, i + B, k, gamma, lam,
+                               rho_clip, c_clip, pg_clip, a)
+                bad += e
+                if ti.static(want_pg):
+                    pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, k, gamma, lam, pg_clip)
+            if bad != 0:
+                err[0] = 1
+
+    @ti.kernel
+    def chunked(r: nd1, v: nd1, nv: nd1, te: nd1, tr: nd1, lr: nd1, adv: nd1, ret: nd1,
+                pg: nd1, err: nd1, dsum: nd1, gprod: nd1, carry: nd1, T: ti.i32, B: ti.i32,
+                L: ti.i32, NC: ti.i32, gamma_: ti.f64, lam_: ti.f64, rho_clip_: ti.f64,
+                c_clip_: ti.f64, pg_clip_: ti.f64):
+        gamma = ti.cast(gamma_, dt)
+        lam = ti.cast(lam_, dt)
+        rho_clip = ti.cast(rho_clip_, dt)
+        c_clip = ti.cast(c_clip_, dt)
+        pg_clip = ti.cast(pg_clip_, dt)
+        # 1. reduce each chunk [c L, (c+1) L) of each stream to the affine map A -> d + g A
+        for c, b in ti.ndrange(NC, B):
+            t0 = c * L
+            t1 = ti.min(T, t0 + L)
+            d = ti.cast(0, dt)
+            gp = ti.cast(1, dt)
+            bad = ti.cast(0, dt)
+            for j in range(t1 - t0):
+                t = t1 - 1 - j
+                i = t * B + b
+                l = lane(te[i], tr[i], lr[i] if ti.static(want_rho) else ti.cast(0, dt), nv[i],
+                         t == T - 1, gamma, lam, rho_clip, c_clip, pg_clip)
+                d = l[1] * (r[i] + gamma * l[0] - v[i]) + l[2] * d
+                gp = l[2] * gp
+                bad += l[5] + r[i] * 0 + v[i] * 0 + l[0] * 0
+            dsum[c * B + b] = d
+            gprod[c * B + b] = gp
+            if bad != 0:
+                err[0] = 1
+        # 2. compose the maps from the last chunk backwards: carry-in of every chunk
+        for b in range(B):
+            x = ti.cast(0, dt)
+            for j in range(NC):
+                c = NC - 1 - j
+                carry[c * B + b] = x
+                x = dsum[c * B + b] + gprod[c * B + b] * x
+        # 3. re-walk every chunk from its carry-in
+        for c, b in ti.ndrange(NC, B):
+            t0 = c * L
+            t1 = ti.min(T, t0 + L)
+            a = carry[c * B + b]
+            for j in range(t1 - t0):
+                t = t1 - 1 - j
+                i = t * B + b
+                a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, i, i + B, T - 1 - t, gamma,
+                               lam, rho_clip, c_clip, pg_clip, a)
+        # 4. V-trace's pg needs v_{t+1}, which may lie in another chunk: a separate pass
+        if ti.static(want_pg):
+            for t, b in ti.ndrange(T, B):
+                i = t * B + b
+                pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, T - 1 - t, gamma, lam,
+                           pg_clip)
+
+    return {"vec4": vec4, "rows": rows, "naive": naive, "chunked": chunked}
+
+
+# ---------------------------------------------------------------------------------------------
+# action-value trace (q_trace, Retrace, tree-backup, Q(lambda), IS)
+
+
+def build_action(dt, mode):
+    return _memo(("action", dt, mode), lambda: _make_action(dt, mode))
+
+
+def _make_action(dt, mode):
+    @ti.func
+    def coef(x, lo, hi):
+        """(c, bad) from the coefficient input x (traces, or log-ratios)."""
+        c = ti.cast(1, dt)
+        bad = ti.cast(0, dt)
+        if ti.static(mode == Q_TRACES):
+            c = x
+            bad = ti.select(x >= lo and x <= hi, ti.cast(0, dt), ti.cast(1, dt))
+        elif ti.static(mode == Q_RETRACE or mode == Q_IS):
+            bad = ti.select(x < ti.cast(float("inf"), dt), ti.cast(0, dt), ti.cast(1, dt))
+            c = ti.exp(x)
+            if ti.static(mode == Q_RETRACE):
+                c = ti.min(ti.cast(1, dt), c)
+        return c, bad
+
+    @ti.func
+    def element(r: ti.template(), q: ti.template(), nq: ti.template(), te: ti.template(),
+                tr: ti.template(), cx: ti.template(), out: ti.template(), i, nxt, k, gamma, lam,
+                lo, hi, nxt_target):
+        """G_t at flat index i given G_{t+1} (nxt_target); returns (G_t, bad)."""
+        term = te[i] != 0
+        cut = term or tr[i] != 0 or k == 0
+        boot = ti.select(term, ti.cast(0, dt), nq[i])
+        corr = ti.cast(0, dt)
+        bad = ti.cast(0, dt)
+        if not cut:
+            cn, _b = coef(cx[nxt] if ti.static(mode != Q_ONES) else ti.cast(0, dt), lo, hi)
+            corr = cn * (nxt_target - q[nxt])
+        if ti.static(mode != Q_ONES):
+            _c, bad = coef(cx[i], lo, hi)
+        g = r[i] + gamma * boot + gamma * lam * corr
+        out[i] = g
+        return g, bad + r[i] * 0 + q[i] * 0 + boot * 0
+
+    @ti.kernel
+    def rows(r: nd1, q: nd1, nq: nd1, te: nd1, tr: nd1, cx: nd1, out: nd1, err: nd1,
+             T: ti.i32, B: ti.i32, BB: ti.i32, gamma_: ti.f64, lam_: ti.f64, lo_: ti.f64,
+             hi_: ti.f64):
+        gamma = ti.cast(gamma_, dt)
+        lam = ti.cast(lam_, dt)
+        lo = ti.cast(lo_, dt)
+        hi = ti.cast(hi_, dt)
+        nblk = (B + BB - 1) // BB
+        ti.loop_config(block_dim=1)
+        for blk in range(nblk):
+            b0 = blk * BB
+            b1 = ti.min(b0 + BB, B)
+            bad = ti.cast(0, dt)
+            for k in range(T):
+                t = T - 1 - k
+                for b in range(b0, b1):
+                    i = t * B + b
+                    prev = ti.cast(0, dt)
+                    if k > 0:
+                        prev = out[i + B]
+                    _g, e = element(r, q, nq, te, tr, cx, out, i, i + B, k, gamma, lam, lo, hi,
+                                    prev)
+                    bad += e
+            if bad != 0:
+                err[0] = 1
+
+    @ti.kernel
+    def naive(r: nd1, q: nd1, nq: nd1, te: nd1, tr: nd1, cx: nd1, out: nd1, err: nd1,
+              T: ti.i32, B: ti.i32, gamma_: ti.f64, lam_: ti.f64, lo_: ti.f64, hi_: ti.f64):
+        gamma = ti.cast(gamma_, dt)
+        lam = ti.cast(lam_, dt)
+        lo = ti.cast(lo_, dt)
+        hi = ti.cast(hi_, dt)
+        for b in range(B):
+            bad = ti.cast(0, dt)
+            g = ti.cast(0, dt)
+            for k in range(T):
+                t = T - 1 - k
+                i = t * B + b
+                g, e = element(r, q, nq, te, tr, cx, out, i, i + B, k, gamma, lam, lo, hi, g)
+                bad += e
+            if bad != 0:
+                err[0] = 1
+
+    return {"rows": rows, "naive": naive}
+
+
+# ---------------------------------------------------------------------------------------------
+# windowed estimators: every output element is independent, so they are parallel over (t, b)
+
+
+def build_nstep(dt):
+    return _memo(("nstep", dt), lambda: _make_nstep(dt))
+
+
+def _make_nstep(dt):
+    @ti.kernel
+    def nstep(r: nd1, nv: nd1, te: nd1, tr: nd1, out: nd1, err: nd1, T: ti.i32, B: ti.i32,
+              n: ti.i32, gamma_: ti.f64):
+        gamma = ti.cast(gamma_, dt)
+        ti.loop_config(block_dim=256)
+        for i in range(T * B):
+            t = i // B
+            # validity of this element's own inputs (each element is checked exactly once)
+            own = te[i] != 0
+            bad = r[i] * 0 + ti.select(own, ti.cast(0, dt), nv[i] * 0)
+            if bad != 0:
+                err[0] = 1
+            total = ti.cast(0, dt)
+            disc = ti.cast(1, dt)
+            m = ti.min(n, T - t)
+            for k in range(m):
+                j = i + k * B
+                total += disc * r[j]
+                disc *= gamma
+                term = te[j] != 0
+                if term or tr[j] != 0 or k == m - 1:
+                    if not term:
+                        total += disc * nv[j]
+                    break
+            out[i] = total
+
+    return nstep
+
+
+def build_p3o(dt):
+    return _memo(("p3o", dt), lambda: _make_p3o(dt))
+
+
+def _make_p3o(dt):
+    @ti.kernel
+    def p3o(r: nd1, mean: nd1, std: nd1, te: nd1, tr: nd1, out: nd1, err: nd1, T: ti.i32,
+            B: ti.i32, H: ti.i32, inv_var_r_: ti.f64, norm: ti.i32):
+        inv_var_r = ti.cast(inv_var_r_, dt)
+        ti.loop_config(block_dim=64)
+        for i in range(T * B):
+            t = i // B
+            h0 = i * H
+            scale = ti.cast(0, dt)
+            bad = r[i] * 0
+            for k in range(H):
+                s = std[h0 + k]
+                w = ti.max(ti.cast(0, dt), 1 / (s * s) - inv_var_r)
+                bad += mean[h0 + k] * 0 + ti.select(s > 0, ti.cast(0, dt), ti.cast(1, dt))
+                if norm == 0:
+                    scale = ti.max(scale, w)
+                else:
+                    scale += w
+            if norm == 2 or not scale > 0:
+                scale = ti.cast(1, dt)
+            if bad != 0:
+                err[0] = 1
+            total = ti.cast(0, dt)
+            m = ti.min(H, T - t)
+            for k in range(m):
+                j = i + k * B
+                s = std[h0 + k]
+                w = ti.max(ti.cast(0, dt), 1 / (s * s) - inv_var_r) / scale
+                total += w * (r[j] - mean[h0 + k])
+                if te[j] != 0 or tr[j] != 0:
+                    break
+            out[i] = total
+
+    return p3o

@@ -1,0 +1,659 @@
+"""Taichi backend: every estimator of DESIGN.md section 2 as a Taichi kernel.
+
+The same functions, names and keyword arguments as ``estimators.numpy`` (the reference) and
+``estimators.torch``. Inputs are numpy arrays, torch tensors or python lists, ``[T]`` or
+``[T, B]`` (time-major; ``p3o_advantage``'s predictions add a trailing ``[H]``).
+
+* **dtype**: computed in float32 when every float input is float32, otherwise in float64
+  (integer and bool inputs count as neither). Outputs have that dtype.
+* **numpy in -> numpy out; torch in -> torch out** on the input's device. CPU tensors are used
+  in place (no copy); CUDA tensors are passed to Taichi's CUDA backend without a host round trip
+  when the backend runs on CUDA, and are copied through the host otherwise.
+* **Non-contiguous input** is made contiguous first (a copy).
+* **Bad input** raises the same ``ValueError`` / ``TypeError`` as the other backends: shape,
+  dtype and scalar checks run before the kernel (``estimators._validate``); the element checks
+  (NaN/inf, log-ratios of +inf, traces out of range) run inside the kernel in the same pass as
+  the computation, and when one fails ``estimators._validate`` is re-run to raise its message.
+
+Taichi is initialised lazily, on the first call, never at import. The architecture comes from
+``configure(arch=...)`` or else the environment variable ``OFFPOLICY_TAICHI_ARCH``: ``cpu`` (the
+default), ``cuda``, ``vulkan`` or ``auto`` (CUDA, then Vulkan, then CPU). Asking for an
+architecture Taichi cannot start raises ``RuntimeError`` (Taichi itself would silently fall back
+to the CPU). Taichi's offline cache is on, so kernels compiled once are reused by later
+processes (first-call compile time is paid once per machine).
+
+On a CPU the state-value trace (GAE, V-trace, puff advantage, per-decision IS) runs in the
+"lockstep" form: blocks of streams in parallel, each walking t downwards over contiguous rows
+with 4-wide vector arithmetic (see ``estimators._taichi_kernels``). On a GPU it runs one thread
+per stream, or a chunked scan over T when there are few long streams.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import sys
+
+import numpy as np
+
+from . import _validate
+from ._types import GAEOutput, PDISOutput, VTraceOutput
+
+__all__ = [
+    "gae",
+    "vtrace",
+    "puff_advantage",
+    "per_decision_is",
+    "nstep_returns",
+    "q_trace",
+    "retrace",
+    "tree_backup",
+    "q_lambda",
+    "importance_sampling_q",
+    "p3o_advantage",
+    "configure",
+    "current_arch",
+]
+
+ARCHS = ("cpu", "cuda", "vulkan", "auto")
+ENV_ARCH = "OFFPOLICY_TAICHI_ARCH"
+
+_state = {"requested": None, "arch": None}  # arch: the running arch name once initialised
+_launchers: dict = {}
+_forced_form = {"state": None}  # tests and the benchmark pick a kernel form
+
+
+# ---------------------------------------------------------------------------------------------
+# initialisation
+
+
+def configure(arch: str | None = None) -> None:
+    """Choose the Taichi architecture (``cpu``, ``cuda``, ``vulkan``, ``auto``); ``None``
+    goes back to ``OFFPOLICY_TAICHI_ARCH`` (default ``cpu``). Takes effect on the next call; if
+    Taichi is already running on another architecture it is restarted."""
+    if arch is not None and arch not in ARCHS:
+        raise ValueError(f"arch: must be one of {ARCHS}, got {arch!r}")
+    _state["requested"] = arch
+    if _state["arch"] is not None and arch is not None and arch != _state["arch"]:
+        _shutdown()
+
+
+def current_arch() -> str:
+    """The architecture the backend runs on (initialising Taichi if needed): cpu, cuda, vulkan."""
+    return _ensure_init()
+
+
+def _shutdown() -> None:
+    if _state["arch"] is not None:
+        import taichi as ti
+
+        ti.reset()
+    _state["arch"] = None
+    _launchers.clear()
+
+
+def _requested_arch() -> str:
+    arch = _state["requested"] or os.environ.get(ENV_ARCH, "cpu").strip().lower() or "cpu"
+    if arch not in ARCHS:
+        raise ValueError(f"{ENV_ARCH}: must be one of {ARCHS}, got {arch!r}")
+    return arch
+
+
+def _ensure_init() -> str:
+    if _state["arch"] is not None:
+        return _state["arch"]
+    want = _requested_arch()
+    import taichi as ti
+    from taichi.lang import impl
+
+    choices = {"cpu": [ti.cpu], "cuda": [ti.cuda], "vulkan": [ti.vulkan],
+               "auto": [ti.cuda, ti.vulkan, ti.cpu]}[want]
+    ti.init(
+        arch=choices if len(choices) > 1 else choices[0],
+        offline_cache=True,
+        offline_cache_file_path=_cache_dir(),
+        fast_math=False,  # NaN checks and IEEE semantics must survive compilation
+        real_matrix_scalarize=False,  # real <4 x float> vector code for the CPU fast form
+        log_level=ti.WARN,
+    )
+    got = impl.current_cfg().arch
+    names = {ti.x64: "cpu", ti.arm64: "cpu", ti.cuda: "cuda", ti.vulkan: "vulkan"}
+    name = names.get(got, str(got))
+    if want != "auto" and name != want:
+        ti.reset()
+        raise RuntimeError(
+            f"Taichi could not start on arch {want!r} (it fell back to {name!r}); check the "
+            f"driver/device, or set {ENV_ARCH}=cpu or auto"
+        )
+    _state["arch"] = name
+    return name
+
+
+def _cache_dir() -> str:
+    """Taichi's offline cache, one folder per version of the kernel source: Taichi's own key
+    does not always see a change inside a ``@ti.func``, so a stale kernel could be reused."""
+    import hashlib
+
+    src = os.path.join(os.path.dirname(__file__), "_taichi_kernels.py")
+    with open(src, "rb") as f:
+        digest = hashlib.sha1(f.read()).hexdigest()[:12]
+    base = os.environ.get("OFFPOLICY_TAICHI_CACHE",
+                          os.path.join(os.path.expanduser("~"), ".cache", "offpolicy", "taichi"))
+    return os.path.join(base, digest)
+
+
+def _kernels():
+    _ensure_init()
+    from . import _taichi_kernels
+
+    return _taichi_kernels
+
+
+# ---------------------------------------------------------------------------------------------
+# launching: Taichi's generic kernel call costs ~40 us per array argument in Python; the
+# launcher below builds the launch context directly (same C++ calls, a few us per argument).
+
+
+class _Launcher:
+    def __init__(self, kernel, args):
+        self.kernel = kernel
+        self.fast = None
+        try:
+            from taichi.lang import impl
+
+            primal = kernel._primal
+            key = primal.ensure_compiled(*args)
+            self.t_kernel = primal.compiled_kernels[key]
+            self.prog = impl.get_runtime().prog
+            self.compiled = self.prog.compile_kernel(
+                self.prog.config(), self.prog.get_device_caps(), self.t_kernel)
+            self.fast = True
+        except (AttributeError, KeyError, TypeError):  # another Taichi version's internals
+            self.fast = False
+
+    def __call__(self, args):
+        if not self.fast:
+            self.kernel(*args)
+            return
+        ctx = self.t_kernel.make_launch_context()
+        for i, a in enumerate(args):
+            if isinstance(a, np.ndarray):
+                ctx.set_arg_external_array_with_shape((i,), a.ctypes.data, a.nbytes, a.shape, 0)
+            elif isinstance(a, float):
+                ctx.set_arg_float((i,), a)
+            elif isinstance(a, int):
+                ctx.set_arg_int((i,), a)
+            else:  # a torch tensor (CUDA): pass its device pointer
+                ctx.set_arg_external_array_with_shape(
+                    (i,), int(a.data_ptr()), a.element_size() * a.nelement(), tuple(a.shape), 0)
+        self.prog.launch_kernel(self.compiled, ctx)
+
+
+def _launch(kernel, args, vec4=False):
+    key = (id(kernel), vec4)
+    launcher = _launchers.get(key)
+    if launcher is None:
+        launcher = _launchers[key] = _Launcher(kernel, args)
+    if vec4 and launcher.fast:
+        # vector-typed arrays are [n, 4] numpy arrays; Taichi wants the outer shape only
+        args = [_Vec4View(a) if isinstance(a, np.ndarray) and a.ndim == 2 else a for a in args]
+        _launch_vec4(launcher, args)
+    else:
+        launcher(args)
+
+
+class _Vec4View:
+    __slots__ = ("a",)
+
+    def __init__(self, a):
+        self.a = a
+
+
+def _launch_vec4(launcher, args):
+    ctx = launcher.t_kernel.make_launch_context()
+    for i, a in enumerate(args):
+        if isinstance(a, _Vec4View):
+            a = a.a
+            ctx.set_arg_external_array_with_shape((i,), a.ctypes.data, a.nbytes, a.shape[:1], 0)
+        elif isinstance(a, np.ndarray):
+            ctx.set_arg_external_array_with_shape((i,), a.ctypes.data, a.nbytes, a.shape, 0)
+        elif isinstance(a, float):
+            ctx.set_arg_float((i,), a)
+        else:
+            ctx.set_arg_int((i,), a)
+    launcher.prog.launch_kernel(launcher.compiled, ctx)
+
+
+# ---------------------------------------------------------------------------------------------
+# input conversion
+
+
+def _is_torch(x) -> bool:
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _array(x):
+    """numpy arrays and torch tensors pass through; anything else becomes a numpy array."""
+    return x if _is_torch(x) or isinstance(x, np.ndarray) else np.asarray(x)
+
+
+class _Context:
+    """Where the outputs go (numpy, or torch on a device) and the compute dtype."""
+
+    def __init__(self, arrays):
+        self.torch_device = None
+        self.torch_dtype = None
+        for x in arrays:
+            if _is_torch(x):
+                self.torch_device = x.device
+                break
+        float_dtypes = set()
+        for x in arrays:
+            if _is_torch(x):
+                if x.dtype.is_floating_point:
+                    float_dtypes.add(str(x.dtype).replace("torch.", ""))
+            elif x.dtype.kind == "f":
+                float_dtypes.add(x.dtype.name)
+        self.dtype = np.float32 if float_dtypes == {"float32"} else np.float64
+        if self.torch_device is not None:
+            torch = sys.modules["torch"]
+            self.torch_dtype = torch.float32 if self.dtype == np.float32 else torch.float64
+        # CUDA tensors stay on the device only when Taichi runs on CUDA
+        self.device_arrays = (self.torch_device is not None and self.torch_device.type == "cuda"
+                              and _ensure_init() == "cuda")
+
+    def floats(self, x):
+        """A contiguous flat buffer of the compute dtype."""
+        if _is_torch(x):
+            torch = sys.modules["torch"]
+            x = x.detach()
+            if self.device_arrays:
+                return x.to(self.torch_dtype).contiguous().reshape(-1)
+            return x.to(device="cpu", dtype=self.torch_dtype).contiguous().reshape(-1).numpy() \
+                if x.dtype != torch.bool else x.cpu().numpy().astype(self.dtype).reshape(-1)
+        return np.ascontiguousarray(x, dtype=self.dtype).reshape(-1)
+
+    def flags(self, x):
+        """uint8 0/1 flat buffer (bool arrays are viewed, not copied)."""
+        if _is_torch(x):
+            torch = sys.modules["torch"]
+            x = x.detach()
+            u = (x != 0).to(torch.uint8) if x.dtype != torch.bool else x.view(torch.uint8)
+            if self.device_arrays:
+                return u.contiguous().reshape(-1)
+            return u.cpu().contiguous().reshape(-1).numpy()
+        if x.dtype == np.bool_:
+            return np.ascontiguousarray(x).reshape(-1).view(np.uint8)
+        return np.ascontiguousarray(x != 0).reshape(-1).view(np.uint8)
+
+    def empty(self, n):
+        if self.device_arrays:
+            torch = sys.modules["torch"]
+            return torch.empty(n, dtype=self.torch_dtype, device=self.torch_device)
+        return np.empty(n, dtype=self.dtype)
+
+    def zeros_err(self):
+        if self.device_arrays:
+            torch = sys.modules["torch"]
+            return torch.zeros(1, dtype=torch.int32, device=self.torch_device)
+        return np.zeros(1, dtype=np.int32)
+
+    def dummy(self):
+        return self.empty(1)
+
+    def out(self, flat, shape):
+        """Give a flat result the rewards' shape, as numpy or torch like the input."""
+        if self.torch_device is None:
+            return flat.reshape(shape)
+        torch = sys.modules["torch"]
+        t = flat if self.device_arrays else torch.from_numpy(flat)
+        return t.reshape(tuple(shape)).to(self.torch_device)
+
+
+def _failed(err) -> bool:
+    return bool(err[0] != 0)
+
+
+def _ti_dtype(dtype):
+    import taichi as ti
+
+    return ti.f32 if dtype == np.float32 else ti.f64
+
+
+def _nthreads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _aligned16(*arrays) -> bool:
+    return all(isinstance(a, np.ndarray) and a.ctypes.data % 16 == 0 for a in arrays)
+
+
+@contextlib.contextmanager
+def _form(form):
+    """Force the state-value kernel form: 'vec4', 'rows', 'naive', 'chunked' (None: auto)."""
+    old = _forced_form["state"]
+    _forced_form["state"] = form
+    try:
+        yield
+    finally:
+        _forced_form["state"] = old
+
+
+# ---------------------------------------------------------------------------------------------
+# state-value trace
+
+
+def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
+               rho_clip=1.0, c_clip=1.0, pg_clip=1.0):
+    """Validate, run the state-value kernel; returns (ctx, shape, adv, ret, pg) flat."""
+    arrays = [_array(x) for x in (rewards, values, next_values, terminated, truncated)]
+    lr = None if log_rhos is None else _array(log_rhos)
+    _cheap_state_checks(arrays, lr, gamma, lam)
+    K = _kernels()
+    ctx = _Context(arrays + ([lr] if lr is not None else []))
+    shape = tuple(arrays[0].shape)
+    T = shape[0]
+    B = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    r, v, nv = (ctx.floats(x) for x in arrays[:3])
+    te, tr = (ctx.flags(x) for x in arrays[3:])
+    lrb = ctx.floats(lr) if lr is not None else ctx.dummy()
+    n = T * B
+    adv, ret = ctx.empty(n), ctx.empty(n)
+    pg = ctx.empty(n) if mode == K.VTRACE else ctx.dummy()
+    err = ctx.zeros_err()
+    kern = K.build_state(_ti_dtype(ctx.dtype), mode)
+    params = [float(gamma), float(lam), float(rho_clip), float(c_clip), float(pg_clip)]
+    form = _forced_form["state"] or _auto_form(T, B, ctx)
+    # <4 x float> loads need 16-byte alignment (float64 would need 32: it takes the scalar form)
+    if form == "vec4" and not (ctx.dtype == np.float32 and B % 4 == 0
+                               and _aligned16(r, v, nv, adv, ret)
+                               and (mode != K.VTRACE or _aligned16(pg))):
+        form = "rows"
+    if form == "vec4":
+        G = B // 4
+        GB = min(512, max(8, -(-G // _nthreads())))
+        v4 = [x.reshape(-1, 4) for x in (r, v, nv)]
+        o4 = [x.reshape(-1, 4) for x in (adv, ret)]
+        pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else np.zeros((1, 4), ctx.dtype)
+        _launch(kern["vec4"], [*v4, te, tr, lrb, *o4, pg4, err, T, G, GB, *params], vec4=True)
+    elif form == "rows":
+        BB = min(2048, max(32, -(-B // _nthreads())))
+        _launch(kern["rows"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, T, B, BB, *params])
+    elif form == "naive":
+        _launch(kern["naive"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, T, B, *params])
+    elif form == "chunked":
+        L = max(8, int(math.sqrt(T)))
+        NC = -(-T // L)
+        scratch = [ctx.empty(NC * B) for _ in range(3)]
+        _launch(kern["chunked"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, *scratch, T, B, L, NC,
+                                  *params])
+    else:
+        raise ValueError(f"unknown kernel form {form!r}")
+    if _failed(err):
+        _full_state_checks(arrays, lr, gamma, lam)
+    return ctx, shape, adv, ret, pg
+
+
+def _auto_form(T, B, ctx):
+    if _state["arch"] == "cpu":
+        return "vec4"
+    # GPU: one thread per stream, or a chunked scan when few long streams leave it idle
+    return "chunked" if B < 2048 and T >= 256 else "naive"
+
+
+def _cheap_state_checks(arrays, lr, gamma, lam):
+    """Every check of _validate.state_inputs that does not read the elements (plus the 0/1
+    check of non-bool flags, which the conversion needs)."""
+    names = ("rewards", "values", "next_values", "terminated", "truncated")
+    named = dict(zip(names, arrays, strict=False))
+    if lr is not None:
+        named["log_rhos"] = lr
+    for name, x in named.items():
+        _validate.check_real(name, x)
+    others = {k: x for k, x in named.items() if k != "rewards"}
+    _validate.check_time_major("rewards", arrays[0], **others)
+    for name in ("terminated", "truncated"):
+        if _validate._dtype_kind(named[name]) != "b":
+            _validate.check_flags(name, named[name])
+    _validate.check_unit_interval("gamma", gamma)
+    _validate.check_unit_interval("lam", lam)
+
+
+def _full_state_checks(arrays, lr, gamma, lam):
+    _validate.state_inputs(*arrays, gamma=gamma, lam=lam, log_rhos=lr)
+
+
+def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    """Generalised advantage estimation (Schulman et al. 2016) and TD(lambda) returns.
+
+    ``delta_t = r_t + gamma beta_t V(s'_t) - V(s_t)``,
+    ``A_t = delta_t + gamma lam kappa_t A_{t+1}``, ``returns_t = V(s_t) + A_t``.
+    Shapes ``[T]`` or ``[T,B]``. Returns ``GAEOutput(advantages, returns)`` (see the module
+    docstring for dtype and array type).
+    """
+    K = _kernels()
+    ctx, shape, adv, ret, _ = _run_state(K.GAE, rewards, values, next_values, terminated,
+                                         truncated, None, gamma, lam)
+    return GAEOutput(ctx.out(adv, shape), ctx.out(ret, shape))
+
+
+def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam, rho_clip,
+            c_clip, pg_rho_clip):
+    K = _kernels()
+    rho_clip = _validate.check_clip("rho_clip", rho_clip)
+    c_clip = _validate.check_clip("c_clip", c_clip)
+    pg_rho_clip = _validate.check_clip("pg_rho_clip", pg_rho_clip)
+    ctx, shape, adv, ret, pg = _run_state(K.VTRACE, rewards, values, next_values, terminated,
+                                          truncated, log_rhos, gamma, lam, rho_clip, c_clip,
+                                          pg_rho_clip)
+    return VTraceOutput(ctx.out(adv, shape), ctx.out(ret, shape), ctx.out(pg, shape))
+
+
+def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma, lam=1.0,
+           rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0):
+    """V-trace (Espeholt et al. 2018, IMPALA), with the trace parameter lambda.
+
+    ``rho_t = exp(log_rhos_t)``, ``rho_hat_t = min(rho_clip, rho_t)``, ``c_t = min(c_clip, rho_t)``;
+    ``delta_t = rho_hat_t (r_t + gamma beta_t V(s'_t) - V(s_t))``,
+    ``A_t = delta_t + gamma lam c_t kappa_t A_{t+1}``, ``v_t = V(s_t) + A_t``;
+    ``q_t = r_t + gamma beta_t [kappa_t (lam v_{t+1} + (1-lam) V(s'_t)) + (1-kappa_t) V(s'_t)]``,
+    ``pg_t = min(pg_rho_clip, rho_t) (q_t - V(s_t))``. Shapes ``[T]`` or ``[T,B]``.
+    Returns ``VTraceOutput(advantages, value_targets, pg_advantages)``.
+    """
+    return _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
+                   rho_clip, c_clip, pg_rho_clip)
+
+
+def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
+                   lam=1.0, rho_clip=1.0, c_clip=1.0):
+    """PufferLib's "puff advantage": V-trace's ``A_t = v_t - V(s_t)`` (see ``vtrace``)."""
+    K = _kernels()
+    rho_clip = _validate.check_clip("rho_clip", rho_clip)
+    c_clip = _validate.check_clip("c_clip", c_clip)
+    # GAE-shaped kernel with V-trace coefficients but no pg output: the VTRACE kernel is used
+    # and its pg discarded only when needed; computing pg costs one more pass, so skip it.
+    ctx, shape, adv, _, _ = _run_state(K.VTRACE, rewards, values, next_values, terminated,
+                                       truncated, log_rhos, gamma, lam, rho_clip, c_clip, 1.0)
+    return ctx.out(adv, shape)
+
+
+def per_decision_is(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
+                    lam):
+    """Per-decision importance sampling with control variates (Precup et al. 2000), with lambda:
+    the state-value trace with ``rho_hat_t = c_t = rho_t`` (no clipping).
+    Returns ``PDISOutput(advantages, value_targets)``."""
+    K = _kernels()
+    ctx, shape, adv, ret, _ = _run_state(K.PDIS, rewards, values, next_values, terminated,
+                                         truncated, log_rhos, gamma, lam)
+    return PDISOutput(ctx.out(adv, shape), ctx.out(ret, shape))
+
+
+# ---------------------------------------------------------------------------------------------
+# n-step returns
+
+
+def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
+    """n-step returns ``G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m beta_{t+m-1} V(s'_{t+m-1})``,
+    ``m = min(n, T-t, 1 + steps to the first done at or after t)``. Shapes ``[T]``/``[T,B]``."""
+    arrays = [_array(x) for x in (rewards, next_values, terminated, truncated)]
+    names = ("rewards", "next_values", "terminated", "truncated")
+    for name, x in zip(names, arrays, strict=False):
+        _validate.check_real(name, x)
+    _validate.check_time_major("rewards", arrays[0],
+                               **dict(zip(names[1:], arrays[1:], strict=False)))
+    for name, x in zip(names[2:], arrays[2:], strict=False):
+        if _validate._dtype_kind(x) != "b":
+            _validate.check_flags(name, x)
+    _validate.check_unit_interval("gamma", gamma)
+    n = _validate.check_n(n)
+    K = _kernels()
+    ctx = _Context(arrays)
+    shape = tuple(arrays[0].shape)
+    T = shape[0]
+    B = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    r, nv = (ctx.floats(x) for x in arrays[:2])
+    te, tr = (ctx.flags(x) for x in arrays[2:])
+    out, err = ctx.empty(T * B), ctx.zeros_err()
+    _launch(K.build_nstep(_ti_dtype(ctx.dtype)),
+            [r, nv, te, tr, out, err, T, B, min(n, T), float(gamma)])
+    if _failed(err):
+        _validate.nstep_inputs(*arrays, gamma=gamma, n=n)
+    return ctx.out(out, shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# action-value trace
+
+
+def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
+                coefficient_name=None, coefficient_input=None):
+    arrays = [_array(x) for x in (rewards, q_taken, next_expected_q, terminated, truncated)]
+    names = ("rewards", "q_taken", "next_expected_q", "terminated", "truncated")
+    named = dict(zip(names, arrays, strict=False))
+    cx = None
+    if coefficient_name is not None:
+        cx = _array(coefficient_input)
+        named[coefficient_name] = cx
+    for name, x in named.items():
+        _validate.check_real(name, x)
+    _validate.check_time_major("rewards", arrays[0],
+                               **{k: x for k, x in named.items() if k != "rewards"})
+    for name in ("terminated", "truncated"):
+        if _validate._dtype_kind(named[name]) != "b":
+            _validate.check_flags(name, named[name])
+    _validate.check_unit_interval("gamma", gamma)
+    _validate.check_unit_interval("lam", lam)
+    K = _kernels()
+    ctx = _Context(list(named.values()))
+    shape = tuple(arrays[0].shape)
+    T = shape[0]
+    B = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    r, q, nq = (ctx.floats(x) for x in arrays[:3])
+    te, tr = (ctx.flags(x) for x in arrays[3:])
+    cxb = ctx.floats(cx) if cx is not None else ctx.dummy()
+    out, err = ctx.empty(T * B), ctx.zeros_err()
+    hi = 1.0 if coefficient_name == "target_probs_taken" else float(np.finfo(ctx.dtype).max)
+    kern = K.build_action(_ti_dtype(ctx.dtype), mode)
+    if _state["arch"] == "cpu" and _forced_form["state"] != "naive":
+        BB = min(2048, max(32, -(-B // _nthreads())))
+        _launch(kern["rows"], [r, q, nq, te, tr, cxb, out, err, T, B, BB, float(gamma),
+                               float(lam), 0.0, hi])
+    else:
+        _launch(kern["naive"], [r, q, nq, te, tr, cxb, out, err, T, B, float(gamma), float(lam),
+                                0.0, hi])
+    if _failed(err):
+        extra = {} if coefficient_name is None else {coefficient_name: cx}
+        _validate.action_inputs(*arrays, gamma=gamma, lam=lam, **extra)
+    return ctx.out(out, shape)
+
+
+def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *, gamma, lam):
+    """The general action-value trace:
+    ``G_t = r_t + gamma beta_t next_expected_q_t
+    + gamma lam kappa_t c_{t+1} (G_{t+1} - Q(s_{t+1}, a_{t+1}))`` with ``c = traces``."""
+    K = _kernels()
+    return _run_action(K.Q_TRACES, rewards, q_taken, next_expected_q, terminated, truncated,
+                       gamma, lam, "traces", traces)
+
+
+def retrace(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *, gamma, lam):
+    """Retrace(lambda) (Munos et al. 2016): ``q_trace`` with ``c_t = min(1, rho_t)``."""
+    K = _kernels()
+    return _run_action(K.Q_RETRACE, rewards, q_taken, next_expected_q, terminated, truncated,
+                       gamma, lam, "log_rhos", log_rhos)
+
+
+def tree_backup(rewards, q_taken, next_expected_q, terminated, truncated, target_probs_taken,
+                *, gamma, lam):
+    """Tree-backup(lambda) (Precup et al. 2000): ``q_trace`` with ``c_t = pi(a_t|s_t)``."""
+    K = _kernels()
+    return _run_action(K.Q_TRACES, rewards, q_taken, next_expected_q, terminated, truncated,
+                       gamma, lam, "target_probs_taken", target_probs_taken)
+
+
+def q_lambda(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam):
+    """Q^pi(lambda) (Harutyunyan et al. 2016): ``q_trace`` with ``c_t = 1``."""
+    K = _kernels()
+    return _run_action(K.Q_ONES, rewards, q_taken, next_expected_q, terminated, truncated,
+                       gamma, lam)
+
+
+def importance_sampling_q(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *,
+                          gamma, lam):
+    """Per-decision importance sampling for Q: ``q_trace`` with ``c_t = rho_t`` (unclipped)."""
+    K = _kernels()
+    return _run_action(K.Q_IS, rewards, q_taken, next_expected_q, terminated, truncated,
+                       gamma, lam, "log_rhos", log_rhos)
+
+
+# ---------------------------------------------------------------------------------------------
+# P3O
+
+_NORM = {"max": 0, "sum": 1, "none": 2}
+
+
+def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
+                  normalize="max"):
+    """P3O variance-weighted advantage (an experimental PufferLib estimator):
+    ``w_{t,k} = max(0, sigma_{t,k}^-2 - sigma_r^-2)`` normalised per t over all H (by max, sum,
+    or not), ``A_t = sum_{k<m} w_{t,k} (r_{t+k} - mu_{t,k})``,
+    ``m = min(H, T-t, 1 + steps to the first done at or after t)``.
+    Shapes: rewards ``[T]``/``[T,B]``, predictions ``[T,H]``/``[T,B,H]``."""
+    arrays = [_array(x) for x in (rewards, reward_mean, reward_std, terminated, truncated)]
+    names = ("rewards", "reward_mean", "reward_std", "terminated", "truncated")
+    for name, x in zip(names, arrays, strict=False):
+        _validate.check_real(name, x)
+    r0, mean0, std0, te0, tr0 = arrays
+    _validate.check_time_major("rewards", r0, terminated=te0, truncated=tr0)
+    shape = tuple(r0.shape)
+    for x in (mean0, std0):
+        got = tuple(x.shape)
+        if len(got) != len(shape) + 1 or got[:-1] != shape or got[-1] < 1:
+            # the shared check raises the exact message
+            _validate.p3o_inputs(*arrays, batch_reward_std=batch_reward_std,
+                                 normalize=normalize)
+    if tuple(std0.shape) != tuple(mean0.shape):
+        _validate.p3o_inputs(*arrays, batch_reward_std=batch_reward_std, normalize=normalize)
+    for name, x in (("terminated", te0), ("truncated", tr0)):
+        if _validate._dtype_kind(x) != "b":
+            _validate.check_flags(name, x)
+    sigma_r = _validate.check_positive("batch_reward_std", batch_reward_std)
+    normalize = _validate.check_normalize(normalize)
+    K = _kernels()
+    ctx = _Context(arrays)
+    T = shape[0]
+    B = int(np.prod(shape[1:])) if len(shape) > 1 else 1
+    H = int(mean0.shape[-1])
+    r, mean, std = (ctx.floats(x) for x in arrays[:3])
+    te, tr = (ctx.flags(x) for x in arrays[3:])
+    out, err = ctx.empty(T * B), ctx.zeros_err()
+    _launch(K.build_p3o(_ti_dtype(ctx.dtype)),
+            [r, mean, std, te, tr, out, err, T, B, H, float(sigma_r) ** -2.0, _NORM[normalize]])
+    if _failed(err):
+        _validate.p3o_inputs(*arrays, batch_reward_std=batch_reward_std, normalize=normalize)
+    return ctx.out(out, shape)
