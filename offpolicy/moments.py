@@ -673,9 +673,20 @@ def call_estimator(backend, estimator: str, inputs: dict, *, gamma: float,
     base, output = _resolve(estimator, output)
     x = inputs
     lam = params.get("lam", 1.0)
-    state_args = (x["rewards"], x["values"], x["next_values"], x["terminated"], x["truncated"])
-    action_args = (x["rewards"], x["q_taken"], x["next_expected_q"], x["terminated"],
-                   x["truncated"])
+    if base == "p3o":
+        means = np.asarray(params["means"], float)
+        H = means.shape[1]
+        w = np.asarray(params.get("weights", gamma ** np.arange(H)), float)
+        w = np.broadcast_to(w if w.ndim == 2 else w[None, :], means.shape)
+        with np.errstate(divide="ignore"):
+            std = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), np.inf)
+        st = np.asarray(x["states"])
+        return backend.p3o_advantage(x["rewards"], means[st], std[st], x["terminated"],
+                                     x["truncated"], batch_reward_std=np.inf, normalize="none")
+    keys = ("values", "next_values") if _SPECS[base].kind == "state" else \
+        ("q_taken", "next_expected_q")
+    state_args = action_args = (x["rewards"], *(x[k] for k in keys), x["terminated"],
+                                x["truncated"])
     if base == "gae":
         out = backend.gae(*state_args, gamma=gamma, lam=lam)
         return out.advantages if output == "advantage" else out.returns
@@ -704,14 +715,4 @@ def call_estimator(backend, estimator: str, inputs: dict, *, gamma: float,
         return backend.q_lambda(*action_args, gamma=gamma, lam=lam)
     if base == "importance_sampling_q":
         return backend.importance_sampling_q(*action_args, x["log_rhos"], gamma=gamma, lam=lam)
-    if base == "p3o":
-        means = np.asarray(params["means"], float)
-        H = means.shape[1]
-        w = np.asarray(params.get("weights", gamma ** np.arange(H)), float)
-        w = np.broadcast_to(w if w.ndim == 2 else w[None, :], means.shape)
-        with np.errstate(divide="ignore"):
-            std = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), np.inf)
-        st = np.asarray(x["states"])
-        return backend.p3o_advantage(x["rewards"], means[st], std[st], x["terminated"],
-                                     x["truncated"], batch_reward_std=np.inf, normalize="none")
     raise AssertionError(base)
