@@ -1,0 +1,206 @@
+"""Command line of the bias/variance report.
+
+    python -m offpolicy.report                       # quick profile (< 1 min), reports/quick/
+    python -m offpolicy.report --profile full --jobs 2   # the whole grid, reports/full/
+    python -m offpolicy.report --check reports/baseline  # CI gate (exit 1 on regression)
+    python -m offpolicy.report --update-baseline         # rewrite reports/baseline/
+
+Cells are appended to ``<runs>/<profile>-<grid>-<code>/cells.jsonl`` as they finish; running the
+same command again after Ctrl-C or kill resumes from there. A change to the grid, the seed or
+the code involved starts a new run directory (``--fresh`` forces one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+from . import _blas, grid
+
+DEFAULT_BASELINE = os.path.join("reports", "baseline")
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(
+        prog="python -m offpolicy.report",
+        description="Exact bias, variance and MSE of every estimator over an MDP suite, "
+        "staleness levels and parameter grids, with a Monte Carlo cross-check.",
+    )
+    p.add_argument("--profile", choices=sorted(grid.PROFILES), default="quick",
+                   help="quick (default, under a minute) or full (the whole grid)")
+    p.add_argument("--estimators", help="comma-separated subset of: " + ",".join(grid.ESTIMATORS))
+    p.add_argument("--mdps", help="comma-separated subset of: " + ",".join(grid.MDPS))
+    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo and noisy values")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--out", help="output directory (default reports/<profile>)")
+    p.add_argument("--check", metavar="BASELINE_DIR",
+                   help="recompute and compare with the baseline; exit 1 on any regression")
+    p.add_argument("--update-baseline", nargs="?", const=DEFAULT_BASELINE, metavar="DIR",
+                   help=f"recompute and rewrite the baseline (default {DEFAULT_BASELINE})")
+    p.add_argument("--fresh", action="store_true", help="ignore stored cells, recompute all")
+    p.add_argument("--limit", type=int, help="stop after computing this many new cells "
+                   "(the run resumes on the next call)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no tables on the terminal")
+    args = p.parse_args(argv)
+    args.mdps = _subset(p, args.mdps, grid.MDPS, "--mdps")
+    args.estimators = _subset(p, args.estimators, tuple(grid.ESTIMATORS), "--estimators")
+    if args.jobs < 1:
+        p.error("--jobs: must be >= 1")
+    return args
+
+
+def _subset(p, text, known, flag):
+    if text is None:
+        return None
+    names = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [x for x in names if x not in known]
+    if bad or not names:
+        p.error(f"{flag}: unknown {', '.join(bad) or '(empty)'}; known: {', '.join(known)}")
+    return tuple(names)
+
+
+def command_line(args) -> str:
+    """The canonical command that regenerates a result (written into the files)."""
+    parts = ["python -m offpolicy.report", f"--profile {args.profile}"]
+    if args.seed != 0:
+        parts.append(f"--seed {args.seed}")
+    if args.mdps:
+        parts.append("--mdps " + ",".join(args.mdps))
+    if args.estimators:
+        parts.append("--estimators " + ",".join(args.estimators))
+    if args.profile == "full":
+        parts.append("--jobs 2")
+    return " ".join(parts)
+
+
+def compute(args, profile, cells, run_dir, progress) -> list[dict] | None:
+    """Run (or resume) the grid in ``run_dir``; the records in grid order, or None if stopped
+    early by ``--limit``."""
+    from .run import run_cells
+    from .store import CellStore
+
+    with CellStore(os.path.join(run_dir, "cells.jsonl")) as store:
+        run_cells(cells, store, seed=args.seed, mc_samples=profile.mc_samples, jobs=args.jobs,
+                  limit=args.limit, progress=progress)
+        missing = [c for c in cells if grid.cell_id(c) not in store]
+        if missing:
+            return None
+        return [store.records[grid.cell_id(c)] for c in cells]
+
+
+def _records_with_cells(records, cells):
+    # the stored cell dicts went through JSON; keep the in-memory ones (same content)
+    return [dict(r, cell=c) for r, c in zip(records, cells, strict=True)]
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    _blas.single_thread()
+    profile = grid.PROFILES[args.profile]
+    cells = grid.cells(profile, args.mdps, args.estimators)
+    progress = False if args.no_progress else None
+    from .run import code_fingerprint
+
+    tag = (f"{profile.name}-{grid.fingerprint(profile, args.seed, args.mdps, args.estimators)}"
+           f"-{code_fingerprint()}")
+
+    if args.check:
+        return _check(args, profile, cells, tag, progress)
+
+    out_dir = args.out or os.path.join("reports", profile.name)
+    runs = os.path.join(out_dir, "_runs") if args.out else os.path.join("reports", "_runs")
+    run_dir = os.path.join(runs, tag)
+    if args.fresh and os.path.isdir(run_dir):
+        shutil.rmtree(run_dir)
+    try:
+        records = compute(args, profile, cells, run_dir, progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: finished cells are kept in {run_dir}; run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+    if records is None:
+        print(f"stopped after --limit {args.limit} new cells; cells so far are in {run_dir}; "
+              "run again to resume", file=sys.stderr)
+        return 0
+    records = _records_with_cells(records, cells)
+    meta = _meta(args, profile, cells)
+    if args.update_baseline:
+        return _write_baseline(args.update_baseline, records, profile, meta)
+    return _publish(args, out_dir, records, profile, meta)
+
+
+def _meta(args, profile, cells) -> dict:
+    return {"profile": profile.name, "seed": args.seed, "command": command_line(args),
+            "cells": len(cells), "mc_samples": profile.mc_samples,
+            "mdps": list(args.mdps or profile.mdps),
+            "estimators": list(args.estimators or profile.estimators)}
+
+
+def _publish(args, out_dir, records, profile, meta) -> int:
+    from . import render
+
+    summ = render.write_outputs(out_dir, records, profile, meta)
+    written = ["results.csv", "results.json", "results.md"]
+    if not args.no_plots:
+        from .plots import plot_all
+
+        written += [os.path.basename(p) for p in plot_all(out_dir, records, profile)]
+    if not args.quiet:
+        _print_tables(records, profile, summ)
+    print(f"wrote {', '.join(written)} to {out_dir}/ ({len(records)} cells; "
+          f"regenerate: {meta['command']})")
+    return 0
+
+
+def _print_tables(records, profile, summ) -> None:
+    from . import render
+
+    s = profile
+    h, b = render.staleness_table(records, profile)
+    render.print_table(h, b, f"MSE by staleness k  (lam={grid.fmt_param(s.show_lam)}, "
+                       f"n={s.show_n}, rho/c={grid.fmt_param(s.show_clip[0])}/"
+                       f"{grid.fmt_param(s.show_clip[1])}, T={s.show_T}, values={s.show_values})")
+    h, b = render.best_table(summ["best_by_staleness"])
+    render.print_table(h, b, f"Lowest MSE per staleness level, each estimator tuned over its "
+                       f"grid (T={s.show_T}, values={s.show_values})")
+    if summ["mc_cells"]:
+        print(f"Monte Carlo: {summ['mc_cells']} cells x {s.mc_samples} segments; largest |z| "
+              f"against the exact figures: {render.short(summ['mc_max_abs_z'], 3)}")
+
+
+def _write_baseline(directory, records, profile, meta) -> int:
+    from . import render
+    from .check import format_regressions, self_consistency
+
+    bad = self_consistency(records)
+    if bad:  # never bless an estimator that disagrees with its exact moments
+        print(format_regressions(bad, "(the exact moments)", len(records)))
+        print(f"baseline NOT rewritten: {directory}")
+        return 1
+    render.write_outputs(directory, records, profile, meta)
+    print(f"baseline rewritten: {directory}/results.json ({len(records)} cells)")
+    return 0
+
+
+def _check(args, profile, cells, tag, progress) -> int:
+    from .check import compare, format_regressions, load_baseline
+
+    baseline = load_baseline(args.check)
+    with tempfile.TemporaryDirectory(prefix="offpolicy-check-") as tmp:
+        records = compute(args, profile, cells, os.path.join(tmp, tag), progress)
+    records = _records_with_cells(records, cells)
+    if args.mdps or args.estimators:
+        expected = {grid.cell_id(c) for c in cells}
+    else:
+        expected = set(baseline["cells"])
+    regs = compare(records, baseline, expected)
+    text = format_regressions(regs, args.check, len(records))
+    print(text, end="" if text.endswith("\n") else "\n")
+    return 1 if regs else 0
+
+

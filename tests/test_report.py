@@ -1,0 +1,155 @@
+"""The bias/variance report (issue 5): grid, resumable store, byte-identical outputs, the CI
+check passing on the untouched tree and failing readably on a broken estimator."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import estimators.numpy as reference
+from offpolicy import moments
+from offpolicy.report import check, cli, compute, grid, render
+from offpolicy.report.store import CellStore, encode
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BASELINE = os.path.join(ROOT, "reports", "baseline")
+# a small slice of the quick grid with Monte Carlo cells for every estimator kind used below
+SUBSET = ["--mdps", "chain", "--estimators", "gae,vtrace,retrace,nstep"]
+
+
+def run(argv, capsys):
+    rc = cli.main(argv + ["--no-progress"])
+    return rc, capsys.readouterr().out
+
+
+# ---- grid ------------------------------------------------------------------------------------
+
+
+def test_cell_ids_are_unique_and_parse_back():
+    for profile in grid.PROFILES.values():
+        cells = grid.cells(profile)
+        ids = [grid.cell_id(c) for c in cells]
+        assert len(set(ids)) == len(ids)
+        c = cells[len(cells) // 2]
+        fields = dict(part.split("=", 1) for part in grid.cell_id(c).split())
+        for axis in grid.AXES:
+            assert grid.parse_param(axis, fields[grid.LABELS[axis]]) == c[axis]
+
+
+def test_every_estimator_has_monte_carlo_cells_in_the_quick_profile():
+    cells = grid.cells(grid.PROFILES["quick"])
+    assert {c["estimator"] for c in cells if c["mc"]} == set(grid.ESTIMATORS)
+    assert {c["stale"] for c in cells if c["mc"]} >= {0, 2}  # on- and off-policy
+
+
+def test_mse_is_bias_squared_plus_variance_and_on_policy_bias_vanishes():
+    cell = dict(mdp="garnet_small", estimator="gae", lam=0.9, n=None, rho_clip=None,
+                c_clip=None, stale=0, T=16, values="exact", mc=False)
+    m = compute.compute_cell(cell, 0, 0)["metrics"]
+    assert m["bias_target"] < 1e-12  # Theorem 3: on-policy GAE with V^pi is unbiased for A^pi
+    assert m["mse"] == pytest.approx(m["bias_target"] ** 2 + m["var"], rel=1e-12)
+    off = compute.compute_cell(dict(cell, stale=2, estimator="vtrace", rho_clip=1.0,
+                                    c_clip=1.0), 0, 0)["metrics"]
+    assert off["kl"] > 0 and 0 < off["tv"] < 1
+    assert off["modulus"] < 1
+
+
+# ---- store and resume ------------------------------------------------------------------------
+
+
+def test_store_drops_a_partial_last_line_and_keeps_appending(tmp_path):
+    path = str(tmp_path / "cells.jsonl")
+    with CellStore(path) as s:
+        s.add({"id": "a", "metrics": {"x": 1.0}})
+        s.add({"id": "b", "metrics": {"x": float("nan")}})
+    with open(path, "ab") as f:
+        f.write(b'{"id":"c","metr')  # killed mid-write
+    with CellStore(path) as s:
+        assert set(s.records) == {"a", "b"}
+        s.add({"id": "c", "metrics": {"x": 3.0}})
+    lines = open(path, "rb").read().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == ["a", "b", "c"]
+    assert encode({"b": 1, "a": float("inf")}) == '{"a":"inf","b":1}'
+
+
+def test_interrupted_run_resumes_to_byte_identical_files(tmp_path, capsys):
+    args = SUBSET + ["--seed", "3"]
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    rc, _ = run(args + ["--out", a, "--limit", "9", "--quiet"], capsys)
+    assert rc == 0 and not os.path.exists(os.path.join(a, "results.json"))
+    (jsonl,) = [os.path.join(r, f) for r, _, fs in os.walk(a) for f in fs if f == "cells.jsonl"]
+    assert len(open(jsonl).read().splitlines()) >= 9
+    with open(jsonl, "ab") as f:
+        f.write(b'{"cell":{"T":16')  # and the kill came in the middle of a write
+    rc, out = run(args + ["--out", a], capsys)
+    assert rc == 0 and "MSE by staleness" in out
+    rc, _ = run(args + ["--out", b, "--quiet", "--jobs", "2"], capsys)
+    assert rc == 0
+    names = sorted(f for f in os.listdir(b) if not f.startswith("_"))
+    assert {"results.csv", "results.json", "results.md", "mse_vs_staleness.png"} <= set(names)
+    for name in names:
+        with open(os.path.join(a, name), "rb") as fa, open(os.path.join(b, name), "rb") as fb:
+            assert fa.read() == fb.read(), name
+
+
+def test_unknown_names_are_rejected_with_the_known_ones(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--mdps", "garnet_huge"])
+    assert "known: garnet_small" in capsys.readouterr().err
+
+
+# ---- the CI check ----------------------------------------------------------------------------
+
+
+def test_check_passes_on_the_untouched_tree(capsys):
+    rc, out = run(["--check", BASELINE] + SUBSET, capsys)
+    assert rc == 0, out
+    assert "check passed" in out
+
+
+def _broken_vtrace(original):
+    def vtrace(*args, **kw):  # the trace coefficient forgets its clip: c_t = rho_t
+        kw["c_clip"] = float("inf")
+        return original(*args, **kw)
+
+    return vtrace
+
+
+def test_check_fails_readably_when_an_estimator_is_broken(monkeypatch, capsys):
+    monkeypatch.setattr(reference, "vtrace", _broken_vtrace(reference.vtrace))
+    rc, out = run(["--check", BASELINE] + SUBSET, capsys)
+    assert rc == 1
+    assert "check FAILED" in out
+    assert "estimator=vtrace" in out and "k=2" in out
+    assert "disagrees with its exact moments" in out
+    assert "estimator=gae" not in out  # only the broken estimator is named
+
+
+def test_check_fails_when_an_exact_moment_coefficient_is_broken(monkeypatch, capsys):
+    spec = moments._SPECS["retrace"]
+    broken = moments._q_trace(lambda c: np.minimum(1.0, c.rho) ** 2)  # c = min(1, rho)^2
+    monkeypatch.setitem(moments._SPECS, "retrace",
+                        moments._Spec({"target": broken}, spec.kind))
+    rc, out = run(["--check", BASELINE] + SUBSET, capsys)
+    assert rc == 1
+    assert "estimator=retrace" in out and "exact figure changed" in out
+    line = next(x for x in out.splitlines() if x.strip().startswith("mse "))
+    assert "baseline" in line and "now" in line and "tolerance" in line
+
+
+def test_missing_and_extra_cells_are_regressions():
+    base = {"cells": {"x": {"metrics": {}}}, "meta": {}}
+    rec = {"id": "y", "cell": {"mc": False}, "metrics": {}}
+    regs = check.compare([rec], base, {"x"})
+    assert {r["why"] for r in regs} == {"cell not recomputed",
+                                        "cell not in the baseline (--update-baseline?)"}
+    text = check.format_regressions(regs, "B", 1)
+    assert text.startswith("check FAILED: 2 regression(s)")
+
+
+def test_number_format_is_fixed():
+    assert [render.num(x) for x in (0.1 + 0.2, -0.0, float("inf"), None, 1e-300)] == [
+        "0.3", "0", "inf", "", "1e-300"]
