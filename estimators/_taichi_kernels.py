@@ -68,7 +68,8 @@ def build_state(dt, mode):
     Arguments common to every form (flat 1-d arrays of T*B elements unless said otherwise):
     r, v, nv (dt), te, tr (u8), lr (dt; a 1-element dummy for GAE), adv, ret, pg (dt; pg is a
     1-element dummy unless VTRACE), err (i32, 1 element, set to 1 when an input breaks a
-    rule), then the ints and the float parameters gamma, lam, rho_clip, c_clip, pg_clip (f64, cast to dt inside).
+    rule), then the ints and the float parameters gamma, lam, rho_clip, c_clip, pg_clip
+    (f64, cast to dt inside).
     """
     return _memo(("state", dt, mode), lambda: _make_state(dt, mode))
 
@@ -229,7 +230,7 @@ def _make_state(dt, mode):
                     if ti.static(want_pg):
                         pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, k, gamma, lam,
                                    pg_clip)
-            if bad != 0:
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
 
     @ti.kernel
@@ -252,7 +253,7 @@ def _make_state(dt, mode):
                 bad += e
                 if ti.static(want_pg):
                     pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, k, gamma, lam, pg_clip)
-            if bad != 0:
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
 
     @ti.kernel
@@ -282,7 +283,7 @@ def _make_state(dt, mode):
                 bad += l[5] + r[i] * 0 + v[i] * 0 + l[0] * 0
             dsum[c * B + b] = d
             gprod[c * B + b] = gp
-            if bad != 0:
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
         # 2. compose the maps from the last chunk backwards: carry-in of every chunk
         for b in range(B):
@@ -378,7 +379,7 @@ def _make_action(dt, mode):
                     _g, e = element(r, q, nq, te, tr, cx, out, i, i + B, k, gamma, lam, lo, hi,
                                     prev)
                     bad += e
-            if bad != 0:
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
 
     @ti.kernel
@@ -396,7 +397,7 @@ def _make_action(dt, mode):
                 i = t * B + b
                 g, e = element(r, q, nq, te, tr, cx, out, i, i + B, k, gamma, lam, lo, hi, g)
                 bad += e
-            if bad != 0:
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
 
     return {"rows": rows, "naive": naive}
@@ -421,7 +422,7 @@ def _make_nstep(dt):
             # validity of this element's own inputs (each element is checked exactly once)
             own = te[i] != 0
             bad = r[i] * 0 + ti.select(own, ti.cast(0, dt), nv[i] * 0)
-            if bad != 0:
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
             total = ti.cast(0, dt)
             disc = ti.cast(1, dt)
@@ -465,7 +466,7 @@ def _make_p3o(dt):
                     scale += w
             if norm == 2 or not scale > 0:
                 scale = ti.cast(1, dt)
-            if bad != 0:
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
             total = ti.cast(0, dt)
             m = ti.min(H, T - t)

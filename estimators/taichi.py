@@ -344,16 +344,39 @@ def _form(form):
         _forced_form["state"] = old
 
 
+def _checks(cheap, full):
+    """Run the checks that do not read elements; if one fails, run the shared validation
+    (``full``) first, so the error raised is exactly the reference's (its first failing check)."""
+    try:
+        return cheap()
+    except (ValueError, TypeError):
+        full()
+        raise
+
+
 # ---------------------------------------------------------------------------------------------
 # state-value trace
 
 
 def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
-               rho_clip=1.0, c_clip=1.0, pg_clip=1.0):
-    """Validate, run the state-value kernel; returns (ctx, shape, adv, ret, pg) flat."""
+               clips=None):
+    """Validate, run the state-value kernel; returns (ctx, shape, adv, ret, pg) flat.
+    ``clips``: {name: level} of the clip levels to check and use (V-trace)."""
     arrays = [_array(x) for x in (rewards, values, next_values, terminated, truncated)]
     lr = None if log_rhos is None else _array(log_rhos)
-    _cheap_state_checks(arrays, lr, gamma, lam)
+    clips = clips or {}
+
+    def full():
+        _validate.state_inputs(*arrays, gamma=gamma, lam=lam, log_rhos=lr)
+        for name, level in clips.items():
+            _validate.check_clip(name, level)
+
+    def cheap():
+        _cheap_state_checks(arrays, lr, gamma, lam)
+        return [_validate.check_clip(name, level) for name, level in clips.items()]
+
+    levels = _checks(cheap, full) + [1.0] * (3 - len(clips))
+    rho_clip, c_clip, pg_clip = levels
     K = _kernels()
     ctx = _Context(arrays + ([lr] if lr is not None else []))
     shape = tuple(arrays[0].shape)
@@ -395,7 +418,7 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     else:
         raise ValueError(f"unknown kernel form {form!r}")
     if _failed(err):
-        _full_state_checks(arrays, lr, gamma, lam)
+        full()
     return ctx, shape, adv, ret, pg
 
 
@@ -424,10 +447,6 @@ def _cheap_state_checks(arrays, lr, gamma, lam):
     _validate.check_unit_interval("lam", lam)
 
 
-def _full_state_checks(arrays, lr, gamma, lam):
-    _validate.state_inputs(*arrays, gamma=gamma, lam=lam, log_rhos=lr)
-
-
 def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
     """Generalised advantage estimation (Schulman et al. 2016) and TD(lambda) returns.
 
@@ -445,12 +464,9 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
 def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam, rho_clip,
             c_clip, pg_rho_clip):
     K = _kernels()
-    rho_clip = _validate.check_clip("rho_clip", rho_clip)
-    c_clip = _validate.check_clip("c_clip", c_clip)
-    pg_rho_clip = _validate.check_clip("pg_rho_clip", pg_rho_clip)
+    clips = {"rho_clip": rho_clip, "c_clip": c_clip, "pg_rho_clip": pg_rho_clip}
     ctx, shape, adv, ret, pg = _run_state(K.VTRACE, rewards, values, next_values, terminated,
-                                          truncated, log_rhos, gamma, lam, rho_clip, c_clip,
-                                          pg_rho_clip)
+                                          truncated, log_rhos, gamma, lam, clips)
     return VTraceOutput(ctx.out(adv, shape), ctx.out(ret, shape), ctx.out(pg, shape))
 
 
@@ -473,12 +489,9 @@ def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos
                    lam=1.0, rho_clip=1.0, c_clip=1.0):
     """PufferLib's "puff advantage": V-trace's ``A_t = v_t - V(s_t)`` (see ``vtrace``)."""
     K = _kernels()
-    rho_clip = _validate.check_clip("rho_clip", rho_clip)
-    c_clip = _validate.check_clip("c_clip", c_clip)
-    # GAE-shaped kernel with V-trace coefficients but no pg output: the VTRACE kernel is used
-    # and its pg discarded only when needed; computing pg costs one more pass, so skip it.
+    clips = {"rho_clip": rho_clip, "c_clip": c_clip, "pg_rho_clip": 1.0}
     ctx, shape, adv, _, _ = _run_state(K.VTRACE, rewards, values, next_values, terminated,
-                                       truncated, log_rhos, gamma, lam, rho_clip, c_clip, 1.0)
+                                       truncated, log_rhos, gamma, lam, clips)
     return ctx.out(adv, shape)
 
 
@@ -502,15 +515,22 @@ def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
     ``m = min(n, T-t, 1 + steps to the first done at or after t)``. Shapes ``[T]``/``[T,B]``."""
     arrays = [_array(x) for x in (rewards, next_values, terminated, truncated)]
     names = ("rewards", "next_values", "terminated", "truncated")
-    for name, x in zip(names, arrays, strict=False):
-        _validate.check_real(name, x)
-    _validate.check_time_major("rewards", arrays[0],
-                               **dict(zip(names[1:], arrays[1:], strict=False)))
-    for name, x in zip(names[2:], arrays[2:], strict=False):
-        if _validate._dtype_kind(x) != "b":
-            _validate.check_flags(name, x)
-    _validate.check_unit_interval("gamma", gamma)
-    n = _validate.check_n(n)
+
+    def full():
+        _validate.nstep_inputs(*arrays, gamma=gamma, n=n)
+
+    def cheap():
+        for name, x in zip(names, arrays, strict=True):
+            _validate.check_real(name, x)
+        _validate.check_time_major("rewards", arrays[0],
+                                   **dict(zip(names[1:], arrays[1:], strict=True)))
+        for name, x in zip(names[2:], arrays[2:], strict=True):
+            if _validate._dtype_kind(x) != "b":
+                _validate.check_flags(name, x)
+        _validate.check_unit_interval("gamma", gamma)
+        return _validate.check_n(n)
+
+    n_checked = _checks(cheap, full)
     K = _kernels()
     ctx = _Context(arrays)
     shape = tuple(arrays[0].shape)
@@ -520,9 +540,9 @@ def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
     te, tr = (ctx.flags(x) for x in arrays[2:])
     out, err = ctx.empty(T * B), ctx.zeros_err()
     _launch(K.build_nstep(_ti_dtype(ctx.dtype)),
-            [r, nv, te, tr, out, err, T, B, min(n, T), float(gamma)])
+            [r, nv, te, tr, out, err, T, B, min(n_checked, T), float(gamma)])
     if _failed(err):
-        _validate.nstep_inputs(*arrays, gamma=gamma, n=n)
+        full()
     return ctx.out(out, shape)
 
 
@@ -539,15 +559,23 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
     if coefficient_name is not None:
         cx = _array(coefficient_input)
         named[coefficient_name] = cx
-    for name, x in named.items():
-        _validate.check_real(name, x)
-    _validate.check_time_major("rewards", arrays[0],
-                               **{k: x for k, x in named.items() if k != "rewards"})
-    for name in ("terminated", "truncated"):
-        if _validate._dtype_kind(named[name]) != "b":
-            _validate.check_flags(name, named[name])
-    _validate.check_unit_interval("gamma", gamma)
-    _validate.check_unit_interval("lam", lam)
+    extra = {} if coefficient_name is None else {coefficient_name: cx}
+
+    def full():
+        _validate.action_inputs(*arrays, gamma=gamma, lam=lam, **extra)
+
+    def cheap():
+        for name, x in named.items():
+            _validate.check_real(name, x)
+        _validate.check_time_major("rewards", arrays[0],
+                                   **{k: x for k, x in named.items() if k != "rewards"})
+        for name in ("terminated", "truncated"):
+            if _validate._dtype_kind(named[name]) != "b":
+                _validate.check_flags(name, named[name])
+        _validate.check_unit_interval("gamma", gamma)
+        _validate.check_unit_interval("lam", lam)
+
+    _checks(cheap, full)
     K = _kernels()
     ctx = _Context(list(named.values()))
     shape = tuple(arrays[0].shape)
@@ -567,8 +595,7 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
         _launch(kern["naive"], [r, q, nq, te, tr, cxb, out, err, T, B, float(gamma), float(lam),
                                 0.0, hi])
     if _failed(err):
-        extra = {} if coefficient_name is None else {coefficient_name: cx}
-        _validate.action_inputs(*arrays, gamma=gamma, lam=lam, **extra)
+        full()
     return ctx.out(out, shape)
 
 
@@ -626,24 +653,29 @@ def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, ba
     Shapes: rewards ``[T]``/``[T,B]``, predictions ``[T,H]``/``[T,B,H]``."""
     arrays = [_array(x) for x in (rewards, reward_mean, reward_std, terminated, truncated)]
     names = ("rewards", "reward_mean", "reward_std", "terminated", "truncated")
-    for name, x in zip(names, arrays, strict=False):
-        _validate.check_real(name, x)
     r0, mean0, std0, te0, tr0 = arrays
-    _validate.check_time_major("rewards", r0, terminated=te0, truncated=tr0)
     shape = tuple(r0.shape)
-    for x in (mean0, std0):
-        got = tuple(x.shape)
-        if len(got) != len(shape) + 1 or got[:-1] != shape or got[-1] < 1:
-            # the shared check raises the exact message
-            _validate.p3o_inputs(*arrays, batch_reward_std=batch_reward_std,
-                                 normalize=normalize)
-    if tuple(std0.shape) != tuple(mean0.shape):
+
+    def full():
         _validate.p3o_inputs(*arrays, batch_reward_std=batch_reward_std, normalize=normalize)
-    for name, x in (("terminated", te0), ("truncated", tr0)):
-        if _validate._dtype_kind(x) != "b":
-            _validate.check_flags(name, x)
-    sigma_r = _validate.check_positive("batch_reward_std", batch_reward_std)
-    normalize = _validate.check_normalize(normalize)
+
+    def cheap():
+        for name, x in zip(names, arrays, strict=True):
+            _validate.check_real(name, x)
+        _validate.check_time_major("rewards", r0, terminated=te0, truncated=tr0)
+        for x in (mean0, std0):
+            got = tuple(x.shape)
+            if len(got) != len(shape) + 1 or got[:-1] != shape or got[-1] < 1:
+                raise ValueError("shape")  # full() raises the shared message
+        if tuple(std0.shape) != tuple(mean0.shape):
+            raise ValueError("shape")
+        for name, x in (("terminated", te0), ("truncated", tr0)):
+            if _validate._dtype_kind(x) != "b":
+                _validate.check_flags(name, x)
+        return (_validate.check_positive("batch_reward_std", batch_reward_std),
+                _validate.check_normalize(normalize))
+
+    sigma_r, normalize = _checks(cheap, full)
     K = _kernels()
     ctx = _Context(arrays)
     T = shape[0]
@@ -655,5 +687,5 @@ def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, ba
     _launch(K.build_p3o(_ti_dtype(ctx.dtype)),
             [r, mean, std, te, tr, out, err, T, B, H, float(sigma_r) ** -2.0, _NORM[normalize]])
     if _failed(err):
-        _validate.p3o_inputs(*arrays, batch_reward_std=batch_reward_std, normalize=normalize)
+        full()
     return ctx.out(out, shape)
