@@ -216,6 +216,22 @@ def test_T05_vtrace_modulus_bound(m, data):
         assert np.abs(o1 - o2).max() <= bound * np.abs(v1 - v2).max() + 1e-9
 
 
+def test_T05_modulus_bound_needs_c_clip_at_most_rho_clip():
+    """Counterexample (proofs/T05): with c_clip > rho_clip the bound, and contraction, fail."""
+    m = mdp_mod.garnet(3, 2, 2, gamma=0.9, seed=0)
+    rng = np.random.default_rng(0)
+    mu, pi = rng.dirichlet(np.ones(2), size=3), rng.dirichlet(np.ones(2), size=3)
+    rc, cc = 0.3, 5.0
+    B = np.stack([exact.vtrace_operator(m, pi, mu, e, rho_clip=rc, c_clip=cc)
+                  - exact.vtrace_operator(m, pi, mu, 0 * e, rho_clip=rc, c_clip=cc)
+                  for e in np.eye(3)], axis=1)
+    d_rho = (mu * np.minimum(rc, pi / mu)).sum(axis=1)
+    assert 1 - (1 - m.gamma) * d_rho.min() < 1 < np.abs(B).sum(axis=1).max()
+    # the fixed point is still V^{pi_rhobar}
+    fixed = exact.vtrace_fixed_point(m, pi, mu, rc)
+    close(exact.vtrace_operator(m, pi, mu, fixed, rho_clip=rc, c_clip=cc), fixed, 1e-8)
+
+
 # ---- Theorem 6: Retrace / TB / IS fixed point Q^pi, modulus eta <= gamma; Q(lambda) fails ---
 
 
@@ -363,7 +379,6 @@ def test_T10_nstep_error_contracts_by_gamma_n(m, data, n, h):
     pi = data.draw(strategies.policies(S, A))
     v = data.draw(strategies.value_estimates(m, pi, kind="noisy"))
     vpi = exact.v_pi(m, pi)
-    v[m.terminal] = 0.0  # the bound is for value functions of the MDP (0 at terminal states)
     mom = moments.exact_moments(m, "nstep", behaviour=pi, target=pi, horizon=h, values=v, n=n)
     k = min(n, h)
     assert np.abs(mom.mean_s - vpi).max() <= m.gamma**k * np.abs(v - vpi).max() + 1e-9
