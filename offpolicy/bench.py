@@ -1,0 +1,366 @@
+"""Benchmark every estimator on every backend: ``python -m offpolicy.bench``.
+
+For each size (B x T; default 4096x128, 1024x1024, 128x4096, 64x64), float32 inputs, each
+estimator and each backend, the first call is timed on its own (for Taichi: JIT compile, or a
+load from Taichi's offline cache when an earlier process compiled it), then the median of
+``--repeats`` calls after a warm-up call. Columns:
+
+* ``speedup_vs_numpy``: the numpy reference (``estimators.numpy``, float64, validated) time
+  divided by this backend's time, measured in the same process;
+* ``speedup_vs_loop``: the same against ``numpy-loop``, the bare float32 loop over T vectorised
+  over B, with no validation or conversion (GAE and V-trace only): the yardstick of issue 7;
+* ``x_copy_floor``: this backend's time divided by the time ``np.copyto`` takes to copy the
+  estimator's input bytes (a memory-traffic floor for a one-pass kernel).
+
+Backends: ``numpy``, ``numpy-loop``, ``torch`` (CPU), ``taichi`` (its automatic kernel form),
+``taichi-naive`` (one thread per stream walking T, to show why the lockstep form exists), and
+peers when installed (never required): ``torchrl`` (functional GAE and V-trace, batch-major
+inputs prepared outside the timing) and ``rlax`` (GAE-like ``truncated_generalized_advantage_
+estimation`` and ``vtrace``, jitted, per stream vmapped).
+
+Writes ``bench.csv`` and ``bench.md`` under ``--out`` (default ``reports/bench/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+
+DEFAULT_SIZES = ((4096, 128), (1024, 1024), (128, 4096), (64, 64))
+QUICK_SIZES = ((64, 16), (8, 64))
+ESTIMATORS = ("gae", "vtrace", "puff_advantage", "per_decision_is", "nstep_returns", "q_trace",
+              "retrace", "tree_backup", "q_lambda", "importance_sampling_q", "p3o_advantage")
+BACKENDS = ("numpy", "numpy-loop", "torch", "taichi", "taichi-naive", "torchrl", "rlax")
+STATE = {"gae", "vtrace", "puff_advantage", "per_decision_is"}
+ACTION = {"q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q"}
+GAMMA, LAM, NSTEP, H = 0.99, 0.95, 5, 8
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs and calls
+
+
+def make_inputs(B, T, seed=0, dtype=np.float32):
+    rng = np.random.default_rng(seed)
+    f = lambda scale=1.0: (scale * rng.standard_normal((T, B))).astype(dtype)
+    return dict(
+        rewards=f(), values=f(), next_values=f(), q_taken=f(), next_expected_q=f(),
+        log_rhos=f(0.3), terminated=rng.random((T, B)) < 0.01,
+        truncated=rng.random((T, B)) < 0.005,
+        target_probs_taken=rng.random((T, B)).astype(dtype),
+        traces=rng.random((T, B)).astype(dtype),
+        reward_mean=(0.1 * rng.standard_normal((T, B, H))).astype(dtype),
+        reward_std=(0.5 + rng.random((T, B, H))).astype(dtype),
+    )
+
+
+def call_args(name, d):
+    """(positional arrays, keyword arguments) of estimator ``name``."""
+    s = (d["rewards"], d["values"], d["next_values"], d["terminated"], d["truncated"])
+    a = (d["rewards"], d["q_taken"], d["next_expected_q"], d["terminated"], d["truncated"])
+    gl = dict(gamma=GAMMA, lam=LAM)
+    return {
+        "gae": (s, gl),
+        "vtrace": (s + (d["log_rhos"],), gl),
+        "puff_advantage": (s + (d["log_rhos"],), gl),
+        "per_decision_is": (s + (d["log_rhos"],), gl),
+        "nstep_returns": ((d["rewards"], d["next_values"], d["terminated"], d["truncated"]),
+                          dict(gamma=GAMMA, n=NSTEP)),
+        "q_trace": (a + (d["traces"],), gl),
+        "retrace": (a + (d["log_rhos"],), gl),
+        "tree_backup": (a + (d["target_probs_taken"],), gl),
+        "q_lambda": (a, gl),
+        "importance_sampling_q": (a + (d["log_rhos"],), gl),
+        "p3o_advantage": ((d["rewards"], d["reward_mean"], d["reward_std"], d["terminated"],
+                           d["truncated"]), dict(batch_reward_std=1.0)),
+    }[name]
+
+
+def numpy_loop(name, d):
+    """The bare float32 reference loop (GAE and V-trace): a loop over T vectorised over B."""
+    r, v, nv = d["rewards"], d["values"], d["next_values"]
+    te, tr = d["terminated"], d["truncated"]
+    T = r.shape[0]
+    g = np.float32(GAMMA)
+    gl = np.float32(GAMMA * LAM)
+    if name == "gae":
+        def run():
+            delta = r + g * np.where(te, np.float32(0), nv) - v
+            coef = np.where(te | tr, np.float32(0), gl)
+            adv = np.empty_like(r)
+            a = np.zeros_like(r[0])
+            for t in range(T - 1, -1, -1):
+                a = delta[t] + coef[t] * a if t < T - 1 else delta[t]
+                adv[t] = a
+            return adv, adv + v
+        return run
+    if name == "vtrace":
+        lr = d["log_rhos"]
+
+        def run():
+            rho = np.exp(lr)
+            rh = np.minimum(np.float32(1), rho)
+            boot = np.where(te, np.float32(0), nv)
+            delta = rh * (r + g * boot - v)
+            coef = np.where(te | tr, np.float32(0), gl * rh)
+            adv = np.empty_like(r)
+            a = np.zeros_like(r[0])
+            for t in range(T - 1, -1, -1):
+                a = delta[t] + coef[t] * a if t < T - 1 else delta[t]
+                adv[t] = a
+            vt = adv + v
+            nxt = np.concatenate([vt[1:], np.zeros_like(vt[:1])])
+            kappa = ~(te | tr)
+            kappa[-1] = False
+            q = r + g * np.where(kappa, np.float32(LAM) * nxt + np.float32(1 - LAM) * boot, boot)
+            return adv, vt, rh * (q - v)
+        return run
+    return None
+
+
+def backend_call(backend, name, d):
+    """A zero-argument callable running ``name`` on ``backend``, or None if not available."""
+    if backend == "numpy-loop":
+        return numpy_loop(name, d)
+    if backend in ("numpy", "torch", "taichi", "taichi-naive"):
+        module = importlib.import_module(
+            "estimators." + ("taichi" if backend.startswith("taichi") else backend))
+        fn = getattr(module, name)
+        args, kwargs = call_args(name, d)
+        if backend == "torch":
+            torch = importlib.import_module("torch")
+            args = tuple(torch.from_numpy(x) for x in args)
+        if backend == "taichi-naive":
+            if name not in STATE | ACTION:
+                return None
+            form = module._form
+
+            def run():
+                with form("naive"):
+                    return fn(*args, **kwargs)
+            return run
+        return lambda: fn(*args, **kwargs)
+    if backend == "torchrl":
+        return _torchrl_call(name, d)
+    if backend == "rlax":
+        return _rlax_call(name, d)
+    raise ValueError(f"unknown backend {backend!r}")
+
+
+def _torchrl_call(name, d):
+    if name not in ("gae", "vtrace"):
+        return None
+    try:
+        F = importlib.import_module("torchrl.objectives.value.functional")
+        torch = importlib.import_module("torch")
+    except ImportError:
+        return None
+    bm = lambda x: torch.from_numpy(np.ascontiguousarray(x.T)).unsqueeze(-1)  # [B, T, 1]
+    r, v, nv = bm(d["rewards"]), bm(d["values"]), bm(d["next_values"])
+    term = bm(d["terminated"])
+    done = bm(d["terminated"] | d["truncated"])
+    if name == "gae":
+        return lambda: F.generalized_advantage_estimate(GAMMA, LAM, v, nv, r, done, term)
+    log_pi, log_mu = bm(d["log_rhos"]), torch.zeros_like(r)
+    return lambda: F.vtrace_advantage_estimate(GAMMA, log_pi, log_mu, v, nv, r, done, term)
+
+
+def _rlax_call(name, d):
+    if name not in ("gae", "vtrace"):
+        return None
+    try:
+        rlax = importlib.import_module("rlax")
+        jax = importlib.import_module("jax")
+        jnp = importlib.import_module("jax.numpy")
+    except ImportError:
+        return None
+    # rlax works per stream [T]; discount_t = gamma * not terminated, and lambda_t = 0 at cuts
+    r = jnp.asarray(d["rewards"].T)
+    v = jnp.asarray(d["values"].T)
+    nv = jnp.asarray(d["next_values"].T)
+    disc = jnp.asarray((GAMMA * ~d["terminated"]).T.astype(np.float32))
+    lam = jnp.asarray((LAM * ~(d["terminated"] | d["truncated"])).T.astype(np.float32))
+    if name == "gae":
+        values = jnp.concatenate([v, nv[:, -1:]], axis=1)
+        gae_fn = rlax.truncated_generalized_advantage_estimation
+        f = jax.jit(jax.vmap(lambda r_, d_, l_, vals: gae_fn(r_, d_, l_, vals)))
+        return lambda: f(r, disc, lam, values).block_until_ready()
+    lr = jnp.asarray(d["log_rhos"].T)
+    values = jnp.concatenate([v, nv[:, -1:]], axis=1)
+    f = jax.jit(jax.vmap(lambda v_, r_, d_, rho_: rlax.vtrace(v_[:-1], v_[1:], r_, d_, rho_)))
+    return lambda: f(values, r, disc, jnp.exp(lr)).block_until_ready()
+
+
+# ---------------------------------------------------------------------------------------------
+# timing
+
+
+def input_bytes(name, d):
+    args, _ = call_args(name, d)
+    return int(sum(np.asarray(x).nbytes for x in args))
+
+
+def copy_floor(nbytes, repeats):
+    src = np.ones(max(nbytes, 1), dtype=np.uint8)
+    dst = np.empty_like(src)
+    return _median_ms(lambda: np.copyto(dst, src), max(repeats, 5))[0]
+
+
+def _median_ms(fn, repeats, budget_s=3.0):
+    fn()  # warm-up
+    times = []
+    start = time.perf_counter()
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+        if i >= 2 and time.perf_counter() - start > budget_s:
+            break
+    return statistics.median(times), min(times), len(times)
+
+
+def run(sizes, estimators, backends, repeats, log=print):
+    rows = []
+    for B, T in sizes:
+        d = make_inputs(B, T)
+        for name in estimators:
+            nbytes = input_bytes(name, d)
+            floor_ms = copy_floor(nbytes, repeats)
+            results = {}
+            for backend in backends:
+                try:
+                    fn = backend_call(backend, name, d)
+                except ImportError:
+                    fn = None
+                if fn is None:
+                    continue
+                t0 = time.perf_counter()
+                fn()
+                first_ms = (time.perf_counter() - t0) * 1e3
+                med, best, n = _median_ms(fn, repeats)
+                results[backend] = (med, best, n, first_ms)
+            ref_ms = results.get("numpy", (None,))[0]
+            loop_ms = results.get("numpy-loop", (None,))[0]
+            for backend, (med, best, n, first_ms) in results.items():
+                row = dict(
+                    estimator=name, backend=backend, B=B, T=T, dtype="float32",
+                    median_ms=round(med, 4), min_ms=round(best, 4), repeats=n,
+                    first_call_ms=round(first_ms, 2),
+                    speedup_vs_numpy=_ratio(ref_ms, med), speedup_vs_loop=_ratio(loop_ms, med),
+                    x_copy_floor=_ratio(med, floor_ms), copy_floor_ms=round(floor_ms, 4),
+                    input_bytes=nbytes,
+                )
+                rows.append(row)
+                log(f"{B:>5}x{T:<5} {name:<22} {backend:<13} {med:9.3f} ms  "
+                    f"(first {first_ms:8.1f} ms)  vs numpy x{row['speedup_vs_numpy'] or '-'}  "
+                    f"vs loop x{row['speedup_vs_loop'] or '-'}  copy floor x{row['x_copy_floor']}")
+    return rows
+
+
+def _ratio(a, b):
+    if a is None or b is None or b <= 0:
+        return None
+    return round(a / b, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# output
+
+
+FIELDS = ("estimator", "backend", "B", "T", "dtype", "median_ms", "min_ms", "repeats",
+          "first_call_ms", "speedup_vs_numpy", "speedup_vs_loop", "x_copy_floor",
+          "copy_floor_ms", "input_bytes")
+
+
+def write(rows, out, meta):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "bench.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+    lines = ["# Estimator benchmark", "", f"Command: `{meta['command']}`", "",
+             f"Machine: {meta['machine']}; Python {meta['python']}; numpy {meta['numpy']}; "
+             f"{meta['versions']}.", "",
+             "Times are medians in ms (float32 inputs). `vs numpy`: speed-up over the numpy "
+             "reference (float64, validated); `vs loop`: over the bare float32 numpy loop; "
+             "`x floor`: time / the time to copy the input bytes with `np.copyto`. "
+             "`first`: the first call in the process (Taichi: compile or offline-cache load).",
+             ""]
+    sizes = list(dict.fromkeys((r["B"], r["T"]) for r in rows))
+    for B, T in sizes:
+        lines += [f"## B x T = {B} x {T}", "",
+                  "| estimator | backend | median ms | first ms | vs numpy | vs loop | x floor |",
+                  "|---|---|---:|---:|---:|---:|---:|"]
+        for r in rows:
+            if (r["B"], r["T"]) != (B, T):
+                continue
+            fmt = lambda x: "-" if x is None else f"{x}"
+            lines.append(f"| {r['estimator']} | {r['backend']} | {r['median_ms']:.3f} | "
+                         f"{r['first_call_ms']:.1f} | {fmt(r['speedup_vs_numpy'])} | "
+                         f"{fmt(r['speedup_vs_loop'])} | {fmt(r['x_copy_floor'])} |")
+        lines.append("")
+    with open(os.path.join(out, "bench.md"), "w") as f:
+        f.write("\n".join(lines))
+
+
+def _versions():
+    out = []
+    for mod in ("torch", "taichi", "torchrl", "jax"):
+        m = sys.modules.get(mod)
+        if m is not None:
+            v = getattr(m, "__version__", None)
+            if isinstance(v, tuple):
+                v = ".".join(map(str, v))
+            out.append(f"{mod} {v}")
+    return ", ".join(out) or "no optional libraries"
+
+
+def parse_sizes(text):
+    sizes = []
+    for part in text.split(","):
+        b, t = part.lower().split("x")
+        sizes.append((int(b), int(t)))
+    return tuple(sizes)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m offpolicy.bench",
+                                description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", type=parse_sizes, default=None,
+                   help="comma-separated BxT list (default 4096x128,1024x1024,128x4096,64x64)")
+    p.add_argument("--estimators", default=",".join(ESTIMATORS))
+    p.add_argument("--backends", default=",".join(BACKENDS))
+    p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 15)")
+    p.add_argument("--out", default=os.path.join("reports", "bench"))
+    p.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats (a smoke run)")
+    a = p.parse_args(argv)
+    sizes = a.sizes or (QUICK_SIZES if a.quick else DEFAULT_SIZES)
+    repeats = a.repeats or (3 if a.quick else 15)
+    estimators = [e for e in a.estimators.split(",") if e]
+    backends = [b for b in a.backends.split(",") if b]
+    for e in estimators:
+        if e not in ESTIMATORS:
+            p.error(f"unknown estimator {e!r}; choose from {', '.join(ESTIMATORS)}")
+    for b in backends:
+        if b not in BACKENDS:
+            p.error(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+    rows = run(sizes, estimators, backends, repeats)
+    meta = dict(command="python -m offpolicy.bench " + " ".join(argv if argv is not None
+                                                               else sys.argv[1:]),
+                machine=f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor()})",
+                python=platform.python_version(), numpy=np.__version__, versions=_versions())
+    write(rows, a.out, meta)
+    print(f"wrote {os.path.join(a.out, 'bench.csv')} and bench.md")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
