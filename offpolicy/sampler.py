@@ -13,8 +13,9 @@ for T steps under a behaviour policy and returns a :class:`Batch` of the contrac
   after step ``t`` without terminating (the two are exclusive); either one resets the stream
   from ``mdp.initial``.
 
-Discrete draws use precomputed cumulative distributions and ``(cdf <= u).sum(-1)`` with one
-uniform per stream, so a step costs a few vectorized numpy operations.
+Discrete draws use precomputed cumulative distributions (next states: over each (s, a)'s
+support only) and ``argmax(cdf > u)`` with one uniform per stream, so a step costs a few
+vectorized numpy operations.
 """
 
 from __future__ import annotations
@@ -42,7 +43,24 @@ def _cdf(p: np.ndarray) -> np.ndarray:
 
 
 def _draw(cdf_rows: np.ndarray, u: np.ndarray) -> np.ndarray:
-    return (cdf_rows <= u[:, None]).sum(axis=1)
+    """Index of the first entry of each row exceeding ``u`` (rows end in exactly 1 > u)."""
+    return (cdf_rows > u[:, None]).argmax(axis=1)
+
+
+def _sparse_cdf(p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of ``p`` ``[N, S]`` reduced to their supports: ``(cdf [N, K], index [N, K])`` with
+    ``K`` the largest support size; padding repeats the last support index with cdf 1."""
+    nz = p > 0
+    K = int(nz.sum(axis=1).max())
+    # stable sort puts each row's support first, in state order
+    order = np.argsort(~nz, axis=1, kind="stable")[:, :K]
+    probs = np.take_along_axis(p, order, axis=1)
+    counts = nz.sum(axis=1)
+    pad = np.arange(K)[None, :] >= counts[:, None]
+    last = np.take_along_axis(order, (counts - 1)[:, None], axis=1)
+    order = np.where(pad, last, order)
+    probs = np.where(pad, 0.0, probs)
+    return _cdf(probs), order
 
 
 def _rng(seed, rng) -> np.random.Generator:
@@ -95,7 +113,7 @@ class VecEnv:
         self.rng = _rng(seed, rng)
         S, A = mdp.shape
         self._init_cdf = _cdf(init)
-        self._P_cdf = _cdf(mdp.P.reshape(S * A, S))
+        self._P_cdf, self._P_idx = _sparse_cdf(np.asarray(mdp.P).reshape(S * A, S))
         self._R_flat = np.ascontiguousarray(mdp.R_sas).reshape(-1)
         self._std_flat = np.ascontiguousarray(mdp.reward_std).reshape(-1)
         self._noisy = bool(np.any(self._std_flat > 0))
@@ -112,7 +130,7 @@ class VecEnv:
 
     def _draw_initial(self, n: int) -> np.ndarray:
         u = self.rng.random(n)
-        return (self._init_cdf[None, :] <= u[:, None]).sum(axis=1)
+        return _draw(np.broadcast_to(self._init_cdf, (n, self._init_cdf.size)), u)
 
     def step(self, actions) -> StepResult:
         """Take ``actions`` (``[B]`` ints) in every stream; resets the done streams."""
@@ -123,11 +141,14 @@ class VecEnv:
         A = self.mdp.num_actions
         if np.any((a < 0) | (a >= A)):
             raise ValueError(f"actions: out of range [0, {A})")
-        B, S = self.num_envs, self.mdp.num_states
+        return self._step(a.astype(np.int64, copy=False))
+
+    def _step(self, a: np.ndarray) -> StepResult:
+        B, S, A = self.num_envs, self.mdp.num_states, self.mdp.num_actions
         s = self.states
         sa = s * A + a
         u = self.rng.random((2, B))
-        s2 = _draw(self._P_cdf[sa], u[0])
+        s2 = self._P_idx[sa, _draw(np.take(self._P_cdf, sa, axis=0), u[0])]
         r = self._R_flat[sa * S + s2]
         if self._noisy:
             r = r + self._std_flat[sa] * self.rng.standard_normal(B)
@@ -140,8 +161,8 @@ class VecEnv:
         done = terminated | truncated
         new = s2.copy()
         if done.any():
-            resets = (self._init_cdf[None, :] <= u[1][:, None]).sum(axis=1)
-            new[done] = resets[done]
+            ud = u[1][done]
+            new[done] = _draw(np.broadcast_to(self._init_cdf, (ud.size, S)), ud)
             self.steps[done] = 0
         self.states = new
         return StepResult(new, r, s2, terminated, truncated)
@@ -250,24 +271,25 @@ def sample(
     rng_ = env.rng
     for t in range(T):
         s = env.states
-        a = _draw(mu_cdf[s], rng_.random(B))
-        out = env.step(a)
+        a = _draw(np.take(mu_cdf, s, axis=0), rng_.random(B))
+        out = env._step(a)
         states[t], actions[t], next_states[t] = s, a, out.next_states
         rewards[t], terminated[t], truncated[t] = out.rewards, out.terminated, out.truncated
 
-    mu_taken = mu[states, actions]
-    pi_taken = pi[states, actions]
+    sa = states * A + actions
+    mu_taken = mu.ravel().take(sa)
+    pi_taken = pi.ravel().take(sa)
     if target is None:
         log_rhos = np.zeros((T, B))
     else:
-        with np.errstate(divide="ignore"):
-            log_rhos = np.log(pi_taken) - np.log(mu_taken)
+        with np.errstate(divide="ignore", invalid="ignore"):  # nan only where mu = 0: never taken
+            log_rhos = (np.log(pi) - np.log(mu)).ravel().take(sa)
     v_t = nv_t = q_t = nq_t = None
     if v_tab is not None:
-        v_t, nv_t = v_tab[states], v_tab[next_states]
+        v_t, nv_t = v_tab.take(states), v_tab.take(next_states)
     if q_tab is not None:
         ev = q_tab.max(axis=1) if next_q == "max" else (pi * q_tab).sum(axis=1)
-        q_t, nq_t = q_tab[states, actions], ev[next_states]
+        q_t, nq_t = q_tab.ravel().take(sa), ev.take(next_states)
     return Batch(states, actions, rewards, next_states, terminated, truncated, log_rhos,
                  mu_taken, pi_taken, v_t, nv_t, q_t, nq_t, env.states.copy(), env.steps.copy())
 
@@ -287,14 +309,15 @@ def sample_segments(mdp: TabularMDP, behaviour, T: int, n: int, *, rng=None, see
                     truncated=b.truncated, weight=np.full(n, 1.0 / n))
 
 
-def throughput(S: int = 50, A: int = 4, B: int = 1024, T: int = 128, *, repeats: int = 5,
-               seed: int = 0) -> float:
+def throughput(S: int = 50, A: int = 4, B: int = 1024, T: int = 128, *, branching: int = 5,
+               repeats: int = 5, seed: int = 0) -> float:
     """Best-of-``repeats`` sampler throughput in steps/s (``T * B`` steps per call, with a
-    target, a value table and a Q table) on a Garnet MDP with reward noise."""
+    target, a value table, a Q table and a time limit) on a Garnet MDP with reward noise whose
+    (s, a) pairs each reach ``branching`` next states (``branching = S``: dense ``P``)."""
     from . import mdp as mdp_mod
     from . import policies
 
-    m = mdp_mod.garnet(S, A, min(5, S), seed=seed, reward_std=0.1)
+    m = mdp_mod.garnet(S, A, min(branching, S), seed=seed, reward_std=0.1)
     mu = policies.random_policy(m, seed=seed + 1, min_prob=0.01)
     pi = policies.random_policy(m, seed=seed + 2)
     v = np.zeros(S)
@@ -308,5 +331,7 @@ def throughput(S: int = 50, A: int = 4, B: int = 1024, T: int = 128, *, repeats:
 
 
 if __name__ == "__main__":
-    rate = throughput()
-    print(f"sampler throughput (S=50, A=4, B=1024, T=128): {rate / 1e6:.2f}M steps/s")
+    for b in (5, 50):
+        rate = throughput(branching=b)
+        print(f"sampler throughput (S=50, A=4, B=1024, T=128, branching={b}): "
+              f"{rate / 1e6:.2f}M steps/s")
