@@ -81,6 +81,31 @@ def _make_state(dt, mode):
     want_pg = mode == VTRACE
 
     @ti.func
+    def exp(x):
+        """exp(x): libm's for float64; for float32 an inlined Cody-Waite reduction and a
+        degree-6 polynomial (relative error ~2e-7), straight-line code that LLVM can vectorise,
+        where a call to expf per element would dominate the whole kernel."""
+        y = ti.cast(0, dt)
+        if ti.static(dt == ti.f32):
+            xc = ti.min(ti.max(x, ti.cast(-87.0, dt)), ti.cast(88.5, dt))
+            k = ti.floor(xc * ti.cast(1.4426950408889634, dt) + ti.cast(0.5, dt))
+            r = xc - k * ti.cast(0.693359375, dt) + k * ti.cast(2.12194440e-4, dt)
+            p = ti.cast(1.0 / 720, dt)
+            p = p * r + ti.cast(1.0 / 120, dt)
+            p = p * r + ti.cast(1.0 / 24, dt)
+            p = p * r + ti.cast(1.0 / 6, dt)
+            p = p * r + ti.cast(0.5, dt)
+            p = p * r + ti.cast(1.0, dt)
+            p = p * r + ti.cast(1.0, dt)
+            two_k = ti.bit_cast((ti.cast(k, ti.i32) + 127) << 23, ti.f32)
+            y = p * two_k
+            y = ti.select(x < ti.cast(-87.0, dt), ti.cast(0, dt), y)
+            y = ti.select(x > ti.cast(88.5, dt), ti.cast(float("inf"), dt), y)
+        else:
+            y = ti.exp(x)
+        return y
+
+    @ti.func
     def lane(te, tr, lrj, nvj, first_step, gamma, lam, rho_clip, c_clip, pg_clip):
         """Per-element coefficients: (bootstrap value, rho_hat, trace factor gamma lam c kappa,
         kappa, pg ratio, bad log-ratio)."""
@@ -92,7 +117,7 @@ def _make_state(dt, mode):
         rpg = ti.cast(1, dt)
         bad = ti.cast(0, dt)
         if ti.static(want_rho):
-            rho = ti.exp(lrj)
+            rho = exp(lrj)
             bad = ti.select(lrj < ti.cast(float("inf"), dt), ti.cast(0, dt), ti.cast(1, dt))
             if ti.static(mode == VTRACE):
                 rh = ti.min(rho_clip, rho)
@@ -105,15 +130,42 @@ def _make_state(dt, mode):
         kap = ti.select(cut, ti.cast(0, dt), ti.cast(1, dt))
         return ti.Vector([boot, rh, cf, kap, rpg, bad], dt=dt)
 
+    @ti.func
+    def vexp4(x):
+        """exp of a float32 4-vector, vectorised: the polynomial of ``exp`` on vectors (only
+        2^k is assembled per lane: vector casts crash Taichi 1.7 in this mode)."""
+        xc = ti.min(ti.max(x, ti.Vector([-87.0] * 4, dt=dt)), ti.Vector([88.5] * 4, dt=dt))
+        k = ti.floor(xc * ti.cast(1.4426950408889634, dt) + ti.cast(0.5, dt))
+        r = xc - k * ti.cast(0.693359375, dt) + k * ti.cast(2.12194440e-4, dt)
+        p = r * ti.cast(1.0 / 720, dt) + ti.cast(1.0 / 120, dt)
+        p = p * r + ti.cast(1.0 / 24, dt)
+        p = p * r + ti.cast(1.0 / 6, dt)
+        p = p * r + ti.cast(0.5, dt)
+        p = p * r + ti.cast(1.0, dt)
+        p = p * r + ti.cast(1.0, dt)
+        two_k = ti.Vector([ti.bit_cast((ti.cast(k[j], ti.i32) + 127) << 23, ti.f32)
+                           for j in ti.static(range(4))], dt=dt)
+        y = p * two_k
+        return ti.Vector([ti.select(x[j] < -87.0, ti.cast(0, dt),
+                                    ti.select(x[j] > 88.5, ti.cast(float("inf"), dt), y[j]))
+                          for j in ti.static(range(4))], dt=dt)
+
+    @ti.func
+    def flags4(te: ti.template(), tr: ti.template(), e, nvv, first_step):
+        """(bootstrap values, kappa as 0/1) of the 4 lanes starting at flat index e."""
+        boot = ti.Vector([ti.select(te[e + j] != 0, ti.cast(0, dt), nvv[j])
+                          for j in ti.static(range(4))], dt=dt)
+        kap = ti.Vector([ti.select(te[e + j] != 0 or tr[e + j] != 0 or first_step,
+                                   ti.cast(0, dt), ti.cast(1, dt))
+                         for j in ti.static(range(4))], dt=dt)
+        return boot, kap
+
     @ti.kernel
-    def vec4(r: nd4, v: nd4, nv: nd4, te: nd1, tr: nd1, lr: nd1, adv: nd4, ret: nd4, pg: nd4,
+    def vec4(r: nd4, v: nd4, nv: nd4, te: nd1, tr: nd1, lr: nd4, adv: nd4, ret: nd4, pg: nd4,
              err: nd1, T: ti.i32, G: ti.i32, GB: ti.i32, gamma_: ti.f64, lam_: ti.f64,
              rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
-        rho_clip = ti.cast(rho_clip_, dt)
-        c_clip = ti.cast(c_clip_, dt)
-        pg_clip = ti.cast(pg_clip_, dt)
         nblk = (G + GB - 1) // GB
         ti.loop_config(block_dim=1)
         for blk in range(nblk):
@@ -122,53 +174,50 @@ def _make_state(dt, mode):
             # (No python ints next to vectors either: an int->vector cast crashes the codegen.)
             zero = ti.Vector([0.0, 0.0, 0.0, 0.0], dt=dt)
             one = ti.Vector([1.0, 1.0, 1.0, 1.0], dt=dt)
+            gl = gamma * lam * one
+            rho_clip = ti.cast(rho_clip_, dt) * one
+            c_clip = ti.cast(c_clip_, dt) * one
+            pg_clip = ti.cast(pg_clip_, dt) * one
             g0 = blk * GB
             g1 = ti.min(g0 + GB, G)
             acc = zero  # r*0 + v*0 + boot*0 summed: NaN iff a checked input is NaN/inf
-            nbad = ti.cast(0, dt)
+            nbad = 0
             for k in range(T):
                 t = T - 1 - k
                 for g in range(g0, g1):
                     i = t * G + g
-                    e = i * 4
-                    nvv = nv[i]
-                    l0 = lane(te[e], tr[e], lr[e] if ti.static(want_rho) else ti.cast(0, dt),
-                              nvv[0], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
-                    l1 = lane(te[e + 1], tr[e + 1],
-                              lr[e + 1] if ti.static(want_rho) else ti.cast(0, dt),
-                              nvv[1], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
-                    l2 = lane(te[e + 2], tr[e + 2],
-                              lr[e + 2] if ti.static(want_rho) else ti.cast(0, dt),
-                              nvv[2], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
-                    l3 = lane(te[e + 3], tr[e + 3],
-                              lr[e + 3] if ti.static(want_rho) else ti.cast(0, dt),
-                              nvv[3], k == 0, gamma, lam, rho_clip, c_clip, pg_clip)
-                    boot = ti.Vector([l0[0], l1[0], l2[0], l3[0]], dt=dt)
-                    cf = ti.Vector([l0[2], l1[2], l2[2], l3[2]], dt=dt)
+                    boot, kap = flags4(te, tr, i * 4, nv[i], k == 0)
                     rv = r[i]
                     vv = v[i]
                     prev = zero
                     if k > 0:
                         prev = adv[i + G]
                     delta = rv + gamma * boot - vv
+                    cf = gl * kap
+                    rho = one
                     if ti.static(want_rho):
-                        rh = ti.Vector([l0[1], l1[1], l2[1], l3[1]], dt=dt)
-                        delta = rh * delta
-                        nbad += l0[5] + l1[5] + l2[5] + l3[5]
+                        lrv = lr[i]
+                        for j in ti.static(range(4)):
+                            nbad += ti.select(lrv[j] < float("inf"), 0, 1)
+                        rho = vexp4(lrv)
+                        if ti.static(mode == VTRACE):
+                            delta = ti.min(rho_clip, rho) * delta
+                            cf = cf * ti.min(c_clip, rho)
+                        else:
+                            delta = rho * delta
+                            cf = cf * rho
                     a = delta + cf * prev
                     adv[i] = a
                     target = a + vv
                     ret[i] = target
                     acc += rv * zero + vv * zero + boot * zero
                     if ti.static(want_pg):
-                        kap = ti.Vector([l0[3], l1[3], l2[3], l3[3]], dt=dt)
-                        rpg = ti.Vector([l0[4], l1[4], l2[4], l3[4]], dt=dt)
                         vnext = zero
                         if k > 0:
                             vnext = ret[i + G]
                         q = rv + gamma * (kap * (lam * vnext + (1 - lam) * boot)
                                           + (one - kap) * boot)
-                        pg[i] = rpg * (q - vv)
+                        pg[i] = ti.min(pg_clip, rho) * (q - vv)
             s = acc[0] + acc[1] + acc[2] + acc[3]
             if not (s == s and nbad == 0):
                 err[0] = 1

@@ -395,7 +395,8 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     # <4 x float> loads need 16-byte alignment (float64 would need 32: it takes the scalar form)
     if form == "vec4" and not (ctx.dtype == np.float32 and B % 4 == 0
                                and _aligned16(r, v, nv, adv, ret)
-                               and (mode != K.VTRACE or _aligned16(pg))):
+                               and (mode != K.VTRACE or _aligned16(pg))
+                               and (lr is None or _aligned16(lrb))):
         form = "rows"
     if form == "vec4":
         G = B // 4
@@ -403,7 +404,8 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         v4 = [x.reshape(-1, 4) for x in (r, v, nv)]
         o4 = [x.reshape(-1, 4) for x in (adv, ret)]
         pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else np.zeros((1, 4), ctx.dtype)
-        _launch(kern["vec4"], [*v4, te, tr, lrb, *o4, pg4, err, T, G, GB, *params], vec4=True)
+        lr4 = lrb.reshape(-1, 4) if lr is not None else np.zeros((1, 4), ctx.dtype)
+        _launch(kern["vec4"], [*v4, te, tr, lr4, *o4, pg4, err, T, G, GB, *params], vec4=True)
     elif form == "rows":
         BB = min(2048, max(32, -(-B // _nthreads())))
         _launch(kern["rows"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, T, B, BB, *params])
