@@ -415,7 +415,10 @@ def vtrace_modulus(
 ) -> np.ndarray:
     """Exact per-state sup-norm modulus of the V-trace operator: absolute row sums of
     :func:`vtrace_linear_part` (``[S]``; 0 at terminal states). Its max is the contraction
-    modulus; when ``c_clip <= rho_clip`` it is at most :func:`vtrace_modulus_bound`."""
+    modulus; when ``c_clip <= rho_clip`` (IMPALA's assumption) it is at most
+    :func:`vtrace_modulus_bound`. With ``c_clip > rho_clip`` it can exceed 1: the operator
+    then need not contract in sup norm (iterating it may still converge, to the same fixed
+    point, when the spectral radius of the linear part is below 1)."""
     L = vtrace_linear_part(mdp, target, behaviour, rho_clip=rho_clip, c_clip=c_clip, lam=lam)
     return np.abs(L).sum(axis=1)
 

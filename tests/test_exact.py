@@ -321,6 +321,21 @@ def test_vtrace_fixed_point_and_modulus(name, m, pi, mu):
                                atol=1e-12)
 
 
+def test_vtrace_bound_needs_c_clip_at_most_rho_clip():
+    """IMPALA's modulus bound assumes c_clip <= rho_clip; beyond it the sup-norm modulus can
+    exceed 1, though here the spectral radius stays below 1 and the fixed point is unchanged."""
+    m = mdp.garnet(4, 2, 2, seed=0, gamma=0.9)
+    pi = policies.random_policy(m, seed=1000, concentration=0.3)
+    mu = policies.random_policy(m, seed=2000, min_prob=0.05)
+    kw = dict(rho_clip=0.2, c_clip=20.0)
+    assert exact.vtrace_modulus(m, pi, mu, **kw).max() > 1.0 > exact.vtrace_modulus_bound(
+        m, pi, mu, rho_clip=0.2)
+    L = exact.vtrace_linear_part(m, pi, mu, **kw)
+    assert np.abs(np.linalg.eigvals(L)).max() < 1.0
+    fp = _iterate(lambda v: exact.vtrace_operator(m, pi, mu, v, **kw), np.zeros(4))
+    np.testing.assert_allclose(fp, exact.vtrace_fixed_point(m, pi, mu, 0.2), atol=1e-8)
+
+
 def test_vtrace_small_rho_clip_gives_v_mu():
     m = _garnet()
     pi, mu = policies.random_policy(m, seed=0), policies.random_policy(m, seed=1)

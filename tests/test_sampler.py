@@ -73,6 +73,25 @@ def test_frequencies_match_the_mdp():
     assert abs(resid.std() - 0.5) < 0.01
 
 
+def test_supports_of_different_sizes():
+    """Next-state draws over each (s, a)'s support: interior zeros, padding, single outcomes."""
+    P = np.zeros((3, 2, 3))
+    P[0, 0] = [0.3, 0.0, 0.7]
+    P[0, 1] = [0.0, 1.0, 0.0]
+    P[1, 0] = [0.2, 0.3, 0.5]
+    P[1, 1] = [0.0, 0.0, 1.0]
+    P[2, :, 2] = 1.0
+    m = mdp.TabularMDP(P, np.zeros((3, 2)), 0.9, terminal=[2])
+    env = sampler.VecEnv(m, 100_000, seed=0)
+    for s in (0, 1):
+        for a in (0, 1):
+            env.states[:] = s
+            out = env.step(np.full(100_000, a))
+            freq = np.bincount(out.next_states, minlength=3) / 100_000
+            p = P[s, a]
+            assert np.all(np.abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / 100_000) + 1e-12)
+
+
 def test_terminations_time_limits_and_resets():
     m = mdp.chain(5, gamma=0.9, slip=0.2, start="left")
     mu = policies.uniform_policy(m)
