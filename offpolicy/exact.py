@@ -89,8 +89,9 @@ def _check_series(K: np.ndarray, name: str) -> None:
     r = float(np.abs(np.linalg.eigvals(K)).max())
     if r >= 1.0 - 1e-12:
         raise ValueError(
-            f"{name}: the trace series diverges (spectral radius of gamma * P^(c mu) is {r:.6g}); "
-            "use smaller traces, gamma < 1, or the n-step form"
+            f"{name}: the series sum_t K^t diverges (K is the discounted, trace-weighted "
+            f"kernel; its spectral radius is {r:.6g} >= 1); use smaller traces, gamma < 1, "
+            "a proper MDP, or the n-step form"
         )
 
 
