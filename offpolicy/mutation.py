@@ -6,8 +6,10 @@
 For each mutant: copy the ``estimators`` package into a temporary directory, apply the mutant
 as a textual patch (exact lines of the real file: a patch that no longer matches is reported
 as ``STALE`` and fails the run, so drift in the reference is caught), and run
-``pytest -m property -x -q`` with ``HYPOTHESIS_PROFILE=ci`` and the mutated copy first on the
-import path. A mutant is *killed* when the suite fails. The unmutated copy runs first and must
+``pytest -m property -x -q -k "not T12"`` with ``HYPOTHESIS_PROFILE=ci`` and the mutated copy
+first on the import path. A mutant is *killed* when the suite fails. Theorem 12 (backends agree
+with the reference) is left out: an unmutated torch twin would kill every mutant trivially,
+and the point is that the theorems themselves catch each bug. The unmutated copy runs first and must
 pass. Exit status 0 only if every mutant is killed.
 """
 
@@ -127,7 +129,7 @@ def run_suite(package_dir: Path, pytest_args: list[str]) -> tuple[bool, float, s
     if not check.stdout.strip().startswith(str(package_dir)):
         raise RuntimeError(f"the copy is not imported first: {check.stdout}{check.stderr}")
     cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests"), "-m", "property", "-x", "-q",
-           "-p", "no:cacheprovider", "--rootdir", str(ROOT), *pytest_args]
+           "-k", "not T12", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *pytest_args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=package_dir, env=env, capture_output=True, text=True)
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
