@@ -29,11 +29,14 @@ def _parse(argv):
         description="Exact bias, variance and MSE of every estimator over an MDP suite, "
         "staleness levels and parameter grids, with a Monte Carlo cross-check.",
     )
-    p.add_argument("--profile", choices=sorted(grid.PROFILES), default="quick",
-                   help="quick (default, under a minute) or full (the whole grid)")
+    p.add_argument("--profile", choices=sorted(grid.PROFILES),
+                   help="quick (default, under a minute) or full (the whole grid); with "
+                   "--check, the baseline's profile")
     p.add_argument("--estimators", help="comma-separated subset of: " + ",".join(grid.ESTIMATORS))
     p.add_argument("--mdps", help="comma-separated subset of: " + ",".join(grid.MDPS))
-    p.add_argument("--seed", type=int, default=0, help="seed of the Monte Carlo and noisy values")
+    p.add_argument("--seed", type=int,
+                   help="seed of the Monte Carlo and noisy values (default 0; with --check, "
+                   "the baseline's seed)")
     p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--out", help="output directory (default reports/<profile>)")
     p.add_argument("--check", metavar="BASELINE_DIR",
@@ -81,16 +84,29 @@ def command_line(args) -> str:
 def compute(args, profile, cells, run_dir, progress) -> list[dict] | None:
     """Run (or resume) the grid in ``run_dir``; the records in grid order, or None if stopped
     early by ``--limit``."""
+    import signal
+
     from .run import run_cells
     from .store import CellStore
 
-    with CellStore(os.path.join(run_dir, "cells.jsonl")) as store:
-        run_cells(cells, store, seed=args.seed, mc_samples=profile.mc_samples, jobs=args.jobs,
-                  limit=args.limit, progress=progress)
-        missing = [c for c in cells if grid.cell_id(c) not in store]
-        if missing:
-            return None
-        return [store.records[grid.cell_id(c)] for c in cells]
+    def stop(signum, frame):  # `kill` stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
+    try:
+        with CellStore(os.path.join(run_dir, "cells.jsonl")) as store:
+            run_cells(cells, store, seed=args.seed, mc_samples=profile.mc_samples,
+                      jobs=args.jobs, limit=args.limit, progress=progress)
+            missing = [c for c in cells if grid.cell_id(c) not in store]
+            if missing:
+                return None
+            return [store.records[grid.cell_id(c)] for c in cells]
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _records_with_cells(records, cells):
@@ -101,6 +117,20 @@ def _records_with_cells(records, cells):
 def main(argv=None) -> int:
     args = _parse(argv)
     _blas.single_thread()
+    baseline = None
+    if args.check:
+        from .check import load_baseline
+
+        try:
+            baseline = load_baseline(args.check)
+        except (OSError, ValueError, KeyError) as e:
+            print(f"cannot read the baseline in {args.check}: {e}\n"
+                  f"(create one with --update-baseline {args.check})", file=sys.stderr)
+            return 2
+        args.profile = args.profile or baseline["meta"]["profile"]
+        args.seed = baseline["meta"]["seed"] if args.seed is None else args.seed
+    args.profile = args.profile or "quick"
+    args.seed = 0 if args.seed is None else args.seed
     profile = grid.PROFILES[args.profile]
     cells = grid.cells(profile, args.mdps, args.estimators)
     progress = False if args.no_progress else None
@@ -110,7 +140,7 @@ def main(argv=None) -> int:
            f"-{code_fingerprint()}")
 
     if args.check:
-        return _check(args, profile, cells, tag, progress)
+        return _check(args, profile, cells, tag, progress, baseline)
 
     out_dir = args.out or os.path.join("reports", profile.name)
     runs = os.path.join(out_dir, "_runs") if args.out else os.path.join("reports", "_runs")
@@ -187,10 +217,9 @@ def _write_baseline(directory, records, profile, meta) -> int:
     return 0
 
 
-def _check(args, profile, cells, tag, progress) -> int:
-    from .check import compare, format_regressions, load_baseline
+def _check(args, profile, cells, tag, progress, baseline) -> int:
+    from .check import compare, format_regressions
 
-    baseline = load_baseline(args.check)
     with tempfile.TemporaryDirectory(prefix="offpolicy-check-") as tmp:
         records = compute(args, profile, cells, os.path.join(tmp, tag), progress)
     records = _records_with_cells(records, cells)

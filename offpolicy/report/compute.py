@@ -40,7 +40,7 @@ def build_mdp(name: str):
     if name == "garnet_small":
         return mdps.garnet(10, 3, 3, gamma=0.9, seed=0)
     if name == "garnet_medium":
-        return mdps.garnet(40, 4, 3, gamma=0.95, seed=1, reward_std=0.2, num_terminal=2)
+        return mdps.garnet(25, 4, 3, gamma=0.95, seed=1, reward_std=0.2, num_terminal=2)
     if name == "chain":
         return mdps.chain(10, gamma=0.95, slip=0.1, start="uniform")
     if name == "gridworld":
@@ -86,13 +86,13 @@ def setup(mdp_name: str, stale: int, values: str, seed: int) -> dict:
 def policies_for(m):
     """(target, eta): the target is one softened policy-improvement step from the
     uniform policy, ``epsilon_greedy(Q^uniform, 0.2)``; the behaviour ``k`` steps behind is
-    ``policies.stale_policy(mdp, target, k, step_size=eta)`` with ``eta = 1 / max |A^pi|``, so
-    one step changes a log-probability by at most 1 whatever the reward scale."""
+    ``policies.stale_policy(mdp, target, k, step_size=eta)`` with ``eta = 0.5 / max |A^pi|``, so
+    one step changes a log-probability by at most 1/2 whatever the reward scale."""
     from offpolicy import exact, policies
 
     pi = policies.epsilon_greedy(exact.q_pi(m, policies.uniform_policy(m)), 0.2)
     adv = exact.a_pi(m, pi)[~m.terminal]
-    eta = 1.0 / float(np.abs(adv).max())
+    eta = 0.5 / float(np.abs(adv).max())
     return pi, eta
 
 

@@ -38,8 +38,27 @@ def _positive(x):
     return x if (x > 0 and math.isfinite(x)) else float("nan")
 
 
-def _color(plt, name):
-    return plt.get_cmap("tab20")(_EST_ORDER.index(name) % 20)
+def _style(plt, name):
+    i = _EST_ORDER.index(name)
+    return {"color": plt.get_cmap("tab10")(i % 10), "linestyle": "-" if i < 10 else "--"}
+
+
+def _limit(ax, values, axis="y"):
+    """Log-scale limits that keep the bulk of the points readable: a decade beyond the 5th and
+    95th percentiles of the positive finite values; exploding estimators (unclipped importance
+    sampling) leave the chart instead of flattening everything else."""
+    v = sorted(x for x in values if x > 0 and math.isfinite(x))
+    if len(v) < 2:
+        return
+    lo, hi = v[int(0.05 * (len(v) - 1))], v[int(0.95 * (len(v) - 1))]
+    (ax.set_ylim if axis == "y" else ax.set_xlim)(lo / 10, hi * 10)
+
+
+def _legend(fig, axes):
+    """One legend for the figure, in the free corner below the last panel."""
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower left", bbox_to_anchor=(0.68, 0.06), fontsize=7, ncol=2,
+               frameon=False)
 
 
 def _grid_axes(plt, n, title):
@@ -67,6 +86,7 @@ def plot_all(out_dir, records, profile) -> list[str]:
                            f"bias^2 vs variance over each estimator's grid (k={k_mid}, "
                            f"T={s.show_T}, values={s.show_values})")
     for ax, mdp in zip(axes, mdps, strict=True):
+        xs, ys = [], []
         for est in _EST_ORDER:
             pts = [(_positive(_m(r, "bias_target") ** 2), _positive(_m(r, "var")))
                    for r in records if r["cell"]["mdp"] == mdp and r["cell"]["estimator"] == est
@@ -74,13 +94,18 @@ def plot_all(out_dir, records, profile) -> list[str]:
                    and r["cell"]["values"] == s.show_values]
             pts = [p for p in pts if not (math.isnan(p[0]) or math.isnan(p[1]))]
             if pts:
-                ax.scatter(*zip(*pts, strict=True), s=12, color=_color(plt, est), label=est)
+                ax.scatter(*zip(*pts, strict=True), s=12, color=_style(plt, est)["color"],
+                           marker="o" if _EST_ORDER.index(est) < 10 else "x", label=est)
+                xs += [p[0] for p in pts]
+                ys += [p[1] for p in pts]
         ax.set_xscale("log")
         ax.set_yscale("log")
+        _limit(ax, xs, "x")
+        _limit(ax, ys, "y")
         ax.set_title(mdp)
         ax.set_xlabel("bias^2 (vs target)")
         ax.set_ylabel("variance")
-    axes[0].legend(fontsize=6, loc="best")
+    _legend(fig, axes)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "bias_variance.png"))
     _save(fig, paths[-1])
@@ -91,18 +116,21 @@ def plot_all(out_dir, records, profile) -> list[str]:
                            f"n={s.show_n}, clip={grid.fmt_param(s.show_clip[0])}, T={s.show_T}, "
                            f"values={s.show_values})")
     for ax, mdp in zip(axes, mdps, strict=True):
+        ys = []
         for est in _EST_ORDER:
             pts = sorted((r["cell"]["stale"], _positive(_m(r, "mse"))) for r in records
                          if r["cell"]["mdp"] == mdp and r["cell"]["estimator"] == est
                          and grid.is_shown(s, r["cell"]))
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=_color(plt, est),
-                        label=est)
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=est,
+                        **_style(plt, est))
+                ys += [p[1] for p in pts]
         ax.set_yscale("log")
+        _limit(ax, ys)
         ax.set_title(mdp)
         ax.set_xlabel("staleness k (improvement steps behind)")
         ax.set_ylabel("MSE")
-    axes[0].legend(fontsize=6, loc="best")
+    _legend(fig, axes)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "mse_vs_staleness.png"))
     _save(fig, paths[-1])
@@ -112,6 +140,7 @@ def plot_all(out_dir, records, profile) -> list[str]:
     fig, axes = _grid_axes(plt, len(mdps), f"MSE vs lambda (k={k_mid}, T={s.show_T}, "
                            f"values={s.show_values})")
     for ax, mdp in zip(axes, mdps, strict=True):
+        ys = []
         for est in _EST_ORDER:
             spec = grid.ESTIMATORS[est]
             if not spec.uses_lam:
@@ -123,13 +152,15 @@ def plot_all(out_dir, records, profile) -> list[str]:
                          and (not spec.uses_clip
                               or (r["cell"]["rho_clip"], r["cell"]["c_clip"]) == s.show_clip))
             if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, color=_color(plt, est),
-                        label=est)
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=est,
+                        **_style(plt, est))
+                ys += [p[1] for p in pts]
         ax.set_yscale("log")
+        _limit(ax, ys)
         ax.set_title(mdp)
         ax.set_xlabel("lambda")
         ax.set_ylabel("MSE")
-    axes[0].legend(fontsize=6, loc="best")
+    _legend(fig, axes)
     fig.tight_layout()
     paths.append(os.path.join(out_dir, "mse_vs_lambda.png"))
     _save(fig, paths[-1])
