@@ -99,7 +99,8 @@ def self_consistency(records: list[dict]) -> list[dict]:
             if not abs(zv) <= Z_EXACT:
                 regs.append(dict(
                     cell=rec["id"], metric=f"{mc} vs exact {ex}", baseline=_f(now.get(ex)),
-                    now=_f(now.get(mc)), tolerance=f"|z| <= {Z_EXACT:g} (z = {short(zv, 3)})",
+                    now=_f(now.get(mc)), labels=("exact", "MC"),
+                    tolerance=f"|z| <= {Z_EXACT:g} (z = {short(zv, 3)})",
                     why="the estimator's Monte Carlo output disagrees with its exact moments"))
     return regs
 
@@ -121,8 +122,9 @@ def format_regressions(regs: list[dict], baseline_dir: str, n_cells: int) -> str
             tol = r["tolerance"]
             tol = f"tolerance {short(tol, 2)}" if isinstance(tol, float) else str(tol)
             b, n = r["baseline"], r["now"]
+            lb, ln = r.get("labels", ("baseline", "now"))
             fmt = lambda x: format(x, ".10g") if isinstance(x, float) else str(x)
-            lines.append(f"  {r['metric'].ljust(w)}  baseline {fmt(b):>16}  now {fmt(n):>16}"
+            lines.append(f"  {r['metric'].ljust(w)}  {lb:>8} {fmt(b):>16}  {ln:>3} {fmt(n):>16}"
                          f"  {tol}  [{r['why']}]")
         lines.append("")
     return "\n".join(lines)
