@@ -110,7 +110,7 @@ def _make_state(dt, mode):
         """Per-element coefficients: (bootstrap value, rho_hat, trace factor gamma lam c kappa,
         kappa, pg ratio, bad log-ratio)."""
         term = te != 0
-        cut = term or tr != 0 or first_step  # first_step: t = T-1, the segment end
+        cut = term | (tr != 0) | first_step  # first_step: t = T-1, the segment end
         boot = ti.select(term, ti.cast(0, dt), nvj)
         rh = ti.cast(1, dt)
         c = ti.cast(1, dt)
@@ -155,7 +155,8 @@ def _make_state(dt, mode):
         """(bootstrap values, kappa as 0/1) of the 4 lanes starting at flat index e."""
         boot = ti.Vector([ti.select(te[e + j] != 0, ti.cast(0, dt), nvv[j])
                           for j in ti.static(range(4))], dt=dt)
-        kap = ti.Vector([ti.select(te[e + j] != 0 or tr[e + j] != 0 or first_step,
+        # bitwise | on the compare results: Taichi's `or` short-circuits into branches
+        kap = ti.Vector([ti.select(((te[e + j] | tr[e + j]) != 0) | first_step,
                                    ti.cast(0, dt), ti.cast(1, dt))
                          for j in ti.static(range(4))], dt=dt)
         return boot, kap
@@ -210,7 +211,7 @@ def _make_state(dt, mode):
                     adv[i] = a
                     target = a + vv
                     ret[i] = target
-                    acc += rv * zero + vv * zero + boot * zero
+                    acc += delta * zero
                     if ti.static(want_pg):
                         vnext = zero
                         if k > 0:
@@ -243,7 +244,7 @@ def _make_state(dt, mode):
                    i, nxt, k, gamma, lam, pg_clip):
         """V-trace's policy-gradient advantage at flat index i (nxt: index of t+1)."""
         term = te[i] != 0
-        kap = ti.select(term or tr[i] != 0 or k == 0, ti.cast(0, dt), ti.cast(1, dt))
+        kap = ti.select(term | (tr[i] != 0) | (k == 0), ti.cast(0, dt), ti.cast(1, dt))
         boot = ti.select(term, ti.cast(0, dt), nv[i])
         vnext = ti.cast(0, dt)
         if k > 0:
@@ -377,7 +378,7 @@ def _make_action(dt, mode):
         bad = ti.cast(0, dt)
         if ti.static(mode == Q_TRACES):
             c = x
-            bad = ti.select(x >= lo and x <= hi, ti.cast(0, dt), ti.cast(1, dt))
+            bad = ti.select((x >= lo) & (x <= hi), ti.cast(0, dt), ti.cast(1, dt))
         elif ti.static(mode == Q_RETRACE or mode == Q_IS):
             bad = ti.select(x < ti.cast(float("inf"), dt), ti.cast(0, dt), ti.cast(1, dt))
             c = ti.exp(x)
@@ -391,7 +392,7 @@ def _make_action(dt, mode):
                 lo, hi, nxt_target):
         """G_t at flat index i given G_{t+1} (nxt_target); returns (G_t, bad)."""
         term = te[i] != 0
-        cut = term or tr[i] != 0 or k == 0
+        cut = term | (tr[i] != 0) | (k == 0)
         boot = ti.select(term, ti.cast(0, dt), nq[i])
         corr = ti.cast(0, dt)
         bad = ti.cast(0, dt)
