@@ -120,7 +120,8 @@ def _weights(su, quantity):
     return su["d"][:, None] * su["mu"], lambda mom: (mom.mean_sa, mom.var_sa)
 
 
-def exact_metrics(cell: dict, su: dict) -> tuple[dict, object, object]:
+def exact_metrics(cell: dict, su: dict) -> tuple[dict, np.ndarray]:
+    """The exact columns of ``cell``, and the target its output is compared against."""
     est = grid.ESTIMATORS[cell["estimator"]]
     name = cell["estimator"]  # report names are moments names
     params = _params(cell)
@@ -145,9 +146,9 @@ def exact_metrics(cell: dict, su: dict) -> tuple[dict, object, object]:
         "bias_mean": float((w * err_t).sum()),
         "var": float((w * var).sum()),
         "mse": bias_t**2 + float((w * var).sum()),
-        "modulus": modulus(cell, su),
+        "modulus": modulus(cell),
     }
-    return out, tgt, mom
+    return out, tgt
 
 
 @functools.lru_cache(maxsize=1024)
@@ -171,7 +172,7 @@ def truths(mdp_name, stale, name, rho_clip, horizon):
     return (exact.a_pi(m, pi) if quantity == "A" else exact.q_pi(m, pi)), fix.mean_sa
 
 
-def modulus(cell: dict, su: dict) -> float:
+def modulus(cell: dict) -> float:
     """Sup-norm contraction modulus of the estimator's expected operator over a segment of
     length T (the operator whose fixed point ``bias_fixed`` measures against), from
     :mod:`offpolicy.exact`. NaN for P3O, which does not bootstrap."""
@@ -236,7 +237,7 @@ def p3o_means(cell: dict, su: dict) -> np.ndarray:
 
 def compute_cell(cell: dict, seed: int, mc_samples: int) -> dict:
     su = setup(cell["mdp"], cell["stale"], cell["values"], seed)
-    metrics, tgt, _ = exact_metrics(cell, su)
+    metrics, tgt = exact_metrics(cell, su)
     if cell["mc"]:
         from . import montecarlo
 

@@ -15,24 +15,16 @@ import math
 import numpy as np
 
 import estimators.numpy as reference
-from offpolicy import moments
+from offpolicy import moments, sampler
 
 from . import grid
-
-
-def sample_segments(m, mu, d, T: int, n: int, rng) -> moments.Segments:
-    """``n`` segments of length ``T`` (time-major), via :mod:`offpolicy.sampler` when present."""
-    from offpolicy import sampler
-
-    return sampler.sample_segments(m, mu, T, n, rng=rng, initial=d)
+from .compute import _params, p3o_means
 
 
 def mc_metrics(cell: dict, su: dict, tgt, seed: int, n: int, exact: dict) -> dict:
-    from .compute import _params, p3o_means
-
     rng = np.random.default_rng(grid.cell_seed(seed, "mc", grid.cell_id(cell)))
     m, mu, pi = su["mdp"], su["mu"], su["pi"]
-    seg = sample_segments(m, mu, su["d"], cell["T"], n, rng)
+    seg = sampler.sample_segments(m, mu, cell["T"], n, rng=rng, initial=su["d"])
     inputs = seg.inputs(behaviour=mu, target=pi, values=su["V"], q=su["Q"])
     inputs["states"] = seg.states
     params = _params(cell)

@@ -94,16 +94,22 @@ def to_csv(records) -> str:
     return buf.getvalue()
 
 
-def canonical_metrics(metrics: dict) -> dict:
-    return {m: float(num(v)) if num(v) else None for m, v in sorted(metrics.items())}
+def _rounded(x):
+    """Every float through :func:`num` (12 significant digits), recursively."""
+    if isinstance(x, float):
+        return float(num(x))
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_rounded(v) for v in x]
+    return x
 
 
 def to_json(records, meta: dict, summary: dict) -> str:
-    cells = [
-        {"id": r["id"], "cell": r["cell"], "metrics": canonical_metrics(r["metrics"])}
-        for r in records
-    ]
-    doc = {"meta": meta, "metrics_help": METRIC_HELP, "cells": cells, "summary": summary}
+    cells = [{"id": r["id"], "cell": r["cell"], "metrics": _rounded(r["metrics"])}
+             for r in records]
+    doc = {"meta": meta, "metrics_help": METRIC_HELP, "cells": cells,
+           "summary": _rounded(summary)}
     return encode(doc).replace('},{"cell"', '},\n{"cell"') + "\n"
 
 
