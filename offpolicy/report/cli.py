@@ -127,6 +127,7 @@ def main(argv=None) -> int:
             print(f"cannot read the baseline in {args.check}: {e}\n"
                   f"(create one with --update-baseline {args.check})", file=sys.stderr)
             return 2
+        args.limit = None  # a check always compares the whole grid
         args.profile = args.profile or baseline["meta"]["profile"]
         args.seed = baseline["meta"]["seed"] if args.seed is None else args.seed
     args.profile = args.profile or "quick"
