@@ -1,5 +1,10 @@
 import os
 
+# Small dense solves are ~18x slower with OpenBLAS's thread pool on a 2-core machine; must be
+# set before numpy is first imported.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 from hypothesis import HealthCheck, settings
 
 # ci: deterministic and bounded (the default, what .ci/run uses); dev: more examples
