@@ -73,6 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="FIELD=V1[,V2]",
                    help="any config field; several values make an axis")
     p.add_argument("--out", default="reports/harness", help="table and plots go here")
+    p.add_argument("--name", default=None,
+                   help="file stem of the table and plots (default <algo>_<env>)")
     p.add_argument("--runs-dir", default=None, help="per-run result files (default <out>/runs)")
     p.add_argument("--executor", choices=grid.EXECUTORS, default="process")
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -133,7 +135,7 @@ def main(argv=None) -> int:
     else:
         results = grid.run_grid(specs, runs_dir, executor=args.executor, jobs=args.jobs,
                                 progress=not args.no_progress)
-    paths = report.write_report(results, args.algo, axes, out)
+    paths = report.write_report(results, args.algo, axes, out, stem=args.name)
     for k, v in paths.items():
         print(f"{k}: {v}", file=sys.stderr)
     if "table_md" in paths:

@@ -198,6 +198,7 @@ def train(cfg: DQNConfig, progress=None) -> dict:
 
     opt_J = env.optimal_J() if tabular else None
     curve, recent_returns, window = [], deque(maxlen=100), []
+    update_log = []  # per measured update: sample age, exact bias / RMS error of the targets
     obs = env.reset(seed=cfg.seed)
     updates, update_credit, global_step = 0, 0.0, 0
     t0, env_time = time.perf_counter(), 0.0
@@ -234,19 +235,20 @@ def train(cfg: DQNConfig, progress=None) -> dict:
                 break
             seq = buf.sample(cfg.n, cfg.batch_size, starts, rng)
             G = q_targets(cfg, seq, q_net, target_net)[0]  # target of the first transition
+            stat = {"sample_age": float(np.mean(updates - seq["version"]))}
+            if tabular and updates % cfg.measure_every == 0:  # error against the true Q^pi of
+                with torch.no_grad():  # the target policy that defined G (before the step)
+                    q_all = q_net(env.all_obs()).double().numpy()
+                ex = env.exact(measure.greedy_policy(q_all, cfg.target_epsilon))
+                stat.update(measure.q_error_stats(G, seq["state"][0], seq["action"][0].numpy(), ex))
+                update_log.append({"update": updates, "env_steps": global_step, **stat})
             q = q_net(seq["obs"][0]).gather(-1, seq["action"][0].unsqueeze(-1)).squeeze(-1)
             loss = F.smooth_l1_loss(q, G)
             optimizer.zero_grad()
             loss.backward()
             nn.utils.clip_grad_norm_(q_net.parameters(), cfg.max_grad_norm)
             optimizer.step()
-            stat = {"sample_age": float(np.mean(updates - seq["version"])),
-                    "loss": float(loss.detach())}
-            if tabular and updates % cfg.measure_every == 0:
-                with torch.no_grad():
-                    q_all = q_net(env.all_obs()).double().numpy()
-                ex = env.exact(measure.greedy_policy(q_all, cfg.target_epsilon))
-                stat.update(measure.q_error_stats(G, seq["state"][0], seq["action"][0].numpy(), ex))
+            stat["loss"] = float(loss.detach())
             window.append(stat)
             updates += 1
             if updates % cfg.target_update_period == 0:
@@ -273,5 +275,5 @@ def train(cfg: DQNConfig, progress=None) -> dict:
             if progress is not None:
                 progress(global_step)
 
-    return {"algo": "dqn", "config": asdict(cfg), "curve": curve,
+    return {"algo": "dqn", "config": asdict(cfg), "curve": curve, "update_log": update_log,
             "summary": measure.summarize(curve, tabular)}

@@ -184,7 +184,8 @@ def plot_curves(results: list[dict], algo: str, axes: dict[str, list], tabular: 
     plt.close(fig)
 
 
-def write_report(results: list[dict], algo: str, axes: dict[str, list], out_dir) -> dict:
+def write_report(results: list[dict], algo: str, axes: dict[str, list], out_dir,
+                 stem: str | None = None) -> dict:
     """Write ``<stem>_runs.csv`` (one row per run), ``<stem>_table.csv`` (mean and sd over
     seeds), ``<stem>_table.md`` and the plots; returns the paths."""
     out_dir = Path(out_dir)
@@ -192,7 +193,7 @@ def write_report(results: list[dict], algo: str, axes: dict[str, list], out_dir)
     if not results:
         return {}
     env = results[0]["config"]["env"]
-    stem = f"{algo}_{env}"
+    stem = stem or f"{algo}_{env}"
     tabular = "final_J" in results[0]["summary"]
     axis_keys = list(axes)
     df = runs_frame(results)
