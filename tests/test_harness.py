@@ -185,6 +185,18 @@ def test_dqn_grid_serial(tmp_path):
     assert [r["config"]["estimator"] for r in results] == ["nstep", "tree_backup"]
 
 
+def test_cli_values_parse_by_field_type():
+    from offpolicy.harness.__main__ import _field_types, parse_value
+
+    ppo_t, dqn_t = _field_types("ppo"), _field_types("dqn")
+    assert parse_value("none", ppo_t["refresh"]) == "none"  # a string choice, not None
+    assert parse_value("None", dqn_t["max_age"]) is None  # optional field
+    assert parse_value("200", dqn_t["max_age"]) == 200
+    assert parse_value("3e5", ppo_t["total_steps"]) == 300_000
+    assert parse_value("false", ppo_t["anneal_lr"]) is False
+    assert parse_value("0.5", ppo_t["rho_clip"]) == 0.5
+
+
 def test_unknown_config_field_is_rejected():
     with pytest.raises(ValueError, match="unknown config field"):
         grid.expand("ppo", {"no_such_knob": 1}, {}, seeds=[0])

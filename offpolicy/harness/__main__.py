@@ -41,8 +41,8 @@ def _field_types(algo: str) -> dict:
 
 def parse_value(text: str, typ):
     text = text.strip()
-    if text.lower() in ("none", "null"):
-        return None
+    if text.lower() in ("none", "null") and type(None) in typing.get_args(typ):
+        return None  # only for optional fields: refresh="none" stays a string
     args = [a for a in typing.get_args(typ) if a is not type(None)] or [typ]
     base = args[0]
     if base is bool:

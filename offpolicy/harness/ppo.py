@@ -15,8 +15,10 @@ Staleness knobs
                            minibatch (CleanRL);
                  "puffer"  PufferLib 3: after each minibatch's forward pass the stored
                            ratios and values of that minibatch's samples are overwritten
-                           with the fresh ones, and the advantages of the whole batch are
-                           recomputed from the stored arrays before every minibatch;
+                           with the fresh ones (and so is next_value = V(s_{t+1}) inside an
+                           episode, since PufferLib bootstraps from the same array), and the
+                           advantages of the whole batch are recomputed from the stored
+                           arrays before every minibatch;
                  "full"    before every minibatch, ratios and values of the whole batch are
                            recomputed with the current parameters, then the advantages.
 
@@ -259,6 +261,10 @@ def train(cfg: PPOConfig, progress=None) -> dict:
                         lr_flat, v_flat = log_rhos.view(batch), values.view(batch)
                         lr_flat[idx] = new_logp.detach() - b_logmu[idx]
                         v_flat[idx] = new_value.detach()
+                        # PufferLib bootstraps from the same value array: V(s'_t) is V(s_{t+1})
+                        # wherever the episode goes on inside the segment, so refresh it too
+                        cont = ~(term_buf[:-1] | trunc_buf[:-1])
+                        next_values[:-1] = torch.where(cont, values[1:], next_values[:-1])
 
         snapshots.append(copy.deepcopy(agent.state_dict()))  # publish a new policy version
 
