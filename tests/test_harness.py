@@ -137,6 +137,15 @@ def test_dqn_every_correction_runs_and_respects_min_age(estimator):
     assert np.isfinite(r["summary"]["final_J"])
 
 
+def test_gym_envs_run_through_both_learners():
+    r = ppo.train(ppo.PPOConfig(env="acrobot", total_steps=512, num_envs=4, num_steps=128))
+    assert r["curve"][-1]["env_steps"] == 512 and "J" not in r["curve"][-1]
+    r = dqn.train(dqn.DQNConfig(env="cartpole", total_steps=800, learning_starts=200,
+                                estimator="retrace", lam=0.9, log_points=4))
+    assert np.isfinite(r["summary"]["final_return"])
+    assert r["update_log"] == []  # no exact measurements off the tabular MDPs
+
+
 def test_same_seed_same_curves():
     c = ppo.PPOConfig(total_steps=2_048, lag=2, estimator="puff", refresh="puffer", seed=3)
     a, b = ppo.train(c), ppo.train(c)
