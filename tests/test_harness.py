@@ -41,6 +41,9 @@ def test_tabular_env_separates_termination_and_truncation():
     for t in range(5):
         a = torch.tensor([p[t] if t < len(p) else 0 for p in plans])
         step = env.step(a)
+        # per-transition rewards: 1 exactly on entering the goal, 0 elsewhere (chain R_sas)
+        assert step.reward[0] == (1.0 if t == 2 else 0.0) or t > 2
+        assert step.reward[1] == 0.0
         for i in range(3):
             if (step.terminated[i] or step.truncated[i]) and seen[i] is None:
                 seen[i] = (t, bool(step.terminated[i]), bool(step.truncated[i]),
@@ -48,6 +51,15 @@ def test_tabular_env_separates_termination_and_truncation():
     assert seen[0] == (2, True, False, 3, 0)  # entered the goal: terminated, reset to 0
     assert seen[1] == (4, False, True, 0, 0)  # time limit: truncated, final obs = state 0
     assert seen[2] == (4, False, True, 1, 0)  # final obs is the state reached, not the reset
+
+
+def test_tabular_env_emits_per_transition_rewards():
+    env = TabularVecEnv(M.chain(3, slip=0.5), num_envs=200, max_steps=50, seed=0)
+    env.reset(seed=0)
+    env.state[:] = 1  # next to the goal: RIGHT reaches it with probability 0.5
+    step = env.step(torch.ones(200, dtype=torch.long))
+    assert set(step.reward.tolist()) == {0.0, 1.0}  # R_sas, never the mean R[1, RIGHT] = 0.5
+    assert torch.equal(step.reward == 1.0, step.terminated)
 
 
 def test_tabular_env_exact_matches_monte_carlo():

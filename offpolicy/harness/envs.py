@@ -58,13 +58,16 @@ class TabularVecEnv:
     an absorbing terminal state of the MDP (terminated=True, no bootstrap), and is
     *truncated* after ``max_steps`` steps (truncated=True; final_obs holds the state
     reached, so the learner bootstraps from it).  The two flags are never merged.
-    Rewards are ``R[s, a]`` plus Gaussian noise of std ``mdp.reward_std`` if it has one.
+    Rewards are the per-transition ``R_sas[s, a, s']`` plus Gaussian noise of std
+    ``mdp.reward_std[s, a]`` (the exact values use their mean ``R[s, a]``).
     """
 
     def __init__(self, mdp, num_envs: int, max_steps: int = 100, seed: int = 0):
         self.mdp = mdp
         self.P = np.asarray(mdp.P, dtype=np.float64)
         self.R = np.asarray(mdp.R, dtype=np.float64)
+        self.R_sas = np.asarray(getattr(mdp, "R_sas", None) if hasattr(mdp, "R_sas")
+                                else np.broadcast_to(self.R[:, :, None], self.P.shape))
         self.S, self.A = self.R.shape
         self.gamma = float(mdp.gamma)
         self.init = np.asarray(_mdp_initial(mdp), dtype=np.float64)
@@ -107,11 +110,11 @@ class TabularVecEnv:
     def step(self, actions) -> Step:
         a = np.asarray(torch.as_tensor(actions).cpu().numpy(), dtype=np.int64)
         s = self.state
-        r = self.R[s, a]
-        if self.reward_std is not None:
-            r = r + self.reward_std[s, a] * self.rng.standard_normal(self.num_envs)
         u = self.rng.random(self.num_envs)
         s2 = (self._cumP[s, a] < u[:, None]).sum(axis=1).clip(0, self.S - 1)
+        r = self.R_sas[s, a, s2]  # the per-transition reward; its mean over s' is R[s, a]
+        if self.reward_std is not None:
+            r = r + self.reward_std[s, a] * self.rng.standard_normal(self.num_envs)
         self.t += 1
         self.ep_ret += r
         terminated = self.terminal[s2]
