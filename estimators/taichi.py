@@ -405,7 +405,11 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         o4 = [x.reshape(-1, 4) for x in (adv, ret)]
         pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else np.zeros((1, 4), ctx.dtype)
         lr4 = lrb.reshape(-1, 4) if lr is not None else np.zeros((1, 4), ctx.dtype)
-        _launch(kern["vec4"], [*v4, te, tr, lr4, *o4, pg4, err, T, G, GB, *params], vec4=True)
+        name = "vec4"
+        if mode != K.GAE and G % 2 == 0:
+            # log-ratio modes are compute-bound (exp): 8 lanes per step, GB in groups of 8
+            name, GB = "vec8", min(256, max(4, -(-(G // 2) // _nthreads())))
+        _launch(kern[name], [*v4, te, tr, lr4, *o4, pg4, err, T, G, GB, *params], vec4=True)
     elif form == "rows":
         BB = min(2048, max(32, -(-B // _nthreads())))
         _launch(kern["rows"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, T, B, BB, *params])
