@@ -19,6 +19,14 @@ Three forms of the state-value trace ``A_t = delta_t + gamma lam c_t kappa_t A_{
   compile option ``real_matrix_scalarize=False`` makes Taichi emit real ``<4 x float>`` loads,
   stores and arithmetic. (Vector compares, selects and casts crash Taichi 1.7's LLVM codegen in
   that mode, so per-lane flags are handled as scalars and assembled into vectors.)
+* ``vec8``  (the CPU fast form of the log-ratio modes, V-trace and PDIS, when B % 8 == 0): as
+  ``vec4`` with 8 lanes per step, loaded as two aligned 4-vectors and joined, so the arithmetic
+  runs on AVX ``<8 x float>`` (32-byte aligned loads would need 32-byte aligned arrays, which
+  numpy does not give). The exp polynomial makes these modes compute-bound: 8 lanes cut V-trace
+  at 4096x128 from ~2.8 to ~1.7 ms on the 2-core dev machine. GAE stays on ``vec4`` (8 lanes
+  measured slower there: it is bound by loads/stores, not arithmetic). V-trace's pg advantage is
+  computed as ``min(pg_clip, rho) (delta0 + gamma lam kappa (v_{t+1} - V(s'_t)))`` with
+  ``delta0 = r + gamma beta V(s') - V(s)`` (the same q_t - V(s_t), fewer operations).
 * ``rows``  (CPU fallback for any alignment / B): the same lockstep walk, one lane at a time.
 * ``naive`` (one thread per stream walking T): the natural GPU form; slow on a CPU because the
   carried dependency along T leaves the vector units idle and strides through memory. Kept for

@@ -24,8 +24,9 @@ processes (first-call compile time is paid once per machine).
 
 On a CPU the state-value trace (GAE, V-trace, puff advantage, per-decision IS) runs in the
 "lockstep" form: blocks of streams in parallel, each walking t downwards over contiguous rows
-with 4-wide vector arithmetic (see ``estimators._taichi_kernels``). On a GPU it runs one thread
-per stream, or a chunked scan over T when there are few long streams.
+with 4-wide vector arithmetic (8-wide for the log-ratio modes; see
+``estimators._taichi_kernels``). On a GPU it runs one thread per stream, or a chunked scan over
+T when there are few long streams.
 """
 
 from __future__ import annotations
