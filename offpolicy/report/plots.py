@@ -71,6 +71,31 @@ def _grid_axes(plt, n, title):
     return fig, list(axes.flat[:n])
 
 
+def _mse_lines(plt, mdps, records, path, *, title, x_key, xlabel, keep):
+    """One panel per MDP: MSE against cell[x_key], a line per estimator over the cells `keep`s."""
+    fig, axes = _grid_axes(plt, len(mdps), title)
+    for ax, mdp in zip(axes, mdps, strict=True):
+        ys = []
+        for est in _EST_ORDER:
+            pts = sorted((r["cell"][x_key], _positive(_m(r, "mse"))) for r in records
+                         if r["cell"]["mdp"] == mdp and r["cell"]["estimator"] == est
+                         and keep(est, r["cell"]))
+            if pts:
+                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=est,
+                        **_style(plt, est))
+                ys += [p[1] for p in pts]
+        ax.set_yscale("log")
+        _limit(ax, ys)
+        ax.set_title(mdp)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("MSE")
+    _legend(fig, axes)
+    fig.tight_layout()
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def plot_all(out_dir, records, profile) -> list[str]:
     plt = _plt()
     mdps = [m for m in profile.mdps if any(r["cell"]["mdp"] == m for r in records)]
@@ -112,57 +137,22 @@ def plot_all(out_dir, records, profile) -> list[str]:
     plt.close(fig)
 
     # 2. MSE vs staleness, default slice
-    fig, axes = _grid_axes(plt, len(mdps), f"MSE vs staleness k (lam={grid.fmt_param(s.show_lam)}, "
-                           f"n={s.show_n}, clip={grid.fmt_param(s.show_clip[0])}, T={s.show_T}, "
-                           f"values={s.show_values})")
-    for ax, mdp in zip(axes, mdps, strict=True):
-        ys = []
-        for est in _EST_ORDER:
-            pts = sorted((r["cell"]["stale"], _positive(_m(r, "mse"))) for r in records
-                         if r["cell"]["mdp"] == mdp and r["cell"]["estimator"] == est
-                         and grid.is_shown(s, r["cell"]))
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=est,
-                        **_style(plt, est))
-                ys += [p[1] for p in pts]
-        ax.set_yscale("log")
-        _limit(ax, ys)
-        ax.set_title(mdp)
-        ax.set_xlabel("staleness k (improvement steps behind)")
-        ax.set_ylabel("MSE")
-    _legend(fig, axes)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "mse_vs_staleness.png"))
-    _save(fig, paths[-1])
-    plt.close(fig)
+    paths.append(_mse_lines(
+        plt, mdps, records, os.path.join(out_dir, "mse_vs_staleness.png"),
+        title=f"MSE vs staleness k (lam={grid.fmt_param(s.show_lam)}, n={s.show_n}, "
+              f"clip={grid.fmt_param(s.show_clip[0])}, T={s.show_T}, values={s.show_values})",
+        x_key="stale", xlabel="staleness k (improvement steps behind)",
+        keep=lambda est, cell: grid.is_shown(s, cell)))
 
     # 3. MSE vs lambda at k_mid, estimators with a lambda, their default clip
-    fig, axes = _grid_axes(plt, len(mdps), f"MSE vs lambda (k={k_mid}, T={s.show_T}, "
-                           f"values={s.show_values})")
-    for ax, mdp in zip(axes, mdps, strict=True):
-        ys = []
-        for est in _EST_ORDER:
-            spec = grid.ESTIMATORS[est]
-            if not spec.uses_lam:
-                continue
-            pts = sorted((r["cell"]["lam"], _positive(_m(r, "mse"))) for r in records
-                         if r["cell"]["mdp"] == mdp and r["cell"]["estimator"] == est
-                         and r["cell"]["stale"] == k_mid and r["cell"]["T"] == s.show_T
-                         and r["cell"]["values"] == s.show_values
-                         and (not spec.uses_clip
-                              or (r["cell"]["rho_clip"], r["cell"]["c_clip"]) == s.show_clip))
-            if pts:
-                ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=est,
-                        **_style(plt, est))
-                ys += [p[1] for p in pts]
-        ax.set_yscale("log")
-        _limit(ax, ys)
-        ax.set_title(mdp)
-        ax.set_xlabel("lambda")
-        ax.set_ylabel("MSE")
-    _legend(fig, axes)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "mse_vs_lambda.png"))
-    _save(fig, paths[-1])
-    plt.close(fig)
+    def at_k_mid_default_clip(est, cell):
+        spec = grid.ESTIMATORS[est]
+        return (spec.uses_lam and cell["stale"] == k_mid and cell["T"] == s.show_T
+                and cell["values"] == s.show_values
+                and (not spec.uses_clip or (cell["rho_clip"], cell["c_clip"]) == s.show_clip))
+
+    paths.append(_mse_lines(
+        plt, mdps, records, os.path.join(out_dir, "mse_vs_lambda.png"),
+        title=f"MSE vs lambda (k={k_mid}, T={s.show_T}, values={s.show_values})",
+        x_key="lam", xlabel="lambda", keep=at_k_mid_default_clip))
     return paths
