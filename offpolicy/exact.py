@@ -82,6 +82,17 @@ def _solve(M: np.ndarray, b: np.ndarray, what: str) -> np.ndarray:
         raise ValueError(f"{what}: singular system") from exc
 
 
+def _partial_series(K: np.ndarray, x: np.ndarray, n) -> np.ndarray:
+    """``sum_{t<n} K^t x`` (x a vector or a matrix): the n-step truncation of the Neumann series."""
+    n = check_int(n, "n", low=0)
+    total = np.zeros_like(x)
+    term = x
+    for _ in range(n):
+        total += term
+        term = K @ term
+    return total
+
+
 def _check_series(K: np.ndarray, name: str) -> None:
     """Raise unless the Neumann series sum_t K^t converges (spectral radius < 1)."""
     if np.abs(K).sum(axis=1).max() < 1.0:
@@ -268,13 +279,7 @@ def retrace_operator(mdp: TabularMDP, target, behaviour, q, c, *, n: int | None 
     if n is None:
         _check_series(K, "c")
         return q + _solve(np.eye(S * A) - K, d, "retrace_operator").reshape(S, A)
-    n = check_int(n, "n", low=0)
-    total = np.zeros_like(d)
-    term = d
-    for _ in range(n):
-        total += term
-        term = K @ term
-    return q + total.reshape(S, A)
+    return q + _partial_series(K, d, n).reshape(S, A)
 
 
 def retrace_linear_part(mdp: TabularMDP, target, behaviour, c, *, n: int | None = None):
@@ -290,13 +295,7 @@ def retrace_linear_part(mdp: TabularMDP, target, behaviour, c, *, n: int | None 
     if n is None:
         _check_series(K, "c")
         return _solve(I - K, Kpi - K, "retrace_linear_part")
-    n = check_int(n, "n", low=0)
-    acc = np.zeros_like(I)
-    term = I
-    for _ in range(n):
-        acc += term
-        term = K @ term
-    return I - acc @ (I - Kpi)
+    return I - _partial_series(K, I, n) @ (I - Kpi)
 
 
 def retrace_modulus(mdp: TabularMDP, target, behaviour, c, *, n: int | None = None):
@@ -385,13 +384,7 @@ def vtrace_operator(
         _check_series(Pc, "c_clip")
         out = v + _solve(np.eye(mdp.num_states) - Pc, d, "vtrace_operator")
     else:
-        n = check_int(n, "n", low=0)
-        total = np.zeros_like(d)
-        term = d
-        for _ in range(n):
-            total += term
-            term = Pc @ term
-        out = v + total
+        out = v + _partial_series(Pc, d, n)
     return np.where(mdp.terminal, 0.0, out)
 
 
