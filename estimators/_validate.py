@@ -184,6 +184,22 @@ def _not_terminated(terminated):
 # grouped checks, one per family of estimators
 
 
+def _segment_checks(rewards, arrays, *, finite, bootstrap):
+    """The checks every trajectory input shares, in this order: real dtypes, time-major shapes
+    matching ``rewards``, 0/1 flags, finite ``rewards`` and ``arrays[finite]``, then
+    ``arrays[bootstrap]`` finite except where terminated (it is never read there).
+    ``arrays`` holds ``terminated``, ``truncated`` and the other inputs by name."""
+    for name, x in dict(rewards=rewards, **arrays).items():
+        check_real(name, x)
+    check_time_major("rewards", rewards, **arrays)
+    check_flags("terminated", arrays["terminated"])
+    check_flags("truncated", arrays["truncated"])
+    check_finite("rewards", rewards)
+    if finite is not None:
+        check_finite(finite, arrays[finite])
+    check_finite(bootstrap, arrays[bootstrap], where=_not_terminated(arrays["terminated"]))
+
+
 def state_inputs(rewards, values, next_values, terminated, truncated, *, gamma, lam,
                  log_rhos=None) -> tuple[float, float]:
     """Checks for gae, vtrace, puff_advantage, per_decision_is; returns (gamma, lam)."""
@@ -191,14 +207,7 @@ def state_inputs(rewards, values, next_values, terminated, truncated, *, gamma, 
                   truncated=truncated)
     if log_rhos is not None:
         arrays["log_rhos"] = log_rhos
-    for name, x in dict(rewards=rewards, **arrays).items():
-        check_real(name, x)
-    check_time_major("rewards", rewards, **arrays)
-    check_flags("terminated", terminated)
-    check_flags("truncated", truncated)
-    check_finite("rewards", rewards)
-    check_finite("values", values)
-    check_finite("next_values", next_values, where=_not_terminated(terminated))
+    _segment_checks(rewards, arrays, finite="values", bootstrap="next_values")
     if log_rhos is not None:
         check_log_rhos("log_rhos", log_rhos)
     return check_unit_interval("gamma", gamma), check_unit_interval("lam", lam)
@@ -213,14 +222,7 @@ def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, g
                   truncated=truncated)
     extra = dict(traces=traces, log_rhos=log_rhos, target_probs_taken=target_probs_taken)
     arrays.update({k: v for k, v in extra.items() if v is not None})
-    for name, x in dict(rewards=rewards, **arrays).items():
-        check_real(name, x)
-    check_time_major("rewards", rewards, **arrays)
-    check_flags("terminated", terminated)
-    check_flags("truncated", truncated)
-    check_finite("rewards", rewards)
-    check_finite("q_taken", q_taken)
-    check_finite("next_expected_q", next_expected_q, where=_not_terminated(terminated))
+    _segment_checks(rewards, arrays, finite="q_taken", bootstrap="next_expected_q")
     if traces is not None:
         check_nonnegative("traces", traces)
     if log_rhos is not None:
@@ -233,13 +235,7 @@ def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, g
 def nstep_inputs(rewards, next_values, terminated, truncated, *, gamma, n) -> tuple[float, int]:
     """Checks for nstep_returns; returns (gamma, n)."""
     arrays = dict(next_values=next_values, terminated=terminated, truncated=truncated)
-    for name, x in dict(rewards=rewards, **arrays).items():
-        check_real(name, x)
-    check_time_major("rewards", rewards, **arrays)
-    check_flags("terminated", terminated)
-    check_flags("truncated", truncated)
-    check_finite("rewards", rewards)
-    check_finite("next_values", next_values, where=_not_terminated(terminated))
+    _segment_checks(rewards, arrays, finite=None, bootstrap="next_values")
     return check_unit_interval("gamma", gamma), check_n(n)
 
 
