@@ -139,10 +139,12 @@ def _make_state(dt, mode):
         return ti.Vector([boot, rh, cf, kap, rpg, bad], dt=dt)
 
     @ti.func
-    def vexp4(x):
-        """exp of a float32 4-vector, vectorised: the polynomial of ``exp`` on vectors (only
-        2^k is assembled per lane: vector casts crash Taichi 1.7 in this mode)."""
-        xc = ti.min(ti.max(x, ti.Vector([-87.0] * 4, dt=dt)), ti.Vector([88.5] * 4, dt=dt))
+    def vexp(x):
+        """exp of a float32 4- or 8-vector (8: one AVX ``<8 x float>`` op per step),
+        vectorised: the polynomial of ``exp`` on vectors (only 2^k is assembled per lane:
+        vector casts crash Taichi 1.7 in this mode)."""
+        w = ti.static(x.n)
+        xc = ti.min(ti.max(x, ti.Vector([-87.0] * w, dt=dt)), ti.Vector([88.5] * w, dt=dt))
         k = ti.floor(xc * ti.cast(1.4426950408889634, dt) + ti.cast(0.5, dt))
         r = xc - k * ti.cast(0.693359375, dt) + k * ti.cast(2.12194440e-4, dt)
         p = r * ti.cast(1.0 / 720, dt) + ti.cast(1.0 / 120, dt)
@@ -152,11 +154,11 @@ def _make_state(dt, mode):
         p = p * r + ti.cast(1.0, dt)
         p = p * r + ti.cast(1.0, dt)
         two_k = ti.Vector([ti.bit_cast((ti.cast(k[j], ti.i32) + 127) << 23, ti.f32)
-                           for j in ti.static(range(4))], dt=dt)
+                           for j in ti.static(range(w))], dt=dt)
         y = p * two_k
         return ti.Vector([ti.select(x[j] < -87.0, ti.cast(0, dt),
                                     ti.select(x[j] > 88.5, ti.cast(float("inf"), dt), y[j]))
-                          for j in ti.static(range(4))], dt=dt)
+                          for j in ti.static(range(w))], dt=dt)
 
     @ti.func
     def flags4(te: ti.template(), tr: ti.template(), e, nvv, first_step):
@@ -208,7 +210,7 @@ def _make_state(dt, mode):
                         lrv = lr[i]
                         for j in ti.static(range(4)):
                             nbad += ti.select(lrv[j] < float("inf"), 0, 1)
-                        rho = vexp4(lrv)
+                        rho = vexp(lrv)
                         c = rho
                         if ti.static(mode == VTRACE):
                             delta = ti.min(rho_clip, rho) * delta
@@ -234,25 +236,6 @@ def _make_state(dt, mode):
             s = acc[0] + acc[1] + acc[2] + acc[3]
             if not (s == s and nbad == 0):
                 err[0] = 1
-
-    @ti.func
-    def vexp8(x):
-        """``vexp4`` on an 8-vector (AVX: one ``<8 x float>`` op per step)."""
-        xc = ti.min(ti.max(x, ti.Vector([-87.0] * 8, dt=dt)), ti.Vector([88.5] * 8, dt=dt))
-        k = ti.floor(xc * ti.cast(1.4426950408889634, dt) + ti.cast(0.5, dt))
-        r = xc - k * ti.cast(0.693359375, dt) + k * ti.cast(2.12194440e-4, dt)
-        p = r * ti.cast(1.0 / 720, dt) + ti.cast(1.0 / 120, dt)
-        p = p * r + ti.cast(1.0 / 24, dt)
-        p = p * r + ti.cast(1.0 / 6, dt)
-        p = p * r + ti.cast(0.5, dt)
-        p = p * r + ti.cast(1.0, dt)
-        p = p * r + ti.cast(1.0, dt)
-        two_k = ti.Vector([ti.bit_cast((ti.cast(k[j], ti.i32) + 127) << 23, ti.f32)
-                           for j in ti.static(range(8))], dt=dt)
-        y = p * two_k
-        return ti.Vector([ti.select(x[j] < -87.0, ti.cast(0, dt),
-                                    ti.select(x[j] > 88.5, ti.cast(float("inf"), dt), y[j]))
-                          for j in ti.static(range(8))], dt=dt)
 
     @ti.func
     def ld8(a: ti.template(), q):
@@ -315,7 +298,7 @@ def _make_state(dt, mode):
                     lrv = ld8(lr, q)
                     for j in ti.static(range(8)):
                         nbad += ti.select(lrv[j] < float("inf"), 0, 1)
-                    rho = vexp8(lrv)
+                    rho = vexp(lrv)
                     delta = d0
                     c = rho
                     if ti.static(mode == VTRACE):
