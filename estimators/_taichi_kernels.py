@@ -4,7 +4,7 @@ Every kernel works on time-major memory, ``[T, B]`` flattened row by row (index 
 and never loops over T or B in Python. Kernels are built per float dtype (``ti.f32`` or
 ``ti.f64``) and per estimator family by the ``build_*`` factories below, and cached.
 
-Conventions (DESIGN.md sections 1-2), written once in the ``@ti.func`` helpers:
+Conventions (docs/DESIGN.md sections 1-2), written once in the ``@ti.func`` helpers:
 
 * ``kappa_t = not (terminated_t or truncated_t) and t < T-1`` (the trace continues into t+1);
 * ``beta_t = not terminated_t``: ``next_values`` under ``terminated`` is replaced by 0 with a

@@ -1,6 +1,6 @@
 """Build the contract's time-major inputs from other layouts (numpy arrays or torch tensors).
 
-The contract (DESIGN.md section 1) stores transition t = (s_t, a_t, r_t, s'_t) in row t of
+The contract (docs/DESIGN.md section 1) stores transition t = (s_t, a_t, r_t, s'_t) in row t of
 ``[T, B]`` arrays and wants ``next_values[t] = V(s'_t)`` explicitly. Two helpers:
 
 * ``next_values_from_values``: shift ``values`` by one step and append a bootstrap value;

@@ -1,4 +1,4 @@
-"""The numpy reference: every estimator of DESIGN.md section 2, plain and in float64.
+"""The numpy reference: every estimator of docs/DESIGN.md section 2, plain and in float64.
 
 This module is the oracle every other backend is held to, so it is written to be read: a
 backward loop over time, vectorised over the batch, with each convention on its own line in
@@ -101,7 +101,7 @@ def _next_step(x: np.ndarray) -> np.ndarray:
 
 def _state_value_trace(rewards, values, next_values, terminated, truncated, rho_hat, c_hat,
                        gamma, lam):
-    """DESIGN.md section 2, all arrays [T,B] float64 / bool:
+    """docs/DESIGN.md section 2, all arrays [T,B] float64 / bool:
 
         delta_t = rho_hat_t (r_t + gamma beta_t V(s'_t) - V(s_t))
         A_t     = delta_t + gamma lam c_hat_t kappa_t A_{t+1}
@@ -121,7 +121,7 @@ def _state_value_trace(rewards, values, next_values, terminated, truncated, rho_
 
 def _action_value_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces,
                         gamma, lam):
-    """DESIGN.md section 2, all arrays [T,B] float64 / bool:
+    """docs/DESIGN.md section 2, all arrays [T,B] float64 / bool:
 
         G_t = r_t + gamma beta_t E_pi Q(s'_t, .)
                   + gamma lam kappa_t c_{t+1} (G_{t+1} - Q(s_{t+1}, a_{t+1}))

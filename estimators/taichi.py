@@ -1,4 +1,4 @@
-"""Taichi backend: every estimator of DESIGN.md section 2 as a Taichi kernel.
+"""Taichi backend: every estimator of docs/DESIGN.md section 2 as a Taichi kernel.
 
 The same functions, names and keyword arguments as ``estimators.numpy`` (the reference) and
 ``estimators.torch``. Inputs are numpy arrays, torch tensors or python lists, ``[T]`` or

@@ -1,7 +1,7 @@
 """The torch backend: the estimators of ``estimators.numpy``, batched, on any device, with autograd.
 
 Same functions, arguments and conventions as the numpy reference (see its module docstring and
-DESIGN.md section 2). Differences:
+docs/DESIGN.md section 2). Differences:
 
 * outputs keep the inputs' floating dtype (the promotion of the float inputs; integer or bool
   inputs give ``torch.get_default_dtype()``) and device; numpy arrays and python lists are

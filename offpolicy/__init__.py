@@ -1,6 +1,6 @@
 """offpolicy: exact tabular ground truth and property tests for RL return/advantage estimators.
 
-See DESIGN.md (shipped beside the repository as ``shared/DESIGN.md``) for the contract.
+See ``docs/DESIGN.md`` (in the repository) for the contract.
 """
 
 __version__ = "0.1.0"

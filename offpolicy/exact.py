@@ -1,6 +1,6 @@
 """Exact tabular quantities: values, Bellman operators, the Retrace family, V-trace, moduli.
 
-Matrix forms follow DESIGN.md §3. Terminal states have value 0 and nothing is bootstrapped
+Matrix forms follow docs/DESIGN.md §3. Terminal states have value 0 and nothing is bootstrapped
 from them: every kernel here is ``mdp.P_continue = P * [s' not terminal]``, so transitions
 into a terminal state contribute their reward only. Consequently every operator maps the
 entries of terminal states to 0, and ``gamma = 1`` works on proper MDPs.
@@ -112,7 +112,7 @@ def _check_series(K: np.ndarray, name: str) -> None:
 def sa_transition(mdp: TabularMDP, policy, c=None) -> np.ndarray:
     """``[(s, a), (s', a')] = P_continue(s'|s, a) * policy(a'|s') * c(s', a')``, shape
     ``[S*A, S*A]`` (row-major ``s * A + a``). With ``c = None`` this is ``P^pi``; with a trace
-    array and the behaviour policy it is DESIGN.md's ``P^{c mu}``."""
+    array and the behaviour policy it is docs/DESIGN.md's ``P^{c mu}``."""
     _check_mdp(mdp)
     pol = _pol(mdp, policy, "policy")
     w = pol if c is None else pol * _c(mdp, c)
@@ -301,14 +301,14 @@ def retrace_linear_part(mdp: TabularMDP, target, behaviour, c, *, n: int | None 
 def retrace_modulus(mdp: TabularMDP, target, behaviour, c, *, n: int | None = None):
     """Exact per-(s, a) sup-norm modulus: the absolute row sums of :func:`retrace_linear_part`,
     so ``|R Q1 - R Q2|(s, a) <= modulus(s, a) ||Q1 - Q2||_inf``. Without terminal states and
-    with ``0 <= c <= pi / mu`` it equals DESIGN.md's ``eta`` (:func:`retrace_eta`); terminal
+    with ``0 <= c <= pi / mu`` it equals docs/DESIGN.md's ``eta`` (:func:`retrace_eta`); terminal
     states only lower it. ``[S, A]``."""
     B = retrace_linear_part(mdp, target, behaviour, c, n=n)
     return np.abs(B).sum(axis=1).reshape(mdp.shape)
 
 
 def retrace_eta(mdp: TabularMDP, behaviour, c) -> np.ndarray:
-    """DESIGN.md's ``eta = 1 - (1 - gamma) (I - gamma P^{c mu})^{-1} 1`` (``[S, A]``), an upper
+    """docs/DESIGN.md's ``eta = 1 - (1 - gamma) (I - gamma P^{c mu})^{-1} 1`` (``[S, A]``), an upper
     bound on :func:`retrace_modulus` when ``0 <= c <= pi / mu``, itself ``<= gamma``."""
     _check_mdp(mdp)
     mu = _pol(mdp, behaviour, "behaviour")

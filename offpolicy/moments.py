@@ -1,6 +1,6 @@
 """Exact mean and variance of every estimator's first output on a sampled segment.
 
-DESIGN.md section 3: along a trajectory drawn from the behaviour policy ``mu``, every estimator
+docs/DESIGN.md section 3: along a trajectory drawn from the behaviour policy ``mu``, every estimator
 of the contract is a linear recursion
 
     X_t = alpha_t + b_t * X_{t+1},        alpha_t = c_r * r_t + a_0
@@ -579,7 +579,7 @@ class Segments:
 
     def inputs(self, *, behaviour, target, values=None, q=None, next_q="expected",
                terminal_next_value=np.nan) -> dict:
-        """Estimator inputs (DESIGN.md section 1) for these trajectories.
+        """Estimator inputs (docs/DESIGN.md section 1) for these trajectories.
 
         ``next_values`` holds ``terminal_next_value`` (default NaN) wherever terminated.
         """

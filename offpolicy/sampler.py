@@ -3,7 +3,7 @@
 :class:`VecEnv` steps B copies of an MDP at once (numpy over B, no Python loop over streams),
 with resets after termination and per-stream episode time limits. :func:`sample` rolls it out
 for T steps under a behaviour policy and returns a :class:`Batch` of the contract's time-major
-``[T, B]`` arrays (DESIGN.md §1):
+``[T, B]`` arrays (docs/DESIGN.md §1):
 
 - ``rewards[t] = R_sas[s_t, a_t, s'_t] + reward_std[s_t, a_t] * N(0, 1)``;
 - ``next_states[t]`` is the observation that followed ``a_t`` (the final observation on
@@ -170,7 +170,7 @@ class VecEnv:
 
 @dataclasses.dataclass(frozen=True)
 class Batch:
-    """``T`` steps of ``B`` streams, time-major ``[T, B]`` (DESIGN.md §1).
+    """``T`` steps of ``B`` streams, time-major ``[T, B]`` (docs/DESIGN.md §1).
 
     ``states, actions, next_states``: int64. ``rewards, log_rhos, behaviour_probs_taken,
     target_probs_taken``: float64. ``terminated, truncated``: bool. ``values = V[states]`` and
@@ -204,7 +204,7 @@ class Batch:
         return self.states.shape
 
     def inputs(self) -> dict:
-        """The estimator inputs present in this batch, by their DESIGN.md names."""
+        """The estimator inputs present in this batch, by their docs/DESIGN.md names."""
         keys = ("rewards", "values", "next_values", "terminated", "truncated", "log_rhos",
                 "q_taken", "next_expected_q")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}

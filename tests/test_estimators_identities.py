@@ -1,4 +1,4 @@
-"""Identities between the numpy reference estimators (DESIGN.md section 4, theorems 1, 2, 4).
+"""Identities between the numpy reference estimators (docs/DESIGN.md section 4, theorems 1, 2, 4).
 
 Random batches come from a hypothesis-drawn seed and small shapes (T <= 8, B <= 3).
 """

@@ -1,4 +1,4 @@
-"""The torch backend against the numpy reference (DESIGN.md section 4, theorem 12): values on
+"""The torch backend against the numpy reference (docs/DESIGN.md section 4, theorem 12): values on
 random inputs of many shapes, dtype and device kept, gradients (torch.autograd.gradcheck)."""
 
 import math

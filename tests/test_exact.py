@@ -44,7 +44,7 @@ def test_values_solve_vs_iteration(name, m, pi, mu):
     v_it = _iterate(lambda x: exact.bellman_v(m, pi, x), np.zeros(m.num_states))
     np.testing.assert_allclose(q, q_it, atol=1e-8)
     np.testing.assert_allclose(v, v_it, atol=1e-8)
-    # the state-action linear system of DESIGN.md §3
+    # the state-action linear system of docs/DESIGN.md §3
     S, A = m.shape
     q_sa = np.linalg.solve(np.eye(S * A) - m.gamma * exact.sa_transition(m, pi), m.R.ravel())
     np.testing.assert_allclose(q, q_sa.reshape(S, A), atol=1e-10)
@@ -80,7 +80,7 @@ def _ordinary_is_second_moments(m, target, behaviour, K):
 
 
 def test_sutton_barto_ordinary_is_second_moment():
-    """DESIGN.md §4.13: partial sums 0.25 (1.8^K - 1): 4.47, 89.0, 31 870 at K = 5, 10, 20."""
+    """docs/DESIGN.md §4.13: partial sums 0.25 (1.8^K - 1): 4.47, 89.0, 31 870 at K = 5, 10, 20."""
     m = mdp.sutton_barto_loop()
     target, behaviour = mdp.sutton_barto_policies()
     sums = _ordinary_is_second_moments(m, target, behaviour, 20)
@@ -216,7 +216,7 @@ def test_retrace_family_modulus(name, m, pi, mu):
 
 
 def _sampled_q_trace(m, b, q, c):
-    """G_0 - ... of DESIGN.md §2's action-value trace over the whole batch (T = n, no cuts but
+    """G_0 - ... of docs/DESIGN.md §2's action-value trace over the whole batch (T = n, no cuts but
     terminations): Q(s_0, a_0) + sum_t gamma^t prod_{i=1..t} c(s_i, a_i) delta_t."""
     T, B = b.states.shape
     delta = b.rewards + m.gamma * np.where(b.terminated, 0.0, b.next_expected_q) - b.q_taken
@@ -243,7 +243,7 @@ def _grouped_z(x, groups, expected_flat):
 @pytest.mark.parametrize("label", ["retrace", "tree_backup", "importance_sampling",
                                    "q_lambda_safe"])
 def test_retrace_family_n_step_matches_monte_carlo(label):
-    """DESIGN.md §4.7: the sampled Q-trace target's mean is the n-step truncated operator."""
+    """docs/DESIGN.md §4.7: the sampled Q-trace target's mean is the n-step truncated operator."""
     m = _garnet()
     pi, mu = policies.random_policy(m, seed=0), policies.random_policy(m, seed=1, min_prob=0.1)
     c = _traces(pi, mu)[label]

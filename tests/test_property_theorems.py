@@ -1,4 +1,4 @@
-"""Theorems 1, 3-11 and 13 of DESIGN.md section 4 (one proofs/Tnn_*.md file each).
+"""Theorems 1, 3-11 and 13 of docs/DESIGN.md section 4 (one proofs/Tnn_*.md file each).
 
 Naming rule (enforced by tests/test_proofs_index.py): every property test is called
 ``test_Tnn_...`` after the proofs/ file it checks. "moments" tests check offpolicy.moments

@@ -1,4 +1,4 @@
-"""The Taichi backend equals the numpy reference (DESIGN.md section 4, theorem 12).
+"""The Taichi backend equals the numpy reference (docs/DESIGN.md section 4, theorem 12).
 
 Tolerances, relative to the magnitude of the reference output (``1 + max |reference|``):
 float64 inputs 1e-10; float32 inputs 1e-4 (the reference computes in float64 from the same
