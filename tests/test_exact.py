@@ -268,26 +268,53 @@ def test_q_pi_monte_carlo():
     assert _grouped_z(x, groups, exact.q_pi(m, pi).ravel()) < 5  # gamma^40 ~ 1.5e-3 bias
 
 
+# the unstable mode of the counterexample's Q^pi(lambda) operator (lam = 0.5): B v = -117/73 v
+# for v = [[1, -1], [-1, 1]] and u^T B = -117/73 u^T for u = [[4, -9], [-4, 9]] (exact
+# rationals; rows are states, columns STAY/SWITCH)
+_UNSTABLE = -117 / 73
+_V_UNSTABLE = np.array([[1.0, -1.0], [-1.0, 1.0]])
+_U_UNSTABLE = np.array([[4.0, -9.0], [-4.0, 9.0]])
+
+
 def test_q_lambda_counterexample_diverges():
+    """Divergence is driven by a known component on the unstable eigenvector, never by round-off.
+
+    Q^pi = [[9, 10], [9, 10]] is the same in both states, so Q = 0 has *no* component on the
+    unstable (antisymmetric) mode: iterating from 0 diverges only through round-off, and on
+    some CPUs (AVX-512) it converged. Here the start is Q^pi + 0.5 v + w with w on the stable
+    modes, and the component u.(Q_k - Q^pi) / u.v is compared with 0.5 (-117/73)^k."""
     m, pi, mu, lam = mdp.q_lambda_counterexample()
     c = exact.q_lambda_traces(pi, lam)
     q_pi = exact.q_pi(m, pi)
+    np.testing.assert_allclose(q_pi, [[9.0, 10.0], [9.0, 10.0]], rtol=1e-12)
     np.testing.assert_allclose(exact.retrace_operator(m, pi, mu, q_pi, c), q_pi, atol=1e-12)
     B = exact.retrace_linear_part(m, pi, mu, c)
+    v, u = _V_UNSTABLE.ravel(), _U_UNSTABLE.ravel()
+    np.testing.assert_allclose(B @ v, _UNSTABLE * v, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(u @ B, _UNSTABLE * u, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(np.abs(np.linalg.eigvals(B)).max(), 117 / 73, rtol=1e-12)
-    q = q_pi + np.array([[1.0, 0.0], [-1.0, 0.0]])
-    errs = []
-    for _ in range(30):
+    # why the old start was fragile: 0 - Q^pi is orthogonal to the unstable left eigenvector
+    assert abs(u @ (0 - q_pi).ravel()) < 1e-9
+    # a start with a known unstable component (0.5) plus a stable part (u.w = 0)
+    w = np.array([[1.0, 1.0], [1.0, 1.0]])
+    assert u @ w.ravel() == 0.0
+    q = q_pi + 0.5 * _V_UNSTABLE + w
+    scale = u @ v
+    for k in range(1, 31):
         q = exact.retrace_operator(m, pi, mu, q, c)
-        errs.append(np.abs(q - q_pi).max())
-    assert errs[-1] > 1e5 and errs[-1] / errs[-2] == pytest.approx(117 / 73, rel=1e-6)
+        component = u @ (q - q_pi).ravel() / scale
+        # exact arithmetic gives 0.5 (-117/73)^k; float error is ~1e-15 relative per step
+        assert component == pytest.approx(0.5 * _UNSTABLE**k, rel=1e-9), k
+    assert np.abs(q - q_pi).max() >= 0.5 * (117 / 73) ** 30 * (1 - 1e-6) > 1e5
+    # the whole error is on v by now (the stable part decays like 0.82^k)
+    np.testing.assert_allclose(q - q_pi, 0.5 * _UNSTABLE**30 * _V_UNSTABLE, rtol=1e-6)
     with pytest.raises(RuntimeError, match="overflow|no convergence"):
         exact.fixed_point_iteration(lambda x: exact.retrace_operator(m, pi, mu, x, c),
-                                    np.zeros(m.shape), max_iter=300)
+                                    q_pi + 1e-3 * _V_UNSTABLE, max_iter=300)
     # below the safety bound (1 - gamma) / (gamma eps) = 0.069 it converges; Retrace always does
     for c_safe in (exact.q_lambda_traces(pi, 0.06), exact.retrace_traces(pi, mu, 1.0)):
         fp = _iterate(lambda x, c=c_safe: exact.retrace_operator(m, pi, mu, x, c),
-                      np.zeros(m.shape))
+                      q_pi + _V_UNSTABLE)
         np.testing.assert_allclose(fp, q_pi, atol=1e-8)
 
 
