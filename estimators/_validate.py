@@ -9,7 +9,12 @@ starts with the argument's name, e.g. ``"next_values: shape (3, 2) does not matc
 Backends call the grouped checks (``state_inputs``, ``action_inputs``, ``nstep_inputs``,
 ``p3o_inputs``) so that every backend rejects exactly the same inputs with the same messages;
 they return the scalars as python numbers (a numpy scalar or 0-d tensor ``gamma`` becomes a
-float), which the backends then use.
+float), which the backends then use. ``gamma`` and ``lam`` may also be per-step arrays
+broadcastable to the rewards' shape (``check_unit_interval``); those are returned unchanged.
+
+``check_outputs_finite`` runs after the computation: with every input valid, a non-finite output
+can only come from an overflow (``exp(log_rhos)`` too large where the ratio is read, or a product
+of ratios), which raises instead of returning a silent NaN or inf.
 """
 
 from __future__ import annotations
@@ -73,11 +78,53 @@ def _real_scalar(name: str, value) -> float:
     return value
 
 
-def check_unit_interval(name: str, value) -> float:
-    """gamma, lam: a real number in [0, 1]."""
-    value = _real_scalar(name, value)
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name}: must lie in [0, 1], got {value}")
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray) or _is_torch(x)
+
+
+def _first_false(ok) -> tuple:
+    """The index of the first False entry of a boolean array (numpy or torch)."""
+    if _is_torch(ok):
+        return tuple(int(i) for i in sys.modules["torch"].nonzero(~ok)[0].tolist())
+    return tuple(int(i) for i in np.argwhere(~ok)[0])
+
+
+def check_unit_interval(name: str, value, shape=None):
+    """gamma, lam: a real number in [0, 1] (returned as a python float), or, when ``shape`` (the
+    rewards' shape) is given, a numpy array / torch tensor of per-step values broadcastable to
+    it, every entry in [0, 1] (returned unchanged; a 0-d array is a scalar).
+
+    Broadcasting is numpy's, except that a 1-d array of length > 1 against ``[T,B]`` rewards
+    is refused: it would silently mean per *stream* (and be ambiguous when T = B); per-step
+    values against ``[T,B]`` rewards have shape ``(T, 1)``, per-stream values ``(1, B)``.
+    """
+    if shape is None or not _is_array(value) or tuple(value.shape) == ():
+        if isinstance(value, (list, tuple)):
+            raise TypeError(f"{name}: expected a real number or a numpy/torch array, got "
+                            f"{value!r} (wrap a sequence in np.asarray)")
+        value = _real_scalar(name, value)
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name}: must lie in [0, 1], got {value}")
+        return value
+    kind = _dtype_kind(value)
+    if kind not in "if":
+        raise TypeError(f"{name}: expected a real (float or integer) array, got dtype "
+                        f"{value.dtype}")
+    got, shape = tuple(value.shape), tuple(shape)
+    try:
+        fits = np.broadcast_shapes(got, shape) == shape
+    except ValueError:
+        fits = False
+    if fits and len(got) == 1 and len(shape) == 2 and got[0] != 1:
+        raise ValueError(f"{name}: shape {got} is ambiguous against rewards {shape}: pass "
+                         f"({shape[0]}, 1) for per-step or (1, {shape[1]}) for per-stream values")
+    if not fits:
+        raise ValueError(f"{name}: shape {got} is not broadcastable to rewards {shape}")
+    ok = (value >= 0) & (value <= 1)  # NaN fails both
+    if not _true_everywhere(ok):
+        index = _first_false(ok)
+        bad = float(value[index])
+        raise ValueError(f"{name}: values must lie in [0, 1], got {bad} at index {index}")
     return value
 
 
@@ -202,7 +249,8 @@ def _segment_checks(rewards, arrays, *, finite, bootstrap):
 
 def state_inputs(rewards, values, next_values, terminated, truncated, *, gamma, lam,
                  log_rhos=None) -> tuple[float, float]:
-    """Checks for gae, vtrace, puff_advantage, per_decision_is; returns (gamma, lam)."""
+    """Checks for gae, vtrace, puff_advantage, per_decision_is; returns (gamma, lam), each a
+    python float or the per-step array as given."""
     arrays = dict(values=values, next_values=next_values, terminated=terminated,
                   truncated=truncated)
     if log_rhos is not None:
@@ -210,7 +258,12 @@ def state_inputs(rewards, values, next_values, terminated, truncated, *, gamma, 
     _segment_checks(rewards, arrays, finite="values", bootstrap="next_values")
     if log_rhos is not None:
         check_log_rhos("log_rhos", log_rhos)
-    return check_unit_interval("gamma", gamma), check_unit_interval("lam", lam)
+    return _gamma_lam(gamma, lam, rewards)
+
+
+def _gamma_lam(gamma, lam, rewards):
+    shape = tuple(rewards.shape)
+    return check_unit_interval("gamma", gamma, shape), check_unit_interval("lam", lam, shape)
 
 
 def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam,
@@ -229,14 +282,14 @@ def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, g
         check_log_rhos("log_rhos", log_rhos)
     if target_probs_taken is not None:
         check_probabilities("target_probs_taken", target_probs_taken)
-    return check_unit_interval("gamma", gamma), check_unit_interval("lam", lam)
+    return _gamma_lam(gamma, lam, rewards)
 
 
 def nstep_inputs(rewards, next_values, terminated, truncated, *, gamma, n) -> tuple[float, int]:
     """Checks for nstep_returns; returns (gamma, n)."""
     arrays = dict(next_values=next_values, terminated=terminated, truncated=truncated)
     _segment_checks(rewards, arrays, finite=None, bootstrap="next_values")
-    return check_unit_interval("gamma", gamma), check_n(n)
+    return check_unit_interval("gamma", gamma, tuple(rewards.shape)), check_n(n)
 
 
 def p3o_inputs(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
@@ -267,3 +320,37 @@ def p3o_inputs(rewards, reward_mean, reward_std, terminated, truncated, *, batch
     if not _true_everywhere(reward_std > 0):  # NaN fails this too; +inf (weight 0) is allowed
         raise ValueError("reward_std: must be > 0 (and not NaN)")
     return check_positive("batch_reward_std", batch_reward_std), check_normalize(normalize)
+
+
+# ---------------------------------------------------------------------------------------------
+# after the computation
+
+# the largest x with exp(x) finite, per compute dtype (Taichi's float32 exp saturates at 88.5)
+EXP_LIMIT = {"float64": math.log(np.finfo(np.float64).max),
+             "float32": math.log(np.finfo(np.float32).max)}
+
+
+def check_outputs_finite(outputs, *, dtype_name: str, log_rhos=None, culprit="rewards",
+                         exp_limit=None) -> None:
+    """With every input valid, a non-finite output can only come from an overflow: raise a
+    ValueError naming ``log_rhos`` (when given: ``exp(log_rhos)`` overflows where the ratio is
+    read, or a product of ratios overflows) or ``culprit``, instead of returning NaN or inf.
+    One reduction per output when everything is finite."""
+    for out in outputs:
+        ok = _isfinite(out)
+        if _true_everywhere(ok):
+            continue
+        index = _first_false(ok)
+        if log_rhos is None:
+            raise ValueError(f"{culprit}: the estimator overflows {dtype_name} (a non-finite "
+                             f"output at index {index}); rescale the inputs")
+        limit = EXP_LIMIT[dtype_name] if exp_limit is None else exp_limit
+        largest = float(log_rhos.max())
+        if largest > limit:
+            raise ValueError(
+                f"log_rhos: exp(log_rhos) overflows {dtype_name} where the ratio is read "
+                f"(largest log_rhos {largest:.6g} > {limit:.6g}; a non-finite output at index "
+                f"{index}); clip the ratio (vtrace, retrace) or cap log_rhos")
+        raise ValueError(
+            f"log_rhos: a product of importance ratios overflows {dtype_name} (a non-finite "
+            f"output at index {index}); clip the ratios (vtrace, retrace) or use float64")

@@ -93,8 +93,8 @@ MUTANTS = (
     Mutant(
         "lambda_on_first_step",
         "lambda also weights the first TD error (A = lam delta_t + gamma lam c A_{t+1})",
-        "        advantages[t] = delta[t] + gamma * lam * trace\n",
-        "        advantages[t] = lam * delta[t] + gamma * lam * trace\n",
+        "            advantages[t] = delta[t] + gamma[t] * lam[t] * trace\n",
+        "            advantages[t] = lam[t] * delta[t] + gamma[t] * lam[t] * trace\n",
     ),
     Mutant(
         "segment_end_not_bootstrapped",
