@@ -16,6 +16,8 @@ _STALE = ("shared/DESIGN.md", "../shared")
 # [text](target) and ![alt](target); the target stops at whitespace or ')'
 _LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 _EXTERNAL = ("http://", "https://", "mailto:", "#")
+_FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+_CODE_SPAN = re.compile(r"`[^`\n]*`")
 
 
 def _tracked() -> list[str]:
@@ -36,7 +38,10 @@ def _linking_docs(tracked: list[str]) -> list[str]:
 
 
 def relative_links(text: str) -> list[str]:
-    """The relative link targets of a markdown text, without their ``#fragment``."""
+    """The relative link targets of a markdown text, without their ``#fragment``; code (fenced
+    blocks and inline spans, where ``[x](y)`` is math, not a link) is skipped."""
+    text = _FENCE.sub("", text)
+    text = _CODE_SPAN.sub("", text)
     targets = []
     for target in _LINK.findall(text):
         if target.startswith(_EXTERNAL):
@@ -50,7 +55,7 @@ def relative_links(text: str) -> list[str]:
 def test_relative_links_parser():
     text = (
         "see [a](docs/A.md), ![b](x/b.png \"t\"), [c](https://e.org/c), [d](#sec), "
-        "[e](../proofs/T01.md#proof)"
+        "[e](../proofs/T01.md#proof), `[P e](s,a)` is code\n```\n[f](g)\n```\n"
     )
     assert relative_links(text) == ["docs/A.md", "x/b.png", "../proofs/T01.md"]
 
