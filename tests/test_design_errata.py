@@ -251,3 +251,33 @@ def test_rlax_lambda_zero_cut_is_exact_for_errors_not_for_pg():
     assert ours.pg_advantages[0] == pytest.approx(0.8 * (r[0] + g * nv[0] - v[0]))
     assert pg[0] == pytest.approx(0.8 * (r[0] + g * v[1] - v[0]))
     assert abs(pg[0] - ours.pg_advantages[0]) > 1.0
+
+
+# ---- §1: per-step lam_t = 0 is a cut with bootstrap, as truncated[t] -------------------------
+
+
+def test_per_step_lambda_zero_is_a_truncation():
+    """docs/DESIGN.md §1: lam_t multiplies the trace from t into t+1 only, so lam_t = 0 with
+    truncated = False gives every output of truncated[t] = True (V-trace pg included)."""
+    rng = np.random.default_rng(0)
+    T, B = 6, 3
+    r, v, nv, q, nq = rng.normal(size=(5, T, B))
+    log_rhos = rng.normal(size=(T, B)) * 0.5
+    term = np.zeros((T, B), bool)
+    term[4, 0] = True
+    trunc = np.zeros((T, B), bool)
+    trunc[2, 1] = True
+    lam = np.full((T, B), 0.7)
+    lam[2, 1] = 0.0
+    gamma = np.linspace(0.5, 1.0, T)[:, None]  # per-step, shape (T, 1)
+    no_trunc = np.zeros_like(trunc)
+    cut = ref.vtrace(r, v, nv, term, trunc, log_rhos, gamma=gamma, lam=0.7)
+    lam0 = ref.vtrace(r, v, nv, term, no_trunc, log_rhos, gamma=gamma, lam=lam)
+    for a, b in zip(cut, lam0, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        ref.retrace(r, q, nq, term, trunc, log_rhos, gamma=gamma, lam=0.7),
+        ref.retrace(r, q, nq, term, no_trunc, log_rhos, gamma=gamma, lam=lam), rtol=1e-12)
+    # gamma_t multiplies the bootstrap of step t: one step, gamma_0 = 0.5
+    adv, _ = ref.gae(r[:1], v[:1], nv[:1], term[:1], trunc[:1], gamma=gamma[:1], lam=1.0)
+    np.testing.assert_allclose(adv, r[:1] + 0.5 * nv[:1] - v[:1], rtol=1e-12)
