@@ -1,16 +1,26 @@
-"""Mutation check: inject bugs that real libraries have shipped into a copy of the reference
-(``estimators/numpy.py``) and show that the property suite kills every one.
+"""The bug catalogue: bugs that real return/advantage code ships, injected into a copy of the
+reference (``estimators/numpy.py``), each of which the property suite must kill.
 
-    python -m offpolicy.mutation [--list] [--only NAME ...] [-- extra pytest args]
+    python -m offpolicy.mutation [--list] [--only NAME ...] [--tests DIR] [-- extra pytest args]
 
-For each mutant: copy the ``estimators`` package into a temporary directory, apply the mutant
-as a textual patch (exact lines of the real file: a patch that no longer matches is reported
-as ``STALE`` and fails the run, so drift in the reference is caught), and run
-``pytest -m property -x -q -k "not T12"`` with ``HYPOTHESIS_PROFILE=ci`` and the mutated copy
-first on the import path. A mutant is *killed* when the suite fails. Theorem 12 (backends agree
-with the reference) is left out: an unmutated torch twin would kill every mutant trivially,
-and the point is that the theorems themselves catch each bug. The unmutated copy runs first and must
-pass. Exit status 0 only if every mutant is killed.
+Each entry of :data:`CATALOGUE` is a :class:`Mutant`: a bug class (``bug``), where it is seen
+(``seen_in``: a library, file, issue or pull request, or an honest "hand-written" /
+"hypothetical"), the contract estimators whose outputs it changes (``estimators``), and the
+bug itself as a textual patch of exact lines of ``estimators/numpy.py`` (``edits``). A patch
+whose text no longer occurs exactly once is ``STALE`` and fails the run, so drift in the
+reference is caught.
+
+The check: for each mutant, copy the ``estimators`` package into a temporary directory, apply
+the patch, and run the property suite (``pytest -m property -x -k "not T12"`` over the files
+holding property tests, fast killers first, ``HYPOTHESIS_PROFILE=ci``) with the copy first on
+the import path. A mutant is *killed* when the suite fails. Theorem 12 (backends agree with
+the reference) is left out: an unmutated torch twin would kill every mutant trivially, and the
+point is that the theorems themselves catch each bug. The unmutated copy runs first and must
+pass. Exit status: 0 every mutant killed, 1 a mutant survived or a patch is stale, 2 usage
+error (unknown name, no tests directory, the unmutated reference fails).
+
+Diagnosis (``offpolicy.conform``): :func:`load` returns a mutant as an importable in-memory
+module, so a user's estimator can be compared with each known bug.
 """
 
 from __future__ import annotations
@@ -18,91 +28,316 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import types
 from pathlib import Path
 
+import estimators as _estimators_package
+
 ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_DIR = Path(_estimators_package.__file__).resolve().parent
 TARGET = "estimators/numpy.py"
+
+#: the contract estimators (docs/DESIGN.md section 2)
+ESTIMATORS = ("gae", "vtrace", "puff_advantage", "per_decision_is", "nstep_returns", "q_trace",
+              "retrace", "tree_backup", "q_lambda", "importance_sampling_q", "p3o_advantage")
+_STATE = ("gae", "vtrace", "puff_advantage", "per_decision_is")
+_ACTION = ("q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q")
+_VTRACE = ("vtrace", "puff_advantage")
+_RATIO = ("vtrace", "puff_advantage", "per_decision_is", "retrace", "importance_sampling_q")
+
+# property test files run first, in this order: they kill most mutants within seconds
+_FAST_FIRST = ("test_property_splitting.py", "test_property_moments.py",
+               "test_property_catalogue.py")
 
 
 @dataclasses.dataclass(frozen=True)
 class Mutant:
+    """One bug class, as a patch of exact lines of ``estimators/numpy.py``."""
+
     name: str
-    bug: str
-    old: str  # exact text of the reference, must occur exactly once
-    new: str
+    bug: str  # one line
+    seen_in: str  # where real code ships it
+    estimators: tuple[str, ...]  # the contract estimators whose outputs it changes
+    edits: tuple[tuple[str, str], ...]  # (old, new): old must occur exactly once
+
+    def __post_init__(self):
+        unknown = set(self.estimators) - set(ESTIMATORS)
+        if unknown or not self.estimators:
+            raise ValueError(f"{self.name}: estimators {sorted(unknown)} are not in ESTIMATORS")
+        if not self.edits:
+            raise ValueError(f"{self.name}: no edits")
+
+    @property
+    def old(self) -> str:
+        return self.edits[0][0]
+
+    @property
+    def new(self) -> str:
+        return self.edits[0][1]
 
 
-MUTANTS = (
-    Mutant(
-        "trace_not_cut_at_truncation",
-        "the trace runs on across a time-limit truncation",
-        "    kappa = ~done\n",
-        "    kappa = ~terminated\n",
-    ),
-    Mutant(
-        "bootstrap_at_termination",
-        "next_values is bootstrapped even where terminated",
-        "    beta = ~terminated  # a terminal s'_t has value 0: no bootstrap\n",
-        "    beta = np.ones_like(terminated)\n",
-    ),
-    Mutant(
-        "vtrace_c_next_step",
-        "V-trace's trace uses c_{t+1} instead of c_t",
-        "    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), "
-        "_clip(rho, c_clip),\n",
-        "    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), "
-        "_next_step(_clip(rho, c_clip)),\n",
-    ),
-    Mutant(
-        "retrace_c_same_step",
-        "Retrace's (Q-trace's) trace uses c_t instead of c_{t+1}",
-        "    next_traces = _next_step(traces)",
-        "    next_traces = traces",
-    ),
-    Mutant(
-        "ratio_inverted",
-        "the importance ratio computed as mu/pi",
-        "    return np.exp(log_rhos)\n",
-        "    return np.exp(-log_rhos)\n",
-    ),
-    Mutant(
-        "clip_on_td_error_only",
-        "V-trace clips the TD-error ratio but leaves the trace coefficient unclipped",
-        "    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), "
-        "_clip(rho, c_clip),\n",
-        "    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), rho,\n",
-    ),
-    Mutant(
-        "nan_leak_under_terminated",
-        "next_values under terminated multiplied by 0 instead of masked (NaN * 0 = NaN)",
-        "    bootstrap = np.where(beta, next_values, 0.0)  # next_values under terminated is "
-        "never read\n",
-        "    bootstrap = beta * next_values\n",
-    ),
-    Mutant(
-        "truncation_as_termination",
-        "a time-limit truncation is treated as a termination (no bootstrap)",
-        "    beta = ~terminated  # a terminal s'_t has value 0: no bootstrap\n",
-        "    beta = ~done\n",
-    ),
-    Mutant(
-        "lambda_on_first_step",
-        "lambda also weights the first TD error (A = lam delta_t + gamma lam c A_{t+1})",
-        "            advantages[t] = delta[t] + gamma[t] * lam[t] * trace\n",
-        "            advantages[t] = lam[t] * delta[t] + gamma[t] * lam[t] * trace\n",
-    ),
-    Mutant(
-        "segment_end_not_bootstrapped",
-        "the last step of a segment does not bootstrap from next_values",
-        "    beta = ~terminated  # a terminal s'_t has value 0: no bootstrap\n",
-        "    beta = ~terminated\n    beta[-1] = False\n",
-    ),
+def _m(name, bug, seen_in, estimators, *edits) -> Mutant:
+    return Mutant(name, bug, seen_in, tuple(estimators), tuple(edits))
+
+
+# exact lines of estimators/numpy.py the patches replace
+_SV_BOOTSTRAP = ("    bootstrap = np.where(beta, next_values, 0.0)  # next_values under "
+                 "terminated is never read\n")
+_SV_MASKS = "    kappa, beta = _masks(terminated, truncated)\n" + _SV_BOOTSTRAP
+_SV_DELTA = "        delta = rho_hat * (rewards + gamma * bootstrap - values)\n"
+_SV_STEP = "            advantages[t] = delta[t] + gamma[t] * lam[t] * trace\n"
+_BETA = "    beta = ~terminated  # a terminal s'_t has value 0: no bootstrap\n"
+_VT_CALL = ("    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), "
+            "_clip(rho, c_clip),\n")
+_VT_Q = ("        q = r + gamma * np.where(kappa, lam * v_next + (1 - lam) * bootstrap, "
+         "bootstrap)\n")
+_VT_PG = "        pg = _clip(rho, pg_rho_clip) * (q - v)\n"
+_NS_CLOSES = ("                closes = is_open & (~kappa[t + k] | (k == n - 1))  # t+k is the "
+              "window's last\n")
+_NS_BOOT = "                total = total + np.where(closes, discount * bootstrap[t + k], 0.0)\n"
+_NEXT_ROW = "    next_values = np.concatenate([values[1:], next_values[-1:]])  # values[t+1]\n"
+
+CATALOGUE = (
+    # ---- dones: truncation vs termination, and where the flags are read --------------------
+    _m("trace_not_cut_at_truncation",
+       "the trace runs on across a time-limit truncation (only terminations cut it)",
+       "GAE loops masked by `(1 - terminateds[t])` only (ai-glimpse/toyrl a2c.py, flagged in "
+       "the ai-glimpse/toyrl#22 review)",
+       ESTIMATORS,
+       ("    kappa = ~done\n", "    kappa = ~terminated\n")),
+    _m("truncation_as_termination",
+       "a time-limit truncation is treated as a termination (no bootstrap)",
+       "CleanRL ppo*.py `next_done = np.logical_or(terminations, truncations)` (vwxyzjn/cleanrl"
+       "#408 review, Farama-Foundation/PettingZoo#1126); anthonytorlucci/rlevo#170; "
+       "jsboige/CoursIA#7821; SB3 PPO before the timeout fix (DLR-RM/stable-baselines3#633)",
+       _STATE + ("nstep_returns",) + _ACTION,
+       (_BETA, "    beta = ~(terminated | truncated)\n")),
+    _m("bootstrap_at_termination",
+       "next_values is bootstrapped even where terminated",
+       "the unmasked `delta = rew + v_s_ * gamma - v_s` questioned in thu-ml/tianshou#869 "
+       "(right only if v_s_ is zeroed upstream); hand-written trainers",
+       _STATE + ("nstep_returns",) + _ACTION,
+       (_BETA, "    beta = np.ones_like(terminated)\n")),
+    _m("nan_leak_under_terminated",
+       "next_values under terminated multiplied by 0 instead of masked (NaN * 0 = NaN)",
+       "every `gamma * next_value * (1 - done)` GAE loop (CleanRL, SB3, rl-games) when the "
+       "value read after a termination is NaN/inf (an unset final observation)",
+       _STATE,
+       (_SV_BOOTSTRAP, "    bootstrap = beta * next_values\n")),
+    _m("segment_end_not_bootstrapped",
+       "the last step of a segment does not bootstrap from next_values",
+       "PufferLib: the last stored row of a segment gets advantage 0, 64 states = 63 "
+       "transitions (PufferAI/PufferLib#363); hand-written loops starting from last_value = 0",
+       _STATE + ("nstep_returns",) + _ACTION,
+       (_BETA, _BETA + "    beta[-1] = False\n")),
+    _m("done_read_one_step_late",
+       "the done flags are read one step late (done_{t+1} masks step t)",
+       "CleanRL's `nextnonterminal = 1 - dones[t + 1]` (dones = 'obs_t starts an episode') "
+       "applied to Gymnasium's per-step flags; ray-project/ray#10638; EdanToledo/Stoix#142",
+       ESTIMATORS,
+       ("    done = terminated | truncated\n",
+        "    terminated, truncated = _next_step(terminated), _next_step(truncated)\n"
+        "    done = terminated | truncated\n")),
+    _m("next_value_from_next_row",
+       "bootstraps from the next stored row values[t+1] instead of next_values[t] (after a "
+       "truncation that row is the next episode's first state)",
+       "GAE loops `nextvalues = values[t + 1]` that keep bootstrapping at truncations with an "
+       "auto-resetting vector env (the leak of pytorch/rl#4209 in GAE form); ElegantRL/"
+       "hand-written trainers storing values only",
+       _STATE,
+       (_SV_BOOTSTRAP, _NEXT_ROW + "    bootstrap = np.where(beta, next_values, 0.0)\n")),
+    _m("truncations_ignored",
+       "truncations are not passed at all: the trace runs on and bootstraps from values[t+1]",
+       "PufferLib compute_puff_advantage(values, rewards, terminals, ...) takes terminals only "
+       "and reads values[t+1] (pufferlib/pufferl.py; PufferDrive PR #208 adds truncations)",
+       _STATE,
+       (_SV_MASKS, "    kappa, beta = _masks(terminated, np.zeros_like(truncated))\n" + _NEXT_ROW
+        + "    bootstrap = np.where(beta, next_values, 0.0)\n")),
+    _m("next_values_rolled",
+       "next_values = np.roll(values, -1): the last step bootstraps from values[0]",
+       "hand-written vectorised GAE on GitHub: `next_values = np.roll(values, -1, axis=1)` "
+       "then `deltas = rewards + gamma * next_values - values`",
+       _STATE,
+       (_SV_BOOTSTRAP, "    next_values = np.roll(values, -1, axis=0)\n"
+                       "    bootstrap = np.where(beta, next_values, 0.0)\n")),
+    _m("timeout_bootstrap_from_current_value",
+       "at a truncation the bootstrap is V(s_t) of the current state instead of V(s'_t)",
+       "rsl_rl PPO.process_env_step `rewards += gamma * values * time_outs` (legged_gym/"
+       "IsaacLab lineage); DexForce/EmbodiChain#612 review",
+       _STATE,
+       (_SV_BOOTSTRAP,
+        "    bootstrap = np.where(beta, np.where(truncated, values, next_values), 0.0)\n")),
+    _m("truncated_step_advantage_zeroed",
+       "the advantage of a truncated step is set to 0 (its value target is V(s_t))",
+       "pytorch-a2c-ppo-acktr-gail storage.py `gae = gae * bad_masks[step + 1]` "
+       "(use_proper_time_limits), copied into MAPPO's on-policy buffers",
+       _STATE,
+       (_SV_DELTA, _SV_DELTA + "        delta = np.where(truncated & ~terminated, 0.0, delta)\n")),
+    _m("last_step_advantage_zero",
+       "the last row of a segment is a state, not a transition: its advantage is 0",
+       "PufferLib 3 trainer: advantages[:, -1] always 0 (PufferAI/PufferLib#363)",
+       _STATE,
+       (_SV_DELTA, _SV_DELTA + "        delta[-1] = 0.0\n")),
+    # ---- the state-value recurrence -------------------------------------------------------
+    _m("lambda_on_first_step",
+       "lambda also weights the first TD error (A = lam delta_t + gamma lam c A_{t+1})",
+       "hypothetical: a misread lambda-average (cf. the weight formula fixed in labmlai/"
+       "annotated_deep_learning_paper_implementations#255)",
+       _STATE,
+       (_SV_STEP, "            advantages[t] = lam[t] * delta[t] + gamma[t] * lam[t] * trace\n")),
+    _m("lambda_missing_from_trace",
+       "lambda left out of the trace (A = delta + gamma c A'): every lambda acts as 1",
+       "hypothetical: lambda = 1 hard-wired in a hand-written loop (no public instance "
+       "found)",
+       _STATE,
+       (_SV_STEP, "            advantages[t] = delta[t] + gamma[t] * trace\n")),
+    _m("gamma_missing_from_trace",
+       "gamma left out of the trace (A = delta + lam c A')",
+       "hypothetical: a hand-written recursion slip (cf. the threads on its factors, "
+       "ikostrikov/pytorch-a3c#34, boyu-ai/Hands-on-RL#22)",
+       _STATE,
+       (_SV_STEP, "            advantages[t] = delta[t] + lam[t] * trace\n")),
+    _m("bootstrap_without_gamma",
+       "the TD error bootstraps without the discount (delta = r + V(s') - V(s))",
+       "XanderJC/scalable-birl#4 (TD error without the discount factor); SB3-style timeout "
+       "folding written `rewards += terminal_value` without gamma",
+       _STATE,
+       (_SV_DELTA, "        delta = rho_hat * (rewards + bootstrap - values)\n")),
+    _m("ratio_on_reward_only",
+       "the clipped ratio multiplies the reward only (delta = rho r + gamma V' - V)",
+       "PufferLib CUDA puff_advantage_row_scalar `delta = rho_t*r_nxt + gamma*v_nxt*"
+       "nextnonterminal - v`, unlike its vectorised twin (PufferAI/PufferLib pufferlib.cu)",
+       ("vtrace", "puff_advantage", "per_decision_is"),
+       (_SV_DELTA, "        delta = rho_hat * rewards + gamma * bootstrap - values\n")),
+    _m("returns_from_stale_advantages",
+       "GAE returns built from a not-yet-written advantages buffer (returns = values)",
+       "CleanRL ppo_atari_envpool_async_jax: `returns = storage.advantages + storage.values` "
+       "(vwxyzjn/cleanrl#337)",
+       ("gae",),
+       ("    adv, ret = _finite((adv, v + adv))\n",
+        "    adv, ret = _finite((adv, v + np.zeros_like(adv)))\n")),
+    # ---- V-trace ---------------------------------------------------------------------------
+    _m("vtrace_c_next_step",
+       "V-trace's trace uses c_{t+1} instead of c_t",
+       "hypothetical: V-trace ported with Retrace's c_{t+1} indexing (cf. the alignment "
+       "question google-deepmind/trfl#24)",
+       _VTRACE,
+       (_VT_CALL, "    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), "
+                  "_next_step(_clip(rho, c_clip)),\n")),
+    _m("clip_on_td_error_only",
+       "V-trace clips the TD-error ratio but leaves the trace coefficient unclipped",
+       "hypothetical: a hand-written V-trace with a single clip (no public instance found)",
+       _VTRACE,
+       (_VT_CALL,
+        "    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), rho,\n")),
+    _m("rho_c_clip_swapped",
+       "rho_clip and c_clip swapped (the TD error clipped at c_clip, the trace at rho_clip)",
+       "hypothetical: an argument-order slip (no public instance found); PufferLib exposes "
+       "both as vtrace_rho_clip/vtrace_c_clip",
+       _VTRACE,
+       (_VT_CALL, "    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, c_clip), "
+                  "_clip(rho, rho_clip),\n")),
+    _m("vtrace_pg_from_next_trajectory",
+       "V-trace pg advantage at a truncation uses v_{t+1} of the next row (next episode)",
+       "TorchRL vtrace_advantage_estimate (pytorch/rl#4209, fixed in #4210)",
+       ("vtrace",),
+       (_VT_Q, "        q = r + gamma * np.where(beta & _next_step(np.ones_like(beta)), "
+               "lam * v_next + (1 - lam) * bootstrap, bootstrap)\n")),
+    _m("vtrace_pg_bootstraps_from_value",
+       "V-trace pg advantage bootstraps from V(s'_t) instead of the V-trace target v_{t+1}",
+       "hypothetical: the A2C-style advantage in IMPALA ports (no public instance found)",
+       ("vtrace",),
+       (_VT_Q, "        q = r + gamma * bootstrap\n")),
+    _m("vtrace_pg_ratio_unclipped",
+       "the V-trace policy-gradient ratio is not clipped at pg_rho_clip",
+       "hypothetical: pg advantages weighted by the raw ratio (PufferAI/PufferLib#306 notes "
+       "the ratio applied twice, once unclipped in the surrogate)",
+       ("vtrace",),
+       (_VT_PG, "        pg = rho * (q - v)\n")),
+    # ---- ratios and action-value traces -----------------------------------------------------
+    _m("ratio_inverted",
+       "the importance ratio computed as mu/pi",
+       "hypothetical: the log-ratio written `behaviour_logp - target_logp` (no public "
+       "instance found)",
+       _RATIO,
+       ("        return np.exp(log_rhos)\n", "        return np.exp(-log_rhos)\n")),
+    _m("retrace_c_same_step",
+       "Retrace's (Q-trace's) trace uses c_t instead of c_{t+1}",
+       "suspected in trfl retrace_ops (the exp_q/qa alignment question, google-deepmind/"
+       "trfl#24); Retrace ported with V-trace's c_t indexing",
+       ("q_trace", "retrace", "tree_backup", "importance_sampling_q"),
+       ("    next_traces = _next_step(traces)", "    next_traces = traces")),
+    _m("retrace_ratio_unclipped",
+       "Retrace with the unclipped ratio c = rho (that is per-decision IS)",
+       "hypothetical: Retrace written without min(1, .) (no public instance found)",
+       ("retrace",),
+       ("                    \"log_rhos\", log_rhos, lambda lr: _clip(_ratio(lr), 1.0))\n",
+        "                    \"log_rhos\", log_rhos, _ratio)\n")),
+    _m("qtrace_correction_uses_expected_q",
+       "the Q-trace correction subtracts E_pi Q(s'_t, .) instead of Q(s_{t+1}, a_{t+1})",
+       "hypothetical: ACER's Q_ret with V in place of Q (no public instance found)",
+       _ACTION,
+       ("    next_q_taken = _next_step(q_taken)  # Q(s_{t+1}, a_{t+1})\n",
+        "    next_q_taken = bootstrap\n")),
+    # ---- n-step -----------------------------------------------------------------------------
+    _m("nstep_window_crosses_done",
+       "the n-step window does not stop at a done: it sums the next episode's rewards",
+       "FastTD3 n-step buffer sampling across episodes (younggyoseo/FastTD3#6, fixed in #7); "
+       "tianshou nstep indexing question (thu-ml/tianshou#135)",
+       ("nstep_returns",),
+       (_NS_CLOSES, "                closes = is_open & ((t + k == T - 1) | (k == n - 1))\n")),
+    _m("nstep_bootstrap_gamma_once",
+       "the n-step bootstrap is discounted by gamma instead of gamma^m",
+       "FastTD3 (younggyoseo/FastTD3#6); keras-rl n-step DQN (jakegrigsby/AdvancedPacmanDQNs"
+       "#2); qfettes/DeepRL-Tutorials#1; HorizonRobotics/SocialRobot#8",
+       ("nstep_returns",),
+       (_NS_BOOT,
+        "                total = total + np.where(closes, gamma[t + k] * bootstrap[t + k], "
+        "0.0)\n")),
+    _m("nstep_bootstrap_gamma_n_fixed",
+       "the n-step bootstrap is discounted by gamma^n even when the window is cut short",
+       "the gamma ** n_steps fallback discussed in Stable-Baselines-Team/stable-baselines3-"
+       "contrib#297 (right only without early termination)",
+       ("nstep_returns",),
+       (_NS_BOOT,
+        "                total = total + np.where(closes, gamma[t] ** n * bootstrap[t + k], "
+        "0.0)\n")),
+    _m("nstep_truncation_not_bootstrapped",
+       "the n-step return does not bootstrap at a truncation",
+       "off-policy agents zeroing the bootstrap at truncation (anthonytorlucci/rlevo#170; the "
+       "FastTD3 truncation bug pinned in strands-labs/robots#967)",
+       ("nstep_returns",),
+       ("    bootstrap = np.where(beta, nv, 0.0)\n",
+        "    bootstrap = np.where(beta & ~trunc, nv, 0.0)\n")),
+    # ---- P3O --------------------------------------------------------------------------------
+    _m("p3o_window_not_cut_at_truncation",
+       "the P3O window runs on across a truncation (cut at terminations only)",
+       "inferred: PufferLib passes `terminals` only to its advantage kernels (no public P3O "
+       "instance found)",
+       ("p3o_advantage",),
+       ("            is_open = is_open & kappa[t + k]\n",
+        "            is_open = is_open & ~term[t + k]\n")),
 )
+
+MUTANTS = CATALOGUE  # the historical name
+
+_BY_NAME = {m.name: m for m in CATALOGUE}
+if len(_BY_NAME) != len(CATALOGUE):
+    raise RuntimeError("two mutants share a name")
+
+
+def by_name(name: str) -> Mutant:
+    """The catalogue entry called ``name`` (``KeyError`` listing the names otherwise)."""
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"no mutant {name!r}; known: {', '.join(_BY_NAME)}") from None
 
 
 class StalePatch(Exception):
@@ -110,16 +345,91 @@ class StalePatch(Exception):
 
 
 def apply(source: str, mutant: Mutant) -> str:
-    count = source.count(mutant.old)
-    if count != 1:
-        raise StalePatch(f"{mutant.name}: the patched text occurs {count} times in {TARGET}")
-    return source.replace(mutant.old, mutant.new)
+    """``source`` with every edit of ``mutant`` applied (each old text must occur once)."""
+    for old, new in mutant.edits:
+        count = source.count(old)
+        if count != 1:
+            raise StalePatch(f"{mutant.name}: the patched text occurs {count} times in "
+                             f"{TARGET}: {old.strip()[:60]!r}")
+        source = source.replace(old, new)
+    return source
 
 
-def run_suite(package_dir: Path, pytest_args: list[str]) -> tuple[bool, float, str]:
+# ---------------------------------------------------------------------------------------------
+# diagnosis: a mutant as an in-memory module
+
+
+_LOADED: dict[str, types.ModuleType] = {}
+
+
+def reference_source() -> str:
+    """The source of the imported reference, ``estimators/numpy.py``."""
+    return (PACKAGE_DIR / "numpy.py").read_text()
+
+
+def load(mutant: Mutant | str | None) -> types.ModuleType:
+    """The reference with ``mutant`` applied (a :class:`Mutant` or its name; ``None``: the
+    unmutated source loaded the same way), as a module ``estimators._mutant_<name>`` of the
+    ``estimators`` package so its relative imports work. Cached; writes no file and leaves
+    ``sys.modules`` (``estimators.numpy`` included) untouched. Raises :class:`StalePatch`
+    if the patch no longer applies."""
+    if isinstance(mutant, str):
+        mutant = by_name(mutant)
+    key = "unmutated" if mutant is None else mutant.name
+    if key not in _LOADED:
+        source = reference_source()
+        if mutant is not None:
+            source = apply(source, mutant)
+        name = f"estimators._mutant_{key}"
+        module = types.ModuleType(name, f"estimators/numpy.py with the mutant {key!r}")
+        module.__package__ = "estimators"
+        module.__file__ = str(PACKAGE_DIR / "numpy.py")
+        exec(compile(source, f"<{name}>", "exec"), module.__dict__)
+        _LOADED[key] = module
+    return _LOADED[key]
+
+
+# ---------------------------------------------------------------------------------------------
+# the check
+
+
+class UsageError(Exception):
+    pass
+
+
+def find_tests(explicit: str | None = None) -> Path:
+    """The tests directory: ``explicit``, else the checkout's ``tests/`` next to the package,
+    else ``./tests``; it must hold the property suite (``test_proofs_index.py``)."""
+    candidates = [Path(explicit)] if explicit else [ROOT / "tests", Path.cwd() / "tests"]
+    for path in candidates:
+        if (path / "test_proofs_index.py").is_file() and (path / "conftest.py").is_file():
+            return path.resolve()
+    where = explicit or f"{ROOT / 'tests'} or {Path.cwd() / 'tests'}"
+    raise UsageError(f"no property test suite found at {where} (the mutation check needs a "
+                     "source checkout: run it from the repository or pass --tests DIR)")
+
+
+def property_files(tests: Path) -> list[Path]:
+    """Files holding property tests other than theorem 12's, fast killers first."""
+    files = []
+    for path in sorted(tests.glob("test_*.py")):
+        text = path.read_text()
+        if "mark.property" not in text:
+            continue
+        names = re.findall(r"^def (test_\w+)", text, re.M)
+        if names and all(n.startswith("test_T12_") for n in names):
+            continue  # deselected by -k "not T12" anyway; skipping spares its imports
+        files.append(path)
+    rank = {name: i for i, name in enumerate(_FAST_FIRST)}
+    return sorted(files, key=lambda p: rank.get(p.name, len(rank)))
+
+
+def run_suite(package_dir: Path, tests: Path, pytest_args: list[str]) -> tuple[bool, float, str]:
     """Run the property suite with ``package_dir`` first on the path; (passed, seconds, tail)."""
     env = dict(os.environ)
     env["HYPOTHESIS_PROFILE"] = "ci"
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
     env["PYTHONPATH"] = os.pathsep.join([str(package_dir), str(ROOT),
                                          env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     check = subprocess.run(
@@ -128,8 +438,9 @@ def run_suite(package_dir: Path, pytest_args: list[str]) -> tuple[bool, float, s
     )
     if not check.stdout.strip().startswith(str(package_dir)):
         raise RuntimeError(f"the copy is not imported first: {check.stdout}{check.stderr}")
-    cmd = [sys.executable, "-m", "pytest", str(ROOT / "tests"), "-m", "property", "-x", "-q",
-           "-k", "not T12", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *pytest_args]
+    cmd = [sys.executable, "-m", "pytest", *map(str, property_files(tests)), "-m", "property",
+           "-x", "-q", "-k", "not T12", "-p", "no:cacheprovider", "--rootdir",
+           str(tests.parent), *pytest_args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=package_dir, env=env, capture_output=True, text=True)
     tail = "\n".join((proc.stdout + proc.stderr).strip().splitlines()[-3:])
@@ -137,25 +448,42 @@ def run_suite(package_dir: Path, pytest_args: list[str]) -> tuple[bool, float, s
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--list", action="store_true", help="list the mutants and exit")
-    parser.add_argument("--only", nargs="*", default=None, help="run only these mutants")
+    parser = argparse.ArgumentParser(prog="python -m offpolicy.mutation",
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument("--list", action="store_true",
+                        help="list the catalogue (name, estimators, seen in) and exit")
+    parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
+                        help="run only these mutants")
+    parser.add_argument("--tests", default=None, metavar="DIR",
+                        help="the tests directory (default: the checkout's tests/)")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
     args = parser.parse_args(argv)
-    mutants = [m for m in MUTANTS if args.only is None or m.name in args.only]
     if args.list:
-        for m in MUTANTS:
-            print(f"{m.name:32s} {m.bug}")
+        for m in CATALOGUE:
+            print(f"{m.name}\n    bug:        {m.bug}\n    estimators: "
+                  f"{', '.join(m.estimators)}\n    seen in:    {m.seen_in}")
         return 0
-    source = (ROOT / TARGET).read_text()
+    try:
+        unknown = [n for n in args.only or () if n not in _BY_NAME]
+        if unknown:
+            raise UsageError(f"unknown mutant {', '.join(map(repr, unknown))}; valid names: "
+                             f"{', '.join(_BY_NAME)}")
+        tests = find_tests(args.tests)
+    except UsageError as exc:
+        print(f"offpolicy.mutation: {exc}", file=sys.stderr)
+        return 2
+    mutants = [m for m in CATALOGUE if args.only is None or m.name in args.only]
+    source = reference_source()
     failures = 0
+    start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="offpolicy-mutation-") as tmp:
         work = Path(tmp)
-        shutil.copytree(ROOT / "estimators", work / "estimators",
+        shutil.copytree(PACKAGE_DIR, work / "estimators",
                         ignore=shutil.ignore_patterns("__pycache__"))
         target = work / TARGET
-        passed, secs, tail = run_suite(work, args.pytest_args)
-        print(f"{'(unmutated reference)':32s} {'passes' if passed else 'FAILS'}  {secs:6.1f}s")
+        passed, secs, tail = run_suite(work, tests, args.pytest_args)
+        print(f"{'(unmutated reference)':36s} {'passes' if passed else 'FAILS'}  {secs:6.1f}s",
+              flush=True)
         if not passed:
             print(tail)
             return 2
@@ -164,19 +492,20 @@ def main(argv=None) -> int:
             try:
                 target.write_text(apply(source, m))
             except StalePatch as exc:
-                print(f"{m.name:32s} STALE   {exc}")
+                print(f"{m.name:36s} STALE   {exc}", flush=True)
                 failures += 1
                 continue
-            passed, secs, tail = run_suite(work, args.pytest_args)
+            passed, secs, tail = run_suite(work, tests, args.pytest_args)
             target.write_text(source)
             if passed:
                 failures += 1
-                print(f"{m.name:32s} SURVIVED {secs:6.1f}s  ({m.bug})")
+                print(f"{m.name:36s} SURVIVED {secs:6.1f}s  ({m.bug})", flush=True)
             else:
                 killed += 1
                 first = next((ln for ln in tail.splitlines() if ln.startswith("FAILED")), tail)
-                print(f"{m.name:32s} killed  {secs:6.1f}s  {first[:110]}")
-        print(f"\n{killed}/{len(mutants)} mutants killed")
+                first = first.split("::")[-1] if "::" in first else first
+                print(f"{m.name:36s} killed  {secs:6.1f}s  {first[:90]}", flush=True)
+        print(f"\n{killed}/{len(mutants)} mutants killed in {time.perf_counter() - start:.0f}s")
     return 1 if failures else 0
 
 
