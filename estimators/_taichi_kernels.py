@@ -40,6 +40,15 @@ Every state/action kernel also checks the element-wise input rules of ``estimato
 in the same pass (non-finite rewards/values, non-finite bootstrap values where not terminated,
 NaN/+inf log-ratios, traces outside their range) and raises a per-block flag in ``err``; the
 Python wrapper then re-runs ``_validate`` to raise the exact error the other backends raise.
+The same flag is raised by a non-finite *output* (``x * 0`` is NaN iff x is not finite): with
+valid inputs only an overflow (``exp(log_rhos)`` read unclipped, a product of ratios) makes
+one, and the wrapper raises ``ValueError`` naming ``log_rhos`` (``_validate.check_outputs_finite``).
+
+Per-step ``gamma``/``lam``: every ``build_*`` factory takes ``per_step``; every kernel takes two
+more arrays ``gam``, ``lm`` after ``err`` (flat ``[T*B]`` arrays of the compute dtype, or
+4-vector arrays in the vector forms). With ``per_step=False`` they are 1-element dummies and
+never read: the scalar kernels are the same code as before (``steps*`` below select, at
+compile time, either the scalars or the array entries), so their outputs are bit-identical.
 """
 
 
@@ -70,23 +79,52 @@ def _memo(key, make):
 # state-value trace (GAE, V-trace, per-decision IS)
 
 
-def build_state(dt, mode):
+def build_state(dt, mode, per_step=False):
     """Kernels of the state-value trace for float dtype ``dt`` and ``mode`` (GAE/VTRACE/PDIS).
 
     Arguments common to every form (flat 1-d arrays of T*B elements unless said otherwise):
     r, v, nv (dt), te, tr (u8), lr (dt; a 1-element dummy for GAE), adv, ret, pg (dt; pg is a
     1-element dummy unless VTRACE), err (i32, 1 element, set to 1 when an input breaks a
-    rule), then the ints and the float parameters gamma, lam, rho_clip, c_clip, pg_clip
-    (f64, cast to dt inside).
+    rule), gam, lm (per-step gamma and lam; 1-element dummies unless ``per_step``), then the
+    ints and the float parameters gamma, lam, rho_clip, c_clip, pg_clip (f64, cast to dt
+    inside; gamma and lam unused when ``per_step``).
     """
-    return _memo(("state", dt, mode), lambda: _make_state(dt, mode))
+    return _memo(("state", dt, mode, per_step), lambda: _make_state(dt, mode, per_step))
 
 
-def _make_state(dt, mode):
+def _make_state(dt, mode, per_step):
     V4 = _vec(dt)
     nd4 = ti.types.ndarray(dtype=V4, ndim=1)
     want_rho = mode != GAE
     want_pg = mode == VTRACE
+
+    @ti.func
+    def steps1(gam: ti.template(), lm: ti.template(), i, gamma, lam):
+        """(gamma_t, lam_t) of flat element i: the arrays' entries, or the scalars."""
+        if ti.static(per_step):
+            return gam[i], lm[i]
+        else:
+            return gamma, lam
+
+    @ti.func
+    def steps4(gam: ti.template(), lm: ti.template(), i, gamma, lam, gl, one):
+        """(gamma_t, lam_t, gamma_t lam_t, 1 - lam_t) of 4-vector i (scalars, as before, for
+        scalar gamma and lam; no python int next to a vector: it crashes the codegen)."""
+        if ti.static(per_step):
+            g = gam[i]
+            l = lm[i]
+            return g, l, g * l, one - l
+        else:
+            return gamma, lam, gl, 1 - lam
+
+    @ti.func
+    def steps8(gam: ti.template(), lm: ti.template(), q, gamma, gl):
+        """(gamma_t, gamma_t lam_t) of the 8 lanes at 4-vector q."""
+        if ti.static(per_step):
+            g = ld8(gam, q)
+            return g, g * ld8(lm, q)
+        else:
+            return gamma, gl
 
     @ti.func
     def exp(x):
@@ -173,8 +211,8 @@ def _make_state(dt, mode):
 
     @ti.kernel
     def vec4(r: nd4, v: nd4, nv: nd4, te: nd1, tr: nd1, lr: nd4, adv: nd4, ret: nd4, pg: nd4,
-             err: nd1, T: ti.i32, G: ti.i32, GB: ti.i32, gamma_: ti.f64, lam_: ti.f64,
-             rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
+             err: nd1, gam: nd4, lm: nd4, T: ti.i32, G: ti.i32, GB: ti.i32, gamma_: ti.f64,
+             lam_: ti.f64, rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
         nblk = (G + GB - 1) // GB
@@ -191,20 +229,21 @@ def _make_state(dt, mode):
             pg_clip = ti.cast(pg_clip_, dt) * one
             g0 = blk * GB
             g1 = ti.min(g0 + GB, G)
-            acc = zero  # r*0 + v*0 + boot*0 summed: NaN iff a checked input is NaN/inf
+            acc = zero  # outputs * 0 summed: NaN iff an input is NaN/inf or an output overflows
             nbad = 0
             for k in range(T):
                 t = T - 1 - k
                 for g in range(g0, g1):
                     i = t * G + g
+                    gv, lv, glv, omlv = steps4(gam, lm, i, gamma, lam, gl, one)
                     boot, kap = flags4(te, tr, i * 4, nv[i], k == 0)
                     rv = r[i]
                     vv = v[i]
                     prev = zero
                     if k > 0:
                         prev = adv[i + G]
-                    delta = rv + gamma * boot - vv
-                    cf = gl * kap
+                    delta = rv + gv * boot - vv
+                    cf = glv * kap
                     rho = one
                     if ti.static(want_rho):
                         lrv = lr[i]
@@ -218,21 +257,22 @@ def _make_state(dt, mode):
                         else:
                             delta = rho * delta
                         # a cut gives a trace factor of exactly 0, even where c is inf
-                        glc = gl * c
+                        glc = glv * c
                         cf = ti.Vector([ti.select(kap[j] > 0, glc[j], ti.cast(0, dt))
                                         for j in ti.static(range(4))], dt=dt)
                     a = delta + cf * prev
                     adv[i] = a
                     target = a + vv
                     ret[i] = target
-                    acc += delta * zero
+                    acc += target * zero  # a non-finite delta or A_t makes v_t non-finite
                     if ti.static(want_pg):
                         vnext = zero
                         if k > 0:
                             vnext = ret[i + G]
-                        q = rv + gamma * (kap * (lam * vnext + (1 - lam) * boot)
-                                          + (one - kap) * boot)
-                        pg[i] = ti.min(pg_clip, rho) * (q - vv)
+                        q = rv + gv * (kap * (lv * vnext + omlv * boot) + (one - kap) * boot)
+                        pgv = ti.min(pg_clip, rho) * (q - vv)
+                        pg[i] = pgv
+                        acc += pgv * zero
             s = acc[0] + acc[1] + acc[2] + acc[3]
             if not (s == s and nbad == 0):
                 err[0] = 1
@@ -252,8 +292,8 @@ def _make_state(dt, mode):
 
     @ti.kernel
     def vec8(r: nd4, v: nd4, nv: nd4, te: nd1, tr: nd1, lr: nd4, adv: nd4, ret: nd4, pg: nd4,
-             err: nd1, T: ti.i32, G: ti.i32, GB: ti.i32, gamma_: ti.f64, lam_: ti.f64,
-             rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
+             err: nd1, gam: nd4, lm: nd4, T: ti.i32, G: ti.i32, GB: ti.i32, gamma_: ti.f64,
+             lam_: ti.f64, rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
         # ``vec4`` with 8 lanes per step (G: groups of 4 lanes, even; GB: groups of 8 lanes
         # per block): for the log-ratio modes, where the exp polynomial makes the kernel
         # compute-bound and AVX's 8 lanes halve the instructions.
@@ -293,8 +333,9 @@ def _make_state(dt, mode):
                         prev = ld8(adv, q + G)
                         if ti.static(want_pg):
                             vnext = ld8(ret, q + G)
-                    d0 = rv + gamma * boot - vv
-                    glk = gl * kap
+                    gv, glv = steps8(gam, lm, q, gamma, gl)
+                    d0 = rv + gv * boot - vv
+                    glk = glv * kap
                     lrv = ld8(lr, q)
                     for j in ti.static(range(8)):
                         nbad += ti.select(lrv[j] < float("inf"), 0, 1)
@@ -307,16 +348,19 @@ def _make_state(dt, mode):
                     else:
                         delta = rho * d0
                     # a cut gives a trace factor of exactly 0, even where c is inf (0 * inf)
-                    glc = gl * c
+                    glc = glv * c
                     cf = ti.Vector([ti.select(kap[j] > 0, glc[j], ti.cast(0, dt))
                                     for j in ti.static(range(8))], dt=dt)
                     a = delta + cf * prev
+                    target = a + vv
                     st8(adv, q, a)
-                    st8(ret, q, a + vv)
-                    acc += delta * zero
+                    st8(ret, q, target)
+                    acc += target * zero  # a non-finite delta or A_t makes v_t non-finite
                     if ti.static(want_pg):
                         # q_t - V(s_t) = d0 + gamma lam kappa (v_{t+1} - V(s'_t))
-                        st8(pg, q, ti.min(pg_clip, rho) * (d0 + glk * (vnext - boot)))
+                        pgv = ti.min(pg_clip, rho) * (d0 + glk * (vnext - boot))
+                        st8(pg, q, pgv)
+                        acc += pgv * zero
             s = ti.cast(0, dt)
             for j in ti.static(range(8)):
                 s += acc[j]
@@ -326,23 +370,29 @@ def _make_state(dt, mode):
     @ti.func
     def element(r: ti.template(), v: ti.template(), nv: ti.template(), te: ti.template(),
                 tr: ti.template(), lr: ti.template(), adv: ti.template(), ret: ti.template(),
-                pg: ti.template(), i, nxt, k, gamma, lam, rho_clip, c_clip, pg_clip, prev):
-        """One element of the scalar forms; returns (A_t, bad)."""
+                pg: ti.template(), gam: ti.template(), lm: ti.template(), i, nxt, k, gamma_s,
+                lam_s, rho_clip, c_clip, pg_clip, prev):
+        """One element of the scalar forms; returns (A_t, bad); bad is NaN when an input is
+        not finite or the output overflows."""
+        gamma, lam = steps1(gam, lm, i, gamma_s, lam_s)
         l = lane(te[i], tr[i], lr[i] if ti.static(want_rho) else ti.cast(0, dt), nv[i], k == 0,
                  gamma, lam, rho_clip, c_clip, pg_clip)
         rv = r[i]
         vv = v[i]
         a = l[1] * (rv + gamma * l[0] - vv) + l[2] * prev
+        target = a + vv
         adv[i] = a
-        ret[i] = a + vv
-        bad = l[5] + rv * 0 + vv * 0 + l[0] * 0
+        ret[i] = target
+        bad = l[5] + rv * 0 + vv * 0 + l[0] * 0 + target * 0
         return a, bad
 
     @ti.func
     def pg_element(r: ti.template(), v: ti.template(), nv: ti.template(), te: ti.template(),
                    tr: ti.template(), lr: ti.template(), ret: ti.template(), pg: ti.template(),
-                   i, nxt, k, gamma, lam, pg_clip):
-        """V-trace's policy-gradient advantage at flat index i (nxt: index of t+1)."""
+                   gam: ti.template(), lm: ti.template(), i, nxt, k, gamma_s, lam_s, pg_clip):
+        """V-trace's policy-gradient advantage at flat index i (nxt: index of t+1); returns
+        pg * 0 (NaN iff it is not finite)."""
+        gamma, lam = steps1(gam, lm, i, gamma_s, lam_s)
         term = te[i] != 0
         kap = ti.select(term | (tr[i] != 0) | (k == 0), ti.cast(0, dt), ti.cast(1, dt))
         boot = ti.select(term, ti.cast(0, dt), nv[i])
@@ -350,12 +400,14 @@ def _make_state(dt, mode):
         if k > 0:
             vnext = ret[nxt]
         q = r[i] + gamma * (kap * (lam * vnext + (1 - lam) * boot) + (1 - kap) * boot)
-        pg[i] = ti.min(pg_clip, ti.exp(lr[i])) * (q - v[i])
+        pgv = ti.min(pg_clip, ti.exp(lr[i])) * (q - v[i])
+        pg[i] = pgv
+        return pgv * 0
 
     @ti.kernel
     def rows(r: nd1, v: nd1, nv: nd1, te: nd1, tr: nd1, lr: nd1, adv: nd1, ret: nd1, pg: nd1,
-             err: nd1, T: ti.i32, B: ti.i32, BB: ti.i32, gamma_: ti.f64, lam_: ti.f64,
-             rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
+             err: nd1, gam: nd1, lm: nd1, T: ti.i32, B: ti.i32, BB: ti.i32, gamma_: ti.f64,
+             lam_: ti.f64, rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
         rho_clip = ti.cast(rho_clip_, dt)
@@ -374,18 +426,18 @@ def _make_state(dt, mode):
                     prev = ti.cast(0, dt)
                     if k > 0:
                         prev = adv[i + B]
-                    a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, i, i + B, k, gamma, lam,
-                                   rho_clip, c_clip, pg_clip, prev)
+                    a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, gam, lm, i, i + B, k,
+                                   gamma, lam, rho_clip, c_clip, pg_clip, prev)
                     bad += e
                     if ti.static(want_pg):
-                        pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, k, gamma, lam,
-                                   pg_clip)
+                        bad += pg_element(r, v, nv, te, tr, lr, ret, pg, gam, lm, i, i + B, k,
+                                          gamma, lam, pg_clip)
             if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
 
     @ti.kernel
     def naive(r: nd1, v: nd1, nv: nd1, te: nd1, tr: nd1, lr: nd1, adv: nd1, ret: nd1, pg: nd1,
-              err: nd1, T: ti.i32, B: ti.i32, gamma_: ti.f64, lam_: ti.f64,
+              err: nd1, gam: nd1, lm: nd1, T: ti.i32, B: ti.i32, gamma_: ti.f64, lam_: ti.f64,
               rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
@@ -398,19 +450,20 @@ def _make_state(dt, mode):
             for k in range(T):
                 t = T - 1 - k
                 i = t * B + b
-                a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, i, i + B, k, gamma, lam,
-                               rho_clip, c_clip, pg_clip, a)
+                a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, gam, lm, i, i + B, k, gamma,
+                               lam, rho_clip, c_clip, pg_clip, a)
                 bad += e
                 if ti.static(want_pg):
-                    pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, k, gamma, lam, pg_clip)
+                    bad += pg_element(r, v, nv, te, tr, lr, ret, pg, gam, lm, i, i + B, k,
+                                      gamma, lam, pg_clip)
             if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
 
     @ti.kernel
     def chunked(r: nd1, v: nd1, nv: nd1, te: nd1, tr: nd1, lr: nd1, adv: nd1, ret: nd1,
-                pg: nd1, err: nd1, dsum: nd1, gprod: nd1, carry: nd1, T: ti.i32, B: ti.i32,
-                L: ti.i32, NC: ti.i32, gamma_: ti.f64, lam_: ti.f64, rho_clip_: ti.f64,
-                c_clip_: ti.f64, pg_clip_: ti.f64):
+                pg: nd1, err: nd1, gam: nd1, lm: nd1, dsum: nd1, gprod: nd1, carry: nd1,
+                T: ti.i32, B: ti.i32, L: ti.i32, NC: ti.i32, gamma_: ti.f64, lam_: ti.f64,
+                rho_clip_: ti.f64, c_clip_: ti.f64, pg_clip_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
         rho_clip = ti.cast(rho_clip_, dt)
@@ -426,9 +479,10 @@ def _make_state(dt, mode):
             for j in range(t1 - t0):
                 t = t1 - 1 - j
                 i = t * B + b
+                gi, li = steps1(gam, lm, i, gamma, lam)
                 l = lane(te[i], tr[i], lr[i] if ti.static(want_rho) else ti.cast(0, dt), nv[i],
-                         t == T - 1, gamma, lam, rho_clip, c_clip, pg_clip)
-                d = l[1] * (r[i] + gamma * l[0] - v[i]) + l[2] * d
+                         t == T - 1, gi, li, rho_clip, c_clip, pg_clip)
+                d = l[1] * (r[i] + gi * l[0] - v[i]) + l[2] * d
                 gp = l[2] * gp
                 bad += l[5] + r[i] * 0 + v[i] * 0 + l[0] * 0
             dsum[c * B + b] = d
@@ -442,22 +496,28 @@ def _make_state(dt, mode):
                 c = NC - 1 - j
                 carry[c * B + b] = x
                 x = dsum[c * B + b] + gprod[c * B + b] * x
-        # 3. re-walk every chunk from its carry-in
+        # 3. re-walk every chunk from its carry-in (an overflowing output raises the flag)
         for c, b in ti.ndrange(NC, B):
             t0 = c * L
             t1 = ti.min(T, t0 + L)
             a = carry[c * B + b]
+            bad = ti.cast(0, dt)
             for j in range(t1 - t0):
                 t = t1 - 1 - j
                 i = t * B + b
-                a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, i, i + B, T - 1 - t, gamma,
-                               lam, rho_clip, c_clip, pg_clip, a)
+                a, e = element(r, v, nv, te, tr, lr, adv, ret, pg, gam, lm, i, i + B, T - 1 - t,
+                               gamma, lam, rho_clip, c_clip, pg_clip, a)
+                bad += e
+            if not bad == 0:
+                err[0] = 1
         # 4. V-trace's pg needs v_{t+1}, which may lie in another chunk: a separate pass
         if ti.static(want_pg):
             for t, b in ti.ndrange(T, B):
                 i = t * B + b
-                pg_element(r, v, nv, te, tr, lr, ret, pg, i, i + B, T - 1 - t, gamma, lam,
-                           pg_clip)
+                e = pg_element(r, v, nv, te, tr, lr, ret, pg, gam, lm, i, i + B, T - 1 - t,
+                               gamma, lam, pg_clip)
+                if not e == 0:
+                    err[0] = 1
 
     return {"vec4": vec4, "vec8": vec8, "rows": rows, "naive": naive, "chunked": chunked}
 
@@ -466,11 +526,19 @@ def _make_state(dt, mode):
 # action-value trace (q_trace, Retrace, tree-backup, Q(lambda), IS)
 
 
-def build_action(dt, mode):
-    return _memo(("action", dt, mode), lambda: _make_action(dt, mode))
+def build_action(dt, mode, per_step=False):
+    return _memo(("action", dt, mode, per_step), lambda: _make_action(dt, mode, per_step))
 
 
-def _make_action(dt, mode):
+def _make_action(dt, mode, per_step):
+    @ti.func
+    def steps1(gam: ti.template(), lm: ti.template(), i, gamma, lam):
+        """(gamma_t, lam_t) of flat element i: the arrays' entries, or the scalars."""
+        if ti.static(per_step):
+            return gam[i], lm[i]
+        else:
+            return gamma, lam
+
     @ti.func
     def coef(x, lo, hi):
         """(c, bad) from the coefficient input x (traces, or log-ratios)."""
@@ -488,9 +556,11 @@ def _make_action(dt, mode):
 
     @ti.func
     def element(r: ti.template(), q: ti.template(), nq: ti.template(), te: ti.template(),
-                tr: ti.template(), cx: ti.template(), out: ti.template(), i, nxt, k, gamma, lam,
-                lo, hi, nxt_target):
-        """G_t at flat index i given G_{t+1} (nxt_target); returns (G_t, bad)."""
+                tr: ti.template(), cx: ti.template(), out: ti.template(), gam: ti.template(),
+                lm: ti.template(), i, nxt, k, gamma_s, lam_s, lo, hi, nxt_target):
+        """G_t at flat index i given G_{t+1} (nxt_target); returns (G_t, bad), bad NaN when
+        an input is not finite or G_t overflows."""
+        gamma, lam = steps1(gam, lm, i, gamma_s, lam_s)
         term = te[i] != 0
         cut = term | (tr[i] != 0) | (k == 0)
         boot = ti.select(term, ti.cast(0, dt), nq[i])
@@ -503,12 +573,12 @@ def _make_action(dt, mode):
             _c, bad = coef(cx[i], lo, hi)
         g = r[i] + gamma * boot + gamma * lam * corr
         out[i] = g
-        return g, bad + r[i] * 0 + q[i] * 0 + boot * 0
+        return g, bad + r[i] * 0 + q[i] * 0 + boot * 0 + g * 0
 
     @ti.kernel
-    def rows(r: nd1, q: nd1, nq: nd1, te: nd1, tr: nd1, cx: nd1, out: nd1, err: nd1,
-             T: ti.i32, B: ti.i32, BB: ti.i32, gamma_: ti.f64, lam_: ti.f64, lo_: ti.f64,
-             hi_: ti.f64):
+    def rows(r: nd1, q: nd1, nq: nd1, te: nd1, tr: nd1, cx: nd1, out: nd1, err: nd1, gam: nd1,
+             lm: nd1, T: ti.i32, B: ti.i32, BB: ti.i32, gamma_: ti.f64, lam_: ti.f64,
+             lo_: ti.f64, hi_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
         lo = ti.cast(lo_, dt)
@@ -526,15 +596,16 @@ def _make_action(dt, mode):
                     prev = ti.cast(0, dt)
                     if k > 0:
                         prev = out[i + B]
-                    _g, e = element(r, q, nq, te, tr, cx, out, i, i + B, k, gamma, lam, lo, hi,
-                                    prev)
+                    _g, e = element(r, q, nq, te, tr, cx, out, gam, lm, i, i + B, k, gamma,
+                                    lam, lo, hi, prev)
                     bad += e
             if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
 
     @ti.kernel
-    def naive(r: nd1, q: nd1, nq: nd1, te: nd1, tr: nd1, cx: nd1, out: nd1, err: nd1,
-              T: ti.i32, B: ti.i32, gamma_: ti.f64, lam_: ti.f64, lo_: ti.f64, hi_: ti.f64):
+    def naive(r: nd1, q: nd1, nq: nd1, te: nd1, tr: nd1, cx: nd1, out: nd1, err: nd1, gam: nd1,
+              lm: nd1, T: ti.i32, B: ti.i32, gamma_: ti.f64, lam_: ti.f64, lo_: ti.f64,
+              hi_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
         lo = ti.cast(lo_, dt)
@@ -545,7 +616,8 @@ def _make_action(dt, mode):
             for k in range(T):
                 t = T - 1 - k
                 i = t * B + b
-                g, e = element(r, q, nq, te, tr, cx, out, i, i + B, k, gamma, lam, lo, hi, g)
+                g, e = element(r, q, nq, te, tr, cx, out, gam, lm, i, i + B, k, gamma, lam, lo,
+                               hi, g)
                 bad += e
             if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
                 err[0] = 1
@@ -557,14 +629,14 @@ def _make_action(dt, mode):
 # windowed estimators: every output element is independent, so they are parallel over (t, b)
 
 
-def build_nstep(dt):
-    return _memo(("nstep", dt), lambda: _make_nstep(dt))
+def build_nstep(dt, per_step=False):
+    return _memo(("nstep", dt, per_step), lambda: _make_nstep(dt, per_step))
 
 
-def _make_nstep(dt):
+def _make_nstep(dt, per_step):
     @ti.kernel
-    def nstep(r: nd1, nv: nd1, te: nd1, tr: nd1, out: nd1, err: nd1, T: ti.i32, B: ti.i32,
-              n: ti.i32, gamma_: ti.f64):
+    def nstep(r: nd1, nv: nd1, te: nd1, tr: nd1, out: nd1, err: nd1, gam: nd1, T: ti.i32,
+              B: ti.i32, n: ti.i32, gamma_: ti.f64):
         gamma = ti.cast(gamma_, dt)
         ti.loop_config(block_dim=256)
         for i in range(T * B):
@@ -572,21 +644,25 @@ def _make_nstep(dt):
             # validity of this element's own inputs (each element is checked exactly once)
             own = te[i] != 0
             bad = r[i] * 0 + ti.select(own, ti.cast(0, dt), nv[i] * 0)
-            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
-                err[0] = 1
             total = ti.cast(0, dt)
             disc = ti.cast(1, dt)
             m = ti.min(n, T - t)
             for k in range(m):
                 j = i + k * B
                 total += disc * r[j]
-                disc *= gamma
+                if ti.static(per_step):
+                    disc *= gam[j]  # prod_{l<=k} gamma_{t+l}
+                else:
+                    disc *= gamma
                 term = te[j] != 0
                 if term or tr[j] != 0 or k == m - 1:
                     if not term:
                         total += disc * nv[j]
                     break
             out[i] = total
+            bad += total * 0  # an overflowing output raises the flag too
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
+                err[0] = 1
 
     return nstep
 
@@ -616,8 +692,6 @@ def _make_p3o(dt):
                     scale += w
             if norm == 2 or not scale > 0:
                 scale = ti.cast(1, dt)
-            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
-                err[0] = 1
             total = ti.cast(0, dt)
             m = ti.min(H, T - t)
             for k in range(m):
@@ -628,5 +702,8 @@ def _make_p3o(dt):
                 if te[j] != 0 or tr[j] != 0:
                     break
             out[i] = total
+            bad += total * 0  # an overflowing output raises the flag too
+            if not bad == 0:  # NaN-safe: `!=` may compile to an ordered compare
+                err[0] = 1
 
     return p3o

@@ -14,6 +14,16 @@ The same functions, names and keyword arguments as ``estimators.numpy`` (the ref
   dtype and scalar checks run before the kernel (``estimators._validate``); the element checks
   (NaN/inf, log-ratios of +inf, traces out of range) run inside the kernel in the same pass as
   the computation, and when one fails ``estimators._validate`` is re-run to raise its message.
+* **Overflow** raises too, as in the reference: the kernels flag a non-finite output in the
+  same pass; with valid inputs only an overflow makes one (``exp(log_rhos)`` read unclipped,
+  above ~709.78 in float64 or 88.5 in float32, where Taichi's float32 exp saturates; or a
+  product of ratios), and ``ValueError`` naming ``log_rhos`` is raised. A huge log-ratio where
+  the ratio is clipped (V-trace, Retrace) or never read (a cut trace) is fine.
+* **Per-step gamma/lam**: ``gamma`` and ``lam`` may be numpy arrays or torch tensors
+  broadcastable to the rewards' shape (see ``estimators.numpy``); they are broadcast to
+  ``[T*B]`` buffers of the compute dtype and read by a separate build of each kernel
+  (``per_step=True``), every form included. Scalars keep the scalar kernels (unchanged code,
+  bit-identical outputs, same speed). gamma/lam arrays do not take part in choosing the dtype.
 
 Taichi is initialised lazily, on the first call, never at import. The architecture comes from
 ``configure(arch=...)`` or else the environment variable ``OFFPOLICY_TAICHI_ARCH``: ``cpu`` (the
@@ -304,6 +314,26 @@ class _Context:
     def dummy(self):
         return self.empty(1)
 
+    def per_step(self, x, shape):
+        """A per-step gamma/lam (validated, broadcastable to ``shape``) as a contiguous flat
+        buffer of the compute dtype, broadcast to ``shape``."""
+        if _is_torch(x):
+            torch = sys.modules["torch"]
+            x = x.detach()
+            if self.device_arrays:
+                x = x.to(device=self.torch_device, dtype=self.torch_dtype)
+                return torch.broadcast_to(x, tuple(shape)).contiguous().reshape(-1)
+            x = x.cpu().numpy()
+        full = np.broadcast_to(np.asarray(x, dtype=self.dtype), tuple(shape))
+        return np.ascontiguousarray(full).reshape(-1)
+
+    def step_buffers(self, gamma, lam, shape):
+        """(per_step, gam, lm): per-step buffers when gamma or lam is an array (the other one
+        is broadcast too), else 1-element dummies that the scalar kernels never read."""
+        if isinstance(gamma, float) and isinstance(lam, float):
+            return False, self.dummy(), self.dummy()
+        return True, self.per_step(gamma, shape), self.per_step(lam, shape)
+
     def out(self, flat, shape):
         """Give a flat result the rewards' shape, as numpy or torch like the input."""
         if self.torch_device is None:
@@ -315,6 +345,18 @@ class _Context:
 
 def _failed(err) -> bool:
     return bool(err[0] != 0)
+
+
+def _raise_invalid(full, ctx, shape, outputs, log_rhos=None, culprit="rewards", state=False):
+    """The kernel flagged a non-finite input or output: re-run the shared validation (raises
+    its message for a bad input); otherwise an output overflowed: raise naming the culprit."""
+    full()
+    dtype_name = np.dtype(ctx.dtype).name
+    # the state kernels' float32 exp saturates to inf above 88.5
+    limit = 88.5 if state and ctx.dtype == np.float32 else None
+    _validate.check_outputs_finite([x.reshape(shape) for x in outputs], dtype_name=dtype_name,
+                                   log_rhos=log_rhos, culprit=culprit, exp_limit=limit)
+    raise ValueError(f"{culprit}: the estimator overflows {dtype_name}")  # pragma: no cover
 
 
 def _ti_dtype(dtype):
@@ -373,11 +415,12 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
             _validate.check_clip(name, level)
 
     def cheap():
-        _cheap_state_checks(arrays, lr, gamma, lam)
-        return [_validate.check_clip(name, level) for name, level in clips.items()]
+        g, l = _cheap_state_checks(arrays, lr, gamma, lam)
+        return [g, l] + [_validate.check_clip(name, level) for name, level in clips.items()]
 
-    levels = _checks(cheap, full) + [1.0] * (3 - len(clips))
-    rho_clip, c_clip, pg_clip = levels
+    checked = _checks(cheap, full)
+    gamma, lam = checked[:2]
+    rho_clip, c_clip, pg_clip = checked[2:] + [1.0] * (3 - len(clips))
     K = _kernels()
     ctx = _Context(arrays + ([lr] if lr is not None else []))
     shape = tuple(arrays[0].shape)
@@ -390,14 +433,17 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     adv, ret = ctx.empty(n), ctx.empty(n)
     pg = ctx.empty(n) if mode == K.VTRACE else ctx.dummy()
     err = ctx.zeros_err()
-    kern = K.build_state(_ti_dtype(ctx.dtype), mode)
-    params = [float(gamma), float(lam), float(rho_clip), float(c_clip), float(pg_clip)]
+    per_step, gam, lm = ctx.step_buffers(gamma, lam, shape)
+    kern = K.build_state(_ti_dtype(ctx.dtype), mode, per_step)
+    scalars = (0.0, 0.0) if per_step else (float(gamma), float(lam))  # unused when per step
+    params = [*scalars, float(rho_clip), float(c_clip), float(pg_clip)]
     form = _forced_form["state"] or _auto_form(T, B, ctx)
     # <4 x float> loads need 16-byte alignment (float64 would need 32: it takes the scalar form)
     if form == "vec4" and not (ctx.dtype == np.float32 and B % 4 == 0
                                and _aligned16(r, v, nv, adv, ret)
                                and (mode != K.VTRACE or _aligned16(pg))
-                               and (lr is None or _aligned16(lrb))):
+                               and (lr is None or _aligned16(lrb))
+                               and (not per_step or _aligned16(gam, lm))):
         form = "rows"
     if form == "vec4":
         G = B // 4
@@ -406,26 +452,32 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         o4 = [x.reshape(-1, 4) for x in (adv, ret)]
         pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else np.zeros((1, 4), ctx.dtype)
         lr4 = lrb.reshape(-1, 4) if lr is not None else np.zeros((1, 4), ctx.dtype)
+        s4 = ([x.reshape(-1, 4) for x in (gam, lm)] if per_step
+              else [np.zeros((1, 4), ctx.dtype)] * 2)
         name = "vec4"
         if mode != K.GAE and G % 2 == 0:
             # log-ratio modes are compute-bound (exp): 8 lanes per step, GB in groups of 8
             name, GB = "vec8", min(256, max(4, -(-(G // 2) // _nthreads())))
-        _launch(kern[name], [*v4, te, tr, lr4, *o4, pg4, err, T, G, GB, *params], vec4=True)
+        _launch(kern[name], [*v4, te, tr, lr4, *o4, pg4, err, *s4, T, G, GB, *params],
+                vec4=True)
     elif form == "rows":
         BB = min(2048, max(32, -(-B // _nthreads())))
-        _launch(kern["rows"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, T, B, BB, *params])
+        _launch(kern["rows"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, gam, lm, T, B, BB,
+                               *params])
     elif form == "naive":
-        _launch(kern["naive"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, T, B, *params])
+        _launch(kern["naive"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, gam, lm, T, B,
+                                *params])
     elif form == "chunked":
         L = max(8, int(math.sqrt(T)))
         NC = -(-T // L)
         scratch = [ctx.empty(NC * B) for _ in range(3)]
-        _launch(kern["chunked"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, *scratch, T, B, L, NC,
-                                  *params])
+        _launch(kern["chunked"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, gam, lm, *scratch,
+                                  T, B, L, NC, *params])
     else:
         raise ValueError(f"unknown kernel form {form!r}")
     if _failed(err):
-        full()
+        outputs = (adv, ret, pg) if mode == K.VTRACE else (adv, ret)
+        _raise_invalid(full, ctx, shape, outputs, log_rhos=lr, state=True)
     return ctx, shape, adv, ret, pg
 
 
@@ -438,7 +490,8 @@ def _auto_form(T, B, ctx):
 
 def _cheap_state_checks(arrays, lr, gamma, lam):
     """Every check of _validate.state_inputs that does not read the elements (plus the 0/1
-    check of non-bool flags, which the conversion needs)."""
+    check of non-bool flags, which the conversion needs, and the range of per-step gamma/lam
+    arrays); returns (gamma, lam) as validated."""
     names = ("rewards", "values", "next_values", "terminated", "truncated")
     named = dict(zip(names, arrays, strict=False))
     if lr is not None:
@@ -450,8 +503,9 @@ def _cheap_state_checks(arrays, lr, gamma, lam):
     for name in ("terminated", "truncated"):
         if _validate._dtype_kind(named[name]) != "b":
             _validate.check_flags(name, named[name])
-    _validate.check_unit_interval("gamma", gamma)
-    _validate.check_unit_interval("lam", lam)
+    shape = tuple(arrays[0].shape)
+    return (_validate.check_unit_interval("gamma", gamma, shape),
+            _validate.check_unit_interval("lam", lam, shape))
 
 
 def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
@@ -518,8 +572,9 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
 
 
 def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
-    """n-step returns ``G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m beta_{t+m-1} V(s'_{t+m-1})``,
-    ``m = min(n, T-t, 1 + steps to the first done at or after t)``. Shapes ``[T]``/``[T,B]``."""
+    """n-step returns ``G_t = sum_{k<m} D_{t,k} r_{t+k} + D_{t,m} beta_{t+m-1} V(s'_{t+m-1})``,
+    ``D_{t,k} = prod_{j<k} gamma_{t+j}`` (``gamma^k`` for a scalar), ``m = min(n, T-t, 1 + steps
+    to the first done at or after t)``. Shapes ``[T]``/``[T,B]``."""
     arrays = [_array(x) for x in (rewards, next_values, terminated, truncated)]
     names = ("rewards", "next_values", "terminated", "truncated")
 
@@ -534,10 +589,10 @@ def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
         for name, x in zip(names[2:], arrays[2:], strict=True):
             if _validate._dtype_kind(x) != "b":
                 _validate.check_flags(name, x)
-        _validate.check_unit_interval("gamma", gamma)
-        return _validate.check_n(n)
+        return (_validate.check_unit_interval("gamma", gamma, tuple(arrays[0].shape)),
+                _validate.check_n(n))
 
-    n_checked = _checks(cheap, full)
+    g, n_checked = _checks(cheap, full)
     K = _kernels()
     ctx = _Context(arrays)
     shape = tuple(arrays[0].shape)
@@ -546,10 +601,12 @@ def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
     r, nv = (ctx.floats(x) for x in arrays[:2])
     te, tr = (ctx.flags(x) for x in arrays[2:])
     out, err = ctx.empty(T * B), ctx.zeros_err()
-    _launch(K.build_nstep(_ti_dtype(ctx.dtype)),
-            [r, nv, te, tr, out, err, T, B, min(n_checked, T), float(gamma)])
+    per_step, gam, _ = ctx.step_buffers(g, 1.0, shape)
+    _launch(K.build_nstep(_ti_dtype(ctx.dtype), per_step),
+            [r, nv, te, tr, out, err, gam, T, B, min(n_checked, T),
+             0.0 if per_step else float(g)])
     if _failed(err):
-        full()
+        _raise_invalid(full, ctx, shape, (out,))
     return ctx.out(out, shape)
 
 
@@ -579,10 +636,11 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
         for name in ("terminated", "truncated"):
             if _validate._dtype_kind(named[name]) != "b":
                 _validate.check_flags(name, named[name])
-        _validate.check_unit_interval("gamma", gamma)
-        _validate.check_unit_interval("lam", lam)
+        shape = tuple(arrays[0].shape)
+        return (_validate.check_unit_interval("gamma", gamma, shape),
+                _validate.check_unit_interval("lam", lam, shape))
 
-    _checks(cheap, full)
+    g, l = _checks(cheap, full)
     K = _kernels()
     ctx = _Context(list(named.values()))
     shape = tuple(arrays[0].shape)
@@ -593,16 +651,19 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
     cxb = ctx.floats(cx) if cx is not None else ctx.dummy()
     out, err = ctx.empty(T * B), ctx.zeros_err()
     hi = 1.0 if coefficient_name == "target_probs_taken" else float(np.finfo(ctx.dtype).max)
-    kern = K.build_action(_ti_dtype(ctx.dtype), mode)
+    per_step, gam, lm = ctx.step_buffers(g, l, shape)
+    kern = K.build_action(_ti_dtype(ctx.dtype), mode, per_step)
+    scalars = (0.0, 0.0) if per_step else (float(g), float(l))  # unused when per step
     if _state["arch"] == "cpu" and _forced_form["state"] != "naive":
         BB = min(2048, max(32, -(-B // _nthreads())))
-        _launch(kern["rows"], [r, q, nq, te, tr, cxb, out, err, T, B, BB, float(gamma),
-                               float(lam), 0.0, hi])
+        _launch(kern["rows"], [r, q, nq, te, tr, cxb, out, err, gam, lm, T, B, BB, *scalars,
+                               0.0, hi])
     else:
-        _launch(kern["naive"], [r, q, nq, te, tr, cxb, out, err, T, B, float(gamma), float(lam),
+        _launch(kern["naive"], [r, q, nq, te, tr, cxb, out, err, gam, lm, T, B, *scalars,
                                 0.0, hi])
     if _failed(err):
-        full()
+        _raise_invalid(full, ctx, shape, (out,),
+                       log_rhos=cx if coefficient_name == "log_rhos" else None)
     return ctx.out(out, shape)
 
 
@@ -694,5 +755,5 @@ def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, ba
     _launch(K.build_p3o(_ti_dtype(ctx.dtype)),
             [r, mean, std, te, tr, out, err, T, B, H, float(sigma_r) ** -2.0, _NORM[normalize]])
     if _failed(err):
-        full()
+        _raise_invalid(full, ctx, shape, (out,), culprit="reward_std")
     return ctx.out(out, shape)

@@ -11,7 +11,14 @@ docs/DESIGN.md section 2). Differences:
   ``min`` clips the gradient is that of the selected branch); entries that are never read
   (``next_values`` under ``terminated``) get a zero gradient, even when they hold NaN;
 * the recurrences loop over T (vectorised over B) and the windowed estimators loop over the
-  window offset k (vectorised over T and B); no operation writes into a tensor in place.
+  window offset k (vectorised over T and B); no operation writes into a tensor in place;
+* ``gamma`` and ``lam`` may be per-step tensors (or numpy arrays) broadcastable to the rewards'
+  shape (see ``estimators.numpy``); a tensor ``gamma``/``lam`` (also 0-d) keeps autograd, so
+  gradients flow to it. They are cast to the compute dtype and do not take part in choosing it;
+* a log-ratio whose ``exp`` overflows the compute dtype (above ~709.78 in float64, ~88.72 in
+  float32) raises ``ValueError`` naming ``log_rhos`` where the ratio is read unclipped (as in
+  the reference); where it is clipped or never read the output and the gradients stay finite
+  (``exp`` is evaluated on a masked input there, so its backward never computes 0 * inf).
 
 Validation is ``estimators._validate``, shared with every backend (one device sync per check).
 """
@@ -77,6 +84,27 @@ def _bools(*xs):
     return [_as_2d(x != 0) for x in xs]
 
 
+def _per_step(x, checked, dtype, rewards):
+    """gamma or lam as a [T,B] tensor of the compute dtype on the rewards' device. ``x`` is the
+    argument as given (a tensor keeps its graph), ``checked`` its validated value."""
+    if not isinstance(x, torch.Tensor):
+        x = checked if isinstance(checked, float) else torch.as_tensor(checked)
+    x = torch.as_tensor(x, dtype=dtype, device=rewards.device)
+    return _as_2d(torch.broadcast_to(x, tuple(rewards.shape)))
+
+
+def _dtype_name(dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _finite(outputs, log_rhos=None, culprit="rewards"):
+    _validate.check_outputs_finite([x.detach() for x in outputs],
+                                   dtype_name=_dtype_name(outputs[0].dtype),
+                                   log_rhos=None if log_rhos is None else log_rhos.detach(),
+                                   culprit=culprit)
+    return outputs
+
+
 # ---------------------------------------------------------------------------------------------
 # the conventions, each written once (as in estimators.numpy)
 
@@ -90,7 +118,12 @@ def _masks(terminated, truncated):
 
 
 def _ratio(log_rhos):
-    return torch.exp(log_rhos)
+    """exp(log_rhos), inf where it overflows; there exp's input is masked so that its backward
+    (grad * exp(x)) gives 0, not 0 * inf = NaN, where the ratio is clipped or never read."""
+    with torch.no_grad():
+        overflows = torch.isinf(torch.exp(log_rhos)) & (log_rhos > 0)
+    safe = torch.exp(torch.where(overflows, 0.0, log_rhos))
+    return torch.where(overflows, torch.inf, safe)
 
 
 def _clip(rho, level: float):
@@ -110,32 +143,40 @@ def _shift(x, k: int):
 
 def _state_value_trace(rewards, values, next_values, terminated, truncated, rho_hat, c_hat,
                        gamma, lam):
-    """delta_t = rho_hat_t (r_t + gamma beta_t V(s'_t) - V(s_t)),
-    A_t = delta_t + gamma lam c_hat_t kappa_t A_{t+1}."""
+    """delta_t = rho_hat_t (r_t + gamma_t beta_t V(s'_t) - V(s_t)),
+    A_t = delta_t + gamma_t lam_t c_hat_t kappa_t A_{t+1} (gamma, lam: [T,B])."""
     kappa, beta = _masks(terminated, truncated)
     bootstrap = torch.where(beta, next_values, 0.0)
     delta = rho_hat * (rewards + gamma * bootstrap - values)
+    # a cut gives an exact 0 trace factor even where c_hat is inf (masked before multiplying,
+    # so the backward pass never sees 0 * inf either)
+    c_cut = torch.where(kappa, c_hat, 0.0)
+    gamma_lam = gamma * lam
     advantages = []
     next_advantage = torch.zeros_like(delta[0])
     for t in reversed(range(rewards.shape[0])):
-        trace = torch.where(kappa[t], c_hat[t] * next_advantage, 0.0)
-        next_advantage = delta[t] + gamma * lam * trace
+        next_advantage = delta[t] + gamma_lam[t] * (c_cut[t] * next_advantage)
         advantages.append(next_advantage)
     return torch.stack(advantages[::-1])
 
 
 def _action_value_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces,
                         gamma, lam):
-    """G_t = r_t + gamma beta_t E_pi Q(s'_t) + gamma lam kappa_t c_{t+1} (G_{t+1} - Q_{t+1})."""
+    """G_t = r_t + gamma_t beta_t E_pi Q(s'_t)
+    + gamma_t lam_t kappa_t c_{t+1} (G_{t+1} - Q_{t+1}) (gamma, lam: [T,B])."""
     kappa, beta = _masks(terminated, truncated)
     bootstrap = torch.where(beta, next_expected_q, 0.0)
-    next_traces = _shift(traces, 1)  # c_{t+1}: the first action is never corrected
+    # c_{t+1} (the first action is never corrected), exactly 0 where the trace is cut even
+    # where c is inf (masked before multiplying: no 0 * inf forward or backward)
+    next_traces = torch.where(kappa, _shift(traces, 1), 0.0)
     next_q_taken = _shift(q_taken, 1)
+    discounted = gamma * bootstrap
+    gamma_lam = gamma * lam
     targets = []
     next_target = torch.zeros_like(bootstrap[0])
     for t in reversed(range(rewards.shape[0])):
-        correction = torch.where(kappa[t], next_traces[t] * (next_target - next_q_taken[t]), 0.0)
-        next_target = rewards[t] + gamma * bootstrap[t] + gamma * lam * correction
+        correction = next_traces[t] * (next_target - next_q_taken[t])
+        next_target = rewards[t] + discounted[t] + gamma_lam[t] * correction
         targets.append(next_target)
     return torch.stack(targets[::-1])
 
@@ -151,12 +192,13 @@ def _state_arrays(rewards, values, next_values, terminated, truncated, log_rhos,
         named["log_rhos"] = log_rhos
     xs = _tensors(**named)
     lr = xs[5] if log_rhos is not None else None
-    gamma, lam = _validate.state_inputs(*xs[:5], gamma=gamma, lam=lam, log_rhos=lr)
+    g, l = _validate.state_inputs(*xs[:5], gamma=gamma, lam=lam, log_rhos=lr)
     floats = [xs[0], xs[1], xs[2]] + ([lr] if lr is not None else [])
     dtype = _float_dtype(*floats)
     r, v, nv = _floats(dtype, *xs[:3])
     term, trunc = _bools(*xs[3:5])
     lr = None if lr is None else _floats(dtype, lr)[0]
+    gamma, lam = _per_step(gamma, g, dtype, xs[0]), _per_step(lam, l, dtype, xs[0])
     return xs[0].shape, r, v, nv, term, trunc, lr, gamma, lam
 
 
@@ -168,7 +210,8 @@ def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
         rewards, values, next_values, terminated, truncated, None, gamma, lam)
     ones = torch.ones_like(r)
     adv = _state_value_trace(r, v, nv, term, trunc, ones, ones, gamma, lam)
-    return GAEOutput(adv.reshape(shape), (v + adv).reshape(shape))
+    adv, ret = _finite((adv, v + adv))
+    return GAEOutput(adv.reshape(shape), ret.reshape(shape))
 
 
 def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
@@ -187,6 +230,7 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
     v_next = _shift(value_targets, 1)
     q = r + gamma * torch.where(kappa, lam * v_next + (1 - lam) * bootstrap, bootstrap)
     pg = _clip(rho, pg_rho_clip) * (q - v)
+    adv, value_targets, pg = _finite((adv, value_targets, pg), log_rhos=lr)
     return VTraceOutput(adv.reshape(shape), value_targets.reshape(shape), pg.reshape(shape))
 
 
@@ -216,7 +260,8 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
         rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
     rho = _ratio(lr)
     adv = _state_value_trace(r, v, nv, term, trunc, rho, rho, gamma, lam)
-    return PDISOutput(adv.reshape(shape), (v + adv).reshape(shape))
+    adv, targets = _finite((adv, v + adv), log_rhos=lr)
+    return PDISOutput(adv.reshape(shape), targets.reshape(shape))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,22 +269,28 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
 
 
 def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
-    """``G_t = sum_{k<m} gamma^k r_{t+k} + gamma^m beta_{t+m-1} V(s'_{t+m-1})``,
-    ``m = min(n, T-t, 1 + steps to the first done at or after t)``."""
+    """``G_t = sum_{k<m} D_{t,k} r_{t+k} + D_{t,m} beta_{t+m-1} V(s'_{t+m-1})``,
+    ``D_{t,k} = prod_{j<k} gamma_{t+j}``, ``m = min(n, T-t, 1 + steps to the first done at or
+    after t)``."""
     xs = _tensors(rewards=rewards, next_values=next_values, terminated=terminated,
                   truncated=truncated)
-    gamma, n = _validate.nstep_inputs(*xs, gamma=gamma, n=n)
-    r, nv = _floats(_float_dtype(*xs[:2]), *xs[:2])
+    g, n = _validate.nstep_inputs(*xs, gamma=gamma, n=n)
+    dtype = _float_dtype(*xs[:2])
+    r, nv = _floats(dtype, *xs[:2])
     term, trunc = _bools(*xs[2:])
+    gamma = _per_step(gamma, g, dtype, xs[0])
     kappa, beta = _masks(term, trunc)
     bootstrap = torch.where(beta, nv, 0.0)
     total = torch.zeros_like(r)
+    discount = torch.ones_like(r)  # D_{t,k}, multiplied up step by step
     is_open = torch.ones_like(kappa)  # the window from t still covers step t+k
     for k in range(min(n, r.shape[0])):
-        total = total + torch.where(is_open, gamma**k * _shift(r, k), 0.0)
+        total = total + torch.where(is_open, discount * _shift(r, k), 0.0)
+        discount = discount * _shift(gamma, k)
         closes = is_open & (~_shift(kappa, k) | (k == n - 1))
-        total = total + torch.where(closes, gamma ** (k + 1) * _shift(bootstrap, k), 0.0)
+        total = total + torch.where(closes, discount * _shift(bootstrap, k), 0.0)
         is_open = is_open & ~closes
+    (total,) = _finite((total,))
     return total.reshape(xs[0].shape)
 
 
@@ -255,15 +306,19 @@ def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, la
         named[coefficient_name] = coefficient_input
     xs = _tensors(**named)
     extra = {} if coefficient_name is None else {coefficient_name: xs[5]}
-    gamma, lam = _validate.action_inputs(*xs[:5], gamma=gamma, lam=lam, **extra)
+    g, l = _validate.action_inputs(*xs[:5], gamma=gamma, lam=lam, **extra)
     dtype = _float_dtype(*xs[:3], *extra.values())
     r, q, nq = _floats(dtype, *xs[:3])
     term, trunc = _bools(*xs[3:5])
+    gamma, lam = _per_step(gamma, g, dtype, xs[0]), _per_step(lam, l, dtype, xs[0])
     if coefficient_name is None:
         traces = torch.ones_like(r)
     else:
         traces = coefficient(_floats(dtype, xs[5])[0])
-    return _action_value_trace(r, q, nq, term, trunc, traces, gamma, lam).reshape(xs[0].shape)
+    targets = _action_value_trace(r, q, nq, term, trunc, traces, gamma, lam)
+    log_rhos = _floats(dtype, xs[5])[0] if coefficient_name == "log_rhos" else None
+    (targets,) = _finite((targets,), log_rhos=log_rhos)
+    return targets.reshape(xs[0].shape)
 
 
 def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *, gamma, lam):
@@ -335,4 +390,5 @@ def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, ba
         term_k = weights[..., k] * (_shift(r, k) - mean[..., k])
         total = total + torch.where(is_open, term_k, 0.0)
         is_open = is_open & _shift(kappa, k)
+    (total,) = _finite((total,), culprit="reward_std")
     return total.reshape(xs[0].shape)
