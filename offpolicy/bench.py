@@ -18,7 +18,9 @@ peers when installed (never required): ``torchrl`` (functional GAE and V-trace, 
 inputs prepared outside the timing) and ``rlax`` (GAE-like ``truncated_generalized_advantage_
 estimation`` and ``vtrace``, jitted, per stream vmapped).
 
-Writes ``bench.csv`` and ``bench.md`` under ``--out`` (default ``reports/bench/``).
+Writes ``bench.csv`` and ``bench.md`` under ``--out`` (default ``offpolicy-out/bench/``,
+git-ignored; the committed tables change only with ``--out reports/bench``). Exit codes: 0 done,
+2 bad arguments or an unwritable ``--out`` (one line, checked before anything is timed).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ BACKENDS = ("numpy", "numpy-loop", "torch", "taichi", "taichi-naive", "torchrl",
 STATE = {"gae", "vtrace", "puff_advantage", "per_decision_is"}
 ACTION = {"q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q"}
 GAMMA, LAM, NSTEP, H = 0.99, 0.95, 5, 8
+DEFAULT_OUT = os.path.join("offpolicy-out", "bench")  # git-ignored: never the committed tables
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,20 +329,27 @@ def _versions():
 def parse_sizes(text):
     sizes = []
     for part in text.split(","):
-        b, t = part.lower().split("x")
-        sizes.append((int(b), int(t)))
+        try:
+            b, t = part.lower().split("x")
+            size = (int(b), int(t))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{part!r} is not BxT (e.g. 64x16)") from None
+        if min(size) < 1:
+            raise argparse.ArgumentTypeError(f"{part!r}: B and T must be >= 1")
+        sizes.append(size)
     return tuple(sizes)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m offpolicy.bench",
-                                description=__doc__.split("\n")[0])
+    from offpolicy._cli import OneLineParser, usage_error, writable_dir
+
+    p = OneLineParser(prog="python -m offpolicy.bench", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=parse_sizes, default=None,
                    help="comma-separated BxT list (default 4096x128,1024x1024,128x4096,64x64)")
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 15)")
-    p.add_argument("--out", default=os.path.join("reports", "bench"))
+    p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats (a smoke run)")
     a = p.parse_args(argv)
     sizes = a.sizes or (QUICK_SIZES if a.quick else DEFAULT_SIZES)
@@ -348,10 +358,17 @@ def main(argv=None):
     backends = [b for b in a.backends.split(",") if b]
     for e in estimators:
         if e not in ESTIMATORS:
-            p.error(f"unknown estimator {e!r}; choose from {', '.join(ESTIMATORS)}")
+            p.error(f"--estimators: unknown {e!r}; choose from {', '.join(ESTIMATORS)}")
     for b in backends:
         if b not in BACKENDS:
-            p.error(f"unknown backend {b!r}; choose from {', '.join(BACKENDS)}")
+            p.error(f"--backends: unknown {b!r}; choose from {', '.join(BACKENDS)}")
+    if a.repeats is not None and a.repeats < 1:
+        p.error(f"--repeats: must be >= 1, got {a.repeats}")
+    if not estimators or not backends:
+        p.error("--estimators/--backends: empty")
+    problem = writable_dir(a.out)
+    if problem:  # before the benchmark runs, not after
+        raise SystemExit(usage_error("python -m offpolicy.bench", problem))
     rows = run(sizes, estimators, backends, repeats)
     meta = dict(command="python -m offpolicy.bench " + " ".join(argv if argv is not None
                                                                else sys.argv[1:]),

@@ -7,8 +7,12 @@ Examples::
     python -m offpolicy.harness --algo ppo --env cartpole --set total_steps=300000 --seeds 1
 
 Comma-separated values make a grid axis; ``--set field=v1,v2`` reaches any config field
-(see ``PPOConfig``/``DQNConfig``).  Per-run results go to ``<out>/runs/`` and an interrupted
-grid resumes by skipping the runs already written; ``--fresh`` reruns them.
+(see ``PPOConfig``/``DQNConfig``).  Outputs go to ``--out`` (default ``offpolicy-out/harness``;
+the committed tables under ``reports/harness`` change only with ``--out reports/harness``).
+Workers return each run's result to this process, which writes it to ``<out>/runs/``; an
+interrupted grid resumes by skipping the runs already written; ``--fresh`` reruns them.
+``--executor ray`` runs the grid on Ray (``--address`` joins an existing cluster).
+Exit codes: 0 done, 2 bad arguments (one line, before anything runs), 130 interrupted.
 """
 from __future__ import annotations
 
@@ -20,7 +24,13 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
+from offpolicy import parallel
+from offpolicy._cli import OneLineParser, usage_error, writable_dir
 from offpolicy.harness import grid, report
+from offpolicy.harness.measure import ConfigError
+
+PROG = "python -m offpolicy.harness"
+DEFAULT_OUT = os.path.join("offpolicy-out", "harness")  # git-ignored: never the committed tables
 
 # CLI option -> config field (per algorithm); each takes a comma-separated list
 SHORTCUTS = {
@@ -61,8 +71,8 @@ def parse_value(text: str, typ):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m offpolicy.harness", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = OneLineParser(prog=PROG, description=__doc__,
+                      formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--algo", choices=sorted(grid.ALGOS), required=True)
     p.add_argument("--env", default="chain", help="chain, gridworld, garnet, cartpole, acrobot")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..seeds-1)")
@@ -72,30 +82,60 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"comma-separated values of config field {SHORTCUTS[opt]}")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=V1[,V2]",
                    help="any config field; several values make an axis")
-    p.add_argument("--out", default="reports/harness", help="table and plots go here")
+    p.add_argument("--out", default=DEFAULT_OUT,
+                   help=f"table and plots go here (default {DEFAULT_OUT})")
     p.add_argument("--name", default=None,
                    help="file stem of the table and plots (default <algo>_<env>)")
     p.add_argument("--runs-dir", default=None, help="per-run result files (default <out>/runs)")
-    p.add_argument("--executor", choices=grid.EXECUTORS, default="process")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--executor", choices=grid.EXECUTORS, default="process",
+                   help="process (default), serial, or ray (pip install 'offpolicy[ray]')")
+    p.add_argument("--address", default=None,
+                   help="with --executor ray: join this cluster (auto or HOST:PORT) instead of "
+                   "starting a local Ray instance")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="worker processes, or the CPUs of a local Ray instance")
+    p.add_argument("--no-timing", action="store_true",
+                   help="leave the wall-clock fields (wall_time, sps, env_sps) out of every file: "
+                   "the same seeds then give byte-identical files on any executor")
     p.add_argument("--fresh", action="store_true", help="rerun runs whose results exist")
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plots")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 
+def _option(field_name: str) -> str:
+    """The command-line spelling of a config field."""
+    for opt, f in SHORTCUTS.items():
+        if f == field_name:
+            return "--" + opt.replace("_", "-")
+    return f"--set {field_name}"
+
+
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds: must be >= 1, got {args.seeds}")
+    if args.seed_offset < 0:
+        parser.error(f"--seed-offset: must be >= 0, got {args.seed_offset}")
+    if args.jobs < 1:
+        parser.error(f"--jobs: must be >= 1, got {args.jobs}")
+    problem = parallel.check_executor(args.executor, args.address)
+    if problem:
+        parser.error(problem)
     types = _field_types(args.algo)
     axes: dict[str, list] = {}
     base: dict = {"env": args.env}
 
-    def add(field_name: str, text: str):
+    def add(field_name: str, text: str, option: str):
         if field_name not in types:
-            raise SystemExit(f"--{field_name}: {args.algo} has no config field {field_name!r}")
-        vals = [parse_value(t, types[field_name]) for t in text.split(",")] \
-            if types[field_name] is not dict and "dict" not in str(types[field_name]) \
-            else [parse_value(text, types[field_name])]
+            parser.error(f"{option}: {args.algo} has no config field {field_name!r}")
+        try:
+            vals = [parse_value(t, types[field_name]) for t in text.split(",")] \
+                if types[field_name] is not dict and "dict" not in str(types[field_name]) \
+                else [parse_value(text, types[field_name])]
+        except ValueError as e:
+            parser.error(f"{option}: cannot read {text!r} as {field_name}: {e}")
         if len(vals) == 1:
             base[field_name] = vals[0]
         else:
@@ -107,10 +147,12 @@ def main(argv=None) -> int:
             continue
         if field_name not in types and opt == "lam" and "gae_lambda" in types:
             field_name = "gae_lambda"
-        add(field_name, text)
+        add(field_name, text, "--" + opt.replace("_", "-"))
     for item in args.set:
-        key, _, text = item.partition("=")
-        add(key.strip(), text)
+        key, eq, text = item.partition("=")
+        if not eq or not key.strip():
+            parser.error(f"--set {item!r}: expected FIELD=V1[,V2]")
+        add(key.strip(), text, f"--set {key.strip()}")
     # the correction is always a column of the table, even with a single value
     if "estimator" in base and "estimator" not in axes:
         axes = {"estimator": [base.pop("estimator")], **axes}
@@ -121,9 +163,16 @@ def main(argv=None) -> int:
     axes = dict(sorted(axes.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99))
 
     seeds = range(args.seed_offset, args.seed_offset + args.seeds)
-    specs = grid.expand(args.algo, base, axes, seeds)
+    try:
+        specs = grid.expand(args.algo, base, axes, seeds)
+    except ConfigError as e:
+        parser.error(f"{_option(e.field)}: {e.detail}")
     out = Path(args.out)
     runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
+    for directory, flag in ((out, "--out"), (runs_dir, "--runs-dir" if args.runs_dir else "--out")):
+        problem = writable_dir(str(directory), flag)
+        if problem:  # before any run starts
+            return usage_error(PROG, problem)
     if args.fresh:
         for s in specs:
             (runs_dir / f"{s['name']}.json").unlink(missing_ok=True)
@@ -131,10 +180,24 @@ def main(argv=None) -> int:
     print(f"{args.algo} on {args.env}: {len(specs)} runs ({len(specs) - len(todo)} done), "
           f"axes {axes}, executor {args.executor}, jobs {args.jobs}", file=sys.stderr)
     if args.report_only:
-        results = grid.load_results(specs, runs_dir)
+        results, missing = grid.load_results(specs, runs_dir, with_missing=True)
+        if missing:
+            print(f"warning: {len(missing)} of {len(specs)} runs have no result in {runs_dir} "
+                  "and are left out of the table (run without --report-only to compute them)",
+                  file=sys.stderr)
     else:
-        results = grid.run_grid(specs, runs_dir, executor=args.executor, jobs=args.jobs,
-                                progress=not args.no_progress)
+        try:
+            results = grid.run_grid(specs, runs_dir, executor=args.executor, jobs=args.jobs,
+                                    progress=not args.no_progress, address=args.address,
+                                    drop_timing=args.no_timing)
+        except (ConnectionError, parallel.WorkerCodeMismatch) as e:
+            return usage_error(PROG, str(e))
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: finished runs are kept in {runs_dir}; run the same command "
+                  "again to resume", file=sys.stderr)
+            return 130
+    if args.no_timing:
+        results = [grid.strip_timing(r) for r in results]
     paths = report.write_report(results, args.algo, axes, out, stem=args.name)
     for k, v in paths.items():
         print(f"{k}: {v}", file=sys.stderr)

@@ -37,7 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from offpolicy.harness import measure
-from offpolicy.harness.envs import is_tabular, make_env
+from offpolicy.harness.envs import env_names, is_tabular, make_env
 
 ESTIMATORS = ("nstep", "retrace", "tree_backup", "q_lambda")
 
@@ -179,8 +179,23 @@ def _mean_or_nan(xs) -> float:
     return float(np.mean(xs)) if len(xs) else float("nan")
 
 
+def check_config(cfg: DQNConfig) -> None:
+    """Raise :class:`~offpolicy.harness.measure.ConfigError` naming the first bad field."""
+    measure.check_fields(
+        cfg, choices=(("estimator", ESTIMATORS), ("env", env_names())),
+        at_least=(("seed", 0), ("total_steps", 1), ("num_envs", 1), ("buffer_capacity", 1),
+                  ("batch_size", 1), ("n", 1), ("min_age", 0), ("learning_starts", 0),
+                  ("target_update_period", 1), ("hidden", 1), ("measure_every", 1),
+                  ("log_points", 1)),
+        optional_at_least=(("max_episode_steps", 1), ("max_age", cfg.min_age)
+                           if isinstance(cfg.min_age, int) else ("max_age", 0)),
+        unit=("lam", "target_epsilon", "eps_start", "eps_end", "eps_fraction"),
+        positive=("replay_ratio", "learning_rate", "max_grad_norm"))
+    measure.check_gamma(cfg)
+
+
 def train(cfg: DQNConfig, progress=None) -> dict:
-    assert cfg.estimator in ESTIMATORS, cfg.estimator
+    check_config(cfg)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     env = make_env(cfg.env, cfg.num_envs, seed=cfg.seed, max_steps=cfg.max_episode_steps,

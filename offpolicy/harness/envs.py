@@ -278,6 +278,11 @@ def _tabular_factories():
 TABULAR_ENVS = ("chain", "gridworld", "garnet")
 
 
+def env_names() -> tuple[str, ...]:
+    """Every name ``make_env`` accepts."""
+    return (*TABULAR_ENVS, *GYM_ENVS, *GYM_ENVS.values())
+
+
 def make_env(name: str, num_envs: int, seed: int, max_steps: int | None = None,
              env_kwargs: dict | None = None):
     env_kwargs = dict(env_kwargs or {})

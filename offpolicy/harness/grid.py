@@ -1,13 +1,15 @@
 """Grids of runs: expansion, resumable per-run result files, executors.
 
-A *run* is one (algo, config) pair.  Its result is written atomically (temporary file, then
-``os.replace``) to ``<runs_dir>/<name>.json``, so an interrupted grid resumes by skipping the
-runs whose file exists.  Executors:
+A *run* is one (algo, config) pair.  Workers only compute: each result comes back to the
+driver (a future's result, or a Ray task's return value through the object store), which
+writes it atomically (temporary file, then ``os.replace``) to ``<runs_dir>/<name>.json`` as it
+arrives, so an interrupted grid resumes by skipping the runs whose file exists.  Executors
+(:mod:`offpolicy.parallel`; workers die with the driver on each):
 
     serial   in this process (handy for debugging and tiny grids);
-    process  a ``concurrent.futures.ProcessPoolExecutor`` with ``--jobs`` workers (default);
-    ray      Ray tasks (``pip install 'offpolicy[ray]'``); connects to ``RAY_ADDRESS`` if set,
-             else starts a local instance.
+    process  a spawn-context process pool with ``--jobs`` workers (default);
+    ray      Ray tasks (``pip install 'offpolicy[ray]'``) on a local instance started here, or
+             on an existing cluster with ``address`` (``--address``).
 
 Every worker runs torch single-threaded (``torch.set_num_threads(1)``): runs are parallel
 across processes, never inside one.
@@ -18,15 +20,18 @@ import hashlib
 import itertools
 import json
 import math
+import multiprocessing as mp
 import os
 import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
+from offpolicy import parallel
 from offpolicy.harness import dqn, ppo
 
 ALGOS = {"ppo": (ppo.PPOConfig, ppo.train), "dqn": (dqn.DQNConfig, dqn.train)}
-EXECUTORS = ("process", "serial", "ray")
+CHECKS = {"ppo": ppo.check_config, "dqn": dqn.check_config}
+EXECUTORS = parallel.EXECUTORS
 
 
 def make_config(algo: str, overrides: dict):
@@ -36,7 +41,9 @@ def make_config(algo: str, overrides: dict):
     if unknown:
         raise ValueError(f"{algo}: unknown config field(s) {sorted(unknown)}; "
                          f"fields: {sorted(names)}")
-    return cls(**overrides)
+    cfg = cls(**overrides)
+    CHECKS[algo](cfg)  # a bad value fails here, naming its field, before any run starts
+    return cfg
 
 
 def expand(algo: str, base: dict, axes: dict[str, list], seeds) -> list[dict]:
@@ -81,18 +88,59 @@ def _json_default(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
-def run_one(spec: dict, runs_dir: str) -> str:
-    """Run one spec (in whatever process this is) and write its result file; returns the path."""
+def compute_run(spec: dict) -> dict:
+    """Run one spec in whatever process this is (a pool or Ray worker, or the driver) and
+    return its result; nothing is written here."""
     import torch
 
     torch.set_num_threads(1)
-    _, train = ALGOS[spec["algo"]]
-    cls, _ = ALGOS[spec["algo"]]
+    cls, train = ALGOS[spec["algo"]]
     result = train(cls(**spec["config"]))
     result.update(name=spec["name"], axes=spec["axes"])
-    path = Path(runs_dir) / f"{spec['name']}.json"
-    _atomic_write_json(path, _finite(result))
-    return str(path)
+    return _finite(result)
+
+
+def write_result(result: dict, runs_dir, drop_timing: bool = False) -> Path:
+    """The driver's side: write one result file atomically (the grid's resume state)."""
+    path = Path(runs_dir) / f"{result['name']}.json"
+    _atomic_write_json(path, strip_timing(result) if drop_timing else result)
+    return path
+
+
+def run_one(spec: dict, runs_dir: str) -> str:
+    """Compute one spec here and write its result file; returns the path."""
+    return str(write_result(compute_run(spec), runs_dir))
+
+
+TIMING_KEYS = ("wall_time", "sps", "env_sps")
+
+
+def strip_timing(result: dict) -> dict:
+    """The result without its wall-clock measurements (the only fields that differ between
+    two runs of the same spec)."""
+    out = dict(result)
+    if "curve" in out:
+        out["curve"] = [{k: v for k, v in row.items() if k not in TIMING_KEYS}
+                        for row in out["curve"]]
+    if isinstance(out.get("summary"), dict):
+        out["summary"] = {k: v for k, v in out["summary"].items() if k not in TIMING_KEYS}
+    return out
+
+
+def code_fingerprint() -> str:
+    """Hash of the code a run's result depends on (the learners and the estimators); a Ray
+    worker on a node with other code installed is refused."""
+    pkg = Path(__file__).resolve().parent
+    root = pkg.parent.parent
+    h = hashlib.sha256()
+    files = sorted([*pkg.glob("*.py"), *(root / "estimators").glob("*.py"),
+                    *(root / "offpolicy" / f for f in ("mdp.py", "exact.py", "policies.py"))])
+    for path in files:
+        if not path.exists():
+            continue
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _finite(obj):
@@ -117,82 +165,57 @@ def pending(specs: list[dict], runs_dir) -> list[dict]:
 
 
 def run_grid(specs: list[dict], runs_dir, executor: str = "process", jobs: int | None = None,
-             progress: bool = True) -> list[dict]:
-    """Run every spec whose result file is missing; return all results of ``specs``."""
+             progress: bool = True, address: str | None = None,
+             drop_timing: bool = False) -> list[dict]:
+    """Run every spec whose result file is missing; return all results of ``specs``.
+
+    Workers only compute; each result comes back to this process (a future's result or a Ray
+    task's return value), which writes its file as it arrives, so a killed grid resumes from
+    the runs already written. ``drop_timing``: write results without wall-clock fields."""
     runs_dir = Path(runs_dir)
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = pending(specs, runs_dir)
     jobs = jobs or os.cpu_count() or 1
+    if executor == "process" and (jobs == 1 or len(todo) <= 1):
+        executor = "serial"
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(specs), initial=len(specs) - len(todo), desc="runs", unit="run")
-    tick = (lambda: bar.update(1)) if bar is not None else (lambda: None)
     try:
-        if executor == "serial" or (executor == "process" and (jobs == 1 or len(todo) <= 1)):
-            for spec in todo:
-                run_one(spec, str(runs_dir))
-                tick()
-        elif executor == "process":
-            _run_process_pool(todo, runs_dir, jobs, tick)
-        elif executor == "ray":
-            _run_ray(todo, runs_dir, jobs, tick)
-        else:
-            raise ValueError(f"unknown executor {executor!r}; choose from {EXECUTORS}")
+        if todo:
+            # spawn: a fresh interpreter per worker, whatever torch threads the driver started
+            with parallel.Pool(executor, min(jobs, len(todo)), address=address,
+                               init=_worker_init, mp_context=mp.get_context("spawn"),
+                               fingerprint=code_fingerprint) as pool:
+                for _, result in pool.imap_unordered(compute_run, todo):
+                    write_result(result, runs_dir, drop_timing)
+                    if bar is not None:
+                        bar.update(1)
     finally:
         if bar is not None:
             bar.close()
-    return load_results(specs, runs_dir)
-
-
-def _run_process_pool(todo, runs_dir, jobs, tick):
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    # spawn: a fresh interpreter per worker, safe whatever torch threads the parent started.
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=mp.get_context("spawn"),
-                             initializer=_worker_init) as pool:
-        futures = [pool.submit(run_one, spec, str(runs_dir)) for spec in todo]
-        for fut in as_completed(futures):
-            fut.result()
-            tick()
+    results, missing = load_results(specs, runs_dir, with_missing=True)
+    if missing:  # every run was computed above: a missing file is a bug, never a silent gap
+        raise RuntimeError(f"{len(missing)} run(s) have no result file in {runs_dir}, "
+                           f"e.g. {missing[0]}")
+    return results
 
 
 def ray_available() -> bool:
-    try:
-        import ray  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    return parallel.ray_available()
 
 
-def _run_ray(todo, runs_dir, jobs, tick):
-    try:
-        import ray
-    except ImportError as e:
-        raise RuntimeError("--executor ray needs Ray: pip install 'offpolicy[ray]'") from e
-    started_here = not ray.is_initialized()
-    if started_here:
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address) if address else ray.init(num_cpus=jobs)
-    try:
-        remote = ray.remote(num_cpus=1)(run_one)
-        pending_refs = [remote.remote(spec, str(Path(runs_dir).resolve())) for spec in todo]
-        while pending_refs:
-            done, pending_refs = ray.wait(pending_refs, num_returns=1)
-            ray.get(done)
-            tick()
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def load_results(specs: list[dict], runs_dir) -> list[dict]:
-    out = []
+def load_results(specs: list[dict], runs_dir, with_missing: bool = False):
+    """The stored results of ``specs`` (in spec order); with ``with_missing``, also the names
+    of the specs that have no result file."""
+    out, missing = [], []
     for spec in specs:
         path = Path(runs_dir) / f"{spec['name']}.json"
         if path.exists():
             with open(path) as f:
                 out.append(json.load(f))
-    return out
+        else:
+            missing.append(spec["name"])
+    return (out, missing) if with_missing else out

@@ -84,3 +84,56 @@ def summarize(curve: list[dict], tabular: bool, tail: float = 0.1) -> dict:
             out[key] = _nanmean(vals)
             out[key + "_abs"] = _nanmean([abs(v) for v in vals]) if key.endswith("bias") else None
     return {k: v for k, v in out.items() if v is not None}
+
+
+# ---- config checks ----------------------------------------------------------------------
+
+
+class ConfigError(ValueError):
+    """A config value out of its domain; ``field`` names the config field."""
+
+    def __init__(self, field: str, message: str):
+        super().__init__(f"{field}: {message}")
+        self.field, self.detail = field, message
+
+
+def check_fields(cfg, *, choices=(), at_least=(), optional_at_least=(), unit=(), positive=(),
+                 optional_positive=()) -> None:
+    """Raise :class:`ConfigError` for the first field of ``cfg`` out of its domain.
+
+    ``choices``: ``(field, allowed)`` pairs; ``at_least``: ``(field, minimum)`` pairs of ints;
+    ``optional_at_least``: the same, ``None`` allowed; ``unit``: fields in [0, 1];
+    ``positive``: fields > 0 (inf allowed); ``optional_positive``: the same, ``None`` allowed.
+    """
+    def value(name):
+        return getattr(cfg, name)
+
+    for name, allowed in choices:
+        if value(name) not in allowed:
+            raise ConfigError(name, f"unknown {value(name)!r}; choose from {', '.join(allowed)}")
+    for name, low in at_least:
+        v = value(name)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(name, f"must be an integer >= {low}, got {v!r}")
+    for name, low in optional_at_least:
+        v = value(name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            raise ConfigError(name, f"must be None or an integer >= {low}, got {v!r}")
+    for name in unit:
+        v = value(name)
+        if not isinstance(v, int | float) or not 0.0 <= v <= 1.0:  # NaN fails too
+            raise ConfigError(name, f"must be in [0, 1], got {v!r}")
+    for name in positive:
+        v = value(name)
+        if not isinstance(v, int | float) or not v > 0:
+            raise ConfigError(name, f"must be > 0, got {v!r}")
+    for name in optional_positive:
+        v = value(name)
+        if v is not None and (not isinstance(v, int | float) or not v > 0):
+            raise ConfigError(name, f"must be None or > 0, got {v!r}")
+
+
+def check_gamma(cfg) -> None:
+    g = cfg.gamma
+    if g is not None and (not isinstance(g, int | float) or not 0.0 < g <= 1.0):
+        raise ConfigError("gamma", f"must be None (the MDP's own) or in (0, 1], got {g!r}")

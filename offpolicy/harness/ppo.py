@@ -47,7 +47,7 @@ import torch
 import torch.nn as nn
 
 from offpolicy.harness import measure
-from offpolicy.harness.envs import is_tabular, make_env
+from offpolicy.harness.envs import env_names, is_tabular, make_env
 
 ESTIMATORS = ("gae", "vtrace", "puff", "pdis", "decoupled")
 REFRESH = ("none", "puffer", "full")
@@ -137,9 +137,21 @@ def advantages(cfg: PPOConfig, rewards, values, next_values, terminated, truncat
     raise ValueError(f"unknown estimator {cfg.estimator!r}; choose from {ESTIMATORS}")
 
 
+def check_config(cfg: PPOConfig) -> None:
+    """Raise :class:`~offpolicy.harness.measure.ConfigError` naming the first bad field."""
+    measure.check_fields(
+        cfg, choices=(("estimator", ESTIMATORS), ("refresh", REFRESH), ("env", env_names())),
+        at_least=(("seed", 0), ("total_steps", 1), ("num_envs", 1), ("num_steps", 1),
+                  ("lag", 0), ("update_epochs", 1), ("num_minibatches", 1), ("hidden", 1)),
+        optional_at_least=(("max_episode_steps", 1),), unit=("gae_lambda",),
+        positive=("rho_clip", "c_clip", "pg_rho_clip", "learning_rate", "clip_coef",
+                  "max_grad_norm"),
+        optional_positive=("decoupled_weight_clip",))
+    measure.check_gamma(cfg)
+
+
 def train(cfg: PPOConfig, progress=None) -> dict:
-    assert cfg.estimator in ESTIMATORS, cfg.estimator
-    assert cfg.refresh in REFRESH, cfg.refresh
+    check_config(cfg)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     env = make_env(cfg.env, cfg.num_envs, seed=cfg.seed, max_steps=cfg.max_episode_steps,

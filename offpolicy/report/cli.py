@@ -12,19 +12,20 @@ the code involved starts a new run directory (``--fresh`` forces one).
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
 import tempfile
 
+from .. import parallel
+from .._cli import OneLineParser, usage_error, writable_dir
 from . import _blas, grid
 
 DEFAULT_BASELINE = os.path.join("reports", "baseline")
 
 
 def _parse(argv):
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m offpolicy.report",
         description="Exact bias, variance and MSE of every estimator over an MDP suite, "
         "staleness levels and parameter grids, with a Monte Carlo cross-check.",
@@ -37,7 +38,12 @@ def _parse(argv):
     p.add_argument("--seed", type=int,
                    help="seed of the Monte Carlo and noisy values (default 0; with --check, "
                    "the baseline's seed)")
-    p.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="worker processes, or the CPUs of a local Ray instance (default 1)")
+    p.add_argument("--executor", choices=parallel.EXECUTORS, default="process",
+                   help="process (default), serial, or ray (pip install 'offpolicy[ray]')")
+    p.add_argument("--address", help="with --executor ray: join this cluster (auto or "
+                   "HOST:PORT) instead of starting a local Ray instance")
     p.add_argument("--out", help="output directory (default reports/<profile>)")
     p.add_argument("--check", metavar="BASELINE_DIR",
                    help="recompute and compare with the baseline; exit 1 on any regression")
@@ -54,6 +60,13 @@ def _parse(argv):
     args.estimators = _subset(p, args.estimators, tuple(grid.ESTIMATORS), "--estimators")
     if args.jobs < 1:
         p.error("--jobs: must be >= 1")
+    if args.limit is not None and args.limit < 1:
+        p.error(f"--limit: must be >= 1, got {args.limit}")
+    if args.seed is not None and args.seed < 0:
+        p.error(f"--seed: must be >= 0, got {args.seed}")
+    problem = parallel.check_executor(args.executor, args.address)
+    if problem:
+        p.error(problem)
     return args
 
 
@@ -99,7 +112,8 @@ def compute(args, profile, cells, run_dir, progress) -> list[dict] | None:
     try:
         with CellStore(os.path.join(run_dir, "cells.jsonl")) as store:
             run_cells(cells, store, seed=args.seed, mc_samples=profile.mc_samples,
-                      jobs=args.jobs, limit=args.limit, progress=progress)
+                      jobs=args.jobs, limit=args.limit, progress=progress,
+                      executor=args.executor, address=args.address)
             missing = [c for c in cells if grid.cell_id(c) not in store]
             if missing:
                 return None
@@ -141,15 +155,25 @@ def main(argv=None) -> int:
            f"-{code_fingerprint()}")
 
     if args.check:
-        return _check(args, profile, cells, tag, progress, baseline)
+        try:
+            return _check(args, profile, cells, tag, progress, baseline)
+        except (ConnectionError, parallel.WorkerCodeMismatch) as e:
+            return usage_error("python -m offpolicy.report", str(e))
 
     out_dir = args.out or os.path.join("reports", profile.name)
     runs = os.path.join(out_dir, "_runs") if args.out else os.path.join("reports", "_runs")
     run_dir = os.path.join(runs, tag)
+    for directory, flag in ((out_dir, "--out"), (runs, "--out"),
+                            (args.update_baseline, "--update-baseline")):
+        problem = directory and writable_dir(directory, flag)
+        if problem:  # before any computing
+            return usage_error("python -m offpolicy.report", problem)
     if args.fresh and os.path.isdir(run_dir):
         shutil.rmtree(run_dir)
     try:
         records = compute(args, profile, cells, run_dir, progress)
+    except (ConnectionError, parallel.WorkerCodeMismatch) as e:
+        return usage_error("python -m offpolicy.report", str(e))
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished cells are kept in {run_dir}; run the same command "
               "again to resume", file=sys.stderr)

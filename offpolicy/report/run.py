@@ -1,12 +1,15 @@
-"""Running the grid: serially or on a process pool, resumably, with a progress bar."""
+"""Running the grid: serially, on a process pool or on Ray, resumably, with a progress bar.
+
+Workers only compute; each group of records comes back to the driver (as a return value: a
+future's result or a Ray object), which appends it to the store."""
 
 from __future__ import annotations
 
 import hashlib
 import os
 import sys
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
+from ..parallel import Pool
 from . import grid
 from ._blas import single_thread
 from .store import CellStore
@@ -37,6 +40,10 @@ def _compute_group(cells: list[dict], seed: int, mc_samples: int) -> list[dict]:
     return [compute_cell(c, seed, mc_samples) for c in cells]
 
 
+def _compute_task(task: tuple) -> list[dict]:
+    return _compute_group(*task)
+
+
 def _tasks(todo: list[dict], jobs: int) -> list[list[dict]]:
     """Group cells by their shared setup; split big groups so every worker has work."""
     groups: dict = {}
@@ -47,9 +54,12 @@ def _tasks(todo: list[dict], jobs: int) -> list[list[dict]]:
 
 
 def run_cells(cells: list[dict], store: CellStore, *, seed: int, mc_samples: int, jobs: int = 1,
-              limit: int | None = None, progress: bool | None = None) -> int:
+              limit: int | None = None, progress: bool | None = None, executor: str = "process",
+              address: str | None = None) -> int:
     """Compute the cells not yet in ``store`` (at most ``limit`` of them), appending each group
-    as it finishes. Returns how many cells were computed."""
+    as it comes back to this process (the driver: it alone writes). Returns how many cells were
+    computed. ``executor``: see :mod:`offpolicy.parallel`; ``process`` with one job computes
+    here."""
     todo = [c for c in cells if grid.cell_id(c) not in store]
     if limit is not None:
         todo = todo[:limit]
@@ -57,6 +67,8 @@ def run_cells(cells: list[dict], store: CellStore, *, seed: int, mc_samples: int
         return 0
     if progress is None:
         progress = sys.stderr.isatty() and len(todo) > 50
+    if executor == "process" and jobs <= 1:
+        executor = "serial"
     bar = None
     if progress:
         from tqdm import tqdm
@@ -64,32 +76,17 @@ def run_cells(cells: list[dict], store: CellStore, *, seed: int, mc_samples: int
         bar = tqdm(total=len(todo), unit="cell", desc="report", file=sys.stderr,
                    initial=0, dynamic_ncols=True)
     done = 0
-    tasks = _tasks(todo, jobs)
     try:
-        if jobs <= 1:
-            for t in tasks:
-                for rec in _compute_group(t, seed, mc_samples):
+        with Pool(executor, jobs, address=address, init=single_thread,
+                  fingerprint=code_fingerprint) as pool:
+            tasks = _tasks(todo, pool.workers)
+            work = [(t, seed, mc_samples) for t in tasks]
+            for _, recs in pool.imap_unordered(_compute_task, work):
+                for rec in recs:
                     store.add(rec)
-                done += len(t)
+                done += len(recs)
                 if bar:
-                    bar.update(len(t))
-        else:
-            with ProcessPoolExecutor(max_workers=jobs, initializer=single_thread) as pool:
-                pending = {pool.submit(_compute_group, t, seed, mc_samples) for t in tasks}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for f in finished:
-                            recs = f.result()
-                            for rec in recs:
-                                store.add(rec)
-                            done += len(recs)
-                            if bar:
-                                bar.update(len(recs))
-                except BaseException:
-                    for f in pending:
-                        f.cancel()
-                    raise
+                    bar.update(len(recs))
     finally:
         if bar:
             bar.close()
