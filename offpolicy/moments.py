@@ -15,21 +15,30 @@ tensor, with no sampling:
     var(s,a) = sum_{s',a'} P mu (c_r^2 Var r + b^2 var'(s',a') + (E alpha + b m' - m(s,a))^2)
 
 (the law of total variance; it stays non-negative in floating point). A transition into a
-terminal state is a termination (no bootstrap, trace cut); there are no truncations inside the
-segment, and its end (``h = 1``) cuts the trace and bootstraps.
+terminal state is a termination (no bootstrap, trace cut); the segment's end (``h = 1``) cuts
+the trace and bootstraps. Time-limit truncations may also fall inside the segment
+(``truncation_prob``: after each step, independently, with this probability; ``time_limit``:
+after step ``time_limit - 1`` at the latest, the segment starting an episode): a truncation
+cuts the trace and bootstraps from ``V(s'_t)``, the final observation, exactly like the
+segment's end. The cut is one more random variable of the step, independent of
+``(s', a', r)``, so the recursion averages the coefficients of both outcomes (the variance
+adds their spread by the same law of total variance). Whatever follows the first cut belongs
+to another episode and never reaches the output at ``t = 0``.
 
 This module never calls the estimators: it is the independent ground truth they are tested
 against. An estimator contributes only its coefficient function (``_COEFFS`` below).
 
 Public API
 ----------
-``exact_moments(mdp, estimator, *, behaviour, target, horizon, values=None, q=None, **params)``
+``exact_moments(mdp, estimator, *, behaviour, target, horizon, values=None, q=None,
+truncation_prob=0.0, time_limit=None, **params)``
     -> :class:`Moments`: ``mean_sa``/``var_sa`` [S,A] given (s_0, a_0); ``mean_s``/``var_s``
     [S] given s_0 with a_0 ~ behaviour.
 ``estimator_target(mdp, estimator, *, behaviour, target, which="fixed_point", **params)``
     -> :class:`Truth`: what the estimator's output is compared against (see its docstring).
-``enumerate_segments(mdp, behaviour, horizon, ...)``: every trajectory of a segment with its
-    probability, as estimator inputs; a brute-force cross-check of :func:`exact_moments`.
+``enumerate_segments(mdp, behaviour, horizon, ..., truncation_prob=0.0, time_limit=None)``:
+    every trajectory of a segment (truncations included) with its probability, as estimator
+    inputs; a brute-force cross-check of :func:`exact_moments`.
 
 Estimators and their ``output`` choices (the first is the default):
 
@@ -195,6 +204,7 @@ class _Ctx:
         self.V = values
         self.Q = q
         self.beta = (~m.terminal).astype(float)[None, None, :, None]  # bootstrap from s'
+        self.cut = False  # a time-limit truncation after the current step (set by _recursion)
 
     @staticmethod
     def sa(x):
@@ -213,8 +223,9 @@ class _Ctx:
         return np.asarray(x)[None, None, :, :]
 
     def kappa(self, h):
-        """Trace continues into the next step: not terminated and not the segment's last step."""
-        return self.beta * (1.0 if h > 1 else 0.0)
+        """Trace continues into the next step: not terminated, not truncated after this step
+        and not the segment's last step."""
+        return self.beta * (1.0 if h > 1 and not self.cut else 0.0)
 
 
 Coeffs = tuple  # (c_r, a_0, b), each broadcastable to [S,A,S,A]
@@ -362,8 +373,11 @@ class Moments:
         return self.var_s + self.mean_s**2
 
 
-def _recursion(ctx: _Ctx, coeffs, h: int, s0=None):
-    """Backward recursion over the remaining length: returns (mean, var) [S,A] at length h."""
+def _recursion(ctx: _Ctx, coeffs, h: int, s0=None, cut_probs=None):
+    """Backward recursion over the remaining length: returns (mean, var) [S,A] at length h.
+
+    ``cut_probs[k]``: probability of a truncation after step k given none before (None: 0).
+    """
     m = ctx.m
     S, A = ctx.S, ctx.A
     W = m.P[:, :, :, None] * ctx.mu[None, None, :, :]  # P(s'|s,a) mu(a'|s')
@@ -373,14 +387,35 @@ def _recursion(ctx: _Ctx, coeffs, h: int, s0=None):
     var = np.zeros((S, A))
     shape = (S, A, S, A)
     for rem in range(1, h + 1):
-        c_r, a0, b = (np.broadcast_to(x, shape) for x in coeffs(ctx, rem, h - rem, s0))
-        g = c_r * R + a0 + b * mean[None, None, :, :]  # E[X | s,a,s',a']
-        new_mean = np.einsum("ijkl,ijkl->ij", W, g)
-        dev = g - new_mean[:, :, None, None]
-        inner = c_r**2 * Rv + b**2 * var[None, None, :, :] + dev**2
-        var = np.einsum("ijkl,ijkl->ij", W, inner)
+        k = h - rem
+        p_cut = 0.0 if cut_probs is None else float(cut_probs[k])
+        outcomes = []  # (probability, c_r, b, E[X | s,a,s',a',cut]) of each cut outcome
+        for weight, cut in ((1.0 - p_cut, False), (p_cut, True)):
+            if weight > 0:
+                ctx.cut = cut
+                c_r, a0, b = (np.broadcast_to(x, shape) for x in coeffs(ctx, rem, k, s0))
+                outcomes.append((weight, c_r, b, c_r * R + a0 + b * mean[None, None, :, :]))
+        ctx.cut = False
+        new_mean = sum(w * np.einsum("ijkl,ijkl->ij", W, g) for w, _, _, g in outcomes)
+        var = sum(w * np.einsum("ijkl,ijkl->ij", W, c_r**2 * Rv + b**2 * var[None, None, :, :]
+                                + (g - new_mean[:, :, None, None]) ** 2)
+                  for w, c_r, b, g in outcomes)
         mean = new_mean
     return mean, var
+
+
+def _cut_probs(truncation_prob, time_limit, h: int) -> np.ndarray:
+    """[h]: probability of a truncation after step k given none before (the segment starts an
+    episode, so the time limit cuts after step time_limit - 1)."""
+    p = float(truncation_prob)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"truncation_prob: must be in [0, 1], got {truncation_prob!r}")
+    probs = np.full(h, p)
+    if time_limit is not None:
+        if isinstance(time_limit, bool) or int(time_limit) != time_limit or time_limit < 1:
+            raise ValueError(f"time_limit: must be an integer >= 1 or None, got {time_limit!r}")
+        probs[int(time_limit) - 1:] = 1.0
+    return probs
 
 
 def _defaults(estimator: str, m: MDPArrays, behaviour, target, horizon, params):
@@ -415,14 +450,19 @@ def exact_moments(
     values=None,
     q=None,
     output: str | None = None,
+    truncation_prob: float = 0.0,
+    time_limit: int | None = None,
     **params,
 ) -> Moments:
     """Exact mean and variance of ``estimator``'s output at t = 0 of a segment of length horizon.
 
     Trajectories: s_0 given, a_t ~ behaviour, r_t ~ R (+ noise), s_{t+1} ~ P; a transition into
-    a terminal state terminates; the segment end bootstraps. See the module docstring for
-    estimators, outputs and parameters (lam, rho_clip, c_clip, pg_rho_clip, n, p3o_horizon,
-    weights [H] or [S,H], means [S,H], next_q, gamma).
+    a terminal state terminates; the segment end bootstraps. ``truncation_prob``: after each
+    step the episode is cut by a time limit with this probability (trace cut, bootstrap from
+    ``V(s'_t)``); ``time_limit``: it is cut after step ``time_limit - 1`` at the latest (the
+    segment starts an episode). See the module docstring for estimators, outputs and
+    parameters (lam, rho_clip, c_clip, pg_rho_clip, n, p3o_horizon, weights [H] or [S,H],
+    means [S,H], next_q, gamma).
     """
     m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
     base, output = _resolve(estimator, output)
@@ -445,14 +485,16 @@ def exact_moments(
         h = min(horizon, int(p.get("n", horizon)))
     if base == "p3o":
         h = min(horizon, int(p["p3o_horizon"]))
+    cut_probs = _cut_probs(truncation_prob, time_limit, h)
+    p["truncation_prob"], p["time_limit"] = float(truncation_prob), time_limit
     if spec.per_start:
         mean = np.zeros((m.S, m.A))
         var = np.zeros((m.S, m.A))
         for s0 in range(m.S):
-            mu_, var_ = _recursion(ctx, coeffs, h, s0)
+            mu_, var_ = _recursion(ctx, coeffs, h, s0, cut_probs)
             mean[s0], var[s0] = mu_[s0], var_[s0]
     else:
-        mean, var = _recursion(ctx, coeffs, h)
+        mean, var = _recursion(ctx, coeffs, h, cut_probs=cut_probs)
     if output in spec.value_outputs:
         mean = mean + values[:, None]
     mean_s = np.einsum("ij,ij->i", behaviour, mean)
@@ -565,8 +607,10 @@ class Segments:
 
     Reward noise is a two-point distribution (mean +- std, probability 1/2 each): the same
     mean and variance as the MDP's noise, which is all the moments depend on. After a
-    termination the remaining steps hold a fixed filler (start state, first action, reward 0)
-    that the output at t = 0 must not depend on.
+    termination or a truncation the remaining steps hold a fixed filler (start state, first
+    action, reward 0, no flags) that the output at t = 0 must not depend on; at a truncation
+    ``next_states`` keeps the final observation, so ``next_values`` differs from the filler's
+    ``values`` there, as after a real reset.
     """
 
     states: np.ndarray
@@ -615,16 +659,23 @@ class Segments:
 
 
 def enumerate_segments(mdp, behaviour, horizon: int, *, start_state: int,
-                       start_action: int | None = None, max_branches: int = 200_000) -> Segments:
-    """Every trajectory of length ``horizon`` from ``start_state`` (and ``start_action``)."""
+                       start_action: int | None = None, max_branches: int = 200_000,
+                       truncation_prob: float = 0.0, time_limit: int | None = None) -> Segments:
+    """Every trajectory of length ``horizon`` from ``start_state`` (and ``start_action``).
+
+    ``truncation_prob`` / ``time_limit``: as in :func:`exact_moments`; each step of a live
+    trajectory branches into "truncated after it" and "not", independently of the transition,
+    so a step may carry both flags (a termination that also hit the time limit).
+    """
     m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
     mu = np.asarray(behaviour, float)
+    cut_probs = _cut_probs(truncation_prob, time_limit, horizon)
     noisy = m.R_var > 0
     signs = np.array([1.0, -1.0])
     state = np.array([start_state])
     alive = np.array([True])
     weight = np.array([1.0])
-    hist: list[list[np.ndarray]] = [[] for _ in range(5)]  # s, a, r, s', terminated
+    hist: list[list[np.ndarray]] = [[] for _ in range(6)]  # s, a, r, s', terminated, truncated
     filler_a = int(np.argmax(mu[start_state]))
     for t in range(horizon):
         pa = mu[state]  # [B,A]
@@ -636,6 +687,11 @@ def enumerate_segments(mdp, behaviour, horizon: int, *, start_state: int,
                       np.concatenate([2 * pr[..., :1], 0 * pr[..., 1:]], axis=-1))
         pr = pr * alive[:, None, None, None]
         b, a, s2, sg = np.nonzero(pr > 0)
+        # the cut after this step: each live branch once per outcome of positive probability
+        cuts = [c for c, w in ((False, 1.0 - cut_probs[t]), (True, cut_probs[t])) if w > 0]
+        cut = np.repeat(np.array(cuts, bool), b.size)
+        p_cut = np.where(cut, cut_probs[t], 1.0 - cut_probs[t])
+        b, a, s2, sg = (np.tile(x, len(cuts)) for x in (b, a, s2, sg))
         dead = np.nonzero(~alive)[0]
         if b.size + dead.size > max_branches:
             raise ValueError(f"enumerate_segments: more than {max_branches} trajectories")
@@ -646,14 +702,15 @@ def enumerate_segments(mdp, behaviour, horizon: int, *, start_state: int,
             np.concatenate([r, np.zeros(dead.size)]),
             np.concatenate([s2, np.full(dead.size, start_state)]),
             np.concatenate([m.terminal[s2], np.zeros(dead.size, bool)]),
+            np.concatenate([cut, np.zeros(dead.size, bool)]),
         ]
         parents = np.concatenate([b, dead])
         hist = [[h[parents] for h in col] + [x] for col, x in zip(hist, new, strict=True)]
-        weight = np.concatenate([weight[b] * pr[b, a, s2, sg], weight[dead]])
-        alive = np.concatenate([alive[b] & ~m.terminal[s2], np.zeros(dead.size, bool)])
+        weight = np.concatenate([weight[b] * pr[b, a, s2, sg] * p_cut, weight[dead]])
+        alive = np.concatenate([alive[b] & ~m.terminal[s2] & ~cut, np.zeros(dead.size, bool)])
         state = new[3]
-    s, a, r, s2, term = (np.stack(col) for col in hist)
-    return Segments(s, a, r, s2, term, np.zeros_like(term), weight)
+    s, a, r, s2, term, trunc = (np.stack(col) for col in hist)
+    return Segments(s, a, r, s2, term, trunc, weight)
 
 
 # ---------------------------------------------------------------------------------------------

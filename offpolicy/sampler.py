@@ -10,8 +10,9 @@ for T steps under a behaviour policy and returns a :class:`Batch` of the contrac
   termination or truncation, never the reset state), ``states[t + 1]`` the one the stream
   continues from (the reset state after a done);
 - ``terminated[t]``: ``s'_t`` is terminal; ``truncated[t]``: the episode hit ``time_limit``
-  after step ``t`` without terminating (the two are exclusive); either one resets the stream
-  from ``mdp.initial``.
+  after step ``t``, or was cut at random (``truncation_prob``, a geometric time limit),
+  without terminating (the two are exclusive); either one resets the stream from
+  ``mdp.initial``.
 
 Discrete draws use precomputed cumulative distributions (next states: over each (s, a)'s
 support only) and ``argmax(cdf > u)`` with one uniform per stream, so a step costs a few
@@ -91,18 +92,26 @@ class VecEnv:
     Parameters: ``num_envs`` streams, ``seed`` or ``rng`` (a ``numpy.random.Generator``),
     ``time_limit`` (steps per episode before truncation; ``None``: no limit), ``initial`` (an
     ``[S]`` reset distribution overriding ``mdp.initial``; it may not put mass on terminal
-    states). After construction the streams are reset; ``states`` and ``steps`` (the step
-    counter within each stream's episode) are public arrays.
+    states), ``truncation_prob`` (after every step that does not terminate, the episode is
+    also cut with this probability, independently: a truncation anywhere in a segment; 0 by
+    default, and then no extra random numbers are drawn, so seeded streams are unchanged).
+    After construction the streams are reset; ``states`` and ``steps`` (the step counter
+    within each stream's episode) are public arrays.
     """
 
     def __init__(self, mdp: TabularMDP, num_envs: int, *, seed=None, rng=None,
-                 time_limit: int | None = None, initial=None):
+                 time_limit: int | None = None, initial=None, truncation_prob: float = 0.0):
         if not isinstance(mdp, TabularMDP):
             raise TypeError(f"mdp: expected a TabularMDP, got {type(mdp).__name__}")
         self.mdp = mdp
         self.num_envs = check_int(num_envs, "num_envs", low=1)
         self.time_limit = None if time_limit is None else check_int(time_limit, "time_limit",
                                                                     low=1)
+        if isinstance(truncation_prob, bool) or not isinstance(truncation_prob, int | float) \
+                or not 0.0 <= truncation_prob <= 1.0:
+            raise ValueError(f"truncation_prob: must be a number in [0, 1], got "
+                             f"{truncation_prob!r}")
+        self.truncation_prob = float(truncation_prob)
         if initial is None:
             init = mdp.initial
         else:
@@ -158,6 +167,8 @@ class VecEnv:
             truncated = (self.steps >= self.time_limit) & ~terminated
         else:
             truncated = np.zeros(B, dtype=bool)
+        if self.truncation_prob > 0:  # drawn only when asked for: seeded streams stay the same
+            truncated |= (self.rng.random(B) < self.truncation_prob) & ~terminated
         done = terminated | truncated
         new = s2.copy()
         if done.any():
@@ -225,12 +236,14 @@ def sample(
     time_limit: int | None = None,
     initial=None,
     env: VecEnv | None = None,
+    truncation_prob: float | None = None,
 ) -> Batch:
     """Roll out ``B`` streams for ``T`` steps under ``behaviour`` (``[S, A]``).
 
     ``seed`` / ``rng`` seed a fresh :class:`VecEnv` (with ``time_limit`` and ``initial``);
-    alternatively pass ``env`` to continue its streams (its rng, limit and reset distribution
-    are used; ``B``, ``seed``, ``rng``, ``time_limit``, ``initial`` must then be left out).
+    alternatively pass ``env`` to continue its streams (its rng, limits and reset distribution
+    are used; ``B``, ``seed``, ``rng``, ``time_limit``, ``initial``, ``truncation_prob`` must
+    then be left out). ``truncation_prob``: see :class:`VecEnv` (default 0).
     ``target`` (``[S, A]``) gives ``log_rhos``; ``values`` (``[S]``) gives ``values`` and
     ``next_values``; ``q`` (``[S, A]``) gives ``q_taken`` and ``next_expected_q``, the latter
     under ``target`` (``next_q="expected"``, behaviour if no target) or ``max_a``
@@ -249,11 +262,13 @@ def sample(
     if env is None:
         if B is None:
             raise ValueError("B: the number of streams is required (or pass env)")
-        env = VecEnv(mdp, B, seed=seed, rng=rng, time_limit=time_limit, initial=initial)
+        env = VecEnv(mdp, B, seed=seed, rng=rng, time_limit=time_limit, initial=initial,
+                     truncation_prob=0.0 if truncation_prob is None else truncation_prob)
     else:
         if env.mdp is not mdp:
             raise ValueError("env: was built for a different MDP")
-        given = dict(seed=seed, rng=rng, time_limit=time_limit, initial=initial)
+        given = dict(seed=seed, rng=rng, time_limit=time_limit, initial=initial,
+                     truncation_prob=truncation_prob)
         clash = [k for k, v in given.items() if v is not None]
         if B is not None and B != env.num_envs:
             clash.append("B")
@@ -295,14 +310,17 @@ def sample(
 
 
 def sample_segments(mdp: TabularMDP, behaviour, T: int, n: int, *, rng=None, seed=None,
-                    initial=None):
-    """``n`` independent segments of length ``T`` (one per stream, no time limit), starting
-    from ``initial`` (default ``mdp.initial``), as an :class:`offpolicy.moments.Segments` with
-    equal weights ``1/n``: the Monte Carlo counterpart of ``moments.enumerate_segments``.
-    Steps after a termination belong to a fresh episode; outputs at ``t = 0`` ignore them."""
+                    initial=None, time_limit: int | None = None, truncation_prob: float = 0.0):
+    """``n`` independent segments of length ``T`` (one per stream, each starting an episode),
+    starting from ``initial`` (default ``mdp.initial``), as an
+    :class:`offpolicy.moments.Segments` with equal weights ``1/n``: the Monte Carlo
+    counterpart of ``moments.enumerate_segments`` (with the same ``time_limit`` and
+    ``truncation_prob``; default: no truncation inside the segment). Steps after a
+    termination or truncation belong to a fresh episode; outputs at ``t = 0`` ignore them."""
     from .moments import Segments
 
-    b = sample(mdp, behaviour, T=T, B=n, rng=rng, seed=seed, initial=initial)
+    b = sample(mdp, behaviour, T=T, B=n, rng=rng, seed=seed, initial=initial,
+               time_limit=time_limit, truncation_prob=truncation_prob)
     n = b.states.shape[1]
     return Segments(states=b.states, actions=b.actions, rewards=b.rewards,
                     next_states=b.next_states, terminated=b.terminated,

@@ -42,12 +42,14 @@ _seeds = st.integers(0, 2**32 - 1)
 
 @st.composite
 def mdps(draw, *, min_states=1, max_states=8, min_actions=1, max_actions=4, terminal=None,
-         gamma=None, noise=None) -> TabularMDP:
+         gamma=None, noise=None, min_gamma=0.0) -> TabularMDP:
     """A random tabular MDP.
 
     ``terminal``: None (maybe), True (at least one terminal state, when S >= 2) or False.
-    ``gamma``: a fixed discount or None (drawn from [0, 0.99]). ``noise``: reward noise std
-    (None: maybe some).
+    ``gamma``: a fixed discount or None (drawn from [min_gamma, 0.99]; hypothesis favours the
+    low end, and at gamma = 0 no trace can matter, so statements about traces should raise
+    ``min_gamma``, as they should ``min_actions`` to 2 for off-policy data).
+    ``noise``: reward noise std (None: maybe some).
     """
     S = draw(st.integers(min_states, max_states))
     A = draw(st.integers(min_actions, max_actions))
@@ -55,8 +57,11 @@ def mdps(draw, *, min_states=1, max_states=8, min_actions=1, max_actions=4, term
         n_term = 0
     else:
         n_term = draw(st.integers(1 if terminal else 0, max(1, S // 3)))
-    g = draw(st.sampled_from([0.0, 0.5, 0.9, 0.99]) | st.floats(0.0, 0.99)) if gamma is None \
-        else gamma
+    if gamma is None:
+        fixed = [x for x in (0.0, 0.5, 0.9, 0.99) if x >= min_gamma]
+        g = draw(st.sampled_from(fixed) | st.floats(min_gamma, 0.99))
+    else:
+        g = gamma
     std = draw(st.sampled_from([0.0, 0.3, 1.0])) if noise is None else noise
     rng = np.random.default_rng(draw(_seeds))
     n_live = S - n_term
@@ -163,18 +168,28 @@ def done_patterns(draw, T: int, B: int):
 
 
 @st.composite
-def trajectory_batches(draw, *, min_T=1, max_T=8, max_B=3, divergence=None):
+def trajectory_batches(draw, *, min_T=1, max_T=8, max_B=3, divergence=None, consistent=None):
     """Estimator inputs ``[T,B]`` (a dict) with arbitrary done patterns.
 
-    Keys: rewards, values, next_values (NaN where terminated; equal to ``values[t+1]`` where
-    step t is not done and t < T-1, as in real data), terminated, truncated,
+    Keys: rewards, values, next_values (NaN where terminated), terminated, truncated,
     log_rhos (with -inf where the target probability is 0), q_taken, next_expected_q (NaN
     where terminated), target_probs (pi(a_t|s_t) in [0, 1]), states (for P3O: indices into an
     8-state table), gamma.
+
+    ``consistent``: whether ``next_values[t] == values[t+1]`` where step t is not done and
+    t < T-1 (as when both come from one critic evaluated on one trajectory). True: always;
+    False: at least one such step (when there is one) holds another value, as with a critic
+    evaluated twice (dropout, a target network for next states, values stored at collection
+    time against next values recomputed later); None (default): either. The contract reads
+    ``next_values[t]``, never ``values[t+1]``, so every estimator identity holds for both;
+    only statements that telescope through ``values[t+1]`` (the lambda-return / n-step closed
+    forms) need ``consistent=True`` and must ask for it.
     """
     T = draw(st.integers(min_T, max_T))
     B = draw(st.integers(1, max_B))
     term, trunc = draw(done_patterns(T, B))
+    if consistent is None:
+        consistent = draw(st.booleans())
     rng = np.random.default_rng(draw(_seeds))
     kind = draw(st.sampled_from(["equal", "mixed", "tiny", "zero"])) if divergence is None \
         else divergence
@@ -189,10 +204,16 @@ def trajectory_batches(draw, *, min_T=1, max_T=8, max_B=3, divergence=None):
             probs_pi = np.where(zero, 0.0, probs_pi)
     values = rng.normal(size=(T, B))
     q = rng.normal(size=(T, B))
-    # consistent data: without a done, the next observation is the next step's state
+    # without a done, the next observation is the next step's state: consistent data repeat
+    # V(s_{t+1}) there; inconsistent data keep a fresh draw at some (at least one) such steps
     next_values = rng.normal(size=(T, B))
     follows = ~(term | trunc)[:-1]
-    next_values[:-1] = np.where(follows, values[1:], next_values[:-1])
+    same = follows.copy()
+    if not consistent and follows.any():
+        same &= rng.random(follows.shape) < 0.5
+        t, b = np.argwhere(follows)[rng.integers(0, int(follows.sum()))]
+        same[t, b] = False
+    next_values[:-1] = np.where(same, values[1:], next_values[:-1])
     out = {
         "rewards": rng.normal(size=(T, B)),
         "values": values,
@@ -223,11 +244,19 @@ ESTIMATOR_OUTPUTS = (
 
 
 @st.composite
-def estimator_configs(draw, estimators=None, p3o_states=8):
+def estimator_configs(draw, estimators=None, p3o_states=8, outputs=None):
     """``(estimator, output, params)`` for :func:`offpolicy.moments.exact_moments` and
     :func:`offpolicy.moments.call_estimator` (P3O: ``weights`` [H] and ``means`` [p3o_states, H];
-    pass ``p3o_horizon=H`` to exact_moments)."""
-    pool = [c for c in ESTIMATOR_OUTPUTS if estimators is None or c[0] in estimators]
+    pass ``p3o_horizon=H`` to exact_moments).
+
+    ``estimators`` / ``outputs``: restrict the draw to these estimator / output names (e.g.
+    ``estimators=("vtrace",), outputs=("pg_advantage",)`` for one entry of
+    :data:`ESTIMATOR_OUTPUTS`, to give it a test's whole example budget)."""
+    pool = [c for c in ESTIMATOR_OUTPUTS if (estimators is None or c[0] in estimators)
+            and (outputs is None or c[1] in outputs)]
+    if not pool:
+        raise ValueError(f"estimators/outputs: no entry of ESTIMATOR_OUTPUTS matches "
+                         f"{estimators!r} / {outputs!r}")
     est, out = draw(st.sampled_from(pool))
     lam = draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
     clip = st.sampled_from([0.5, 1.0, 2.0, np.inf])
