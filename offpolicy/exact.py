@@ -445,3 +445,195 @@ def fixed_point_iteration(
             return y
         x = y
     raise RuntimeError(f"fixed_point_iteration: no convergence in {max_iter} iterations")
+
+
+# ---- theorems T15-T22 (proofs/T15_*.md ... proofs/T22_*.md) -----------------------------------
+
+__all__ += [
+    "gae_bias",
+    "gae_variance_on_policy",
+    "vtrace_truncation_mass",
+    "vtrace_bias_bound",
+    "vtrace_pg_fixed_point",
+    "spectral_radius",
+    "q_lambda_threshold",
+    "optimal_q",
+]
+
+
+def gae_bias(mdp: TabularMDP, policy, value_error, lam: float, *, horizon: int | None = None):
+    """On-policy bias of GAE with the critic ``V = V^pi + e`` (proofs/T15): ``[S, A]`` with
+    ``E[A_0 | s_0 = s, a_0 = a] - A^pi(s, a)`` for a segment of ``horizon`` steps (None: infinite):
+
+        b(s, a) = -e(s) + gamma sum_{k=0}^{h-2} (1 - lam) (gamma lam)^k [P_c P_pi^k e](s, a)
+                        + gamma (gamma lam)^{h-1} [P_c P_pi^{h-1} e](s, a)
+        b(s, a) = -e(s) + gamma (1 - lam) [P_c (I - gamma lam P_pi)^{-1} e](s, a)   (h = inf)
+
+    with ``P_c = mdp.P_continue`` ([S, A, S]) and ``P_pi`` = :func:`state_transition`. The
+    ``-e(s)`` part does not depend on the action; the propagated part does, except e.g. at
+    ``lam = 1`` with an infinite horizon (where it vanishes)."""
+    _check_mdp(mdp)
+    pol = _pol(mdp, policy, "policy")
+    e = _v(mdp, value_error, "value_error")
+    lam = check_lam(lam)
+    g = mdp.gamma
+    Ppi = state_transition(mdp, pol)
+    if horizon is None:
+        K = g * lam * Ppi
+        _check_series(K, "lam")
+        acc = (1.0 - lam) * _solve(np.eye(mdp.num_states) - K, e, "gae_bias")
+    else:
+        h = check_int(horizon, "horizon", low=1)
+        acc = np.zeros_like(e)
+        term = e  # (gamma lam)^k P_pi^k e
+        for _ in range(h - 1):
+            acc += (1.0 - lam) * term
+            term = g * lam * (Ppi @ term)
+        acc += term
+    return g * (mdp.P_continue @ acc) - e[:, None]
+
+
+def gae_variance_on_policy(mdp: TabularMDP, policy, lam: float, horizon: int) -> np.ndarray:
+    """Exact variance of on-policy GAE with the exact critic ``V = V^pi`` given ``(s_0, a_0)``
+    (proofs/T16), ``[S, A]``: the TD errors are martingale differences, so
+
+        Var[A_0 | s, a] = m0(s, a) + sum_{l=1}^{h-1} (gamma lam)^{2l} [P_c P_pi^{l-1} m](s, a)
+
+    with ``m0(s, a) = E[(delta_0 - A^pi(s, a))^2 | s, a]`` and ``m(s) = E_pi[delta^2 | s]``
+    (reward noise included). Non-decreasing in ``lam``; with ``lam = 1`` and ``horizon = n``
+    it is the variance of the n-step return."""
+    _check_mdp(mdp)
+    pol = _pol(mdp, policy, "policy")
+    lam = check_lam(lam)
+    h = check_int(horizon, "horizon", low=1)
+    g = mdp.gamma
+    v = v_pi(mdp, pol)
+    q = q_pi(mdp, pol)
+    boot = g * np.where(mdp.terminal, 0.0, v)  # gamma beta(s') V(s')
+    target = mdp.R_sas + boot[None, None, :]  # r + gamma beta V(s') per transition
+    noise = mdp.reward_std**2
+    m0 = np.einsum("sat,sat->sa", mdp.P, (target - q[:, :, None]) ** 2) + noise
+    m_sa = np.einsum("sat,sat->sa", mdp.P, (target - v[:, None, None]) ** 2) + noise
+    m = (pol * m_sa).sum(axis=1)
+    m[mdp.terminal] = 0.0  # never reached as a live step
+    Ppi = state_transition(mdp, pol)
+    out = m0.copy()
+    w = 1.0
+    x = m  # P_pi^{l-1} m
+    for _ in range(1, h):
+        w *= (g * lam) ** 2
+        out += w * (mdp.P_continue @ x)
+        x = Ppi @ x
+    return out
+
+
+def vtrace_truncation_mass(target, behaviour, rho_clip: float) -> np.ndarray:
+    """``1 - Z(s) = E_mu[(rho - rho_clip)^+ | s] = sum_a (pi - rho_clip mu)^+`` (``[S]``): the
+    probability mass the truncation ``min(rho_clip, rho)`` removes (proofs/T20), an upper bound
+    on ``TV(pi_rhobar(.|s), pi(.|s))`` (proofs/T17). 0 once ``rho_clip >= max pi / mu``."""
+    pi = as_float_array(target, "target", ndim=2)
+    mu = as_float_array(behaviour, "behaviour", shape=pi.shape)
+    check_policy(pi, "target", *pi.shape)
+    check_policy(mu, "behaviour", *pi.shape)
+    rc = check_scalar(rho_clip, "rho_clip", low=0.0, low_open=True)
+    return np.maximum(pi - rc * mu, 0.0).sum(axis=1)
+
+
+def vtrace_bias_bound(mdp: TabularMDP, target, behaviour, rho_clip: float) -> np.ndarray:
+    """Per-state bound on V-trace's fixed-point bias (proofs/T17), ``[S]``:
+
+        |V^{pi_rhobar} - V^pi| <= (I - gamma P_{pi_rhobar})^{-1} [(1 - Z) * span_a Q^pi(s, .)]
+                               <= max_s (1 - Z(s)) span_a Q^pi(s, .) / (1 - gamma)
+
+    with ``1 - Z`` = :func:`vtrace_truncation_mass` (simulation lemma + ``TV <= 1 - Z``)."""
+    pi, mu = _pair(mdp, target, behaviour)
+    clipped = vtrace_policy(pi, mu, rho_clip)
+    q = q_pi(mdp, pi)
+    span = q.max(axis=1) - q.min(axis=1)
+    gap = vtrace_truncation_mass(pi, mu, rho_clip) * span
+    gap[mdp.terminal] = 0.0
+    M = np.eye(mdp.num_states) - mdp.gamma * state_transition(mdp, clipped)
+    return _solve(M, gap, "vtrace_bias_bound")
+
+
+def vtrace_pg_fixed_point(
+    mdp: TabularMDP, target, behaviour, *, rho_clip: float = 1.0, pg_rho_clip: float | None = None,
+) -> np.ndarray:
+    """``E[pg_0 | s_0 = s, a_0 = a]`` of V-trace's policy-gradient advantage at its value fixed
+    point ``V = V^{pi_rhobar}`` (proofs/T21), ``[S, A]``, for every segment length, ``lam`` and
+    ``c_clip``: ``min(pg_rho_clip, pi/mu) (Q^{pi_rhobar} - V^{pi_rhobar})``."""
+    pi, mu = _pair(mdp, target, behaviour)
+    pg = rho_clip if pg_rho_clip is None else pg_rho_clip
+    pg = check_scalar(pg, "pg_rho_clip", low=0.0)
+    clipped = vtrace_policy(pi, mu, rho_clip)
+    q = q_pi(mdp, clipped)
+    adv = q - (clipped * q).sum(axis=1, keepdims=True)
+    return np.minimum(pg, _rho(pi, mu)) * adv
+
+
+def spectral_radius(M) -> float:
+    """``max |eigenvalue|`` of a square matrix (e.g. :func:`retrace_linear_part`): iterating an
+    affine map with this linear part converges from every start iff it is below 1."""
+    M = as_float_array(M, "M", ndim=2)
+    if M.shape[0] != M.shape[1]:
+        raise ValueError(f"M: expected a square matrix, got shape {M.shape}")
+    return float(np.abs(np.linalg.eigvals(M)).max())
+
+
+def q_lambda_threshold(
+    mdp: TabularMDP, target, behaviour, *, grid: int = 200, tol: float = 1e-13,
+) -> float:
+    """The smallest ``lam`` in ``[0, 1]`` at which Q^pi(lam)'s linear part
+    ``B(lam) = (I - gamma lam P^mu)^{-1} gamma (P^pi - lam P^mu)`` reaches spectral radius 1
+    (proofs/T18), or ``inf`` if it stays below 1 on ``[0, 1]``. Found as the first of ``grid``
+    equal steps with radius >= 1, refined by bisection to ``tol``; a crossing and recrossing
+    within one grid step would be missed. Harutyunyan et al.'s ``(1 - gamma) / (gamma eps)``
+    is a lower bound on it."""
+    pi, mu = _pair(mdp, target, behaviour)
+    grid = check_int(grid, "grid", low=1)
+    tol = check_scalar(tol, "tol", low=0.0, low_open=True)
+
+    def unstable(lam: float) -> bool:
+        B = retrace_linear_part(mdp, pi, mu, q_lambda_traces(pi, lam))
+        return spectral_radius(B) >= 1.0
+
+    lo = 0.0
+    if unstable(lo):
+        return 0.0
+    for i in range(1, grid + 1):
+        hi = i / grid
+        if unstable(hi):
+            break
+        lo = hi
+    else:
+        return float("inf")
+    while hi - lo > tol:
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if unstable(mid) else (mid, hi)
+    return hi
+
+
+def optimal_q(mdp: TabularMDP, *, tol: float = 1e-12, max_iter: int = 100_000) -> np.ndarray:
+    """``Q*`` (``[S, A]``): value iteration ``Q <- R + gamma P_c max_a' Q`` until the greedy
+    policy is stable, then that policy's exact ``Q^pi`` (one policy-iteration step repeated until
+    no action improves by more than ``tol``); the result satisfies ``T Q* = Q*`` to round-off."""
+    _check_mdp(mdp)
+    tol = check_scalar(tol, "tol", low=0.0, low_open=True)
+    max_iter = check_int(max_iter, "max_iter", low=1)
+    S, A = mdp.shape
+    q = np.zeros((S, A))
+    for _ in range(max_iter):
+        new = mdp.R + mdp.gamma * mdp.P_continue @ q.max(axis=1)
+        done = np.max(np.abs(new - q)) <= 1e-6 * (1.0 + np.max(np.abs(new)))
+        q = new
+        if done:
+            break
+    for _ in range(max_iter):
+        greedy = np.zeros((S, A))
+        greedy[np.arange(S), q.argmax(axis=1)] = 1.0
+        q_new = q_pi(mdp, greedy)
+        improve = mdp.R + mdp.gamma * mdp.P_continue @ q_new.max(axis=1) - q_new
+        q = q_new
+        if improve.max() <= tol * (1.0 + np.abs(q).max()):
+            return q
+    raise RuntimeError(f"optimal_q: no convergence in {max_iter} iterations")
