@@ -1,0 +1,37 @@
+"""Conformance: point the contract's property suite at anyone's estimator.
+
+    from offpolicy import conform
+    report = conform.check(my_gae, "gae", layout="done_next", gamma=0.99)
+    print(report)            # verdict per case family, counterexample, diagnosis
+    conform.assert_conforms(my_gae, "gae", layout="done_next", gamma=0.99)   # in a test
+
+``check`` draws every case family real code gets wrong (``cases.FAMILIES``) with hypothesis,
+compares the function with the float64 reference (``estimators.numpy``) in the function's own
+layout (``layouts``), checks its exact mean and variance against ``offpolicy.moments`` on a
+tabular MDP, shrinks the smallest failure into a counterexample and names the bug class it
+behaves like (``diagnosis``, from ``offpolicy.mutation``'s catalogue). From the shell:
+``python -m offpolicy.conform MODULE:FUNCTION --estimator gae``; in pytest, the
+``conform_check`` fixture (``offpolicy.conform.pytest_plugin``).
+"""
+
+from .cases import FAMILIES
+from .layouts import (
+    LAYOUTS,
+    ConformUsageError,
+    Contract,
+    DoneNext,
+    PufferRows,
+    QTables,
+    Rlax,
+    SingleEpisodeRows,
+    TorchRL,
+)
+from .registry import ESTIMATORS
+from .report import CaseResult, Counterexample, Report
+from .runner import assert_conforms, check
+
+__all__ = [
+    "check", "assert_conforms", "Report", "CaseResult", "Counterexample", "ConformUsageError",
+    "FAMILIES", "ESTIMATORS", "LAYOUTS", "Contract", "DoneNext", "Rlax", "TorchRL",
+    "PufferRows", "SingleEpisodeRows", "QTables",
+]

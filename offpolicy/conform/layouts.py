@@ -1,0 +1,481 @@
+"""Layouts: how a library's function receives a segment, written as small declarative adapters.
+
+A layout turns a contract-form :class:`~offpolicy.conform.cases.Case` into the keyword
+arguments a function of that convention takes, and its result back into the contract's
+``[T, B]`` array. What a layout cannot hold (a truncation inside the segment where the
+convention has no way to say it, ``next_values[t] != values[t+1]`` where only ``values`` is
+passed) is declared in its :class:`~offpolicy.conform.cases.Constraints`; those case families
+are reported ``n/a`` with the reason, never ``fail``.
+
+Functions receive inputs **by keyword**, filtered to the names their signature accepts (the
+``contract`` layout alone calls positionally, as the reference's own signatures do). A thin
+lambda renames or reorders when a library's names differ.
+
+==================  ==================================================  ========================
+layout              arrays                                              used by
+==================  ==================================================  ========================
+contract            ``[T,B]``, flags of the step itself                 offpolicy, rlax-style
+done_next           ``[T,B]`` + ``last_values``/``last_dones``,         SB3, CleanRL, rl-games
+                    ``dones[t]`` = done of step t-1 (episode start)
+rlax                one sequence ``[T]`` per call, ``discount_t``,      rlax
+                    per-step ``lambda_``, ``v_tm1``/``v_t`` or
+                    ``values[T+1]``
+torchrl             batch-major ``[B,T,1]`` tensors, ``done`` and       TorchRL
+                    ``terminated``
+puffer_rows         ``[B, T+1]`` rows, reward/done stored one column    PufferLib
+                    later
+single_episode_rows ``[B,T]`` rows, each one episode that terminates    TRL (token-level RLHF)
+                    at its last column; no flags
+q_tables            full Q tables and policies ``[T,B,A]``             Q-learning code
+==================  ==================================================  ========================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+
+import numpy as np
+
+from .cases import Case, Constraints
+from .registry import EstimatorSpec
+
+__all__ = [
+    "Layout", "Contract", "DoneNext", "Rlax", "TorchRL", "PufferRows", "SingleEpisodeRows",
+    "QTables", "LAYOUTS", "get_layout", "ConformUsageError",
+]
+
+TRUNCATION_FOLDS = (None, "bootstrap_reward", "as_done", "ignored")
+
+
+class ConformUsageError(ValueError):
+    """Bad arguments to the runner (not a verdict on the function)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# arrays in and out
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrays:
+    """Converts the runner's float64 numpy arrays to the function's array type and back."""
+
+    kind: str = "numpy"  # numpy | torch | jax
+    dtype: str = "float64"
+
+    def floats(self, x):
+        x = np.asarray(x, dtype=self.dtype)
+        return self._to_kind(x)
+
+    def flags(self, x, *, as_float: bool = False):
+        x = np.asarray(x, dtype=bool)
+        return self._to_kind(x.astype(self.dtype) if as_float else x)
+
+    def ints(self, x):
+        return self._to_kind(np.asarray(x, dtype=np.int64))
+
+    def _to_kind(self, x: np.ndarray):
+        if self.kind == "numpy":
+            return x
+        if self.kind == "torch":
+            import torch
+
+            return torch.from_numpy(np.ascontiguousarray(x))
+        import jax.numpy as jnp
+
+        return jnp.asarray(x)
+
+    @staticmethod
+    def back(y) -> np.ndarray:
+        """Any array-like (numpy, torch, jax, list) as a numpy array, dtype kept."""
+        if hasattr(y, "detach"):  # torch
+            y = y.detach().cpu().numpy()
+        return np.asarray(y)
+
+
+def select_output(raw, output, spec: EstimatorSpec):
+    """Pick ``output`` out of what the function returned (array, tuple, namedtuple, dict)."""
+    if isinstance(output, int):
+        if not isinstance(raw, (tuple, list)):
+            raise TypeError(f"returned {type(raw).__name__}, not a tuple to index with {output}")
+        return raw[output]
+    if isinstance(raw, dict):
+        if output not in raw:
+            raise TypeError(f"returned a dict without {output!r} (keys: {sorted(raw)})")
+        return raw[output]
+    if isinstance(raw, tuple):
+        if hasattr(raw, "_fields") and output in raw._fields:
+            return getattr(raw, output)
+        if output in spec.outputs and spec.outputs.index(output) < len(raw):
+            return raw[spec.outputs.index(output)]
+        raise TypeError(f"returned a tuple of {len(raw)}; pass output=<index>")
+    if hasattr(raw, output) and not hasattr(raw, "shape"):
+        return getattr(raw, output)
+    return raw
+
+
+# ---------------------------------------------------------------------------------------------
+# calling with the names a function accepts
+
+
+def accepted_names(fn) -> tuple[set[str] | None, set[str]]:
+    """(names fn accepts by keyword, or None for **kwargs; names it requires)."""
+    try:
+        sig = inspect.signature(fn)
+    except (TypeError, ValueError):  # builtins / C extensions without a signature
+        return None, set()
+    names, required, var_kw = set(), set(), False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+            names.add(p.name)
+            if p.default is p.empty:
+                required.add(p.name)
+    return (None if var_kw else names), required
+
+
+def call_with_keywords(fn, kwargs: dict):
+    names, _ = accepted_names(fn)
+    if names is not None:
+        kwargs = {k: v for k, v in kwargs.items() if k in names}
+    return fn(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# layouts
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Base: a name, what it can hold, the parameter names its functions use."""
+
+    name = "base"
+    kinds = ("state", "action")  # estimator kinds it can express
+    default_array = "numpy"
+    param_names: dict = dataclasses.field(default_factory=dict)  # contract -> keyword
+    folded_params: tuple = ()  # contract params the layout puts into the arrays
+
+    def constraints(self, spec: EstimatorSpec) -> Constraints:
+        return Constraints()
+
+    def provided(self, spec: EstimatorSpec) -> set[str]:
+        """Input keywords this layout offers for ``spec``."""
+        raise NotImplementedError
+
+    def keyword_for(self, param: str) -> str:
+        return self.param_names.get(param, param)
+
+    def run(self, fn, case: Case, spec: EstimatorSpec, params: dict, arrays: Arrays, output):
+        """Call ``fn`` on ``case``; return the selected output as numpy ``[T, B]`` (its dtype
+        kept). ``params`` are the keyword parameters to pass (already renamed)."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+def _done_flags(case: Case, fold):
+    """The done flags a rollout loop stores under ``fold``, and the rewards it stores."""
+    x = case.inputs
+    term, trunc = x["terminated"], x["truncated"] & ~x["terminated"]
+    rewards = x["rewards"].copy()
+    if fold == "bootstrap_reward":  # SB3: r_t += gamma V(final obs), then treated as terminal
+        gamma = case.params.get("gamma")
+        rewards = rewards + np.where(trunc, gamma * np.where(trunc, x["next_values"], 0.0), 0.0)
+        done = term | trunc
+    elif fold == "as_done":  # CleanRL: done = terminated or truncated, nothing folded
+        done = term | trunc
+    elif fold == "ignored":  # PufferLib's trainer: only terminations are stored
+        done = term.copy()
+    else:  # no fold: only a truncation at the last step, i.e. the segment's end bootstrap
+        done = term.copy()
+    return done, rewards
+
+
+@dataclasses.dataclass(frozen=True)
+class Contract(Layout):
+    """The contract's own signature: ``fn(*inputs, **params)`` exactly as ``estimators.numpy``."""
+
+    name = "contract"
+
+    def provided(self, spec):
+        return set(spec.inputs)
+
+    def run(self, fn, case, spec, params, arrays, output):
+        args = [arrays.flags(case.inputs[n]) if n in ("terminated", "truncated")
+                else arrays.floats(case.inputs[n]) for n in spec.inputs]
+        raw = fn(*args, **params)
+        return Arrays.back(select_output(raw, output, spec))
+
+
+_CONSISTENT = "this layout reads V(s_{t+1}) from values[t+1]: it cannot hold next_values[t] " \
+              "!= values[t+1]"
+
+
+@dataclasses.dataclass(frozen=True)
+class DoneNext(Layout):
+    """SB3 / CleanRL / rl-games: ``dones[t]`` is the done of step ``t-1`` (an episode-start
+    flag), ``last_values``/``last_dones`` close the segment; V(s_{t+1}) is ``values[t+1]``.
+
+    ``truncation_fold`` says what the rollout loop does with a time-limit truncation:
+    ``None`` (it cannot say; truncations inside are n/a), ``"bootstrap_reward"`` (SB3: adds
+    ``gamma V(final obs)`` to the reward and flags done), ``"as_done"`` (CleanRL: flags done,
+    folds nothing), ``"ignored"`` (PufferLib's trainer: stores terminations only).
+    """
+
+    name = "done_next"
+    kinds = ("state",)
+    truncation_fold: str | None = None
+
+    def __post_init__(self):
+        if self.truncation_fold not in TRUNCATION_FOLDS:
+            raise ConformUsageError(f"truncation_fold: expected one of {TRUNCATION_FOLDS}, "
+                                    f"got {self.truncation_fold!r}")
+
+    def describe(self):
+        return f"{self.name}(truncation_fold={self.truncation_fold})"
+
+    def constraints(self, spec):
+        return Constraints(truncations_inside=self.truncation_fold is not None,
+                           inconsistent_next_values=_CONSISTENT,
+                           nan_slot="no slot holds the value after a termination inside "
+                                    "the segment (values[t+1] is the next episode's start)")
+
+    def provided(self, spec):
+        return {"rewards", "values", "dones", "last_values", "last_dones", "log_rhos"}
+
+    def run(self, fn, case, spec, params, arrays, output):
+        x = case.inputs
+        done, rewards = _done_flags(case, self.truncation_fold)
+        starts = np.vstack([np.zeros_like(done[:1]), done[:-1]])
+        kwargs = dict(rewards=arrays.floats(rewards), values=arrays.floats(x["values"]),
+                      dones=arrays.flags(starts, as_float=True),
+                      last_values=arrays.floats(x["next_values"][-1]),
+                      last_dones=arrays.flags(done[-1], as_float=True),
+                      log_rhos=arrays.floats(x["log_rhos"]))
+        raw = call_with_keywords(fn, {**kwargs, **params})
+        return Arrays.back(select_output(raw, output, spec))
+
+
+def _kappa(case: Case) -> np.ndarray:
+    x = case.inputs
+    kappa = ~(x["terminated"] | x["truncated"])
+    kappa[-1] = False
+    return kappa
+
+
+@dataclasses.dataclass(frozen=True)
+class Rlax(Layout):
+    """rlax: one sequence ``[T]`` per call (the layout loops over the batch), ``discount_t =
+    gamma (1 - terminated_t)``, per-step ``lambda_`` (``lam``, 0 where the trace is cut), and
+    either ``v_tm1``/``v_t`` or one ``values`` array ``[T+1]``.
+
+    ``values_form="values"`` (functions taking ``values[T+1]``) cannot hold a truncation
+    inside the segment nor ``next_values[t] != values[t+1]``: the bootstrap after step t and the
+    next state's value are one slot. ``"auto"`` picks it when the function takes ``values``.
+    Q side: ``q_tm1, a_tm1, q_t, a_t, r_t, discount_t, pi_t, mu_t, lambda_`` (the tables after
+    step t are ``q_t[t]``, ``pi_t[t]``, ``mu_t[t]`` with the next action ``a_t[t]``).
+    """
+
+    name = "rlax"
+    default_array = "numpy"
+    values_form: str = "auto"  # auto | v_t | values
+    param_names: dict = dataclasses.field(default_factory=lambda: {
+        "rho_clip": "clip_rho_threshold", "pg_rho_clip": "clip_pg_rho_threshold"})
+    folded_params: tuple = ("gamma", "lam")
+
+    def _form(self, fn) -> str:
+        if self.values_form != "auto":
+            return self.values_form
+        names, _ = accepted_names(fn)
+        return "values" if names is not None and "values" in names and "v_t" not in names \
+            else "v_t"
+
+    def constraints_for(self, spec, fn) -> Constraints:
+        if spec.kind == "state" and self._form(fn) == "values":
+            return Constraints(truncations_inside=False, inconsistent_next_values=_CONSISTENT,
+                               nan_slot="values[t+1] after a termination is the next "
+                                        "episode's start, not the terminal value")
+        return Constraints()
+
+    def provided(self, spec):
+        if spec.kind == "state":
+            return {"r_t", "discount_t", "v_tm1", "v_t", "values", "lambda_", "rho_tm1",
+                    "log_rhos"}
+        return {"q_tm1", "a_tm1", "q_t", "a_t", "r_t", "discount_t", "pi_t", "mu_t", "lambda_"}
+
+    def run(self, fn, case, spec, params, arrays, output):
+        x, w = case.inputs, case.world
+        gamma, lam = case.params["gamma"], case.params.get("lam", 1.0)
+        discount = gamma * (1.0 - x["terminated"])
+        lambdas = lam * _kappa(case)
+        columns = []
+        for b in range(case.B):
+            if spec.kind == "state":
+                kw = dict(r_t=x["rewards"][:, b], discount_t=discount[:, b],
+                          v_tm1=x["values"][:, b], v_t=x["next_values"][:, b],
+                          values=np.append(x["values"][:, b], x["next_values"][-1, b]),
+                          lambda_=lambdas[:, b], rho_tm1=np.exp(x["log_rhos"][:, b]),
+                          log_rhos=x["log_rhos"][:, b])
+                kw = {k: arrays.floats(v) for k, v in kw.items()}
+            else:
+                kw = dict(q_tm1=arrays.floats(w["q_values"][:, b]),
+                          a_tm1=arrays.ints(w["actions"][:, b]),
+                          q_t=arrays.floats(w["next_q_values"][:, b]),
+                          a_t=arrays.ints(w["next_actions"][:, b]),
+                          r_t=arrays.floats(x["rewards"][:, b]),
+                          discount_t=arrays.floats(discount[:, b]),
+                          pi_t=arrays.floats(w["next_target_probs"][:, b]),
+                          mu_t=arrays.floats(w["next_behaviour_probs"][:, b]),
+                          lambda_=arrays.floats(lambdas[:, b]))
+            raw = call_with_keywords(fn, {**kw, **params})
+            col = Arrays.back(select_output(raw, output, spec))
+            if col.shape != (case.T,):
+                raise TypeError(f"returned shape {col.shape} for one sequence, expected "
+                                f"({case.T},)")
+            columns.append(col)
+        return np.stack(columns, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class TorchRL(Layout):
+    """TorchRL's functional estimators: batch-major ``[B, T, 1]`` tensors with ``time_dim=-2``;
+    ``done = terminated | truncated`` and ``terminated``; ``log_pi``/``log_mu`` for ratios."""
+
+    name = "torchrl"
+    kinds = ("state",)
+    default_array = "torch"
+    param_names: dict = dataclasses.field(default_factory=lambda: {
+        "lam": "lmbda", "rho_clip": "rho_thresh", "c_clip": "c_thresh"})
+
+    def provided(self, spec):
+        return {"state_value", "next_state_value", "reward", "done", "terminated", "log_pi",
+                "log_mu"}
+
+    def run(self, fn, case, spec, params, arrays, output):
+        x = case.inputs
+        bt1 = lambda a: np.ascontiguousarray(a.T[..., None])  # noqa: E731  [T,B] -> [B,T,1]
+        log_mu = case.world["log_mu"]
+        kw = dict(state_value=arrays.floats(bt1(x["values"])),
+                  next_state_value=arrays.floats(bt1(x["next_values"])),
+                  reward=arrays.floats(bt1(x["rewards"])),
+                  done=arrays.flags(bt1(x["terminated"] | x["truncated"])),
+                  terminated=arrays.flags(bt1(x["terminated"])),
+                  log_pi=arrays.floats(bt1(log_mu + x["log_rhos"])),
+                  log_mu=arrays.floats(bt1(log_mu)))
+        raw = call_with_keywords(fn, {**kw, **params})
+        y = Arrays.back(select_output(raw, output, spec))
+        if y.shape != (case.B, case.T, 1):
+            raise TypeError(f"returned shape {y.shape}, expected {(case.B, case.T, 1)}")
+        return y[..., 0].T
+
+
+@dataclasses.dataclass(frozen=True)
+class PufferRows(Layout):
+    """PufferLib's rows ``[B, T+1]``: column j holds ``V(o_j)`` and the ratio of the action
+    taken at ``o_j``; the reward and done *returned with* ``o_j`` (for the action at column
+    j-1). ``advantages`` is a zero buffer the kernel may fill in place (read back when the
+    function returns None); the result is column j for the action at column j.
+    ``truncation_fold`` as in :class:`DoneNext` (PufferLib's trainer: ``"ignored"``)."""
+
+    name = "puffer_rows"
+    kinds = ("state",)
+    truncation_fold: str | None = None
+
+    def __post_init__(self):
+        if self.truncation_fold not in TRUNCATION_FOLDS:
+            raise ConformUsageError(f"truncation_fold: expected one of {TRUNCATION_FOLDS}, "
+                                    f"got {self.truncation_fold!r}")
+
+    def describe(self):
+        return f"{self.name}(truncation_fold={self.truncation_fold})"
+
+    def constraints(self, spec):
+        return DoneNext(truncation_fold=self.truncation_fold).constraints(spec)
+
+    def provided(self, spec):
+        return {"values", "rewards", "dones", "importance", "advantages"}
+
+    def run(self, fn, case, spec, params, arrays, output):
+        x = case.inputs
+        done, rewards = _done_flags(case, self.truncation_fold)
+        B, T = case.B, case.T
+        z = np.zeros((B, 1))
+        kw = dict(values=np.hstack([x["values"].T, x["next_values"][-1:].T]),
+                  rewards=np.hstack([z, rewards.T]),
+                  dones=np.hstack([z, done.T.astype(float)]),
+                  importance=np.hstack([np.exp(x["log_rhos"]).T, z + 1.0]))
+        kw = {k: arrays.floats(v) for k, v in kw.items()}
+        buffer = arrays.floats(np.zeros((B, T + 1)))
+        raw = call_with_keywords(fn, {**kw, "advantages": buffer, **params})
+        y = Arrays.back(buffer if raw is None else select_output(raw, output, spec))
+        if y.shape != (B, T + 1):
+            raise TypeError(f"returned shape {y.shape}, expected rows {(B, T + 1)}")
+        return y[:, :T].T
+
+
+@dataclasses.dataclass(frozen=True)
+class SingleEpisodeRows(Layout):
+    """Token-level RLHF rows (TRL's PPO): ``rewards``, ``values`` ``[B, T]``, each row one
+    episode that terminates after its last column; no flags."""
+
+    name = "single_episode_rows"
+    kinds = ("state",)
+
+    def constraints(self, spec):
+        return Constraints(flags_inside=False, truncations_inside=False, terminal_last=True,
+                           inconsistent_next_values=_CONSISTENT,
+                           nan_slot="there is no value after the terminal token")
+
+    def provided(self, spec):
+        return {"rewards", "values", "log_rhos"}
+
+    def run(self, fn, case, spec, params, arrays, output):
+        x = case.inputs
+        kw = dict(rewards=arrays.floats(x["rewards"].T), values=arrays.floats(x["values"].T),
+                  log_rhos=arrays.floats(x["log_rhos"].T))
+        raw = call_with_keywords(fn, {**kw, **params})
+        y = Arrays.back(select_output(raw, output, spec))
+        if y.shape != (case.B, case.T):
+            raise TypeError(f"returned shape {y.shape}, expected rows {(case.B, case.T)}")
+        return y.T
+
+
+@dataclasses.dataclass(frozen=True)
+class QTables(Layout):
+    """Full tables, time-major: ``q_values``/``next_q_values`` ``[T,B,A]`` (Q(s_t,.) and
+    Q(s'_t,.)), ``actions``/``next_actions`` ``[T,B]``, ``target_probs``/``next_target_probs``,
+    ``behaviour_probs``/``next_behaviour_probs`` ``[T,B,A]``, ``rewards``, ``terminated``,
+    ``truncated``."""
+
+    name = "q_tables"
+    kinds = ("action",)
+
+    def provided(self, spec):
+        return {"rewards", "q_values", "next_q_values", "actions", "next_actions",
+                "target_probs", "next_target_probs", "behaviour_probs",
+                "next_behaviour_probs", "terminated", "truncated"}
+
+    def run(self, fn, case, spec, params, arrays, output):
+        x, w = case.inputs, case.world
+        kw = {k: arrays.floats(v) for k, v in w.items() if k not in ("actions", "next_actions")}
+        kw.update(actions=arrays.ints(w["actions"]), next_actions=arrays.ints(w["next_actions"]),
+                  rewards=arrays.floats(x["rewards"]),
+                  terminated=arrays.flags(x["terminated"]),
+                  truncated=arrays.flags(x["truncated"]))
+        raw = call_with_keywords(fn, {**kw, **params})
+        return Arrays.back(select_output(raw, output, spec))
+
+
+LAYOUTS = {cls.name: cls for cls in (Contract, DoneNext, Rlax, TorchRL, PufferRows,
+                                     SingleEpisodeRows, QTables)}
+
+
+def get_layout(layout) -> Layout:
+    """A layout instance from a name or an instance; ``ConformUsageError`` naming ``layout``."""
+    if isinstance(layout, Layout):
+        return layout
+    if isinstance(layout, str) and layout in LAYOUTS:
+        return LAYOUTS[layout]()
+    raise ConformUsageError(f"layout: unknown {layout!r}; known: {', '.join(LAYOUTS)}")

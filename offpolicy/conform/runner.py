@@ -1,0 +1,390 @@
+"""``check``: run a function through every case family, shrink a failure, name the bug."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import random
+import signal
+import threading
+import time
+
+import numpy as np
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis.errors import NoSuchExample, Unsatisfiable
+
+from . import diagnosis as _diagnosis
+from . import exact_check
+from .cases import FAMILIES, Case, family_not_applicable, family_strategy
+from .layouts import Arrays, ConformUsageError, Layout, accepted_names, get_layout
+from .registry import EstimatorSpec, select_reference_output, spec_for
+from .report import CaseResult, Counterexample, Report
+
+__all__ = ["check", "assert_conforms", "ConformUsageError"]
+
+RTOL = {"float64": 1e-9, "float32": 1e-4}  # relative to the case's scale
+DEFAULT_EXAMPLES = 40
+_RECORDS_PER_FAMILY = 12
+
+
+class _Hung(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _time_limit(seconds: float | None):
+    """Raise _Hung in the main thread after ``seconds`` (no limit elsewhere or when None)."""
+    if (not seconds or threading.current_thread() is not threading.main_thread()
+            or not hasattr(signal, "setitimer")):
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise _Hung()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+@dataclasses.dataclass
+class Outcome:
+    ok: bool
+    expected: np.ndarray
+    got: np.ndarray | None
+    error: str | None = None
+    kind: str = "match"  # match | mismatch | raised | shape | nonfinite | hung
+    call: dict | None = None
+
+
+def _validate_params(spec: EstimatorSpec, params: dict) -> dict:
+    out = {}
+    for name, value in params.items():
+        if name not in spec.params:
+            raise ConformUsageError(f"{name}: {spec.name} takes no parameter {name!r} "
+                                    f"(its parameters: {', '.join(spec.params)})")
+        if name == "n":
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConformUsageError(f"n: expected an integer >= 1, got {value!r}")
+            out[name] = int(value)
+            continue
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            raise ConformUsageError(f"{name}: expected a number, got {value!r}") from None
+        if name in ("gamma", "lam") and not 0.0 <= value <= 1.0:
+            raise ConformUsageError(f"{name}: must lie in [0, 1], got {value}")
+        if name.endswith("clip") and not value > 0.0:
+            raise ConformUsageError(f"{name}: must be > 0 (inf: no clipping), got {value}")
+        out[name] = value
+    return out
+
+
+def _dtype_name(dtype) -> str | None:
+    if dtype is None:
+        return None
+    name = getattr(dtype, "__name__", None) or str(dtype)
+    name = name.replace("torch.", "").replace("numpy.", "")
+    if name in ("float64", "double"):
+        return "float64"
+    if name in ("float32", "float"):
+        return "float32"
+    raise ConformUsageError(f"dtype: expected float64 or float32, got {dtype!r}")
+
+
+def _function_name(fn) -> str:
+    module = getattr(fn, "__module__", None) or "?"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return f"{module}:{name}"
+
+
+class _Runner:
+    """One check: the function, the spec, the layout, and what was seen."""
+
+    def __init__(self, fn, spec: EstimatorSpec, layout: Layout, output: str, arrays: Arrays,
+                 fixed: dict, passed: dict, timeout, strict_nan: bool, examples: int, seed: int):
+        self.fn, self.spec, self.layout, self.output = fn, spec, layout, output
+        self.arrays, self.fixed, self.passed = arrays, fixed, passed
+        self.timeout, self.strict_nan = timeout, strict_nan
+        self.examples, self.seed = examples, seed
+        self.constraints = (layout.constraints_for(spec, fn) if hasattr(layout, "constraints_for")
+                            else layout.constraints(spec))
+        self.records: dict[str, list] = {}
+        self.hung_case: Case | None = None
+        self.dtypes_seen: set[str] = set()
+
+    # -- one example ---------------------------------------------------------------------
+    def expected(self, case: Case) -> np.ndarray:
+        result = self.spec.reference()(*case.contract_args(self.spec), **case.params)
+        return select_reference_output(self.spec, result, self.output)
+
+    def _round_inputs(self, case: Case) -> Case:
+        """float32 checks: the reference sees the same rounded inputs as the function."""
+        if self.arrays.dtype != "float32":
+            return case
+        f32 = lambda a: a.astype(np.float32).astype(np.float64) if a.dtype.kind == "f" else a  # noqa: E731
+        return dataclasses.replace(case, inputs={k: f32(v) for k, v in case.inputs.items()},
+                                   world={k: f32(v) for k, v in case.world.items()})
+
+    def _call(self, case: Case) -> np.ndarray:
+        params = {self.layout.keyword_for(p): case.params[p] for p in self.passed}
+        with _time_limit(self.timeout):
+            return self.layout.run(self.fn, case, self.spec, params, self.arrays, self.output)
+
+    def evaluate(self, case: Case) -> Outcome:
+        if self.hung_case is not None:
+            raise _Hung()
+        case = self._round_inputs(case)
+        expected = self.expected(case)
+        try:
+            got = self._call(case)
+        except _Hung:
+            self.hung_case = case
+            raise
+        except Exception as e:  # the function's own error is a verdict, not a crash
+            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
+            return Outcome(False, expected, None, f"raised {msg}", "raised")
+        try:
+            got_float = np.asarray(got, dtype=np.float64)
+        except (TypeError, ValueError):
+            return Outcome(False, expected, None, f"returned {type(got).__name__}, not numbers",
+                           "shape")
+        if got_float.shape != expected.shape:
+            return Outcome(False, expected, None,
+                           f"returned shape {got_float.shape}, expected {expected.shape}", "shape")
+        dtype = "float32" if np.asarray(got).dtype in (np.float32, np.float16) else "float64"
+        self.dtypes_seen.add(dtype)
+        finite_expected = np.isfinite(expected)
+        if (~np.isfinite(got_float) & finite_expected).any():
+            return Outcome(False, expected, got_float, None, "nonfinite")
+        tol = RTOL[dtype] * self.scale(case, expected)
+        close = np.abs(got_float - expected) <= tol
+        if not close[finite_expected].all():
+            return Outcome(False, expected, got_float, None, "mismatch")
+        return Outcome(True, expected, got_float)
+
+    def scale(self, case: Case, expected: np.ndarray) -> float:
+        read = [np.abs(v[np.isfinite(v)]).max(initial=0.0) for k, v in case.inputs.items()
+                if v.dtype.kind == "f" and k != "log_rhos"]
+        return max(1.0, float(np.abs(expected[np.isfinite(expected)]).max(initial=0.0)), *read)
+
+    # -- one family ----------------------------------------------------------------------
+    def _record(self, family: str, case: Case, outcome: Outcome):
+        kept = self.records.setdefault(family, [])
+        fails = sum(1 for _, o in kept if not o.ok)
+        if len(kept) < _RECORDS_PER_FAMILY or (not outcome.ok and fails < _RECORDS_PER_FAMILY):
+            kept.append((case, outcome))
+
+    def run_family(self, index: int, family: str):
+        """(CaseResult, the shrunk failing Case or None)."""
+        reason = family_not_applicable(family, self.spec, self.fixed, self.constraints)
+        if reason:
+            return CaseResult(family, "n/a", reason), None
+        if self.hung_case is not None:
+            return CaseResult(family, "n/a", "not run: the function hung on an earlier "
+                                             "family"), None
+        nan_family = family == "nan_under_terminated"
+        count = [0]
+
+        def fails(case: Case) -> bool:
+            count[0] += 1
+            outcome = self.evaluate(case)
+            self._record(family, case, outcome)
+            if nan_family and outcome.kind == "nonfinite" and not self.strict_nan:
+                return False  # a warning, reported below
+            return not outcome.ok
+
+        try:
+            case = self._find(index, family, fails, shrink=False)
+        except (NoSuchExample, Unsatisfiable):
+            return self._pass_result(family, count[0]), None
+        except _Hung:
+            return CaseResult(family, "fail", f"the function did not return within "
+                                              f"{self.timeout} s", count[0]), self.hung_case
+        outcome = self.evaluate(case)
+        return CaseResult(family, "fail", self._fail_reason(outcome), count[0]), case
+
+    def _find(self, index: int, family: str, fails, *, shrink: bool) -> Case:
+        """The first failing example of ``family`` (shrunk by hypothesis when ``shrink``);
+        the same seed finds the same first example either way."""
+        strategy = family_strategy(family, self.spec, self.fixed, self.constraints)
+        phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
+        config = settings(max_examples=self.examples, database=None, deadline=None,
+                          phases=phases, derandomize=False,
+                          suppress_health_check=list(HealthCheck), print_blob=False)
+        return find(strategy, fails, settings=config,
+                    random=random.Random(self.seed * 1009 + index))
+
+    def shrink(self, family: str) -> Case:
+        """The failing example of ``family``, shrunk: fewest steps, columns, flags, and numbers
+        closest to 0 that still fail."""
+        nan_family = family == "nan_under_terminated"
+
+        def fails(case: Case) -> bool:
+            outcome = self.evaluate(case)
+            if nan_family and outcome.kind == "nonfinite" and not self.strict_nan:
+                return False
+            return not outcome.ok
+
+        return self._find(FAMILIES.index(family), family, fails, shrink=True)
+
+    def _pass_result(self, family, n) -> CaseResult:
+        if family == "nan_under_terminated":
+            leaked = [o for _, o in self.records.get(family, []) if o.kind == "nonfinite"]
+            if leaked:
+                return CaseResult(family, "pass", f"warning: NaN in the value after a "
+                                  f"termination reached the output in {len(leaked)} examples "
+                                  f"(a failure with strict_nan=True)", n)
+            return CaseResult(family, "pass", f"{n} examples: NaN after a termination never "
+                                              f"reaches the output", n)
+        return CaseResult(family, "pass", f"{n} examples agree with the reference", n)
+
+    @staticmethod
+    def _fail_reason(outcome: Outcome) -> str:
+        if outcome.error:
+            return outcome.error
+        if outcome.kind == "nonfinite":
+            return "returned NaN/inf where the contract's output is finite"
+        diff = np.abs(outcome.got - outcome.expected)
+        where = np.unravel_index(np.nanargmax(np.where(np.isfinite(diff), diff, np.inf)),
+                                 diff.shape)
+        return (f"differs from the contract at [t={where[0]}, b={where[1]}]: expected "
+                f"{outcome.expected[where]:.6g}, got {outcome.got[where]:.6g}")
+
+
+def _smallest(failures):
+    """The failing case that reads best: fewest cells, then fewest flags, then family order."""
+    def key(item):
+        i, (_, case) = item
+        flags = int(case.inputs["terminated"].sum() + case.inputs["truncated"].sum())
+        return (case.T * case.B, case.T, flags, i)
+    return min(enumerate(failures), key=key)[1]
+
+
+def check(fn, estimator: str, *, layout="contract", output: str | None = None, dtype=None,
+          examples: int | None = None, seed: int = 0, strict_nan: bool = False,
+          array: str | None = None, timeout: float | None = 10.0, moments: bool = True,
+          **params) -> Report:
+    """Check ``fn`` against the contract of ``estimator`` (docs/DESIGN.md) in ``layout``.
+
+    ``estimator``: a contract name (``gae``, ``vtrace``, ``puff_advantage``, ``per_decision_is``,
+    ``nstep_returns``, ``retrace``, ``tree_backup``, ``q_lambda``, ``importance_sampling_q``).
+    ``layout``: a name or a :mod:`~offpolicy.conform.layouts` instance (e.g.
+    ``DoneNext(truncation_fold="bootstrap_reward")``). ``output``: which output ``fn`` returns
+    (or which to take from its tuple/dict), default the estimator's first. ``dtype``:
+    ``"float64"`` (default) or ``"float32"`` inputs. ``array``: ``"numpy"``, ``"torch"`` or
+    ``"jax"`` (default: the layout's). ``examples``: examples per case family (default 40).
+    ``params`` (``gamma``, ``lam``, ``rho_clip``, ``c_clip``, ``pg_rho_clip``, ``n``) fix
+    parameters ``fn`` hard-codes; the others are drawn and passed by keyword. ``timeout``:
+    seconds one call may take (main thread only). ``moments``: also run the exact-moment check.
+
+    Returns a :class:`Report`; raises ``ConformUsageError`` (a ``ValueError``) for bad
+    arguments, never for what ``fn`` does.
+    """
+    start = time.perf_counter()
+    if not callable(fn):
+        raise ConformUsageError(f"fn: expected a callable, got {type(fn).__name__}")
+    spec = spec_for(estimator)
+    layout = get_layout(layout)
+    if spec.kind not in layout.kinds:
+        raise ConformUsageError(f"layout: {layout.name} cannot express the {spec.kind}-value "
+                                f"estimator {spec.name}")
+    output = spec.outputs[0] if output is None else output
+    if output not in spec.outputs:
+        raise ConformUsageError(f"output: {spec.name} has outputs {', '.join(spec.outputs)}; "
+                                f"got {output!r}")
+    examples = DEFAULT_EXAMPLES if examples is None else examples
+    if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
+        raise ConformUsageError(f"examples: expected an integer >= 1, got {examples!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConformUsageError(f"seed: expected an integer >= 0, got {seed!r}")
+    if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
+        raise ConformUsageError(f"timeout: expected seconds > 0 or None, got {timeout!r}")
+    array = array or layout.default_array
+    if array not in ("numpy", "torch", "jax"):
+        raise ConformUsageError(f"array: expected numpy, torch or jax, got {array!r}")
+    try:
+        __import__({"numpy": "numpy", "torch": "torch", "jax": "jax.numpy"}[array])
+    except ImportError:
+        raise ConformUsageError(f"array: {array} is not installed") from None
+    dtype = _dtype_name(dtype) or "float64"
+    fixed = _validate_params(spec, params)
+    passed = _parameters_to_pass(fn, spec, layout, fixed)
+
+    runner = _Runner(fn, spec, layout, output, Arrays(array, dtype), fixed, passed, timeout,
+                     strict_nan, examples, seed)
+    results, failures = [], []
+    for i, family in enumerate(FAMILIES):
+        result, case = runner.run_family(i, family)
+        results.append(result)
+        if result.verdict == "fail":
+            failures.append((family, case))
+    if "float32" in runner.dtypes_seen:  # a float32 implementation is held to its dtype
+        dtype = "float32"
+        for r in results:
+            if r.name == "float64_precision" and r.verdict != "fail":
+                r.verdict, r.reason = "n/a", "the function returns float32"
+    if moments and runner.hung_case is None:
+        results.append(exact_check.run(runner))
+    counterexample = None
+    if failures:
+        family, case = _smallest(failures)
+        if runner.hung_case is None:
+            case = runner.shrink(family)
+            outcome = runner.evaluate(case)
+        else:
+            outcome = None
+        counterexample = _counterexample(runner, family, case, outcome)
+    name, detail = _diagnosis.diagnose(runner, results) if failures else (None, None)
+    warnings = [r.reason[len("warning: "):] for r in results if r.reason.startswith("warning:")]
+    return Report(spec.name, layout.describe(), output, _function_name(fn), results,
+                  counterexample, name, detail, warnings, time.perf_counter() - start, dtype)
+
+
+def _parameters_to_pass(fn, spec, layout, fixed) -> tuple[str, ...]:
+    """Contract parameters passed to ``fn`` by keyword (see the module docstring)."""
+    names, required = accepted_names(fn)
+    passed = []
+    for p in spec.params:
+        if p in layout.folded_params:
+            continue
+        keyword = layout.keyword_for(p)
+        if names is None or keyword in names:
+            passed.append(p)
+        elif p not in fixed:
+            raise ConformUsageError(
+                f"{p}: the function takes no {keyword!r}; pass {p}=<the value it hard-codes>")
+    if names is not None and layout.name != "contract":
+        offered = layout.provided(spec) | {layout.keyword_for(p) for p in passed}
+        missing = sorted(required - offered)
+        if missing:
+            raise ConformUsageError(
+                f"fn: requires {', '.join(missing)}, which the {layout.name} layout does not "
+                f"provide (it provides: {', '.join(sorted(layout.provided(spec)))}); wrap it "
+                f"in a lambda that renames")
+    return tuple(passed)
+
+
+def _counterexample(runner: _Runner, family: str, case: Case, outcome) -> Counterexample:
+    inputs = {k: case.inputs[k] for k in runner.spec.inputs}
+    if outcome is None:  # hung
+        return Counterexample(family, inputs, dict(case.params), runner.expected(case), None,
+                              f"did not return within {runner.timeout} s")
+    return Counterexample(family, inputs, dict(case.params), outcome.expected, outcome.got,
+                          outcome.error)
+
+
+def assert_conforms(fn, estimator: str, **kw) -> Report:
+    """``check`` and raise ``AssertionError`` with the report when ``fn`` does not conform.
+
+    For a library's own test suite: ``def test_my_gae(): assert_conforms(my_gae, "gae")``.
+    Returns the report when it conforms."""
+    report = check(fn, estimator, **kw)
+    if not report.ok:
+        raise AssertionError(str(report))
+    return report
+
