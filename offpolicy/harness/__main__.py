@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _option(field_name: str) -> str:
-    """The command-line spelling of a config field."""
+def _option(field_name: str, given: dict) -> str:
+    """The command-line spelling of a config field (as the user gave it, if they did)."""
+    if field_name in given:
+        return given[field_name]
     for opt, f in SHORTCUTS.items():
         if f == field_name:
             return "--" + opt.replace("_", "-")
@@ -127,6 +129,8 @@ def main(argv=None) -> int:
     axes: dict[str, list] = {}
     base: dict = {"env": args.env}
 
+    given = {"env": "--env"}  # config field -> the option that set it
+
     def add(field_name: str, text: str, option: str):
         if field_name not in types:
             parser.error(f"{option}: {args.algo} has no config field {field_name!r}")
@@ -136,6 +140,7 @@ def main(argv=None) -> int:
                 else [parse_value(text, types[field_name])]
         except ValueError as e:
             parser.error(f"{option}: cannot read {text!r} as {field_name}: {e}")
+        given[field_name] = option
         if len(vals) == 1:
             base[field_name] = vals[0]
         else:
@@ -166,7 +171,7 @@ def main(argv=None) -> int:
     try:
         specs = grid.expand(args.algo, base, axes, seeds)
     except ConfigError as e:
-        parser.error(f"{_option(e.field)}: {e.detail}")
+        parser.error(f"{_option(e.field, given)}: {e.detail}")
     out = Path(args.out)
     runs_dir = Path(args.runs_dir) if args.runs_dir else out / "runs"
     for directory, flag in ((out, "--out"), (runs_dir, "--runs-dir" if args.runs_dir else "--out")):
