@@ -1,0 +1,164 @@
+"""python -m offpolicy.conform MODULE:FUNCTION --estimator NAME [options]
+
+Exit status: 0 the function conforms, 1 it does not, 2 usage or import error (one line).
+``--peers`` runs every installed peer library instead (see ``offpolicy.conform.peers``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+import os
+import sys
+from pathlib import Path
+
+from .cases import FAMILIES  # noqa: F401  (imported for --help completeness)
+from .layouts import LAYOUTS, TRUNCATION_FOLDS, ConformUsageError
+from .registry import ESTIMATORS
+
+
+class _Usage(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, no usage dump
+        raise _Usage(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m offpolicy.conform",
+                description="Check an estimator function against the offpolicy contract.")
+    p.add_argument("target", nargs="?", help="MODULE:FUNCTION (e.g. mypkg.advantages:gae)")
+    p.add_argument("--estimator", choices=sorted(ESTIMATORS), metavar="NAME",
+                   help=f"contract estimator: {', '.join(ESTIMATORS)}")
+    p.add_argument("--layout", default="contract", choices=sorted(LAYOUTS), metavar="L",
+                   help=f"the function's layout: {', '.join(LAYOUTS)}")
+    p.add_argument("--truncation-fold", choices=[f for f in TRUNCATION_FOLDS if f],
+                   help="done_next/puffer_rows: what the rollout loop does with truncations")
+    p.add_argument("--values-form", choices=("auto", "v_t", "values"),
+                   help="rlax: v_tm1/v_t arrays or one values[T+1] array")
+    p.add_argument("--output", help="which output the function returns")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="fix a parameter the function hard-codes (gamma=0.99, lam=0.95, n=5)")
+    p.add_argument("--dtype", choices=("float64", "float32"))
+    p.add_argument("--array", choices=("numpy", "torch", "jax"))
+    p.add_argument("--examples", type=int, help="examples per case family (default 40)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds one call may take")
+    p.add_argument("--strict-nan", action="store_true",
+                   help="NaN under terminated reaching the output is a failure")
+    p.add_argument("--json", metavar="PATH", help="also write the report as JSON")
+    p.add_argument("--peers", action="store_true", help="run every installed peer library")
+    p.add_argument("--out", metavar="DIR", help="--peers: output directory")
+    return p
+
+
+def _parse_param(text: str):
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise _Usage(f"--param: expected NAME=VALUE, got {text!r}")
+    try:
+        number = int(value) if name == "n" else float(value)
+    except ValueError:
+        raise _Usage(f"--param {name}: expected a number, got {value!r}") from None
+    if name != "n" and math.isnan(number):
+        raise _Usage(f"--param {name}: expected a number, got {value!r}")
+    return name, number
+
+
+def _load(target: str):
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise _Usage(f"target: expected MODULE:FUNCTION, got {target!r}")
+    sys.path.insert(0, os.getcwd())  # like python -m: the current directory's modules
+    try:
+        obj = importlib.import_module(module_name)
+    except Exception as e:  # any import-time error is a usage error, in one line
+        raise _Usage(f"target: cannot import {module_name!r}: {type(e).__name__}: "
+                     f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise _Usage(f"target: {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise _Usage(f"target: {target!r} is not callable")
+    return obj
+
+
+def _writable_file(path: str) -> Path:
+    p = Path(path)
+    if p.is_dir():
+        raise _Usage(f"--json: {path} is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise _Usage(f"--json: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
+        raise _Usage(f"--json: {path} is not writable")
+    return p
+
+
+def _layout(args):
+    from . import layouts
+
+    if args.truncation_fold and args.layout not in ("done_next", "puffer_rows"):
+        raise _Usage("--truncation-fold: only for --layout done_next or puffer_rows")
+    if args.values_form and args.layout != "rlax":
+        raise _Usage("--values-form: only for --layout rlax")
+    if args.layout == "done_next":
+        return layouts.DoneNext(truncation_fold=args.truncation_fold)
+    if args.layout == "puffer_rows":
+        return layouts.PufferRows(truncation_fold=args.truncation_fold)
+    if args.layout == "rlax" and args.values_form:
+        return layouts.Rlax(values_form=args.values_form)
+    return args.layout
+
+
+def _run_peers(args) -> int:
+    try:
+        from . import peers
+    except ImportError as e:
+        raise _Usage(f"--peers: the peers table is not available ({e})") from None
+    out = Path(args.out) if args.out else Path("offpolicy-out") / "peers"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _Usage(f"--out: cannot create {out}: {e.strerror}") from None
+    if not os.access(out, os.W_OK):
+        raise _Usage(f"--out: {out} is not writable")
+    rows = peers.run_peers(out)
+    peers.write_peer_reports(rows, out)
+    print(f"wrote {out}/peers.md, peers.csv, peers.json")
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        if args.peers:
+            return _run_peers(args)
+        if not args.target:
+            raise _Usage("target: MODULE:FUNCTION is required (or --peers)")
+        if not args.estimator:
+            raise _Usage("--estimator: required")
+        params = dict(_parse_param(p) for p in args.param)
+        json_path = _writable_file(args.json) if args.json else None
+        layout = _layout(args)
+        fn = _load(args.target)
+        from .runner import check
+
+        report = check(fn, args.estimator, layout=layout, output=args.output, dtype=args.dtype,
+                       examples=args.examples, seed=args.seed, strict_nan=args.strict_nan,
+                       array=args.array, timeout=args.timeout, **params)
+    except (_Usage, ConformUsageError) as e:
+        print(f"offpolicy.conform: error: {e}", file=sys.stderr)
+        return 2
+    print(report)
+    if json_path is not None:
+        json_path.write_text(report.to_json() + "\n")
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
