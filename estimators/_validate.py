@@ -69,6 +69,8 @@ def _real_scalar(name: str, value) -> float:
     """A python/numpy real number or a 0-d array; NaN is rejected."""
     if isinstance(value, (bool, str)) or tuple(getattr(value, "shape", ())) != ():
         raise TypeError(f"{name}: expected a real number, got {value!r}")
+    if _is_torch(value):
+        value = value.detach()
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -111,13 +113,14 @@ def check_unit_interval(name: str, value, shape=None):
         raise TypeError(f"{name}: expected a real (float or integer) array, got dtype "
                         f"{value.dtype}")
     got, shape = tuple(value.shape), tuple(shape)
+    if len(got) == 1 and len(shape) == 2 and got[0] != 1:
+        raise ValueError(f"{name}: shape {got} is not broadcastable to rewards {shape} (a 1-d "
+                         f"array against [T,B] rewards is refused as ambiguous: pass "
+                         f"({shape[0]}, 1) for per-step or (1, {shape[1]}) for per-stream values)")
     try:
         fits = np.broadcast_shapes(got, shape) == shape
     except ValueError:
         fits = False
-    if fits and len(got) == 1 and len(shape) == 2 and got[0] != 1:
-        raise ValueError(f"{name}: shape {got} is ambiguous against rewards {shape}: pass "
-                         f"({shape[0]}, 1) for per-step or (1, {shape[1]}) for per-stream values")
     if not fits:
         raise ValueError(f"{name}: shape {got} is not broadcastable to rewards {shape}")
     ok = (value >= 0) & (value <= 1)  # NaN fails both
