@@ -137,9 +137,9 @@ def main(argv=None) -> int:
 
         try:
             baseline = load_baseline(args.check)
-        except (OSError, ValueError, KeyError) as e:
-            print(f"cannot read the baseline in {args.check}: {e}\n"
-                  f"(create one with --update-baseline {args.check})", file=sys.stderr)
+        except (OSError, ValueError, KeyError, TypeError) as e:  # one line, names the file
+            print(f"cannot use the baseline: {e} (create one with --update-baseline "
+                  f"{args.check})", file=sys.stderr)
             return 2
         args.limit = None  # a check always compares the whole grid
         args.profile = args.profile or baseline["meta"]["profile"]
