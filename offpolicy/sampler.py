@@ -22,6 +22,7 @@ vectorized numpy operations.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 import time
 
 import numpy as np
@@ -107,10 +108,11 @@ class VecEnv:
         self.num_envs = check_int(num_envs, "num_envs", low=1)
         self.time_limit = None if time_limit is None else check_int(time_limit, "time_limit",
                                                                     low=1)
-        if isinstance(truncation_prob, bool) or not isinstance(truncation_prob, int | float) \
-                or not 0.0 <= truncation_prob <= 1.0:
-            raise ValueError(f"truncation_prob: must be a number in [0, 1], got "
-                             f"{truncation_prob!r}")
+        if isinstance(truncation_prob, bool) or not isinstance(truncation_prob, numbers.Real):
+            raise TypeError(f"truncation_prob: expected a number, got "
+                            f"{type(truncation_prob).__name__}")
+        if not 0.0 <= truncation_prob <= 1.0:
+            raise ValueError(f"truncation_prob: must be in [0, 1], got {truncation_prob!r}")
         self.truncation_prob = float(truncation_prob)
         if initial is None:
             init = mdp.initial

@@ -164,6 +164,13 @@ def test_on_policy_returns_match_v_pi():
         (lambda m, mu: sampler.sample(m, mu, T=2, B=2, values=np.zeros(3)), "values"),
         (lambda m, mu: sampler.sample(m, mu, T=2, B=2, q=np.full((4, 2), np.nan)), "q"),
         (lambda m, mu: sampler.sample(m, mu, T=2, B=2, time_limit=0), "time_limit"),
+        (lambda m, mu: sampler.sample(m, mu, T=2, B=2, truncation_prob=1.5), "truncation_prob"),
+        (lambda m, mu: sampler.sample(m, mu, T=2, B=2, truncation_prob=-0.1),
+         "truncation_prob"),
+        (lambda m, mu: sampler.sample(m, mu, T=2, B=2, truncation_prob="0.1"),
+         "truncation_prob"),
+        (lambda m, mu: sampler.sample(m, mu, T=2, env=sampler.VecEnv(m, 2),
+                                      truncation_prob=0.1), "truncation_prob"),
         (lambda m, mu: sampler.sample(m, mu, T=2, B=2, initial=[1, 0, 0]), "initial"),
         (lambda m, mu: sampler.sample(m, mu, T=2, B=2, next_q="min"), "next_q"),
         (lambda m, mu: sampler.sample(m, mu, T=2, B=2, seed=0, rng=np.random.default_rng()),
@@ -183,3 +190,35 @@ def test_bad_inputs_name_the_argument(call, name):
 
 def test_throughput_function_runs():
     assert sampler.throughput(S=5, A=2, B=16, T=8, repeats=1) > 0
+
+
+def test_random_truncations():
+    """truncation_prob cuts each non-terminating step independently, bootstrapping from the
+    final observation; at 0 the seeded stream is exactly the one without the option."""
+    m = mdp.garnet(5, 2, 3, seed=3, num_terminal=1)
+    mu = policies.random_policy(m, seed=1)
+    plain = sampler.sample(m, mu, T=50, B=400, seed=5, time_limit=7)
+    zero = sampler.sample(m, mu, T=50, B=400, seed=5, time_limit=7, truncation_prob=0.0)
+    for name in ("states", "actions", "rewards", "next_states", "terminated", "truncated"):
+        np.testing.assert_array_equal(getattr(plain, name), getattr(zero, name))
+    p = 0.2
+    b = sampler.sample(m, mu, T=50, B=400, seed=5, truncation_prob=p)
+    assert not np.any(b.terminated & b.truncated)
+    n = (~b.terminated).sum()
+    freq = b.truncated.sum() / n
+    assert abs(freq - p) <= 5 * np.sqrt(p * (1 - p) / n)
+    done = b.terminated | b.truncated
+    np.testing.assert_array_equal(b.states[1:][~done[:-1]], b.next_states[:-1][~done[:-1]])
+    cut = b.truncated[:-1]
+    assert np.any(b.next_states[:-1][cut] != b.states[1:][cut])  # reset, not the observation
+
+
+def test_segments_with_a_time_limit_shorter_than_the_segment():
+    m = mdp.garnet(5, 2, 3, seed=4, num_terminal=1)
+    mu = policies.random_policy(m, seed=2)
+    seg = sampler.sample_segments(m, mu, 6, 500, seed=0, time_limit=2, truncation_prob=0.1)
+    first_done = np.argmax(seg.terminated | seg.truncated, axis=0)
+    assert np.all(first_done <= 1)  # every stream's first episode ends by step 1
+    assert seg.truncated[1].any() and seg.truncated[0].any() and seg.terminated.any()
+    again = sampler.sample_segments(m, mu, 6, 500, seed=0, time_limit=2, truncation_prob=0.1)
+    np.testing.assert_array_equal(seg.truncated, again.truncated)
