@@ -304,6 +304,11 @@ def test_T19_trace_efficiency_ordering(m, data, lam):
     tol = 1e-12
     assert np.all(e_is <= e_re + tol) and np.all(e_re <= e_tb + tol)
     assert np.all(e_tb <= m.gamma + tol)
+    # the exact moduli (absolute row sums of the linear part) are ordered the same way, below eta
+    m_is, m_re, m_tb = (exact.retrace_modulus(m, pi, mu, c) for c in (c_is, c_re, c_tb))
+    assert np.all(m_is <= m_re + tol) and np.all(m_re <= m_tb + tol)
+    for mod, eta in ((m_is, e_is), (m_re, e_re), (m_tb, e_tb)):
+        assert np.all(mod <= eta + tol)
 
 
 @given(small_mdps, st.data())
@@ -324,6 +329,10 @@ def test_T19_broken_reverse_orders_are_caught():
         exact.is_traces(pi, mu), exact.retrace_traces(pi, mu), exact.tree_backup_traces(pi)))
     assert (e_re - e_is).max() > 0.05 and (e_tb - e_re).max() > 0.05
     assert e_tb.min() < m.gamma - 0.05
+    # with different lambdas no order holds: IS at lam = 0 is the slowest, at lam = 1 the fastest
+    e_is0 = exact.retrace_eta(m, mu, exact.is_traces(pi, mu, 0.0))
+    close(e_is0, np.full(e_is0.shape, m.gamma), 1e-12)
+    assert (e_is0 - e_tb).max() > 0.05  # reversed against TB at lam = 1
 
 
 # ---- Theorem 20: the bias of truncated importance sampling ----------------------------------
@@ -338,6 +347,8 @@ def test_T20_truncated_is_identity_per_state(S, A, data, rc):
     excess = mu * np.maximum(rho - rc, 0.0)
     close(lhs, (pi * f).sum(axis=1) - (excess * f).sum(axis=1), 1e-12)
     close(excess.sum(axis=1), exact.vtrace_truncation_mass(pi, mu, rc), 1e-12)
+    z = 1.0 - excess.sum(axis=1)  # = Z(s) E_{pi_rhobar} f
+    close(lhs, z * (exact.vtrace_policy(pi, mu, rc) * f).sum(axis=1), 1e-12)
     bias = np.abs(lhs - (pi * f).sum(axis=1))
     assert np.all(bias <= excess.sum(axis=1) * np.abs(f).max(axis=1) + 1e-12)
 
@@ -428,32 +439,37 @@ def retrace_control(m, q0, lam, rng, iters, decay=0.7):
         q = exact.retrace_operator(m, pi, mu, q, exact.retrace_traces(pi, mu, lam))
 
 
-@pytest.mark.parametrize("seed, lam, terminals", [(0, 1.0, 0), (1, 0.5, 1), (2, 1.0, 2),
-                                                  (3, 0.0, 0)])
-def test_T22_retrace_control_converges_to_q_star(seed, lam, terminals):
-    g = 0.9
-    m = mdp_mod.garnet(6, 3, 3, gamma=g, seed=seed, num_terminal=terminals)
+def _check_retrace_control(m, lam, rng, iters):
+    g = m.gamma
     q_star = exact.optimal_q(m)
-    tbell = m.R + g * m.P_continue @ q_star.max(axis=1)
-    close(tbell, q_star, 1e-10)
+    close(m.R + g * m.P_continue @ q_star.max(axis=1), q_star, 1e-10)  # T Q* = Q*
     q0 = np.full(m.shape, min(0.0, m.R.min()) / (1 - g))  # pessimistic: T^pi Q_0 >= Q_0
-    rng = np.random.default_rng(seed)
     prev = None
-    tol = 1e-10
-    for q, pi, eps in retrace_control(m, q0, lam, rng, 400):
+    tol = 1e-10 * (1 + np.abs(q_star).max())
+    for q, pi, eps in retrace_control(m, q0, lam, rng, iters):
         assert np.all(exact.bellman_q(m, pi, q) >= q - tol)  # T^{pi_k} Q_k >= Q_k
         assert np.all(q <= q_star + tol)  # below the limit
         if prev is not None:
             assert np.all(q >= prev - tol)  # monotone
-        prev, last = q, (q, pi, eps)
-    q, pi, eps = last
-    # a posteriori: ||Q* - Q|| <= ||T Q - Q|| / (1 - gamma) and
-    # ||T Q - Q|| <= ||T^pi Q - Q|| + gamma eps max_s span Q(s, .)  (proofs/T22)
-    span = (q.max(axis=1) - q.min(axis=1)).max()
-    resid = np.abs(exact.bellman_q(m, pi, q) - q).max() + g * eps * span
-    err = np.abs(q_star - q).max()
-    assert err <= resid / (1 - g) + 1e-12
-    assert err < 1e-8
+        prev = q
+        # a posteriori (proofs/T22): ||Q* - Q|| <= ||T Q - Q|| / (1 - gamma) and
+        # ||T Q - Q|| <= ||T^pi Q - Q|| + gamma eps max_s span Q(s, .)
+        span = (q.max(axis=1) - q.min(axis=1)).max()
+        certificate = (np.abs(exact.bellman_q(m, pi, q) - q).max() + g * eps * span) / (1 - g)
+        assert np.abs(q_star - q).max() <= certificate + tol
+    return certificate
+
+
+@pytest.mark.parametrize("seed, lam, terminals", [(0, 1.0, 0), (1, 0.5, 1), (2, 1.0, 2),
+                                                  (3, 0.0, 0)])
+def test_T22_retrace_control_converges_to_q_star(seed, lam, terminals):
+    m = mdp_mod.garnet(6, 3, 3, gamma=0.9, seed=seed, num_terminal=terminals)
+    assert _check_retrace_control(m, lam, np.random.default_rng(seed), 250) < 1e-9
+
+
+@given(strategies.mdps(max_states=4, max_actions=3, gamma=0.8), LAMS, SEEDS)
+def test_T22_retrace_control_on_drawn_mdps(m, lam, seed):
+    assert _check_retrace_control(m, lam, np.random.default_rng(seed), 150) < 1e-8
 
 
 def test_T22_broken_fixed_target_does_not_reach_q_star():
