@@ -122,6 +122,9 @@ def from_pufferlib(values, rewards, dones, importance=None, *, truncations=None,
     for name, x in rows.items():
         if tuple(x.shape) != shape:
             raise _shape_error(name, x, f"values {shape}")
+    if "truncation_values" in rows:  # next_values keeps values' dtype (as_tensor keeps grad)
+        rows["truncation_values"] = _asarray(xp, rows["truncation_values"], rows["values"],
+                                             dtype=rows["values"].dtype)
     done = rows["dones"][:, 1:] != 0
     if "truncations" in rows:
         truncated = rows["truncations"][:, 1:] != 0

@@ -1,5 +1,5 @@
 """Every bad-input case raises ValueError/TypeError whose message starts with the argument's
-name, in every backend; and the inputs the contract allows are accepted."""
+name, in every backend (numpy, torch, Taichi); and the inputs the contract allows are accepted."""
 
 import math
 
@@ -8,10 +8,11 @@ import pytest
 import torch
 
 import estimators.numpy as N
+import estimators.taichi as X
 import estimators.torch as E
 
 T, B, H = 4, 2, 3
-BACKENDS = {"numpy": N, "torch": E}
+BACKENDS = {"numpy": N, "torch": E, "taichi": X}
 
 # estimator -> (array arguments, scalar keyword arguments)
 SIGNATURES = {
