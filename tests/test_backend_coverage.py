@@ -556,3 +556,24 @@ def test_layout_helpers_keep_dtype_and_device(kind, dtype):
         else:
             assert isinstance(out, np.ndarray)
     assert d["terminated"].dtype in (np.bool_, torch.bool)
+
+
+@pytest.mark.parametrize("B", [12, 16])
+@pytest.mark.parametrize("name, index, value", [
+    ("next_values", (4, 3), math.nan), ("next_values", (-1, 0), math.inf),
+    ("values", (-1, 7), math.nan), ("rewards", (0, 5), -math.inf), ("log_rhos", (2, 2), math.nan)])
+def test_vector_forms_raise_on_non_finite_input_where_read(name, index, value, B, launched):
+    """The 4- and 8-lane kernels (float32, B % 4 == 0) check inputs in the same pass: a bad
+    value in any lane, at a truncated step (4, 3) or the last step, raises naming it."""
+    d = _cast(make(T=9, B=B, seed=9, nan_under_terminated=False),
+              {k: np.float32 for k in FLOAT_NAMES})
+    d["terminated"][:] = False
+    d["truncated"][:] = False
+    d["truncated"][4, 3] = True
+    d[name] = d[name].copy()
+    d[name][index] = value
+    for fn in ("gae", "vtrace", "per_decision_is") if name != "log_rhos" else ("vtrace",):
+        launched()
+        with X._form("vec4"), pytest.raises(ValueError, match=rf"^{name}: contains NaN"):
+            run("taichi", fn, d)
+        assert launched() == ["vec8" if fn != "gae" and B == 16 else "vec4"], fn

@@ -162,3 +162,47 @@ def test_allowed_edge_inputs_are_accepted(backend):
     out = BACKENDS[backend].gae([1.0, 2.0], [0, 0], [1, 1], [False, True], [0, 0],
                                             gamma=np.float32(0.5), lam=torch.tensor(1.0))
     np.testing.assert_allclose(np.asarray(out.advantages), [2.5, 2.0])
+
+
+# non-finite values where they are read, at the places a kernel might skip: a truncated step,
+# the segment's last step, a terminated step (for values/rewards), a step with gamma_t = 0;
+# every backend and every Taichi kernel form (float32 and float64)
+READ_CASES = [
+    ("next_values", (2, 1), math.nan, "truncated"),
+    ("next_values", (3, 0), math.inf, "last step"),
+    ("next_values", (2, 0), -math.inf, "gamma_t = 0"),
+    ("values", (3, 1), math.nan, "last step"),
+    ("values", (1, 0), math.nan, "terminated step"),
+    ("rewards", (3, 1), math.inf, "last step"),
+    ("rewards", (1, 0), -math.inf, "terminated step"),
+    ("q_taken", (0, 0), math.nan, "first step"),
+    ("next_expected_q", (2, 1), math.inf, "truncated"),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("name, index, value, where", READ_CASES,
+                         ids=[f"{c[0]}-{c[3]}" for c in READ_CASES])
+def test_non_finite_where_read_raises_in_every_form(backend, name, index, value, where, dtype):
+    forms = ("vec4", "rows", "naive", "chunked") if backend == "taichi" else (None,)
+    truncated = np.zeros((T, B), bool)
+    truncated[2, 1] = True
+    gamma = np.full((T, 1), 0.9)
+    gamma[2] = 0.0
+    for fn, (arrays, scalars) in SIGNATURES.items():
+        if name not in arrays.split():
+            continue
+        bad = with_value(name, index, value)
+        for form in forms:
+            kw = {k: valid_array(k) for k in arrays.split()}
+            kw.update({k: v.astype(dtype) for k, v in kw.items() if v.dtype.kind == "f"})
+            kw.update(scalars, truncated=truncated, **{name: bad.astype(dtype)})
+            if "gamma" in kw:
+                kw["gamma"] = gamma
+            if backend == "torch":
+                kw = {k: torch.as_tensor(v) if isinstance(v, np.ndarray) else v
+                      for k, v in kw.items()}
+            with X._form(form), pytest.raises(ValueError, match=rf"^{name}: contains NaN or "
+                                                                rf"inf"):
+                getattr(BACKENDS[backend], fn)(**kw)
