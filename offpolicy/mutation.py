@@ -35,6 +35,7 @@ import sys
 import tempfile
 import time
 import types
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import estimators as _estimators_package
@@ -101,6 +102,32 @@ _VT_PG = "        pg = _clip(rho, pg_rho_clip) * (q - v)\n"
 _NS_CLOSES = ("                closes = is_open & (~kappa[t + k] | (k == n - 1))  # t+k is the "
               "window's last\n")
 _NS_BOOT = "                total = total + np.where(closes, discount * bootstrap[t + k], 0.0)\n"
+_P3O_LOOP = """\
+    for t in range(T):
+        total = np.zeros_like(r[0])
+        is_open = np.ones(r.shape[1], dtype=bool)  # the window from t still covers step t+k
+        for k in range(min(H, T - t)):
+            total = total + np.where(is_open, weights[t, :, k] * (r[t + k] - mean[t, :, k]), 0.0)
+            is_open = is_open & kappa[t + k]
+        advantages[t] = total
+"""
+_P3O_LOOP_CUT_NORMALISED = """\
+    with _quiet():
+        raw = _p3o_weights(std, batch_reward_std, "none")
+    for t in range(T):
+        window = np.zeros(raw.shape[1:], dtype=bool)  # [B,H]: offsets inside the cut window
+        is_open = np.ones(r.shape[1], dtype=bool)
+        for k in range(min(H, T - t)):
+            window[:, k] = is_open
+            is_open = is_open & kappa[t + k]
+        w = np.where(window, raw[t], 0.0)
+        scale = {"max": w.max(axis=-1), "sum": w.sum(axis=-1)}.get(normalize, np.ones(w.shape[0]))
+        w = w / np.where(scale > 0, scale, 1.0)[:, None]
+        total = np.zeros_like(r[0])
+        for k in range(min(H, T - t)):
+            total = total + np.where(window[:, k], w[:, k] * (r[t + k] - mean[t, :, k]), 0.0)
+        advantages[t] = total
+"""
 _NEXT_ROW = "    next_values = np.concatenate([values[1:], next_values[-1:]])  # values[t+1]\n"
 
 CATALOGUE = (
@@ -203,6 +230,13 @@ CATALOGUE = (
        "ikostrikov/pytorch-a3c#34, boyu-ai/Hands-on-RL#22)",
        _STATE,
        (_SV_STEP, "            advantages[t] = delta[t] + lam[t] * trace\n")),
+    _m("per_step_gamma_read_one_step_late",
+       "with per-step discounts the trace uses gamma_{t+1} instead of gamma_t",
+       "suspected wherever per-step discounts are shifted by one against the rewards (rlax's "
+       "discount_t convention vs. the step's own flag; cf. EdanToledo/Stoix#142)",
+       _STATE,
+       (_SV_STEP,
+        "            advantages[t] = delta[t] + _next_step(gamma)[t] * lam[t] * trace\n")),
     _m("bootstrap_without_gamma",
        "the TD error bootstraps without the discount (delta = r + V(s') - V(s))",
        "XanderJC/scalable-birl#4 (TD error without the discount factor); SB3-style timeout "
@@ -249,6 +283,15 @@ CATALOGUE = (
        ("vtrace",),
        (_VT_Q, "        q = r + gamma * np.where(beta & _next_step(np.ones_like(beta)), "
                "lam * v_next + (1 - lam) * bootstrap, bootstrap)\n")),
+    _m("vtrace_pg_lambda_part_from_next_row",
+       "V-trace pg advantage bootstraps its (1-lam) part (and a cut step) from V(s_{t+1}), the "
+       "next row, instead of V(s'_t)",
+       "rlax vtrace_td_error_and_advantage: pg q_t uses v_tm1[t+1] (docs/DESIGN.md section 1, "
+       "Other libraries: not exact at truncations)",
+       ("vtrace",),
+       (_VT_Q, "        nrow = np.where(beta & _next_step(np.ones_like(beta)), _next_step(v), "
+               "bootstrap)\n"
+               "        q = r + gamma * np.where(kappa, lam * v_next + (1 - lam) * nrow, nrow)\n")),
     _m("vtrace_pg_bootstraps_from_value",
        "V-trace pg advantage bootstraps from V(s'_t) instead of the V-trace target v_{t+1}",
        "hypothetical: the A2C-style advantage in IMPALA ports (no public instance found)",
@@ -316,6 +359,18 @@ CATALOGUE = (
        ("    bootstrap = np.where(beta, nv, 0.0)\n",
         "    bootstrap = np.where(beta & ~trunc, nv, 0.0)\n")),
     # ---- P3O --------------------------------------------------------------------------------
+    _m("p3o_max_over_cut_window",
+       "P3O weights normalised over the window cut at the first done instead of all H offsets",
+       "PufferLib p3o_kernel: `gamma_max` is taken over j < k, the window already cut at "
+       "dones[t+1] (PufferLib's CUDA extension, P3O experiment)",
+       ("p3o_advantage",),
+       (_P3O_LOOP, _P3O_LOOP_CUT_NORMALISED)),
+    _m("p3o_window_drops_last_offset",
+       "the P3O window covers at most H-1 offsets: the last prediction is never used",
+       "PufferLib p3o_kernel: the window loop `for (int j = 0; j < horizon-1; j++)`",
+       ("p3o_advantage",),
+       ("        for k in range(min(H, T - t)):\n",
+        "        for k in range(min(H - 1, T - t)):\n")),
     _m("p3o_window_not_cut_at_truncation",
        "the P3O window runs on across a truncation (cut at terminations only)",
        "inferred: PufferLib passes `terminals` only to its advantage kernels (no public P3O "
@@ -447,6 +502,32 @@ def run_suite(package_dir: Path, tests: Path, pytest_args: list[str]) -> tuple[b
     return proc.returncode == 0, time.perf_counter() - start, tail
 
 
+def _check(mutant: Mutant | None, source: str, tmp: Path, tests: Path, pytest_args):
+    """Run the suite on a fresh copy of the package with ``mutant`` applied (None: unmutated);
+    (status, seconds, detail) with status "passes"/"FAILS" for None, else "killed",
+    "SURVIVED" or "STALE"."""
+    try:
+        text = source if mutant is None else apply(source, mutant)
+    except StalePatch as exc:
+        return "STALE", 0.0, str(exc)
+    work = Path(tempfile.mkdtemp(dir=tmp))
+    shutil.copytree(PACKAGE_DIR, work / "estimators",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    (work / TARGET).write_text(text)
+    passed, secs, tail = run_suite(work, tests, pytest_args)
+    if mutant is None:
+        return ("passes" if passed else "FAILS"), secs, tail
+    if passed:
+        return "SURVIVED", secs, f"({mutant.bug})"
+    first = next((ln for ln in tail.splitlines() if ln.startswith("FAILED")), tail)
+    return "killed", secs, first.split("::")[-1] if "::" in first else first
+
+
+def _usage_error(message):
+    print(f"offpolicy.mutation: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m offpolicy.mutation",
                                      description=__doc__.splitlines()[0])
@@ -456,7 +537,10 @@ def main(argv=None) -> int:
                         help="run only these mutants")
     parser.add_argument("--tests", default=None, metavar="DIR",
                         help="the tests directory (default: the checkout's tests/)")
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
+                        help="suites run at once (default: min(2, CPUs))")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
+    parser.error = _usage_error
     args = parser.parse_args(argv)
     if args.list:
         for m in CATALOGUE:
@@ -468,45 +552,35 @@ def main(argv=None) -> int:
         if unknown:
             raise UsageError(f"unknown mutant {', '.join(map(repr, unknown))}; valid names: "
                              f"{', '.join(_BY_NAME)}")
+        if args.jobs < 1:
+            raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
         tests = find_tests(args.tests)
     except UsageError as exc:
         print(f"offpolicy.mutation: {exc}", file=sys.stderr)
         return 2
     mutants = [m for m in CATALOGUE if args.only is None or m.name in args.only]
     source = reference_source()
-    failures = 0
     start = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="offpolicy-mutation-") as tmp:
-        work = Path(tmp)
-        shutil.copytree(PACKAGE_DIR, work / "estimators",
-                        ignore=shutil.ignore_patterns("__pycache__"))
-        target = work / TARGET
-        passed, secs, tail = run_suite(work, tests, args.pytest_args)
-        print(f"{'(unmutated reference)':36s} {'passes' if passed else 'FAILS'}  {secs:6.1f}s",
-              flush=True)
-        if not passed:
-            print(tail)
-            return 2
-        killed = 0
-        for m in mutants:
-            try:
-                target.write_text(apply(source, m))
-            except StalePatch as exc:
-                print(f"{m.name:36s} STALE   {exc}", flush=True)
-                failures += 1
-                continue
-            passed, secs, tail = run_suite(work, tests, args.pytest_args)
-            target.write_text(source)
-            if passed:
-                failures += 1
-                print(f"{m.name:36s} SURVIVED {secs:6.1f}s  ({m.bug})", flush=True)
-            else:
-                killed += 1
-                first = next((ln for ln in tail.splitlines() if ln.startswith("FAILED")), tail)
-                first = first.split("::")[-1] if "::" in first else first
-                print(f"{m.name:36s} killed  {secs:6.1f}s  {first[:90]}", flush=True)
-        print(f"\n{killed}/{len(mutants)} mutants killed in {time.perf_counter() - start:.0f}s")
-    return 1 if failures else 0
+    counts = {"killed": 0, "SURVIVED": 0, "STALE": 0}
+    with tempfile.TemporaryDirectory(prefix="offpolicy-mutation-") as tmp, \
+            ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        # the unmutated copy runs alongside the first mutants; its verdict is printed first
+        jobs = [pool.submit(_check, m, source, Path(tmp), tests, args.pytest_args)
+                for m in [None, *mutants]]
+        for m, job in zip([None, *mutants], jobs, strict=True):
+            status, secs, detail = job.result()
+            name = "(unmutated reference)" if m is None else m.name
+            print(f"{name:36s} {status:8s} {secs:6.1f}s  {detail[:90]}".rstrip(), flush=True)
+            if m is None and status != "passes":
+                print(detail)
+                for other in jobs:
+                    other.cancel()
+                return 2
+            if m is not None:
+                counts[status] += 1
+        print(f"\n{counts['killed']}/{len(mutants)} mutants killed in "
+              f"{time.perf_counter() - start:.0f}s ({args.jobs} at a time)")
+    return 1 if counts["SURVIVED"] or counts["STALE"] else 0
 
 
 if __name__ == "__main__":

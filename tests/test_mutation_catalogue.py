@@ -51,14 +51,16 @@ def _case():
 
 
 CASE = _case()
-GAMMA, LAM = 0.9, 0.7
+LAM = 0.7
+# a scalar discount, and per-step discounts (some bugs only show when gamma_t varies)
+GAMMAS = (0.9, np.linspace(0.6, 0.95, T * B).reshape(T, B))
 
 
-def _call(module, name, x=CASE):
+def _call(module, name, gamma=GAMMAS[0], x=CASE):
     """The estimator's outputs as a tuple of arrays, or the exception type it raises."""
     sv = (x["rewards"], x["values"], x["next_values"], x["terminated"], x["truncated"])
     av = (x["rewards"], x["q_taken"], x["next_expected_q"], x["terminated"], x["truncated"])
-    kw = dict(gamma=GAMMA, lam=LAM)
+    kw = dict(gamma=gamma, lam=LAM)
     calls = {
         "gae": lambda f: f(*sv, **kw),
         "vtrace": lambda f: f(*sv, x["log_rhos"], rho_clip=1.3, c_clip=0.8, pg_rho_clip=1.1,
@@ -66,7 +68,7 @@ def _call(module, name, x=CASE):
         "puff_advantage": lambda f: f(*sv, x["log_rhos"], rho_clip=1.3, c_clip=0.8, **kw),
         "per_decision_is": lambda f: f(*sv, x["log_rhos"], **kw),
         "nstep_returns": lambda f: f(x["rewards"], x["next_values"], x["terminated"],
-                                     x["truncated"], gamma=GAMMA, n=3),
+                                     x["truncated"], gamma=gamma, n=3),
         "q_trace": lambda f: f(*av, x["traces"], **kw),
         "retrace": lambda f: f(*av, x["log_rhos"], **kw),
         "tree_backup": lambda f: f(*av, x["target_probs"], **kw),
@@ -89,9 +91,10 @@ def _same(a, b):
         np.array_equal(x, y, equal_nan=True) for x, y in zip(a, b, strict=True))
 
 
-def test_the_case_is_valid_for_the_reference():
+@pytest.mark.parametrize("gamma", GAMMAS, ids=["scalar_gamma", "per_step_gamma"])
+def test_the_case_is_valid_for_the_reference(gamma):
     for name in mutation.ESTIMATORS:
-        out = _call(ref, name)
+        out = _call(ref, name, gamma)
         assert not isinstance(out, type), f"{name} raises {out.__name__} on the case"
         assert all(np.all(np.isfinite(a)) for a in out), name
 
@@ -127,18 +130,21 @@ def test_load_unmutated_equals_the_reference_exactly():
     base = mutation.load(None)
     assert base is not ref
     for name in mutation.ESTIMATORS:
-        assert _same(_call(base, name), _call(ref, name)), name
+        for gamma in GAMMAS:
+            assert _same(_call(base, name, gamma), _call(ref, name, gamma)), name
 
 
 @pytest.mark.parametrize("mutant", mutation.CATALOGUE, ids=lambda m: m.name)
 def test_load_changes_exactly_the_named_estimators(mutant):
+    """Named estimators differ from the reference on the case (with a scalar or a per-step
+    discount); the others equal it exactly on both."""
     module = mutation.load(mutant)
     for name in mutation.ESTIMATORS:
-        same = _same(_call(module, name), _call(ref, name))
+        same = [_same(_call(module, name, g), _call(ref, name, g)) for g in GAMMAS]
         if name in mutant.estimators:
-            assert not same, f"{mutant.name}: {name} is named but unchanged on the case"
+            assert not all(same), f"{mutant.name}: {name} is named but unchanged on the case"
         else:
-            assert same, f"{mutant.name}: {name} changes but is not named"
+            assert all(same), f"{mutant.name}: {name} changes but is not named"
 
 
 def test_load_is_cached_in_memory_and_leaves_sys_modules_alone():
