@@ -38,7 +38,7 @@ import inspect
 import numpy as np
 
 from .cases import Case, Constraints
-from .registry import EstimatorSpec
+from .registry import ConformUsageError, EstimatorSpec
 
 __all__ = [
     "Layout", "Contract", "DoneNext", "Rlax", "TorchRL", "PufferRows", "SingleEpisodeRows",
@@ -46,10 +46,6 @@ __all__ = [
 ]
 
 TRUNCATION_FOLDS = (None, "bootstrap_reward", "as_done", "ignored")
-
-
-class ConformUsageError(ValueError):
-    """Bad arguments to the runner (not a verdict on the function)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,8 +149,8 @@ class Layout:
     name = "base"
     kinds = ("state", "action")  # estimator kinds it can express
     default_array = "numpy"
-    param_names: dict = dataclasses.field(default_factory=dict)  # contract -> keyword
-    folded_params: tuple = ()  # contract params the layout puts into the arrays
+    param_names: dict = dataclasses.field(default_factory=dict, kw_only=True)  # contract -> kw
+    folded_params: tuple = dataclasses.field(default=(), kw_only=True)  # put into the arrays
 
     def constraints(self, spec: EstimatorSpec) -> Constraints:
         return Constraints()
@@ -282,8 +278,8 @@ class Rlax(Layout):
     default_array = "numpy"
     values_form: str = "auto"  # auto | v_t | values
     param_names: dict = dataclasses.field(default_factory=lambda: {
-        "rho_clip": "clip_rho_threshold", "pg_rho_clip": "clip_pg_rho_threshold"})
-    folded_params: tuple = ("gamma", "lam")
+        "rho_clip": "clip_rho_threshold", "pg_rho_clip": "clip_pg_rho_threshold"}, kw_only=True)
+    folded_params: tuple = dataclasses.field(default=("gamma", "lam"), kw_only=True)
 
     def _form(self, fn) -> str:
         if self.values_form != "auto":
@@ -347,7 +343,7 @@ class TorchRL(Layout):
     kinds = ("state",)
     default_array = "torch"
     param_names: dict = dataclasses.field(default_factory=lambda: {
-        "lam": "lmbda", "rho_clip": "rho_thresh", "c_clip": "c_thresh"})
+        "lam": "lmbda", "rho_clip": "rho_thresh", "c_clip": "c_thresh"}, kw_only=True)
 
     def provided(self, spec):
         return {"state_value", "next_state_value", "reward", "done", "terminated", "log_pi",
@@ -451,6 +447,11 @@ class QTables(Layout):
 
     name = "q_tables"
     kinds = ("action",)
+
+    def constraints(self, spec):
+        return Constraints(inconsistent_next_values=(
+            "the tables after a step that continues are those of s_{t+1}: a function may read "
+            "Q(s_{t+1}, a_{t+1}) from either"))
 
     def provided(self, spec):
         return {"rewards", "q_values", "next_q_values", "actions", "next_actions",

@@ -12,7 +12,11 @@ import math
 
 import numpy as np
 
-__all__ = ["EstimatorSpec", "ESTIMATORS", "PARAM_CHOICES", "spec_for"]
+__all__ = ["EstimatorSpec", "ESTIMATORS", "PARAM_CHOICES", "spec_for", "ConformUsageError"]
+
+
+class ConformUsageError(ValueError):
+    """Bad arguments to the runner (not a verdict on the function)."""
 
 # Drawn parameter values, the first of each list is where hypothesis shrinks to: short numbers
 # that make a counterexample readable, then the values real code uses.
@@ -86,7 +90,7 @@ ESTIMATORS: dict[str, EstimatorSpec] = {
 def spec_for(estimator: str) -> EstimatorSpec:
     """The spec of ``estimator``; ``ValueError`` naming the argument if it is unknown."""
     if not isinstance(estimator, str) or estimator not in ESTIMATORS:
-        raise ValueError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
+        raise ConformUsageError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
     return ESTIMATORS[estimator]
 
 

@@ -230,7 +230,28 @@ class _Runner:
                 return False
             return not outcome.ok
 
-        return self._find(FAMILIES.index(family), family, fails, shrink=True)
+        case = self._find(FAMILIES.index(family), family, fails, shrink=True)
+        return self._narrow(case, fails)
+
+    @staticmethod
+    def _narrow(case: Case, fails) -> Case:
+        """Hypothesis shrinks the numbers; then keep one column and the shortest window of
+        steps that still fails (a window of a segment is itself a valid segment)."""
+        def sliced(c: Case, rows: slice, cols: slice) -> Case:
+            cut = lambda a: a[rows, cols]  # noqa: E731
+            return dataclasses.replace(c, inputs={k: cut(v) for k, v in c.inputs.items()},
+                                       world={k: cut(v) for k, v in c.world.items()})
+
+        for b in range(case.B):
+            if case.B > 1 and fails(candidate := sliced(case, slice(None), slice(b, b + 1))):
+                case = candidate
+                break
+        for length in range(1, case.T):
+            for start in range(case.T - length + 1):
+                candidate = sliced(case, slice(start, start + length), slice(None))
+                if fails(candidate):
+                    return candidate
+        return case
 
     def _pass_result(self, family, n) -> CaseResult:
         if family == "nan_under_terminated":
