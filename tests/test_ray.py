@@ -186,3 +186,68 @@ def test_report_killed_on_ray_stops_its_tasks_and_resumes_byte_identical(
     assert len(jsonl.read_bytes().splitlines()) == 150  # nothing computed twice
     same_files(out, report_reference, REPORT_FILES)
     capsys.readouterr()
+
+
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+
+
+def session_processes(sid: int) -> dict[int, str]:
+    """pid -> command line of every live process in session ``sid``."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            if int(fields[3]) != sid or fields[0] == "Z":
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def test_kill_9_takes_down_the_local_ray_instance_it_started(tmp_path):
+    """Without --address the driver starts Ray itself; kill -9 of the driver must take the
+    task workers, raylet and GCS with it. Ray's two agent processes are the exception: they
+    notice their raylet is gone and exit on their own, but only after about a minute here."""
+    out = tmp_path / "local"
+    ray_tmp = tempfile.mkdtemp(prefix="ofl", dir="/tmp")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offpolicy.report", *REPORT, "--executor", "ray", "--jobs", "2",
+         "--out", str(out)], start_new_session=True,
+        env=dict(os.environ, OPENBLAS_NUM_THREADS="1", RAY_TMPDIR=ray_tmp),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    sid = proc.pid
+
+    def running():
+        cells = list(out.glob("_runs/*/cells.jsonl"))
+        tasks = [c for c in session_processes(sid).values() if c.startswith(TASK_TITLE)]
+        return bool(cells) and cells[0].stat().st_size > 0 and bool(tasks)
+
+    try:
+        deadline = time.monotonic() + 120
+        while not running():
+            assert proc.poll() is None and time.monotonic() < deadline, "never got going"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+        def left():
+            return {p: c for p, c in session_processes(sid).items()
+                    if not c.startswith(RAY_AGENTS)}
+
+        deadline = time.monotonic() + 5.0
+        while left() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not left(), f"left running after kill -9 of the driver: {left()}"
+    finally:
+        for pid in session_processes(sid):  # the agents (or anything after a failure)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        shutil.rmtree(ray_tmp, ignore_errors=True)
