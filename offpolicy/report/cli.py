@@ -4,6 +4,12 @@
     python -m offpolicy.report --profile full --jobs 2   # the whole grid, reports/full/
     python -m offpolicy.report --check reports/baseline  # CI gate (exit 1 on regression)
     python -m offpolicy.report --update-baseline         # rewrite reports/baseline/
+    python -m offpolicy.report --profile full --executor ray --address auto  # on a Ray cluster
+
+Workers only compute; every cell comes back to this process (the driver), which alone writes
+the store and the outputs, so ``--executor ray`` gives byte-identical files to the process
+pool. Exit codes: 0 done (or --check passed), 1 --check found a regression, 2 bad arguments
+or an unwritable output directory (one line, before any computing), 130 interrupted.
 
 Cells are appended to ``<runs>/<profile>-<grid>-<code>/cells.jsonl`` as they finish; running the
 same command again after Ctrl-C or kill resumes from there. A change to the grid, the seed or
