@@ -601,7 +601,8 @@ def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
     r, nv = (ctx.floats(x) for x in arrays[:2])
     te, tr = (ctx.flags(x) for x in arrays[2:])
     out, err = ctx.empty(T * B), ctx.zeros_err()
-    per_step, gam, _ = ctx.step_buffers(g, 1.0, shape)
+    per_step = not isinstance(g, float)
+    gam = ctx.per_step(g, shape) if per_step else ctx.dummy()
     _launch(K.build_nstep(_ti_dtype(ctx.dtype), per_step),
             [r, nv, te, tr, out, err, gam, T, B, min(n_checked, T),
              0.0 if per_step else float(g)])
