@@ -23,6 +23,7 @@ here is shut down with the driver (Ray's own reaper process handles ``kill -9``)
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -113,6 +114,21 @@ def _process_worker_start(driver_pid: int, init: Callable[[], None] | None) -> N
         init()
 
 
+@contextlib.contextmanager
+def _sigint_ignored():
+    """Ignore SIGINT while worker processes start. Ctrl-C reaches the whole process group; a
+    worker still starting up would die of it with a traceback before its initializer ignores
+    it. An ignored SIGINT stays ignored through fork and exec, and Python keeps it so."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 # ---- Ray task wrapper ------------------------------------------------------------------------
 
 _RAY_INITIALISED = False
@@ -190,7 +206,8 @@ class Pool:
             for i, t in enumerate(tasks):
                 yield i, fn(t)
         elif self.executor == "process":
-            futures = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
+            with _sigint_ignored():  # the workers start here: see _sigint_ignored
+                futures = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)

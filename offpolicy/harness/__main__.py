@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import typing
 from dataclasses import fields
@@ -191,6 +192,10 @@ def main(argv=None) -> int:
                   "and are left out of the table (run without --report-only to compute them)",
                   file=sys.stderr)
     else:
+        def stop(signum, frame):  # `kill` stops as cleanly as Ctrl-C: workers killed, exit 130
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, stop)
         try:
             results = grid.run_grid(specs, runs_dir, executor=args.executor, jobs=args.jobs,
                                     progress=not args.no_progress, address=args.address,
@@ -201,6 +206,8 @@ def main(argv=None) -> int:
             print(f"\ninterrupted: finished runs are kept in {runs_dir}; run the same command "
                   "again to resume", file=sys.stderr)
             return 130
+        finally:
+            signal.signal(signal.SIGTERM, previous)
     if args.no_timing:
         results = [grid.strip_timing(r) for r in results]
     paths = report.write_report(results, args.algo, axes, out, stem=args.name)
