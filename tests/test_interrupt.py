@@ -139,3 +139,23 @@ def test_harness_kill_9_leaves_no_worker_and_resumes_byte_identical(tmp_path, ca
     runs = results(reference / "runs")
     assert results(out / "runs") == runs
     same_files(out / "runs", reference / "runs", runs)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_harness_ctrl_c_or_kill_of_the_group_exits_130_without_traceback(sig, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group) while the workers are still starting, or
+    `kill` of the group: exit 130 with one message, no traceback from any process, no worker
+    left."""
+    out = tmp_path / "h"
+    proc = subprocess.Popen([sys.executable, "-m", "offpolicy.harness", *HARNESS, "--jobs", "2",
+                             "--out", str(out)], start_new_session=True, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # driver, resource tracker and both workers, which then spend a second or more importing
+    # torch: the signal lands while they start up
+    wait_for(lambda: len(session_processes(proc.pid)) >= 4, 60, "the workers to start")
+    time.sleep(0.3)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted: finished runs are kept" in err
+    wait_for(lambda: not session_processes(proc.pid), 5, "the workers to be gone")
