@@ -12,7 +12,13 @@ hypothesis itself, so examples stay fast and shrink on what matters.
   (terminal states may then hold non-zero values, as a learned critic does);
 - :func:`done_patterns` and :func:`trajectory_batches`: estimator inputs ``[T,B]`` with
   arbitrary terminations and truncations (adjacent, both at once, at t = 0 and t = T-1),
-  NaN in ``next_values``/``next_expected_q`` wherever terminated.
+  NaN in ``next_values``/``next_expected_q`` wherever terminated, and ``next_values`` that
+  may differ from ``values[t+1]`` inside an episode (``consistent=True`` forbids it);
+- :func:`estimator_configs`: ``(estimator, output, params)``, optionally restricted to some
+  estimators / outputs.
+
+tests/test_strategies.py holds every strategy to the case families it exists for (counted
+over a fixed set of derandomized draws), so none of them can quietly stop producing one.
 """
 
 from __future__ import annotations
