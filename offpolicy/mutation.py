@@ -1,7 +1,8 @@
 """The bug catalogue: bugs that real return/advantage code ships, injected into a copy of the
 reference (``estimators/numpy.py``), each of which the property suite must kill.
 
-    python -m offpolicy.mutation [--list] [--only NAME ...] [--tests DIR] [-- extra pytest args]
+    python -m offpolicy.mutation [--list] [--only NAME ...] [--tests DIR] [--jobs N]
+                                 [-- extra pytest args]
 
 Each entry of :data:`CATALOGUE` is a :class:`Mutant`: a bug class (``bug``), where it is seen
 (``seen_in``: a library, file, issue or pull request, or an honest "hand-written" /
@@ -12,11 +13,13 @@ reference is caught.
 
 The check: for each mutant, copy the ``estimators`` package into a temporary directory, apply
 the patch, and run the property suite (``pytest -m property -x -k "not T12"`` over the files
-holding property tests, fast killers first, ``HYPOTHESIS_PROFILE=ci``) with the copy first on
-the import path. A mutant is *killed* when the suite fails. Theorem 12 (backends agree with
-the reference) is left out: an unmutated torch twin would kill every mutant trivially, and the
-point is that the theorems themselves catch each bug. The unmutated copy runs first and must
-pass. Exit status: 0 every mutant killed, 1 a mutant survived or a patch is stale, 2 usage
+holding property tests, ``HYPOTHESIS_PROFILE=ci``) with the copy first on the import path; the
+tests whose ids name an estimator the mutant changes run first (this module is also the pytest
+plugin that orders them), and ``--jobs`` suites run at once. A mutant is *killed* when the
+suite fails; the order never changes that verdict, only how soon ``-x`` stops. Theorem 12
+(backends agree with the reference) is left out: an unmutated torch twin would kill every
+mutant trivially, and the point is that the theorems themselves catch each bug. The unmutated
+copy must pass. Exit status: 0 every mutant killed, 1 a mutant survived or a patch is stale, 2 usage
 error (unknown name, no tests directory, the unmutated reference fails).
 
 Diagnosis (``offpolicy.conform``): :func:`load` returns a mutant as an importable in-memory
