@@ -223,14 +223,7 @@ def test_unknown_config_field_is_rejected():
         grid.expand("ppo", {"no_such_knob": 1}, {}, seeds=[0])
 
 
-@pytest.mark.skipif(not grid.ray_available(),
-                    reason="ray is not installed (optional extra: pip install 'offpolicy[ray]')")
-def test_ray_executor_runs_the_same_grid(tmp_path):
-    specs = grid.expand("ppo", {"total_steps": 512, "num_envs": 8}, {"lag": [0, 1]}, seeds=[0])
-    ray_res = grid.run_grid(specs, tmp_path / "ray", executor="ray", jobs=2, progress=False)
-    ser_res = grid.run_grid(specs, tmp_path / "serial", executor="serial", progress=False)
-    assert [_strip_timing(r["curve"]) for r in ray_res] == \
-        [_strip_timing(r["curve"]) for r in ser_res]
+# the Ray executor: tests/test_ray.py (a two-node cluster, byte-identical to the process pool)
 
 
 # ---- benchmarks (slow) ------------------------------------------------------------------
