@@ -185,11 +185,13 @@ class _Launcher:
 
     def __call__(self, args):
         if not self.fast:
-            self.kernel(*args)
+            self.kernel(*_arrays(args))
             return
         ctx = self.t_kernel.make_launch_context()
         for i, a in enumerate(args):
-            if isinstance(a, np.ndarray):
+            if isinstance(a, _Dummy):
+                ctx.set_arg_external_array_with_shape((i,), a.ptr, a.nbytes, a.shape, 0)
+            elif isinstance(a, np.ndarray):
                 ctx.set_arg_external_array_with_shape((i,), a.ctypes.data, a.nbytes, a.shape, 0)
             elif isinstance(a, float):
                 ctx.set_arg_float((i,), a)
@@ -201,11 +203,41 @@ class _Launcher:
         self.prog.launch_kernel(self.compiled, ctx)
 
 
+class _Dummy:
+    """A 1-element (or one 4-vector) argument a kernel never reads nor writes, shared by every
+    call, its pointer resolved once: ``a.ctypes.data`` costs ~1-2 us per argument per call."""
+
+    __slots__ = ("array", "ptr", "nbytes", "shape")
+
+    def __init__(self, array, shape):
+        self.array = array
+        self.ptr = array.ctypes.data
+        self.nbytes = array.nbytes
+        self.shape = shape
+
+
+_DUMMIES: dict = {}
+
+
+def _dummy(dtype, lanes=1):
+    """The shared never-read argument of ``dtype``: ``[1]`` (lanes 1) or ``[1, 4]`` (4)."""
+    key = (dtype, lanes)  # dtype: the compute dtype, np.float32 or np.float64
+    dummy = _DUMMIES.get(key)
+    if dummy is None:
+        array = np.zeros((1,) if lanes == 1 else (1, lanes), dtype)
+        dummy = _DUMMIES[key] = _Dummy(array, (1,))
+    return dummy
+
+
+def _arrays(args):
+    return [a.array if isinstance(a, _Dummy) else a for a in args]
+
+
 def _launch(kernel, args, vec4=False):
     key = (id(kernel), vec4)
     launcher = _launchers.get(key)
     if launcher is None:
-        launcher = _launchers[key] = _Launcher(kernel, args)
+        launcher = _launchers[key] = _Launcher(kernel, _arrays(args))
     if vec4 and launcher.fast:
         # vector-typed arrays are [n, 4] numpy arrays; Taichi wants the outer shape only
         args = [_Vec4View(a) if isinstance(a, np.ndarray) and a.ndim == 2 else a for a in args]
@@ -224,7 +256,9 @@ class _Vec4View:
 def _launch_vec4(launcher, args):
     ctx = launcher.t_kernel.make_launch_context()
     for i, a in enumerate(args):
-        if isinstance(a, _Vec4View):
+        if isinstance(a, _Dummy):
+            ctx.set_arg_external_array_with_shape((i,), a.ptr, a.nbytes, a.shape, 0)
+        elif isinstance(a, _Vec4View):
             a = a.a
             ctx.set_arg_external_array_with_shape((i,), a.ctypes.data, a.nbytes, a.shape[:1], 0)
         elif isinstance(a, np.ndarray):
@@ -312,7 +346,10 @@ class _Context:
         return np.zeros(1, dtype=np.int32)
 
     def dummy(self):
-        return self.empty(1)
+        """An argument the kernel never reads nor writes (shared; a tensor on CUDA)."""
+        if self.device_arrays:
+            return self.empty(1)
+        return _dummy(self.dtype)
 
     def per_step(self, x, shape):
         """A per-step gamma/lam (validated, broadcastable to ``shape``) as a contiguous flat
@@ -450,10 +487,9 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         GB = min(512, max(8, -(-G // _nthreads())))
         v4 = [x.reshape(-1, 4) for x in (r, v, nv)]
         o4 = [x.reshape(-1, 4) for x in (adv, ret)]
-        pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else np.zeros((1, 4), ctx.dtype)
-        lr4 = lrb.reshape(-1, 4) if lr is not None else np.zeros((1, 4), ctx.dtype)
-        s4 = ([x.reshape(-1, 4) for x in (gam, lm)] if per_step
-              else [np.zeros((1, 4), ctx.dtype)] * 2)
+        pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else _dummy(ctx.dtype, 4)
+        lr4 = lrb.reshape(-1, 4) if lr is not None else _dummy(ctx.dtype, 4)
+        s4 = [x.reshape(-1, 4) for x in (gam, lm)] if per_step else [_dummy(ctx.dtype, 4)] * 2
         name = "vec4"
         if mode != K.GAE and G % 2 == 0:
             # log-ratio modes are compute-bound (exp): 8 lanes per step, GB in groups of 8
