@@ -30,7 +30,9 @@ per-step ``gamma_t``, ``lam_t``; a scalar is the constant array.
 inf or NaN: a ``ValueError`` naming ``log_rhos`` is raised instead (after the computation, from
 the non-finite output). Where the ratio is not read (a cut trace: the trace factor is exactly
 0 even where the ratio is inf; ``c_0`` of the action-value trace) or is clipped
-(``min(level, inf) = level``: V-trace, Retrace) a huge log-ratio is fine.
+(``min(level, inf) = level``: V-trace, Retrace) a huge log-ratio is fine. A trace weight
+``gamma_t lam_t = 0`` does not cut the trace: an overflowed ratio read there still raises
+(``0 * inf`` is NaN in every backend).
 """
 
 from __future__ import annotations
@@ -364,7 +366,8 @@ def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *,
 
 def retrace(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *, gamma, lam):
     """Retrace(lambda) (Munos et al. 2016): ``q_trace`` with ``c_t = min(1, rho_t)``.
-    Returns a float64 numpy array."""
+    Returns a float64 numpy array. ``c_t`` is clipped, so any finite log-ratio is fine (an
+    overflowed ratio gives ``min(1, inf) = 1``)."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
                     "log_rhos", log_rhos, lambda lr: _clip(_ratio(lr), 1.0))
 
