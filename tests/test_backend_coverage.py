@@ -355,7 +355,10 @@ def test_overflowed_ratio_read_unclipped_raises(backend, dtype):
                              ("vtrace", dict(rho_clip=math.inf)),
                              ("vtrace", dict(c_clip=math.inf)),
                              ("vtrace", dict(pg_rho_clip=math.inf)),
-                             ("puff_advantage", dict(rho_clip=math.inf, c_clip=math.inf))):
+                             ("puff_advantage", dict(rho_clip=math.inf, c_clip=math.inf)),
+                             # lam = 0 weights the trace by 0 but does not cut it: 0 * inf
+                             ("importance_sampling_q", dict(lam=0.0)),
+                             ("vtrace", dict(rho_clip=1.0, c_clip=math.inf, lam=0.0))):
                 with pytest.raises(ValueError, match=message):
                     run(backend, name, _for(backend, bad, dtype), **kw)
     # PDIS reads rho_t at every step (in delta_t), a cut step included
