@@ -227,7 +227,7 @@ def test_correct_functions_conform(fn, estimator, kw):
 
 
 def test_contract_reference_conforms_with_every_family_run():
-    report = conform.check(ref.vtrace, "vtrace", examples=10)
+    report = conform.check(ref.vtrace, "vtrace", examples=10, per_step=True)
     assert report.ok
     assert {c.name for c in report.cases if c.verdict == "n/a"} == set()
 
@@ -486,3 +486,76 @@ def test_cli_usage_error_has_no_traceback_in_a_fresh_process():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("offpolicy.conform: error: target")
+
+
+def test_a_function_that_writes_into_its_inputs_fails():
+    def in_place(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        rewards += 0.0 * rewards + 1.0  # SB3-style folding written in place
+        return gae_closed_form(rewards - 1.0, values, next_values, terminated, truncated,
+                               gamma=gamma, lam=lam)
+
+    report = conform.check(in_place, "gae", **FAST)
+    assert not report.ok and report.diagnosis == "modifies_inputs_in_place"
+    assert "'rewards'" in report.diagnosis_detail or "0" in report.diagnosis_detail
+
+
+def test_per_step_gamma_lambda_family_runs_when_asked():
+    def per_step_loop(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        T, B = rewards.shape
+        gamma = np.broadcast_to(gamma, (T, B))
+        lam = np.broadcast_to(lam, (T, B))
+        out, acc = np.zeros((T, B)), np.zeros(B)
+        for t in reversed(range(T)):
+            boot = np.where(terminated[t], 0.0, next_values[t])
+            cont = ~(terminated[t] | truncated[t]) & (t < T - 1)
+            acc = rewards[t] + gamma[t] * boot - values[t] + gamma[t] * lam[t] * cont * acc
+            out[t] = acc
+        return out
+
+    def late_discount(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        """the trace into t+1 discounted by gamma_{t+1} instead of gamma_t"""
+        T, B = rewards.shape
+        gamma = np.broadcast_to(gamma, (T, B))
+        lam = np.broadcast_to(lam, (T, B))
+        out, acc = np.zeros((T, B)), np.zeros(B)
+        for t in reversed(range(T)):
+            boot = np.where(terminated[t], 0.0, next_values[t])
+            cont = ~(terminated[t] | truncated[t]) & (t < T - 1)
+            trace_discount = gamma[t + 1] if t < T - 1 else 0.0
+            acc = (rewards[t] + gamma[t] * boot - values[t]
+                   + trace_discount * lam[t] * cont * acc)
+            out[t] = acc
+        return out
+
+    report = conform.check(per_step_loop, "gae", **FAST)
+    assert report.case("per_step_gamma_lambda").verdict == "n/a"
+    assert conform.check(per_step_loop, "gae", per_step=True, **FAST).ok
+    report = conform.check(late_discount, "gae", per_step=True, **FAST)
+    assert report.failed == ["per_step_gamma_lambda"]
+    assert report.diagnosis == "per_step_gamma_read_one_step_late", str(report)
+    assert report.counterexample.T <= 3
+
+
+@pytest.mark.slow
+def test_every_catalogue_bug_is_named_by_the_runner():
+    """Every mutant of the catalogue, run as a user's function, fails with a counterexample of
+    T <= 3 and its own name (or a class that behaves identically on every example)."""
+    from offpolicy import mutation
+    from offpolicy.conform.diagnosis import load_mutant
+
+    outputs = {"vtrace_pg": "pg_advantages", "returns_from": "returns"}
+    for mutant in mutation.MUTANTS:
+        for estimator in mutant.estimators:
+            if estimator not in conform.ESTIMATORS:
+                continue
+            output = next((o for k, o in outputs.items() if mutant.name.startswith(k)), None)
+            if output and output not in conform.ESTIMATORS[estimator].outputs:
+                continue
+            fn = getattr(load_mutant(mutant), estimator)
+            report = conform.check(fn, estimator, output=output, examples=20,
+                                   per_step="per_step" in mutant.name, moments=False)
+            assert not report.ok, (mutant.name, estimator)
+            assert report.counterexample.T <= 3, (mutant.name, estimator, str(report))
+            same = report.diagnosis_detail or ""
+            assert report.diagnosis == mutant.name or mutant.name in same, \
+                (mutant.name, estimator, str(report))

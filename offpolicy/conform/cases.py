@@ -21,7 +21,9 @@ Families (``FAMILIES``), each a property the contract pins down and real code br
 * ``rho_clip_ne_c_clip``: V-trace with different clip levels;
 * ``lambda_0``, ``lambda_0.5``, ``lambda_1``: the trace parameter at its landmarks;
 * ``float64_precision``: values near 1e3 with small rewards, where float32 arithmetic is off;
-* ``nan_under_terminated``: NaN in the value read after a termination (must be ignored).
+* ``nan_under_terminated``: NaN in the value read after a termination (must be ignored);
+* ``per_step_gamma_lambda``: ``gamma`` and ``lam`` as ``[T, B]`` arrays (semi-MDP discounts,
+  state-dependent lambda; run when the check is told the function takes them).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ FAMILIES = (
     "lambda_1",
     "float64_precision",
     "nan_under_terminated",
+    "per_step_gamma_lambda",
 )
 _NEEDS_INSIDE = {"terminations_inside", "truncations_inside", "inconsistent_next_values"}
 _FORCED_LAMBDA = {"lambda_0": 0.0, "lambda_0.5": 0.5, "lambda_1": 1.0}
@@ -128,6 +131,9 @@ def family_not_applicable(family: str, spec: EstimatorSpec, fixed: dict,
             if fixed["lam"] == _FORCED_LAMBDA[family]:
                 return None
             return f"lam is fixed at {fixed['lam']}"
+    if family == "per_step_gamma_lambda":
+        if not {"gamma", "lam"} & set(spec.params) - set(fixed):
+            return "gamma and lam are fixed"
     if family == "inconsistent_next_values" and constraints.inconsistent_next_values:
         return constraints.inconsistent_next_values
     if family == "nan_under_terminated" and constraints.nan_slot:
@@ -141,7 +147,7 @@ def _grid(draw, shape, elements=_SHORT) -> np.ndarray:
                     dtype=np.float64).reshape(shape)
 
 
-def _params(draw, family, spec: EstimatorSpec, fixed: dict) -> dict:
+def _params(draw, family, spec: EstimatorSpec, fixed: dict, shape=None) -> dict:
     params = {}
     for name in spec.params:
         if name in fixed:
@@ -150,6 +156,11 @@ def _params(draw, family, spec: EstimatorSpec, fixed: dict) -> dict:
             params[name] = _FORCED_LAMBDA[family]
         else:
             params[name] = draw(st.sampled_from(PARAM_CHOICES[name]))
+    if family == "per_step_gamma_lambda":
+        T, B = shape
+        for name, choices in (("gamma", (0.5, 1.0, 0.9, 0.0)), ("lam", (0.5, 1.0, 0.0, 0.9))):
+            if name in spec.params and name not in fixed:
+                params[name] = _grid(draw, (T, B), st.sampled_from(choices))
     if family == "rho_clip_ne_c_clip":
         pairs = [(r, c) for r in (0.5, 1.0, 2.0) for c in (0.5, 1.0, 2.0) if r != c]
         if "rho_clip" in fixed:
@@ -228,7 +239,7 @@ def _state_case(draw, family, spec: EstimatorSpec, fixed, constraints) -> Case:
     inputs = dict(rewards=rewards, values=values, next_values=next_values,
                   terminated=terminated, truncated=truncated, log_rhos=log_rhos)
     world = dict(log_mu=_grid(draw, (T, B)) - 1.0)  # behaviour log-probs, for log_pi/log_mu
-    return Case(family, inputs, _params(draw, family, spec, fixed), world)
+    return Case(family, inputs, _params(draw, family, spec, fixed, (T, B)), world)
 
 
 def _log_rhos(draw, family, T, B) -> np.ndarray:
@@ -298,7 +309,7 @@ def _action_case(draw, family, spec: EstimatorSpec, fixed, constraints) -> Case:
                  next_actions=next_actions, target_probs=target_probs,
                  next_target_probs=next_target_probs, behaviour_probs=behaviour_probs,
                  next_behaviour_probs=next_behaviour_probs)
-    return Case(family, inputs, _params(draw, family, spec, fixed), world)
+    return Case(family, inputs, _params(draw, family, spec, fixed, (T, B)), world)
 
 
 def family_strategy(family: str, spec: EstimatorSpec, fixed: dict,

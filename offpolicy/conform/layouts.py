@@ -42,7 +42,7 @@ from .registry import ConformUsageError, EstimatorSpec
 
 __all__ = [
     "Layout", "Contract", "DoneNext", "Rlax", "TorchRL", "PufferRows", "SingleEpisodeRows",
-    "QTables", "LAYOUTS", "get_layout", "ConformUsageError",
+    "QTables", "LAYOUTS", "get_layout", "ConformUsageError", "ModifiedInput",
 ]
 
 TRUNCATION_FOLDS = (None, "bootstrap_reward", "as_done", "ignored")
@@ -60,15 +60,14 @@ class Arrays:
     dtype: str = "float64"
 
     def floats(self, x):
-        x = np.asarray(x, dtype=self.dtype)
-        return self._to_kind(x)
+        return self._to_kind(np.array(x, dtype=self.dtype))  # a copy: fn may write into it
 
     def flags(self, x, *, as_float: bool = False):
-        x = np.asarray(x, dtype=bool)
+        x = np.array(x, dtype=bool)
         return self._to_kind(x.astype(self.dtype) if as_float else x)
 
     def ints(self, x):
-        return self._to_kind(np.asarray(x, dtype=np.int64))
+        return self._to_kind(np.array(x, dtype=np.int64))
 
     def _to_kind(self, x: np.ndarray):
         if self.kind == "numpy":
@@ -110,6 +109,22 @@ def select_output(raw, output, spec: EstimatorSpec):
     return raw
 
 
+class ModifiedInput(Exception):
+    """The function wrote into one of its input arrays."""
+
+
+def _snapshot(kwargs: dict) -> dict:
+    return {k: Arrays.back(v).copy() for k, v in kwargs.items()
+            if hasattr(v, "shape") and k != "advantages"}  # PufferLib's output buffer
+
+
+def _check_unchanged(before: dict, kwargs: dict):
+    for k, old in before.items():
+        new = Arrays.back(kwargs[k])
+        if new.shape != old.shape or not np.array_equal(new, old, equal_nan=old.dtype.kind == "f"):
+            raise ModifiedInput(f"modified its input {k!r} in place")
+
+
 # ---------------------------------------------------------------------------------------------
 # calling with the names a function accepts
 
@@ -132,10 +147,14 @@ def accepted_names(fn) -> tuple[set[str] | None, set[str]]:
 
 
 def call_with_keywords(fn, kwargs: dict):
+    """``fn(**kwargs)`` with the names it accepts; ``ModifiedInput`` if it wrote into one."""
     names, _ = accepted_names(fn)
     if names is not None:
         kwargs = {k: v for k, v in kwargs.items() if k in names}
-    return fn(**kwargs)
+    before = _snapshot(kwargs)
+    raw = fn(**kwargs)
+    _check_unchanged(before, kwargs)
+    return raw
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,15 +213,33 @@ class Contract(Layout):
     """The contract's own signature: ``fn(*inputs, **params)`` exactly as ``estimators.numpy``."""
 
     name = "contract"
+    batched: bool = True  # False: fn takes one stream [T]; the layout loops over columns
+
+    def describe(self):
+        return self.name if self.batched else f"{self.name}(batched=False)"
 
     def provided(self, spec):
         return set(spec.inputs)
 
-    def run(self, fn, case, spec, params, arrays, output):
-        args = [arrays.flags(case.inputs[n]) if n in ("terminated", "truncated")
-                else arrays.floats(case.inputs[n]) for n in spec.inputs]
+    def _call(self, fn, inputs, spec, params, arrays, output):
+        args = [arrays.flags(inputs[n]) if n in ("terminated", "truncated")
+                else arrays.floats(inputs[n]) for n in spec.inputs]
+        before = _snapshot(dict(enumerate(args)))
         raw = fn(*args, **params)
+        _check_unchanged(before, dict(enumerate(args)))
         return Arrays.back(select_output(raw, output, spec))
+
+    def run(self, fn, case, spec, params, arrays, output):
+        if self.batched:
+            return self._call(fn, case.inputs, spec, params, arrays, output)
+        columns = []
+        for b in range(case.B):
+            y = self._call(fn, {k: v[:, b] for k, v in case.inputs.items()}, spec, params,
+                           arrays, output)
+            if y.shape != (case.T,):
+                raise TypeError(f"returned shape {y.shape} for one stream, expected ({case.T},)")
+            columns.append(y)
+        return np.stack(columns, axis=1)
 
 
 _CONSISTENT = "this layout reads V(s_{t+1}) from values[t+1]: it cannot hold next_values[t] " \

@@ -16,13 +16,21 @@ from hypothesis.errors import NoSuchExample, Unsatisfiable
 from . import diagnosis as _diagnosis
 from . import exact_check
 from .cases import FAMILIES, Case, family_not_applicable, family_strategy
-from .layouts import Arrays, ConformUsageError, Layout, accepted_names, get_layout
-from .registry import EstimatorSpec, select_reference_output, spec_for
+from .layouts import (
+    Arrays,
+    ConformUsageError,
+    Layout,
+    ModifiedInput,
+    accepted_names,
+    get_layout,
+)
+from .registry import PARAM_CHOICES, EstimatorSpec, select_reference_output, spec_for
 from .report import CaseResult, Counterexample, Report
 
 __all__ = ["check", "assert_conforms", "ConformUsageError"]
 
 RTOL = {"float64": 1e-9, "float32": 1e-4}  # relative to the case's scale
+_NAN_WARNINGS = ("nonfinite", "raised")  # in nan_under_terminated, unless strict_nan
 DEFAULT_EXAMPLES = 40
 _RECORDS_PER_FAMILY = 12
 
@@ -111,6 +119,7 @@ class _Runner:
         self.arrays, self.fixed, self.passed = arrays, fixed, passed
         self.timeout, self.strict_nan = timeout, strict_nan
         self.examples, self.seed = examples, seed
+        self.per_step = False
         self.constraints = (layout.constraints_for(spec, fn) if hasattr(layout, "constraints_for")
                             else layout.constraints(spec))
         self.records: dict[str, list] = {}
@@ -131,7 +140,9 @@ class _Runner:
                                    world={k: f32(v) for k, v in case.world.items()})
 
     def _call(self, case: Case) -> np.ndarray:
-        params = {self.layout.keyword_for(p): case.params[p] for p in self.passed}
+        params = {self.layout.keyword_for(p): self.arrays.floats(case.params[p])
+                  if isinstance(case.params[p], np.ndarray) else case.params[p]
+                  for p in self.passed}
         with _time_limit(self.timeout):
             return self.layout.run(self.fn, case, self.spec, params, self.arrays, self.output)
 
@@ -145,6 +156,8 @@ class _Runner:
         except _Hung:
             self.hung_case = case
             raise
+        except ModifiedInput as e:
+            return Outcome(False, expected, None, str(e), "inplace")
         except Exception as e:  # the function's own error is a verdict, not a crash
             msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
             return Outcome(False, expected, None, f"raised {msg}", "raised")
@@ -182,6 +195,11 @@ class _Runner:
     def run_family(self, index: int, family: str):
         """(CaseResult, the shrunk failing Case or None)."""
         reason = family_not_applicable(family, self.spec, self.fixed, self.constraints)
+        if family == "per_step_gamma_lambda" and not reason:
+            if self.layout.name not in ("contract", "rlax"):
+                reason = f"the {self.layout.name} layout passes gamma and lam as scalars"
+            elif not self.per_step:
+                reason = "not asked: pass per_step=True if the function takes gamma/lam arrays"
         if reason:
             return CaseResult(family, "n/a", reason), None
         if self.hung_case is not None:
@@ -194,12 +212,12 @@ class _Runner:
             count[0] += 1
             outcome = self.evaluate(case)
             self._record(family, case, outcome)
-            if nan_family and outcome.kind == "nonfinite" and not self.strict_nan:
+            if nan_family and outcome.kind in _NAN_WARNINGS and not self.strict_nan:
                 return False  # a warning, reported below
             return not outcome.ok
 
         try:
-            case = self._find(index, family, fails, shrink=False)
+            case = self._find(index, family, fails)
         except (NoSuchExample, Unsatisfiable):
             return self._pass_result(family, count[0]), None
         except _Hung:
@@ -208,39 +226,80 @@ class _Runner:
         outcome = self.evaluate(case)
         return CaseResult(family, "fail", self._fail_reason(outcome), count[0]), case
 
-    def _find(self, index: int, family: str, fails, *, shrink: bool) -> Case:
-        """The first failing example of ``family`` (shrunk by hypothesis when ``shrink``);
-        the same seed finds the same first example either way."""
+    def _find(self, index: int, family: str, fails) -> Case:
+        """The first failing example hypothesis generates for ``family`` (seeded)."""
         strategy = family_strategy(family, self.spec, self.fixed, self.constraints)
-        phases = [Phase.generate, Phase.shrink] if shrink else [Phase.generate]
+        phases = [Phase.generate]
         config = settings(max_examples=self.examples, database=None, deadline=None,
                           phases=phases, derandomize=False,
                           suppress_health_check=list(HealthCheck), print_blob=False)
         return find(strategy, fails, settings=config,
                     random=random.Random(self.seed * 1009 + index))
 
-    def shrink(self, family: str) -> Case:
-        """The failing example of ``family``, shrunk: fewest steps, columns, flags, and numbers
-        closest to 0 that still fail."""
+    def shrink(self, family: str, case: Case) -> Case:
+        """A smaller failing case: one column, the shortest failing window of steps, flags
+        cleared, numbers moved to 0 or rounded, parameters moved to their simplest values,
+        each step kept only while the case still fails (greedy, deterministic, bounded: a few
+        hundred calls; hypothesis found the case, and its own shrinker can take minutes)."""
         nan_family = family == "nan_under_terminated"
 
-        def fails(case: Case) -> bool:
-            outcome = self.evaluate(case)
-            if nan_family and outcome.kind == "nonfinite" and not self.strict_nan:
+        def fails(c: Case) -> bool:
+            outcome = self.evaluate(c)
+            if nan_family and outcome.kind in _NAN_WARNINGS and not self.strict_nan:
                 return False
             return not outcome.ok
 
-        case = self._find(FAMILIES.index(family), family, fails, shrink=True)
-        return self._narrow(case, fails)
+        case = self._narrow(case, fails)
+        return self._simplify(case, fails)
+
+    def _simplify(self, case: Case, fails) -> Case:
+        protected = _protected_cells(case)
+        # flags: clear each one that is not what the family is about
+        for name in ("terminated", "truncated"):
+            for idx in zip(*np.nonzero(case.inputs[name]), strict=True):
+                if (name, idx) in protected:
+                    continue
+                flags = case.inputs[name].copy()
+                flags[idx] = False
+                candidate = case.replace_inputs(**{name: flags})
+                if fails(candidate):
+                    case = candidate
+        # parameters: the first (simplest) drawn choice
+        for name, value in case.params.items():
+            if name in self.fixed or isinstance(value, np.ndarray):
+                continue
+            for simple in PARAM_CHOICES.get(name, ())[:2]:
+                if simple != value and fails(candidate := dataclasses.replace(
+                        case, params={**case.params, name: simple})):
+                    case = candidate
+                    break
+        # numbers: 0, then one decimal, cell by cell
+        for name in list(case.inputs):
+            values = case.inputs[name]
+            if values.dtype.kind != "f" or name in ("log_rhos", "target_probs_taken"):
+                continue  # derived from the world's policies
+            for idx in zip(*np.nonzero(np.isfinite(values) & (values != 0)), strict=True):
+                for simple in (0.0, float(np.round(values[idx], 1))):
+                    if simple == case.inputs[name][idx]:
+                        continue
+                    changed = case.inputs[name].copy()
+                    changed[idx] = simple
+                    if fails(candidate := case.replace_inputs(**{name: changed})):
+                        case = candidate
+                        break
+        return case
 
     @staticmethod
     def _narrow(case: Case, fails) -> Case:
-        """Hypothesis shrinks the numbers; then keep one column and the shortest window of
-        steps that still fails (a window of a segment is itself a valid segment)."""
+        """Keep one column and the shortest window of steps that still fails (a window of a
+        segment is itself a valid segment)."""
         def sliced(c: Case, rows: slice, cols: slice) -> Case:
             cut = lambda a: a[rows, cols]  # noqa: E731
+            params = {k: cut(v) if isinstance(v, np.ndarray) else v
+                      for k, v in c.params.items()}  # per-step gamma/lam arrays
             return dataclasses.replace(c, inputs={k: cut(v) for k, v in c.inputs.items()},
-                                       world={k: cut(v) for k, v in c.world.items()})
+                                       world={k: cut(v) for k, v in c.world.items()},
+                                       params=params)
 
         for b in range(case.B):
             if case.B > 1 and fails(candidate := sliced(case, slice(None), slice(b, b + 1))):
@@ -255,11 +314,18 @@ class _Runner:
 
     def _pass_result(self, family, n) -> CaseResult:
         if family == "nan_under_terminated":
-            leaked = [o for _, o in self.records.get(family, []) if o.kind == "nonfinite"]
+            kept = self.records.get(family, [])
+            leaked = [o for _, o in kept if o.kind == "nonfinite"]
+            raised = [o for _, o in kept if o.kind == "raised"]
             if leaked:
                 return CaseResult(family, "pass", f"warning: NaN in the value after a "
                                   f"termination reached the output in {len(leaked)} examples "
                                   f"(a failure with strict_nan=True)", n)
+            if raised:
+                return CaseResult(family, "pass", f"warning: NaN in the value after a "
+                                  f"termination (never read) made the function raise in "
+                                  f"{len(raised)} examples: {raised[0].error} (a failure with "
+                                  f"strict_nan=True)", n)
             return CaseResult(family, "pass", f"{n} examples: NaN after a termination never "
                                               f"reaches the output", n)
         return CaseResult(family, "pass", f"{n} examples agree with the reference", n)
@@ -277,6 +343,21 @@ class _Runner:
                 f"{outcome.expected[where]:.6g}, got {outcome.got[where]:.6g}")
 
 
+def _protected_cells(case: Case) -> set:
+    """Flags a family is about (clearing them would leave the family)."""
+    x = case.inputs
+    keep = set()
+    if case.family in ("terminations_inside", "nan_under_terminated"):
+        keep |= {("terminated", i) for i in zip(*np.nonzero(x["terminated"]), strict=True)}
+    if case.family == "truncations_inside":
+        keep |= {("truncated", i) for i in zip(*np.nonzero(x["truncated"]), strict=True)}
+    if case.family == "both_flags_one_step":
+        both = x["terminated"] & x["truncated"]
+        keep |= {(n, i) for i in zip(*np.nonzero(both), strict=True)
+                 for n in ("terminated", "truncated")}
+    return keep
+
+
 def _smallest(failures):
     """The failing case that reads best: fewest cells, then fewest flags, then family order."""
     def key(item):
@@ -289,7 +370,7 @@ def _smallest(failures):
 def check(fn, estimator: str, *, layout="contract", output: str | None = None, dtype=None,
           examples: int | None = None, seed: int = 0, strict_nan: bool = False,
           array: str | None = None, timeout: float | None = 10.0, moments: bool = True,
-          **params) -> Report:
+          per_step: bool = False, **params) -> Report:
     """Check ``fn`` against the contract of ``estimator`` (docs/DESIGN.md) in ``layout``.
 
     ``estimator``: a contract name (``gae``, ``vtrace``, ``puff_advantage``, ``per_decision_is``,
@@ -302,6 +383,8 @@ def check(fn, estimator: str, *, layout="contract", output: str | None = None, d
     ``params`` (``gamma``, ``lam``, ``rho_clip``, ``c_clip``, ``pg_rho_clip``, ``n``) fix
     parameters ``fn`` hard-codes; the others are drawn and passed by keyword. ``timeout``:
     seconds one call may take (main thread only). ``moments``: also run the exact-moment check.
+    ``per_step``: the function takes ``gamma``/``lam`` as ``[T, B]`` arrays too (runs the
+    ``per_step_gamma_lambda`` family).
 
     Returns a :class:`Report`; raises ``ConformUsageError`` (a ``ValueError``) for bad
     arguments, never for what ``fn`` does.
@@ -338,6 +421,7 @@ def check(fn, estimator: str, *, layout="contract", output: str | None = None, d
 
     runner = _Runner(fn, spec, layout, output, Arrays(array, dtype), fixed, passed, timeout,
                      strict_nan, examples, seed)
+    runner.per_step = bool(per_step)
     results, failures = [], []
     for i, family in enumerate(FAMILIES):
         result, case = runner.run_family(i, family)
@@ -355,7 +439,7 @@ def check(fn, estimator: str, *, layout="contract", output: str | None = None, d
     if failures:
         family, case = _smallest(failures)
         if runner.hung_case is None:
-            case = runner.shrink(family)
+            case = runner.shrink(family, case)
             outcome = runner.evaluate(case)
         else:
             outcome = None
