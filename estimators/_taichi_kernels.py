@@ -44,11 +44,12 @@ The same flag is raised by a non-finite *output* (``x * 0`` is NaN iff x is not 
 valid inputs only an overflow (``exp(log_rhos)`` read unclipped, a product of ratios) makes
 one, and the wrapper raises ``ValueError`` naming ``log_rhos`` (``_validate.check_outputs_finite``).
 
-Per-step ``gamma``/``lam``: every ``build_*`` factory takes ``per_step``; every kernel takes two
-more arrays ``gam``, ``lm`` after ``err`` (flat ``[T*B]`` arrays of the compute dtype, or
-4-vector arrays in the vector forms). With ``per_step=False`` they are 1-element dummies and
-never read: the scalar kernels are the same code as before (``steps*`` below select, at
-compile time, either the scalars or the array entries), so their outputs are bit-identical.
+Per-step ``gamma``/``lam``: ``build_state``, ``build_action`` and ``build_nstep`` take
+``per_step``; their kernels take two more arrays ``gam``, ``lm`` after ``err`` (``gam`` only for
+n-step; flat ``[T*B]`` arrays of the compute dtype, or 4-vector arrays in the vector forms).
+With ``per_step=False`` they are 1-element dummies and never read: the scalar kernels compute
+exactly as before (``steps*`` below select, at compile time, either the scalars or the array
+entries), so their outputs are bit-identical.
 """
 
 
