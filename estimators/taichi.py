@@ -354,13 +354,12 @@ class _Context:
     def per_step(self, x, shape):
         """A per-step gamma/lam (validated, broadcastable to ``shape``) as a contiguous flat
         buffer of the compute dtype, broadcast to ``shape``."""
-        if _is_torch(x):
+        if self.device_arrays:  # CUDA buffers: a numpy gamma/lam goes to the device too
             torch = sys.modules["torch"]
-            x = x.detach()
-            if self.device_arrays:
-                x = x.to(device=self.torch_device, dtype=self.torch_dtype)
-                return torch.broadcast_to(x, tuple(shape)).contiguous().reshape(-1)
-            x = x.cpu().numpy()
+            x = torch.as_tensor(x).detach().to(device=self.torch_device, dtype=self.torch_dtype)
+            return torch.broadcast_to(x, tuple(shape)).contiguous().reshape(-1)
+        if _is_torch(x):
+            x = x.detach().cpu().numpy()
         full = np.broadcast_to(np.asarray(x, dtype=self.dtype), tuple(shape))
         return np.ascontiguousarray(full).reshape(-1)
 
