@@ -348,6 +348,16 @@ for form in ("naive", "chunked", None):
     for g, w in zip(got, want):
         assert g.is_cuda
         assert np.abs(g.cpu().numpy() - w).max() <= 1e-10 * (1 + np.abs(w).max())
+# per-step gamma (numpy) and lam (a CUDA tensor)
+g = rng.uniform(0.5, 1.0, (T, 1))
+want = ref.vtrace(r, v, nv, te, tr, lr, gamma=g, lam=0.9)
+lam = torch.full((1, B), 0.9, dtype=torch.float64, device="cuda")
+for form in ("naive", "chunked", None):
+    with X._form(form):
+        got = X.vtrace(*dev, gamma=g, lam=lam)
+    for x, w in zip(got, want):
+        assert x.is_cuda
+        assert np.abs(x.cpu().numpy() - w).max() <= 1e-10 * (1 + np.abs(w).max())
 print("GPU OK")
 """
     del torch
