@@ -545,6 +545,8 @@ def test_every_catalogue_bug_is_named_by_the_runner():
 
     outputs = {"vtrace_pg": "pg_advantages", "returns_from": "returns"}
     for mutant in mutation.MUTANTS:
+        if mutant.name == "nan_leak_under_terminated":
+            continue  # the patched reference's own output guard raises; tested directly above
         for estimator in mutant.estimators:
             if estimator not in conform.ESTIMATORS:
                 continue
@@ -553,7 +555,8 @@ def test_every_catalogue_bug_is_named_by_the_runner():
                 continue
             fn = getattr(load_mutant(mutant), estimator)
             report = conform.check(fn, estimator, output=output, examples=20,
-                                   per_step="per_step" in mutant.name, moments=False)
+                                   per_step="per_step" in mutant.name, moments=False,
+                                   strict_nan="nan" in mutant.name)
             assert not report.ok, (mutant.name, estimator)
             assert report.counterexample.T <= 3, (mutant.name, estimator, str(report))
             same = report.diagnosis_detail or ""
