@@ -173,7 +173,9 @@ def _make_state(dt, mode, per_step):
             else:
                 rh = rho
                 c = rho
-        cf = ti.select(cut, ti.cast(0, dt), gamma * lam * c)
+        gl = gamma * lam
+        # a cut (or gamma lam = 0) gives a trace factor of exactly 0, even where c is inf
+        cf = ti.select(cut | (gl <= 0), ti.cast(0, dt), gl * c)
         kap = ti.select(cut, ti.cast(0, dt), ti.cast(1, dt))
         return ti.Vector([boot, rh, cf, kap, rpg, bad], dt=dt)
 
@@ -257,9 +259,11 @@ def _make_state(dt, mode, per_step):
                             c = ti.min(c_clip, rho)
                         else:
                             delta = rho * delta
-                        # a cut gives a trace factor of exactly 0, even where c is inf
+                        # a cut (or gamma_t lam_t = 0) gives a trace factor of exactly 0,
+                        # even where c is inf
                         glc = glv * c
-                        cf = ti.Vector([ti.select(kap[j] > 0, glc[j], ti.cast(0, dt))
+                        cf = ti.Vector([ti.select((kap[j] > 0) & (glv[j] > 0), glc[j],
+                                                  ti.cast(0, dt))
                                         for j in ti.static(range(4))], dt=dt)
                     a = delta + cf * prev
                     adv[i] = a
@@ -348,9 +352,11 @@ def _make_state(dt, mode, per_step):
                         c = ti.min(c_clip, rho)
                     else:
                         delta = rho * d0
-                    # a cut gives a trace factor of exactly 0, even where c is inf (0 * inf)
+                    # a cut (or gamma_t lam_t = 0) gives a trace factor of exactly 0, even
+                    # where c is inf (0 * inf)
                     glc = glv * c
-                    cf = ti.Vector([ti.select(kap[j] > 0, glc[j], ti.cast(0, dt))
+                    cf = ti.Vector([ti.select((kap[j] > 0) & (glv[j] > 0), glc[j],
+                                              ti.cast(0, dt))
                                     for j in ti.static(range(8))], dt=dt)
                     a = delta + cf * prev
                     target = a + vv
@@ -567,7 +573,7 @@ def _make_action(dt, mode, per_step):
         boot = ti.select(term, ti.cast(0, dt), nq[i])
         corr = ti.cast(0, dt)
         bad = ti.cast(0, dt)
-        if not cut:
+        if not cut and gamma * lam > 0:  # gamma lam = 0: the trace is weighted by exactly 0
             cn, _b = coef(cx[nxt] if ti.static(mode != Q_ONES) else ti.cast(0, dt), lo, hi)
             corr = cn * (nxt_target - q[nxt])
         if ti.static(mode != Q_ONES):

@@ -31,8 +31,8 @@ inf or NaN: a ``ValueError`` naming ``log_rhos`` is raised instead (after the co
 the non-finite output). Where the ratio is not read (a cut trace: the trace factor is exactly
 0 even where the ratio is inf; ``c_0`` of the action-value trace) or is clipped
 (``min(level, inf) = level``: V-trace, Retrace) a huge log-ratio is fine. A trace weight
-``gamma_t lam_t = 0`` does not cut the trace: an overflowed ratio read there still raises
-(``0 * inf`` is NaN in every backend).
+``gamma_t lam_t = 0`` counts as a cut here: the trace factor is exactly 0 even where the
+ratio is inf (``lam_t = 0`` cuts the trace as ``truncated[t]`` does, docs/DESIGN.md section 1).
 """
 
 from __future__ import annotations
@@ -150,7 +150,9 @@ def _state_value_trace(rewards, values, next_values, terminated, truncated, rho_
     with _quiet():  # inf * 0 where a cut discards it (c_hat inf): the select gives exactly 0
         delta = rho_hat * (rewards + gamma * bootstrap - values)
         for t in reversed(range(T)):
-            trace = np.where(kappa[t], c_hat[t] * next_advantage, 0.0)
+            # gamma_t lam_t = 0 weights the trace by 0 like a cut, even where c_hat is inf
+            read = kappa[t] & (gamma[t] * lam[t] > 0)
+            trace = np.where(read, c_hat[t] * next_advantage, 0.0)
             advantages[t] = delta[t] + gamma[t] * lam[t] * trace
             next_advantage = advantages[t]
     return advantages
@@ -172,8 +174,8 @@ def _action_value_trace(rewards, q_taken, next_expected_q, terminated, truncated
     next_target = np.zeros_like(q_taken[0])
     with _quiet():  # inf * 0 where a cut discards it (c inf): the select gives exactly 0
         for t in reversed(range(T)):
-            correction = np.where(kappa[t], next_traces[t] * (next_target - next_q_taken[t]),
-                                  0.0)
+            read = kappa[t] & (gamma[t] * lam[t] > 0)  # gamma_t lam_t = 0 weights it by 0
+            correction = np.where(read, next_traces[t] * (next_target - next_q_taken[t]), 0.0)
             targets[t] = rewards[t] + gamma[t] * bootstrap[t] + gamma[t] * lam[t] * correction
             next_target = targets[t]
     return targets

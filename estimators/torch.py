@@ -148,10 +148,11 @@ def _state_value_trace(rewards, values, next_values, terminated, truncated, rho_
     kappa, beta = _masks(terminated, truncated)
     bootstrap = torch.where(beta, next_values, 0.0)
     delta = rho_hat * (rewards + gamma * bootstrap - values)
-    # a cut gives an exact 0 trace factor even where c_hat is inf (masked before multiplying,
-    # so the backward pass never sees 0 * inf either)
-    c_cut = torch.where(kappa, c_hat, 0.0)
+    # a cut, or a trace weight gamma_t lam_t = 0, gives an exact 0 trace factor even where
+    # c_hat is inf (masked before multiplying, so the backward pass never sees 0 * inf either;
+    # a finite c_hat is kept where gamma_t lam_t = 0: the gradient w.r.t. lam_t there is not 0)
     gamma_lam = gamma * lam
+    c_cut = torch.where(kappa & ~((gamma_lam == 0) & torch.isinf(c_hat)), c_hat, 0.0)
     advantages = []
     next_advantage = torch.zeros_like(delta[0])
     for t in reversed(range(rewards.shape[0])):
@@ -166,12 +167,15 @@ def _action_value_trace(rewards, q_taken, next_expected_q, terminated, truncated
     + gamma_t lam_t kappa_t c_{t+1} (G_{t+1} - Q_{t+1}) (gamma, lam: [T,B])."""
     kappa, beta = _masks(terminated, truncated)
     bootstrap = torch.where(beta, next_expected_q, 0.0)
-    # c_{t+1} (the first action is never corrected), exactly 0 where the trace is cut even
-    # where c is inf (masked before multiplying: no 0 * inf forward or backward)
-    next_traces = torch.where(kappa, _shift(traces, 1), 0.0)
+    # c_{t+1} (the first action is never corrected), exactly 0 where the trace is cut or
+    # weighted by gamma_t lam_t = 0, even where c is inf (masked before multiplying: no 0 * inf
+    # forward or backward; a finite c is kept, for the gradient w.r.t. gamma_t, lam_t)
+    gamma_lam = gamma * lam
+    next_traces = _shift(traces, 1)
+    next_traces = torch.where(kappa & ~((gamma_lam == 0) & torch.isinf(next_traces)),
+                              next_traces, 0.0)
     next_q_taken = _shift(q_taken, 1)
     discounted = gamma * bootstrap
-    gamma_lam = gamma * lam
     targets = []
     next_target = torch.zeros_like(bootstrap[0])
     for t in reversed(range(rewards.shape[0])):

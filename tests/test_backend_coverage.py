@@ -355,16 +355,58 @@ def test_overflowed_ratio_read_unclipped_raises(backend, dtype):
                              ("vtrace", dict(rho_clip=math.inf)),
                              ("vtrace", dict(c_clip=math.inf)),
                              ("vtrace", dict(pg_rho_clip=math.inf)),
-                             ("puff_advantage", dict(rho_clip=math.inf, c_clip=math.inf)),
-                             # lam = 0 weights the trace by 0 but does not cut it: 0 * inf
-                             ("importance_sampling_q", dict(lam=0.0)),
-                             ("vtrace", dict(rho_clip=1.0, c_clip=math.inf, lam=0.0))):
+                             ("puff_advantage", dict(rho_clip=math.inf, c_clip=math.inf))):
                 with pytest.raises(ValueError, match=message):
                     run(backend, name, _for(backend, bad, dtype), **kw)
     # PDIS reads rho_t at every step (in delta_t), a cut step included
     d["terminated"][3, 2] = True
     with pytest.raises(ValueError, match=message):
         run(backend, "per_decision_is", _for(backend, dict(d, log_rhos=lr), dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("backend", list(BACKENDS))
+def test_zero_trace_weight_leaves_a_huge_ratio_unread(backend, dtype):
+    """gamma_t lam_t = 0 weights the trace from t into t+1 by exactly 0, as a cut does
+    (docs/DESIGN.md section 1: lam_t = 0 cuts like truncated[t]): the ratio that only that
+    trace reads may overflow. The unclipped c_t (V-trace, c_clip = inf) is read by the trace
+    from t; IS-Q's c_{t+1} by the trace from t."""
+    d = make(T=8, B=8, seed=10, nan_under_terminated=False)
+    d["terminated"][:] = False
+    d["truncated"][:] = False
+    compute = "float64" if backend == "numpy" else dtype
+    huge = HUGE[compute]
+    lam = np.full((8, 1), 0.9)
+    lam[2] = 0.0
+    gamma = np.full((1, 8), 0.95)
+    gamma[0, 5] = 0.0  # stream 5: every trace weight is 0
+    state_huge, state_zero = d["log_rhos"].copy(), d["log_rhos"].copy()
+    state_huge[2], state_zero[2] = huge, 0.0  # c_2: read only by the trace from t = 2
+    state_huge[:, 5], state_zero[:, 5] = huge, 0.0
+    action_huge, action_zero = d["log_rhos"].copy(), d["log_rhos"].copy()
+    action_huge[3], action_zero[3] = huge, 0.0  # c_3: read only by the trace from t = 2
+    action_huge[:, 5], action_zero[:, 5] = huge, 0.0
+    forms = ("vec4", "rows", "naive", "chunked") if backend == "taichi" else (None,)
+    kw = dict(gamma=gamma, lam=lam)
+    if backend == "torch":
+        kw = {k: torch.as_tensor(v) for k, v in kw.items()}
+    for form in forms:
+        with X._form(form):
+            for name, huge_lr, zero_lr, extra in (
+                    ("vtrace", state_huge, state_zero,
+                     dict(rho_clip=1.0, c_clip=math.inf, pg_rho_clip=1.0)),
+                    ("importance_sampling_q", action_huge, action_zero, {})):
+                got = run(backend, name, _for(backend, dict(d, log_rhos=huge_lr), dtype),
+                          **kw, **extra)
+                want = run(backend, name, _for(backend, dict(d, log_rhos=zero_lr), dtype),
+                           **kw, **extra)
+                for g, w in zip(got, want, strict=True):
+                    assert np.isfinite(host(g)).all(), (backend, form, name)
+                    assert host(g).tobytes() == host(w).tobytes(), (backend, form, name)
+            # a weight above 0 reads it: the same ratio then raises
+            with pytest.raises(ValueError, match="^log_rhos: exp"):
+                run(backend, "importance_sampling_q",
+                    _for(backend, dict(d, log_rhos=action_huge), dtype), gamma=0.95, lam=0.9)
 
 
 @pytest.mark.parametrize("backend", ["torch", "taichi"])

@@ -486,3 +486,30 @@ def test_taichi_accepts_torch_gamma_and_rejects_bad_ones():
     close(call(X, "gae", d, g, 0.5), want, 1e-12, "taichi torch gamma")
     with pytest.raises(ValueError, match=r"^gamma: values must lie in \[0, 1\], got 2.0 at "):
         call(X, "retrace", d, torch.full((4, 1), 2.0), 0.5)
+
+
+@pytest.mark.parametrize("name", ["gae", "vtrace", "per_decision_is", "q_trace",
+                                  "importance_sampling_q"])
+def test_torch_gradient_wrt_lam_at_zero(name):
+    """lam_t = 0 weights the trace by 0 (and then even an overflowed ratio is not read), but
+    with a finite ratio the derivative w.r.t. lam_t is still gamma_t c kappa_t (...): it
+    matches a one-sided difference quotient of the reference (gradcheck's two-sided steps
+    would leave [0, 1])."""
+    d = _fixed(T=6, B=3)
+    d["nv"] = np.where(d["te"], 0.0, d["nv"])
+    d["te"][:] = False
+    d["tr"][:] = False
+    rng = np.random.default_rng(4)
+    lam = rng.uniform(0.2, 0.8, (6, 1))
+    lam[2] = 0.0
+    lam_t = torch.tensor(lam, requires_grad=True)
+    out = call(E, name, d, 0.9, lam_t, _tensor(torch.float64))
+    total = sum(o.sum() for o in (out if isinstance(out, tuple) else (out,)))
+    (grad,) = torch.autograd.grad(total, lam_t)
+    eps = 1e-7
+    stepped = lam.copy()
+    stepped[2] = eps
+    total_of = lambda lm: sum(float(o.sum()) for o in outputs(call(N, name, d, 0.9, lm)))
+    quotient = (total_of(stepped) - total_of(lam)) / eps
+    assert abs(quotient) > 1e-3
+    assert abs(float(grad[2, 0]) - quotient) <= 1e-5 * (1 + abs(quotient)), name
