@@ -162,8 +162,8 @@ CATALOGUE = (
        (_SV_BOOTSTRAP, "    bootstrap = beta * next_values\n")),
     _m("segment_end_not_bootstrapped",
        "the last step of a segment does not bootstrap from next_values",
-       "PufferLib: the last stored row of a segment gets advantage 0, 64 states = 63 "
-       "transitions (PufferAI/PufferLib#363); hand-written loops starting from last_value = 0",
+       "hand-written GAE loops that start from `prev_value = 0` at the segment end "
+       "(Renzhenxuexidemaimai/DeepRL_Algorithms Common/GAE.py)",
        _STATE + ("nstep_returns",) + _ACTION,
        (_BETA, _BETA + "    beta[-1] = False\n")),
     _m("done_read_one_step_late",
