@@ -27,6 +27,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -62,6 +63,10 @@ def check_executor(executor: str, address: str | None) -> str | None:
         return "--address: empty (use auto or HOST:PORT)"
     if executor == "ray" and not ray_available():
         return f"--executor ray: Ray is not installed ({RAY_HINT})"
+    if executor == "ray" and address is not None:
+        problem = _unreachable(address)
+        if problem:  # ray.init would wait for minutes on an address where nothing listens
+            return f"--address {address}: {problem}"
     return None
 
 
@@ -143,6 +148,21 @@ def _ray_call(fn, task, init, fingerprint):
     return (fingerprint() if fingerprint is not None else None), fn(task)
 
 
+def _unreachable(address: str, timeout_s: float = 10.0) -> str | None:
+    """Why nothing can be reached at ``HOST:PORT`` (or ``ray://HOST:PORT``), or None; other
+    forms (``auto``) are left to Ray, which fails fast on them."""
+    hostport = address.split("://", 1)[-1]
+    host, sep, port = hostport.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    try:
+        with socket.create_connection((host.strip("[]") or "127.0.0.1", int(port)),
+                                      timeout=timeout_s):
+            return None
+    except OSError as e:
+        return f"nothing answers there ({e.strerror or type(e).__name__})"
+
+
 class Pool:
     """``with Pool(executor, jobs) as pool: for i, result in pool.imap_unordered(fn, tasks)``.
 
@@ -155,9 +175,11 @@ class Pool:
     def __init__(self, executor: str = "process", jobs: int = 1, *, address: str | None = None,
                  init: Callable[[], None] | None = None, mp_context=None,
                  fingerprint: Callable[[], str] | None = None):
-        problem = check_executor(executor, address)
+        problem = check_executor(executor, None)  # the address is tried when Ray starts
         if problem:
             raise ValueError(problem)
+        if address is not None and executor != "ray":
+            raise ValueError("address: only with the ray executor")
         if jobs < 1:
             raise ValueError(f"jobs: must be >= 1, got {jobs}")
         self.executor, self.jobs, self.address = executor, jobs, address
@@ -239,6 +261,9 @@ class Pool:
         if ray.is_initialized():  # the caller connected already: use that cluster as is
             return
         quiet = dict(logging_level=logging.WARNING, log_to_driver=True)
+        problem = self.address is not None and _unreachable(self.address)
+        if problem:  # ray.init would wait for minutes on an address where nothing listens
+            raise ConnectionError(f"--address {self.address}: {problem}")
         try:
             if self.address is None:
                 # "local": a new instance even where RAY_ADDRESS names another cluster

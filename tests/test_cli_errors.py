@@ -4,12 +4,14 @@ the argument, no traceback, nothing computed first and nothing written into the 
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
-from offpolicy import bench
+from offpolicy import bench, parallel
 from offpolicy.harness import __main__ as harness_cli
 from offpolicy.harness import grid as harness_grid
 from offpolicy.report import cli as report_cli
@@ -196,3 +198,21 @@ def test_command_lines_exit_2_with_one_line(argv, words, tmp_path):
                        cwd=tmp_path, timeout=120)
     assert_usage_error(p.returncode, p.stderr, *words)
     assert not list(tmp_path.glob("offpolicy-out")) and not list(tmp_path.glob("reports"))
+
+
+@pytest.mark.skipif(not parallel.ray_available(), reason="ray is not installed")
+@pytest.mark.parametrize("main, argv", [
+    (report_cli.main, ["--mdps", "chain", "--no-progress"]),
+    (harness_cli.main, HARNESS),
+])
+def test_unreachable_ray_address_fails_fast_with_one_line(main, argv, tmp_path, capsys):
+    free = socket.socket()
+    free.bind(("127.0.0.1", 0))
+    port = free.getsockname()[1]
+    free.close()  # nothing listens there now
+    address = f"127.0.0.1:{port}"
+    start = time.monotonic()
+    rc, _, err = call(main, argv + ["--executor", "ray", "--address", address,
+                                    "--out", str(tmp_path)], capsys)
+    assert_usage_error(rc, err, "--address", address, "nothing answers")
+    assert time.monotonic() - start < 30  # ray.init alone would wait for minutes

@@ -68,8 +68,9 @@ def cluster():
         shutil.rmtree(base, ignore_errors=True)
 
 
-def ray_task_processes() -> dict[int, int]:
-    """pid -> parent pid (its node's raylet) of every Ray worker running one of our tasks."""
+def ray_task_processes(raylets) -> dict[int, int]:
+    """pid -> parent pid (its node's raylet) of every Ray worker of ``raylets`` (one cluster:
+    other test runs on this machine have their own) running one of our tasks."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -80,7 +81,9 @@ def ray_task_processes() -> dict[int, int]:
                     continue
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
-            found[int(entry)] = int(stat[stat.rindex(")") + 2:].split()[1])
+            parent = int(stat[stat.rindex(")") + 2:].split()[1])
+            if parent in raylets:
+                found[int(entry)] = parent
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -89,13 +92,16 @@ def ray_task_processes() -> dict[int, int]:
 class NodeWatch:
     """Samples, while a run goes on, which raylets (nodes) have workers running our tasks."""
 
+    def __init__(self, cluster):
+        self.cluster = cluster
+
     def __enter__(self):
         self.raylets: set[int] = set()
         self._stop = threading.Event()
 
         def sample():
             while not self._stop.is_set():
-                self.raylets.update(ray_task_processes().values())
+                self.raylets.update(ray_task_processes(self.cluster.raylets).values())
                 time.sleep(0.01)
 
         self._thread = threading.Thread(target=sample, daemon=True)
@@ -130,7 +136,7 @@ def report_reference(tmp_path_factory):
 def test_report_on_two_nodes_is_byte_identical_to_the_process_pool(
         cluster, report_reference, tmp_path, capsys):
     out = tmp_path / "ray"
-    with NodeWatch() as watch:
+    with NodeWatch(cluster) as watch:
         rc = report_cli.main(REPORT + ["--executor", "ray", "--address", cluster.address,
                                        "--out", str(out)])
     assert rc == 0
@@ -143,7 +149,7 @@ def test_report_on_two_nodes_is_byte_identical_to_the_process_pool(
 def test_harness_on_two_nodes_is_byte_identical_to_the_process_pool(cluster, tmp_path, capsys):
     pool, ray_out = tmp_path / "pool", tmp_path / "ray"
     assert harness_cli.main(HARNESS + ["--jobs", "2", "--out", str(pool)]) == 0
-    with NodeWatch() as watch:
+    with NodeWatch(cluster) as watch:
         rc = harness_cli.main(HARNESS + ["--executor", "ray", "--address", cluster.address,
                                          "--out", str(ray_out)])
     assert rc == 0
@@ -166,7 +172,8 @@ def test_report_killed_on_ray_stops_its_tasks_and_resumes_byte_identical(
 
     def running():
         cells = list(out.glob("_runs/*/cells.jsonl"))
-        return bool(cells) and cells[0].stat().st_size > 0 and bool(ray_task_processes())
+        return (bool(cells) and cells[0].stat().st_size > 0
+                and bool(ray_task_processes(cluster.raylets)))
 
     deadline = time.monotonic() + 120
     while not running():
@@ -177,9 +184,10 @@ def test_report_killed_on_ray_stops_its_tasks_and_resumes_byte_identical(
     assert not (out / "results.json").exists()
     # the rest of the grid is several seconds of work: Ray must drop it with the driver's job
     deadline = time.monotonic() + 2.0
-    while ray_task_processes() and time.monotonic() < deadline:
+    while ray_task_processes(cluster.raylets) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not ray_task_processes(), "Ray tasks kept running after their driver was killed"
+    assert not ray_task_processes(cluster.raylets), \
+        "Ray tasks kept running after their driver was killed"
 
     assert report_cli.main(argv) == 0  # the same command resumes
     (jsonl,) = out.glob("_runs/*/cells.jsonl")
@@ -251,3 +259,14 @@ def test_kill_9_takes_down_the_local_ray_instance_it_started(tmp_path):
             except OSError:
                 pass
         shutil.rmtree(ray_tmp, ignore_errors=True)
+
+
+def test_a_worker_running_other_code_is_refused(cluster):
+    # a fingerprint that differs between processes stands in for a node with other code
+    # installed (a lambda: Ray ships it by value, so the worker calls this very function)
+    with pytest.raises(parallel.WorkerCodeMismatch, match="same offpolicy version"):
+        with parallel.Pool("ray", address=cluster.address,
+                           fingerprint=lambda: str(os.getpid())) as pool:
+            list(pool.imap_unordered(abs, [-1, -2]))
+    with parallel.Pool("ray", address=cluster.address, fingerprint=lambda: "same") as pool:
+        assert sorted(pool.imap_unordered(abs, [-1, -2])) == [(0, 1), (1, 2)]
