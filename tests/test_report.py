@@ -158,10 +158,20 @@ def test_number_format_is_fixed():
 # ---- the gate's tolerances, column by column (no computing: the fresh run is the baseline) ---
 
 
+_BASELINE_CELLS: dict = {}
+
+
+def _baseline_cells():
+    """The committed baseline's cells, parsed once (callers copy what they change)."""
+    if not _BASELINE_CELLS:
+        _BASELINE_CELLS.update(check.load_baseline(BASELINE)["cells"])
+    return _BASELINE_CELLS
+
+
 def _fake_run(monkeypatch, edit=None):
     """Make the check's computation return the baseline's own figures (``edit(records)`` may
     change them first), so each test is about the comparison alone."""
-    base = check.load_baseline(BASELINE)["cells"]
+    base = _baseline_cells()
 
     def fake_compute(args, profile, cells, run_dir, progress):
         records = [{"id": grid.cell_id(c), "cell": c,
