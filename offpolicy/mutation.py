@@ -96,6 +96,8 @@ _SV_BOOTSTRAP = ("    bootstrap = np.where(beta, next_values, 0.0)  # next_value
 _SV_MASKS = "    kappa, beta = _masks(terminated, truncated)\n" + _SV_BOOTSTRAP
 _SV_DELTA = "        delta = rho_hat * (rewards + gamma * bootstrap - values)\n"
 _SV_STEP = "            advantages[t] = delta[t] + gamma[t] * lam[t] * trace\n"
+# the trace is read only where gamma_t lam_t > 0: a bug in the trace's factor changes this too
+_SV_READ = "            read = kappa[t] & (gamma[t] * lam[t] > 0)\n"
 _BETA = "    beta = ~terminated  # a terminal s'_t has value 0: no bootstrap\n"
 _VT_CALL = ("    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), "
             "_clip(rho, c_clip),\n")
@@ -226,20 +228,23 @@ CATALOGUE = (
        "hypothetical: lambda = 1 hard-wired in a hand-written loop (no public instance "
        "found)",
        _STATE,
-       (_SV_STEP, "            advantages[t] = delta[t] + gamma[t] * trace\n")),
+       (_SV_STEP, "            advantages[t] = delta[t] + gamma[t] * trace\n"),
+       (_SV_READ, "            read = kappa[t] & (gamma[t] > 0)\n")),
     _m("gamma_missing_from_trace",
        "gamma left out of the trace (A = delta + lam c A')",
        "hypothetical: a hand-written recursion slip (cf. the threads on its factors, "
        "ikostrikov/pytorch-a3c#34, boyu-ai/Hands-on-RL#22)",
        _STATE,
-       (_SV_STEP, "            advantages[t] = delta[t] + lam[t] * trace\n")),
+       (_SV_STEP, "            advantages[t] = delta[t] + lam[t] * trace\n"),
+       (_SV_READ, "            read = kappa[t] & (lam[t] > 0)\n")),
     _m("per_step_gamma_read_one_step_late",
        "with per-step discounts the trace uses gamma_{t+1} instead of gamma_t",
        "suspected wherever per-step discounts are shifted by one against the rewards (rlax's "
        "discount_t convention vs. the step's own flag; cf. EdanToledo/Stoix#142)",
        _STATE,
        (_SV_STEP,
-        "            advantages[t] = delta[t] + _next_step(gamma)[t] * lam[t] * trace\n")),
+        "            advantages[t] = delta[t] + _next_step(gamma)[t] * lam[t] * trace\n"),
+       (_SV_READ, "            read = kappa[t] & (_next_step(gamma)[t] * lam[t] > 0)\n")),
     _m("bootstrap_without_gamma",
        "the TD error bootstraps without the discount (delta = r + V(s') - V(s))",
        "XanderJC/scalable-birl#4 (TD error without the discount factor); SB3-style timeout "

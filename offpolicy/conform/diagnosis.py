@@ -155,7 +155,7 @@ def _candidates(runner):
 def diagnose(runner, results) -> tuple[str | None, str | None]:
     """(bug class name, one line) for a runner whose families include failures.
 
-    A class is named when it reproduces what the function returned on at least 3/4 of the
+    A class is named when it reproduces what the function returned on at least half of the
     failing examples and 9/10 of all recorded ones (the detail says how many); the class with
     the most failing examples reproduced wins, ties going to the most examples overall.
     """
@@ -191,7 +191,7 @@ def diagnose(runner, results) -> tuple[str | None, str | None]:
             elif best is not None:
                 ties = []
             best, best_key = (name, detail, sum(fail_hits), len(fail_hits)), key
-    if best is not None and best_key[0] >= 0.75 and best_key[1] >= 0.9:
+    if best is not None and best_key[0] >= 0.5 and best_key[1] >= 0.9:
         name, detail, k, n = best
         exact = best_key[:2] == (1.0, 1.0)
         how = "" if exact else f" [reproduces {k} of {n} failing examples]"

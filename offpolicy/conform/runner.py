@@ -206,28 +206,34 @@ class _Runner:
             return CaseResult(family, "n/a", "not run: the function hung on an earlier "
                                              "family"), None
         nan_family = family == "nan_under_terminated"
-        count = [0]
+        count, failing = [0], []
 
-        def fails(case: Case) -> bool:
+        def record(case: Case) -> bool:
+            # every example runs (no early stop): the failing ones all feed the diagnosis
             count[0] += 1
             outcome = self.evaluate(case)
             self._record(family, case, outcome)
-            if nan_family and outcome.kind in _NAN_WARNINGS and not self.strict_nan:
-                return False  # a warning, reported below
-            return not outcome.ok
+            if not (nan_family and outcome.kind in _NAN_WARNINGS and not self.strict_nan) \
+                    and not outcome.ok:
+                failing.append((case, outcome))
+            return False
 
         try:
-            case = self._find(index, family, fails)
+            self._find(index, family, record)
         except (NoSuchExample, Unsatisfiable):
-            return self._pass_result(family, count[0]), None
+            pass
         except _Hung:
             return CaseResult(family, "fail", f"the function did not return within "
                                               f"{self.timeout} s", count[0]), self.hung_case
-        outcome = self.evaluate(case)
-        return CaseResult(family, "fail", self._fail_reason(outcome), count[0]), case
+        if not failing:
+            return self._pass_result(family, count[0]), None
+        case, outcome = failing[0]
+        return CaseResult(family, "fail", f"{len(failing)} of {count[0]} examples fail; first: "
+                          f"{self._fail_reason(outcome)}", count[0]), case
 
     def _find(self, index: int, family: str, fails) -> Case:
-        """The first failing example hypothesis generates for ``family`` (seeded)."""
+        """Run ``fails`` on the examples hypothesis generates for ``family`` (seeded); the
+        first for which it is True (``NoSuchExample`` if none)."""
         strategy = family_strategy(family, self.spec, self.fixed, self.constraints)
         phases = [Phase.generate]
         config = settings(max_examples=self.examples, database=None, deadline=None,
