@@ -175,15 +175,16 @@ def test_T03_moments_gae_unbiased_for_a_pi(m, data, lam, h):
     close(mom.mean_sa, exact.a_pi(m, pi), 1e-8)
 
 
-@given(small_mdps, st.data(), LAMS, st.integers(1, 3))
-def test_T03_reference_gae_unbiased_for_a_pi(m, data, lam, h):
+@given(small_mdps, st.data(), LAMS, st.integers(1, 3), CUTS)
+def test_T03_reference_gae_unbiased_for_a_pi(m, data, lam, h, p_cut):
+    """(Time-limit truncations inside the segment keep it unbiased: they bootstrap.)"""
     S, A = m.shape
     pi = data.draw(strategies.policies(S, A))
     a_pi = exact.a_pi(m, pi)
     for s in range(S):
         for a in range(A):
             got = enum_mean(m, pi, pi, "gae", "advantage", h, s, a, values=exact.v_pi(m, pi),
-                            lam=lam)
+                            truncation_prob=p_cut, lam=lam)
             assert abs(got - a_pi[s, a]) < 1e-8 * (1 + abs(a_pi[s, a]))
 
 
@@ -623,15 +624,17 @@ def test_T08_moments_pdis_unbiased_for_on_policy_return(m, data, lam, h):
     close(off.mean_s, on.mean_s, 1e-8)
 
 
-@given(small_mdps, st.data(), LAMS, st.integers(1, 3))
-def test_T08_reference_pdis_unbiased_for_on_policy_return(m, data, lam, h):
+@given(small_mdps, st.data(), LAMS, st.integers(1, 3), CUTS)
+def test_T08_reference_pdis_unbiased_for_on_policy_return(m, data, lam, h, p_cut):
+    """(With time-limit truncations inside the segment on both sides.)"""
     S, A = m.shape
     mu, pi = data.draw(strategies.policy_pairs(S, A))
     v = data.draw(strategies.value_estimates(m, mu))
     on = moments.exact_moments(m, "gae", output="value", behaviour=pi, target=pi, horizon=h,
-                               values=v, lam=lam)
+                               values=v, lam=lam, truncation_prob=p_cut)
     for s in range(S):
-        got = enum_mean(m, mu, pi, "per_decision_is", "value", h, s, values=v, lam=lam)
+        got = enum_mean(m, mu, pi, "per_decision_is", "value", h, s, values=v, lam=lam,
+                        truncation_prob=p_cut)
         assert abs(got - on.mean_s[s]) < 1e-8 * (1 + abs(on.mean_s[s]))
 
 
