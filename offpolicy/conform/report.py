@@ -151,6 +151,10 @@ class Report:
                          f"params {_plain(cx.params)}):")
             for name, value in cx.inputs.items():
                 lines.append(f"  {name} = {_plain(value)}")
+            if cx.call:
+                lines.append(f"  the function was called ({self.layout}) with:")
+                for name, value in cx.call.items():
+                    lines.append(f"    {name} = {_plain(value)}")
             lines.append(f"  expected = {_plain(cx.expected)}")
             lines.append(f"  got      = {cx.error if cx.got is None else _plain(cx.got)}")
         for w in self.warnings:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import random
 import signal
 import threading
@@ -274,8 +275,10 @@ class _Runner:
         for name, value in case.params.items():
             if name in self.fixed or isinstance(value, np.ndarray):
                 continue
-            for simple in PARAM_CHOICES.get(name, ())[:2]:
-                if simple != value and fails(candidate := dataclasses.replace(
+            choices = PARAM_CHOICES.get(name, ())
+            simpler = choices[:choices.index(value)] if value in choices else choices[:2]
+            for simple in simpler:
+                if fails(candidate := dataclasses.replace(
                         case, params={**case.params, name: simple})):
                     case = candidate
                     break
@@ -480,13 +483,34 @@ def _parameters_to_pass(fn, spec, layout, fixed) -> tuple[str, ...]:
     return tuple(passed)
 
 
+def _recorded_call(runner: _Runner, case: Case) -> dict | None:
+    """What the function received for ``case``, in the layout's own names (the first call
+    when the layout calls once per column)."""
+    if runner.layout.name == "contract":
+        return None
+    calls = []
+
+    @functools.wraps(runner.fn)
+    def recorder(*args, **kwargs):
+        calls.append({k: Arrays.back(v).copy() if hasattr(v, "shape") else v
+                      for k, v in {**dict(enumerate(args)), **kwargs}.items()})
+        return runner.fn(*args, **kwargs)
+
+    try:
+        params = {runner.layout.keyword_for(p): case.params[p] for p in runner.passed}
+        runner.layout.run(recorder, case, runner.spec, params, runner.arrays, runner.output)
+    except Exception:
+        pass
+    return calls[0] if calls else None
+
+
 def _counterexample(runner: _Runner, family: str, case: Case, outcome) -> Counterexample:
     inputs = {k: case.inputs[k] for k in runner.spec.inputs}
     if outcome is None:  # hung
         return Counterexample(family, inputs, dict(case.params), runner.expected(case), None,
                               f"did not return within {runner.timeout} s")
     return Counterexample(family, inputs, dict(case.params), outcome.expected, outcome.got,
-                          outcome.error)
+                          outcome.error, _recorded_call(runner, case))
 
 
 def assert_conforms(fn, estimator: str, **kw) -> Report:
