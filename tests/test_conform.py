@@ -562,3 +562,23 @@ def test_every_catalogue_bug_is_named_by_the_runner():
             same = report.diagnosis_detail or ""
             assert report.diagnosis == mutant.name or mutant.name in same, \
                 (mutant.name, estimator, str(report))
+
+
+def test_the_readme_conformance_example_prints_what_it_says(tmp_path, monkeypatch, capsys):
+    """The README's my_gae.py and its Python snippet run, and print what the comments say."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme.split("## Check your own estimator", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    module = next(b for b in blocks if b.lstrip().startswith("import numpy"))
+    snippet = next(b for b in blocks if "conform.check(my_gae.gae" in b)
+    (tmp_path / "my_gae.py").write_text(module)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    exec(compile(snippet, "README", "exec"), {})
+    printed = capsys.readouterr().out.split("\n")
+    promised = [line.split("#", 1)[1].strip() for line in snippet.splitlines()
+                if line.startswith("print(")]
+    assert [p.strip() for p in printed[:len(promised)]] == promised
+    assert "DoneNext" in snippet and "--truncation-fold as_done" in section
