@@ -264,6 +264,8 @@ class Pool:
         problem = self.address is not None and _unreachable(self.address)
         if problem:  # ray.init would wait for minutes on an address where nothing listens
             raise ConnectionError(f"--address {self.address}: {problem}")
+        main = threading.current_thread() is threading.main_thread()
+        sigterm = signal.getsignal(signal.SIGTERM) if main else None
         try:
             if self.address is None:
                 # "local": a new instance even where RAY_ADDRESS names another cluster
@@ -276,6 +278,10 @@ class Pool:
                                   f"{str(e).splitlines()[0] if str(e) else type(e).__name__}"
                                   ) from e
         self._ray_started = True
+        if main and sigterm is not None:
+            # Ray's core worker replaces the driver's SIGTERM handler with one that dumps a
+            # C++ stack and aborts; keep ours (the command lines stop cleanly on SIGTERM)
+            signal.signal(signal.SIGTERM, sigterm)
 
     def _ray_map(self, fn, tasks):
         import ray

@@ -270,3 +270,26 @@ def test_a_worker_running_other_code_is_refused(cluster):
             list(pool.imap_unordered(abs, [-1, -2]))
     with parallel.Pool("ray", address=cluster.address, fingerprint=lambda: "same") as pool:
         assert sorted(pool.imap_unordered(abs, [-1, -2])) == [(0, 1), (1, 2)]
+
+
+def test_sigterm_stops_a_ray_driver_cleanly(cluster, tmp_path):
+    """Ray's core worker swaps the driver's SIGTERM handler for a stack dump and abort; the
+    command line keeps its own: exit 130 with its one message, and the tasks stop."""
+    out = tmp_path / "term"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "offpolicy.report", *REPORT, "--executor", "ray", "--address",
+         cluster.address, "--out", str(out)], env=dict(os.environ, OPENBLAS_NUM_THREADS="1"),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not ray_task_processes(cluster.raylets):
+        assert proc.poll() is None and time.monotonic() < deadline, "never got going"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted: finished cells are kept" in err
+    assert "SIGTERM received" not in err and "Traceback" not in err
+    deadline = time.monotonic() + 5.0
+    while ray_task_processes(cluster.raylets) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not ray_task_processes(cluster.raylets)
