@@ -183,7 +183,7 @@ def test_report_killed_on_ray_stops_its_tasks_and_resumes_byte_identical(
     proc.wait(timeout=10)
     assert not (out / "results.json").exists()
     # the rest of the grid is several seconds of work: Ray must drop it with the driver's job
-    deadline = time.monotonic() + 2.0
+    deadline = time.monotonic() + 3.0
     while ray_task_processes(cluster.raylets) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not ray_task_processes(cluster.raylets), \
