@@ -582,3 +582,20 @@ def test_the_readme_conformance_example_prints_what_it_says(tmp_path, monkeypatc
                 if line.startswith("print(")]
     assert [p.strip() for p in printed[:len(promised)]] == promised
     assert "DoneNext" in snippet and "--truncation-fold as_done" in section
+
+
+def test_a_single_stream_function_is_checked_column_by_column():
+    def gae_one_stream(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        T = len(rewards)
+        out, acc = np.zeros(T), 0.0
+        for t in reversed(range(T)):
+            boot = 0.0 if terminated[t] else next_values[t]
+            cont = (not (terminated[t] or truncated[t])) and t < T - 1
+            acc = rewards[t] + gamma * boot - values[t] + (gamma * lam * acc if cont else 0.0)
+            out[t] = acc
+        return out
+
+    report = conform.check(gae_one_stream, "gae", **FAST)
+    assert report.ok and report.layout == "contract(batched=False)", str(report)
+    assert any("one stream" in w for w in report.warnings)
+    assert conform.check(ref.gae, "gae", **FAST).layout == "contract"  # batched stays batched

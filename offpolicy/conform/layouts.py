@@ -213,10 +213,16 @@ class Contract(Layout):
     """The contract's own signature: ``fn(*inputs, **params)`` exactly as ``estimators.numpy``."""
 
     name = "contract"
-    batched: bool = True  # False: fn takes one stream [T]; the layout loops over columns
+    batched: bool | str = "auto"  # False: fn takes one stream [T] (the layout loops over
+    # columns); "auto": decided by a probe before the check (see runner._probe_batched)
 
     def describe(self):
         return self.name if self.batched else f"{self.name}(batched=False)"
+
+    def __post_init__(self):
+        if self.batched not in (True, False, "auto"):
+            raise ConformUsageError(f"batched: expected True, False or 'auto', "
+                                    f"got {self.batched!r}")
 
     def provided(self, spec):
         return set(spec.inputs)

@@ -20,6 +20,7 @@ from .cases import FAMILIES, Case, family_not_applicable, family_strategy
 from .layouts import (
     Arrays,
     ConformUsageError,
+    Contract,
     Layout,
     ModifiedInput,
     accepted_names,
@@ -427,6 +428,10 @@ def check(fn, estimator: str, *, layout="contract", output: str | None = None, d
     dtype = _dtype_name(dtype) or "float64"
     fixed = _validate_params(spec, params)
     passed = _parameters_to_pass(fn, spec, layout, fixed)
+    notes = []
+    if isinstance(layout, Contract) and layout.batched == "auto":
+        layout = _probe_batched(fn, spec, layout, output, Arrays(array, dtype), fixed, passed,
+                                timeout, notes)
 
     runner = _Runner(fn, spec, layout, output, Arrays(array, dtype), fixed, passed, timeout,
                      strict_nan, examples, seed)
@@ -454,9 +459,40 @@ def check(fn, estimator: str, *, layout="contract", output: str | None = None, d
             outcome = None
         counterexample = _counterexample(runner, family, case, outcome)
     name, detail = _diagnosis.diagnose(runner, results) if failures else (None, None)
-    warnings = [r.reason[len("warning: "):] for r in results if r.reason.startswith("warning:")]
+    warnings = notes + [r.reason[len("warning: "):] for r in results
+                        if r.reason.startswith("warning:")]
     return Report(spec.name, layout.describe(), output, _function_name(fn), results,
                   counterexample, name, detail, warnings, time.perf_counter() - start, dtype)
+
+
+def _probe_batched(fn, spec, layout, output, arrays, fixed, passed, timeout, notes):
+    """``Contract(batched="auto")``: a function that fails on ``[T, B]`` input but returns
+    ``[T]`` for every column of it takes one stream at a time; check it column by column."""
+    import hypothesis
+
+    case = hypothesis.find(family_strategy("no_dones", spec, fixed),
+                           lambda c: c.T >= 2 and c.B >= 2,
+                           settings=settings(database=None, max_examples=200,
+                                             phases=[Phase.generate],
+                                             suppress_health_check=list(HealthCheck)),
+                           random=random.Random(0))
+    params = {p: case.params[p] for p in passed}
+    batched, unbatched = (dataclasses.replace(layout, batched=b) for b in (True, False))
+    try:
+        with _time_limit(timeout), np.errstate(all="ignore"):
+            y = batched.run(fn, case, spec, params, arrays, output)
+        if np.shape(y) == (case.T, case.B):
+            return batched
+    except Exception:
+        pass
+    try:
+        with _time_limit(timeout), np.errstate(all="ignore"):
+            unbatched.run(fn, case, spec, params, arrays, output)
+    except Exception:
+        return batched  # fails either way: the families will say how
+    notes.append("the function takes one stream [T] at a time (it fails on [T, B]); checked "
+                 "column by column (layout Contract(batched=False))")
+    return unbatched
 
 
 def _parameters_to_pass(fn, spec, layout, fixed) -> tuple[str, ...]:
