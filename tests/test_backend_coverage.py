@@ -622,3 +622,29 @@ def test_vector_forms_raise_on_non_finite_input_where_read(name, index, value, B
         with X._form("vec4"), pytest.raises(ValueError, match=rf"^{name}: contains NaN"):
             run("taichi", fn, d)
         assert launched() == ["vec8" if fn != "gae" and B == 16 else "vec4"], fn
+
+
+@pytest.mark.parametrize("backend, dtype", [("numpy", "float64"), ("torch", "float32"),
+                                            ("torch", "float64"), ("taichi", "float32"),
+                                            ("taichi", "float64")])
+def test_overflowing_output_raises_even_without_log_ratios(backend, dtype):
+    """Finite rewards near the dtype's maximum: every TD error is finite, their discounted
+    sum is not. The estimator raises instead of returning inf (the reference computes in
+    float64, so it is checked with float64 inputs)."""
+    big = float(np.finfo(dtype).max) / 1.5
+    T, B = 6, 8
+    r = np.full((T, B), big)
+    z = np.zeros((T, B))
+    flags = np.zeros((T, B), bool)
+    d = _for(backend, dict(make(T, B), rewards=r, values=z, next_values=z, terminated=flags,
+                           truncated=flags, q_taken=z, next_expected_q=z, log_rhos=z), dtype)
+    forms = ("vec4", "rows", "naive", "chunked") if backend == "taichi" else (None,)
+    compute = dtype
+    for form in forms:
+        with X._form(form):
+            for name, kw in (("gae", dict(gamma=1.0, lam=1.0)),
+                             ("vtrace", dict(gamma=1.0, lam=1.0)),
+                             ("q_lambda", dict(gamma=1.0, lam=1.0))):
+                arrays = SIG[name][0].split()
+                with pytest.raises(ValueError, match=rf"overflows {compute}"):
+                    getattr(BACKENDS[backend], name)(**{k: d[k] for k in arrays}, **kw)
