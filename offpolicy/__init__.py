@@ -3,4 +3,4 @@
 See ``docs/DESIGN.md`` (in the repository) for the contract.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
