@@ -122,6 +122,15 @@ def _make_state(dt, mode, per_step):
             return gamma, lam, gl, 1 - lam
 
     @ti.func
+    def reads_trace(kap_j, gl_j):
+        """Lane j's trace factor is read: kappa_t, and gamma_t lam_t > 0 (a scalar gamma lam
+        of 0 is handled by the wrapper, which then passes c_clip = 0: no compare per lane)."""
+        if ti.static(per_step):
+            return (kap_j > 0) & (gl_j > 0)
+        else:
+            return kap_j > 0
+
+    @ti.func
     def steps8(gam: ti.template(), lm: ti.template(), q, gamma, gl):
         """(gamma_t, gamma_t lam_t) of the 8 lanes at 4-vector q."""
         if ti.static(per_step):
@@ -265,7 +274,7 @@ def _make_state(dt, mode, per_step):
                         # a cut (or gamma_t lam_t = 0) gives a trace factor of exactly 0,
                         # even where c is inf
                         glc = glv * c
-                        cf = ti.Vector([ti.select((kap[j] > 0) & (glv[j] > 0), glc[j],
+                        cf = ti.Vector([ti.select(reads_trace(kap[j], glv[j]), glc[j],
                                                   ti.cast(0, dt))
                                         for j in ti.static(range(4))], dt=dt)
                     a = delta + cf * prev
@@ -362,7 +371,7 @@ def _make_state(dt, mode, per_step):
                     # a cut (or gamma_t lam_t = 0) gives a trace factor of exactly 0, even
                     # where c is inf (0 * inf)
                     glc = glv * c
-                    cf = ti.Vector([ti.select((kap[j] > 0) & (glv[j] > 0), glc[j],
+                    cf = ti.Vector([ti.select(reads_trace(kap[j], glv[j]), glc[j],
                                               ti.cast(0, dt))
                                     for j in ti.static(range(8))], dt=dt)
                     a = delta + cf * prev

@@ -100,6 +100,8 @@ def check_unit_interval(name: str, value, shape=None):
     is refused: it would silently mean per *stream* (and be ambiguous when T = B); per-step
     values against ``[T,B]`` rewards have shape ``(T, 1)``, per-stream values ``(1, B)``.
     """
+    if type(value) is float and 0.0 <= value <= 1.0:  # the common case, first (NaN fails)
+        return value
     if shape is None or not _is_array(value) or tuple(value.shape) == ():
         if isinstance(value, (list, tuple)):
             raise TypeError(f"{name}: expected a real number or a numpy/torch array, got "

@@ -457,6 +457,10 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     checked = _checks(cheap, full)
     gamma, lam = checked[:2]
     rho_clip, c_clip, pg_clip = checked[2:] + [1.0] * (3 - len(clips))
+    if isinstance(gamma, float) and isinstance(lam, float) and gamma * lam == 0:
+        # a scalar trace weight of 0 reads no c_t, even an inf one: c_clip = 0 gives the
+        # same exact 0 trace factor without a per-lane compare in the vector kernels
+        c_clip = 0.0
     K = _kernels()
     ctx = _Context(arrays + ([lr] if lr is not None else []))
     shape = tuple(arrays[0].shape)

@@ -403,6 +403,18 @@ def test_zero_trace_weight_leaves_a_huge_ratio_unread(backend, dtype):
                 for g, w in zip(got, want, strict=True):
                     assert np.isfinite(host(g)).all(), (backend, form, name)
                     assert host(g).tobytes() == host(w).tobytes(), (backend, form, name)
+            # a scalar trace weight of 0 (lam = 0, or gamma = 0) reads no c_t at all
+            everywhere = np.full(d["rewards"].shape, huge)
+            clips = dict(rho_clip=1.0, c_clip=math.inf, pg_rho_clip=1.0)
+            for scalar in (dict(gamma=0.9, lam=0.0), dict(gamma=0.0, lam=0.9)):
+                for name, extra in (("vtrace", clips), ("importance_sampling_q", {})):
+                    got = run(backend, name, _for(backend, dict(d, log_rhos=everywhere), dtype),
+                              **scalar, **extra)
+                    want = run(backend, name,
+                               _for(backend, dict(d, log_rhos=np.zeros_like(everywhere)), dtype),
+                               **scalar, **extra)
+                    for g, w in zip(got, want, strict=True):
+                        assert host(g).tobytes() == host(w).tobytes(), (backend, form, scalar)
             # a weight above 0 reads it: the same ratio then raises
             with pytest.raises(ValueError, match="^log_rhos: exp"):
                 run(backend, "importance_sampling_q",
