@@ -4,7 +4,8 @@ The theorems (``proofs/*.md``), the report's README and plots (``reports/``) and
 added to the site as generated files at build time, so each stays one file in the repository;
 their relative links to ``../docs/X`` are rewritten to ``../X`` (where the page lands in the
 site). ``<!-- peers: NAME -->`` in a page becomes the table of ``offpolicy.conform.peers.PEERS``
-for that estimator. The "Theorems" nav entry is filled with every ``proofs/Tnn_*.md`` after the index.
+for that estimator. The "Theorems" nav entry is filled with every ``proofs/Tnn_*.md`` after
+the index.
 """
 
 from __future__ import annotations
