@@ -14,8 +14,15 @@ keeping dtype, device and autograd.
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["next_values_from_values", "from_pufferlib", "to_pufferlib"]
 
 
 def _xp(*xs):
@@ -37,7 +44,11 @@ def _shape_error(name, x, expected):
     return ValueError(f"{name}: shape {tuple(x.shape)} does not match {expected}")
 
 
-def next_values_from_values(values, bootstrap_value, *, truncated=None, truncation_values=None):
+def next_values_from_values(
+    values: npt.ArrayLike | torch.Tensor, bootstrap_value: npt.ArrayLike | torch.Tensor, *,
+    truncated: npt.ArrayLike | torch.Tensor | None = None,
+    truncation_values: npt.ArrayLike | torch.Tensor | None = None,
+) -> np.ndarray | torch.Tensor:
     """``next_values[t] = values[t+1]`` for ``t < T-1`` and ``next_values[T-1] = bootstrap_value``.
 
     ``values`` is ``[T]`` or ``[T,B]``; ``bootstrap_value`` is a scalar or ``[B]``: the value of
@@ -82,8 +93,12 @@ def next_values_from_values(values, bootstrap_value, *, truncated=None, truncati
     return xp.where(inside, truncation_values, next_values)
 
 
-def from_pufferlib(values, rewards, dones, importance=None, *, truncations=None,
-                   truncation_values=None):
+def from_pufferlib(
+    values: npt.ArrayLike | torch.Tensor, rewards: npt.ArrayLike | torch.Tensor,
+    dones: npt.ArrayLike | torch.Tensor, importance: npt.ArrayLike | torch.Tensor | None = None, *,
+    truncations: npt.ArrayLike | torch.Tensor | None = None,
+    truncation_values: npt.ArrayLike | torch.Tensor | None = None,
+) -> dict[str, np.ndarray | torch.Tensor]:
     """Convert PufferLib's rollout rows into the contract's ``[T, B]`` keyword arguments.
 
     PufferLib (``compute_puff_advantage`` and its rollout buffers) stores ``[S, H]`` rows
@@ -148,7 +163,7 @@ def from_pufferlib(values, rewards, dones, importance=None, *, truncations=None,
     return out
 
 
-def to_pufferlib(x):
+def to_pufferlib(x: npt.ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Map a contract ``[T, B]`` result back to PufferLib's ``[B, T+1]`` rows: column j holds
     the result for the action taken at column j; the last column (no transition) is 0, as
     PufferLib's kernel leaves it."""

@@ -38,6 +38,7 @@ ratio is inf (``lam_t = 0`` cuts the trace as ``truncated[t]`` does, docs/DESIGN
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _validate
 from ._types import GAEOutput, PDISOutput, VTraceOutput
@@ -198,7 +199,9 @@ def _state_arrays(rewards, values, next_values, terminated, truncated, log_rhos,
     return arrays[0], r, v, nv, term, trunc, lr, gamma, lam
 
 
-def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+def gae(rewards: npt.ArrayLike, values: npt.ArrayLike, next_values: npt.ArrayLike,
+        terminated: npt.ArrayLike, truncated: npt.ArrayLike, *, gamma: npt.ArrayLike,
+        lam: npt.ArrayLike) -> GAEOutput:
     """Generalised advantage estimation (Schulman et al. 2016) and TD(lambda) returns.
 
     ``delta_t = r_t + gamma_t beta_t V(s'_t) - V(s_t)``,
@@ -238,8 +241,10 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
     return VTraceOutput(*(_like_rewards(x, shape_ref) for x in outputs))
 
 
-def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma, lam=1.0,
-           rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0):
+def vtrace(rewards: npt.ArrayLike, values: npt.ArrayLike, next_values: npt.ArrayLike,
+           terminated: npt.ArrayLike, truncated: npt.ArrayLike, log_rhos: npt.ArrayLike, *,
+           gamma: npt.ArrayLike, lam: npt.ArrayLike = 1.0, rho_clip: float = 1.0,
+           c_clip: float = 1.0, pg_rho_clip: float = 1.0) -> VTraceOutput:
     """V-trace (Espeholt et al. 2018, IMPALA), with the trace parameter lambda.
 
     ``rho_t = exp(log_rhos_t)``, ``rho_hat_t = min(rho_clip, rho_t)``, ``c_t = min(c_clip, rho_t)``;
@@ -258,8 +263,10 @@ def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gam
                    rho_clip, c_clip, pg_rho_clip)
 
 
-def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
-                   lam=1.0, rho_clip=1.0, c_clip=1.0):
+def puff_advantage(rewards: npt.ArrayLike, values: npt.ArrayLike, next_values: npt.ArrayLike,
+                   terminated: npt.ArrayLike, truncated: npt.ArrayLike, log_rhos: npt.ArrayLike, *,
+                   gamma: npt.ArrayLike, lam: npt.ArrayLike = 1.0, rho_clip: float = 1.0,
+                   c_clip: float = 1.0) -> np.ndarray:
     """PufferLib's "puff advantage": V-trace's ``A_t = v_t - V(s_t)`` (see ``vtrace``).
 
     Arguments are in this contract's layout; ``estimators.layout.from_pufferlib`` converts
@@ -269,8 +276,9 @@ def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos
                    rho_clip, c_clip, 1.0).advantages
 
 
-def per_decision_is(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
-                    lam):
+def per_decision_is(rewards: npt.ArrayLike, values: npt.ArrayLike, next_values: npt.ArrayLike,
+                    terminated: npt.ArrayLike, truncated: npt.ArrayLike, log_rhos: npt.ArrayLike, *,
+                    gamma: npt.ArrayLike, lam: npt.ArrayLike) -> PDISOutput:
     """Per-decision importance sampling with control variates (Precup et al. 2000;
     Sutton & Barto eq. 7.13), with lambda.
 
@@ -295,7 +303,8 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
 # n-step returns
 
 
-def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
+def nstep_returns(rewards: npt.ArrayLike, next_values: npt.ArrayLike, terminated: npt.ArrayLike,
+                  truncated: npt.ArrayLike, *, gamma: npt.ArrayLike, n: int) -> np.ndarray:
     """n-step returns ``G_t = sum_{k<m} D_{t,k} r_{t+k} + D_{t,m} beta_{t+m-1} V(s'_{t+m-1})``
     with the discount ``D_{t,k} = prod_{j<k} gamma_{t+j}`` (``gamma^k`` for a scalar gamma).
 
@@ -352,7 +361,9 @@ def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, la
     return _like_rewards(targets, arrays[0])
 
 
-def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *, gamma, lam):
+def q_trace(rewards: npt.ArrayLike, q_taken: npt.ArrayLike, next_expected_q: npt.ArrayLike,
+            terminated: npt.ArrayLike, truncated: npt.ArrayLike, traces: npt.ArrayLike, *,
+            gamma: npt.ArrayLike, lam: npt.ArrayLike) -> np.ndarray:
     """The general action-value trace (Munos et al. 2016's operator, sampled):
 
     ``G_t = r_t + gamma_t beta_t next_expected_q_t
@@ -366,7 +377,9 @@ def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *,
                     "traces", traces, lambda c: c)
 
 
-def retrace(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *, gamma, lam):
+def retrace(rewards: npt.ArrayLike, q_taken: npt.ArrayLike, next_expected_q: npt.ArrayLike,
+            terminated: npt.ArrayLike, truncated: npt.ArrayLike, log_rhos: npt.ArrayLike, *,
+            gamma: npt.ArrayLike, lam: npt.ArrayLike) -> np.ndarray:
     """Retrace(lambda) (Munos et al. 2016): ``q_trace`` with ``c_t = min(1, rho_t)``.
     Returns a float64 numpy array. ``c_t`` is clipped, so any finite log-ratio is fine (an
     overflowed ratio gives ``min(1, inf) = 1``)."""
@@ -374,22 +387,28 @@ def retrace(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, 
                     "log_rhos", log_rhos, lambda lr: _clip(_ratio(lr), 1.0))
 
 
-def tree_backup(rewards, q_taken, next_expected_q, terminated, truncated, target_probs_taken,
-                *, gamma, lam):
+def tree_backup(rewards: npt.ArrayLike, q_taken: npt.ArrayLike, next_expected_q: npt.ArrayLike,
+                terminated: npt.ArrayLike, truncated: npt.ArrayLike,
+                target_probs_taken: npt.ArrayLike, *, gamma: npt.ArrayLike,
+                lam: npt.ArrayLike) -> np.ndarray:
     """Tree-backup(lambda) (Precup et al. 2000): ``q_trace`` with ``c_t = pi(a_t|s_t)``
     (``target_probs_taken``, in [0, 1]). Returns a float64 numpy array."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
                     "target_probs_taken", target_probs_taken, lambda p: p)
 
 
-def q_lambda(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam):
+def q_lambda(rewards: npt.ArrayLike, q_taken: npt.ArrayLike, next_expected_q: npt.ArrayLike,
+             terminated: npt.ArrayLike, truncated: npt.ArrayLike, *, gamma: npt.ArrayLike,
+             lam: npt.ArrayLike) -> np.ndarray:
     """Q^pi(lambda) (Harutyunyan et al. 2016): ``q_trace`` with ``c_t = 1``; safe only for
     lam < (1 - gamma) / (gamma eps). Returns a float64 numpy array."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam)
 
 
-def importance_sampling_q(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *,
-                          gamma, lam):
+def importance_sampling_q(rewards: npt.ArrayLike, q_taken: npt.ArrayLike,
+                          next_expected_q: npt.ArrayLike, terminated: npt.ArrayLike,
+                          truncated: npt.ArrayLike, log_rhos: npt.ArrayLike, *,
+                          gamma: npt.ArrayLike, lam: npt.ArrayLike) -> np.ndarray:
     """Per-decision importance sampling for Q: ``q_trace`` with ``c_t = rho_t`` (unclipped).
     Returns a float64 numpy array. ``rho_t`` is read only where the trace enters step t
     (``kappa_{t-1}``); there a log-ratio whose ``exp`` overflows float64 (or an overflowing
@@ -420,8 +439,9 @@ def _p3o_weights(reward_std, batch_reward_std, normalize):
     return weights / np.where(scale > 0, scale, 1.0)  # all-zero rows stay 0
 
 
-def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
-                  normalize="max"):
+def p3o_advantage(rewards: npt.ArrayLike, reward_mean: npt.ArrayLike, reward_std: npt.ArrayLike,
+                  terminated: npt.ArrayLike, truncated: npt.ArrayLike, *, batch_reward_std: float,
+                  normalize: str = "max") -> np.ndarray:
     """P3O variance-weighted advantage (an experimental PufferLib estimator).
 
     A value head predicts the mean ``mu_{t,k}`` (``reward_mean``) and std ``sigma_{t,k}``
@@ -437,7 +457,7 @@ def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, ba
     r = _as_2d(_float64(arrays[0]))
     mean, std = (_float64(x).reshape(r.shape + x.shape[-1:]) for x in arrays[1:3])
     term, trunc = (_as_2d(_bool(x)) for x in arrays[3:])
-    T, H = r.shape[0], mean.shape[-1]
+    T, H = r.shape[0], mean.shape[-1]  # type: ignore[misc]  # numpy stubs: reshape -> 0-d
     with _quiet():  # sigma^-2 may overflow: an overflow that reaches the output raises
         weights = _p3o_weights(std, batch_reward_std, normalize)
     kappa, _ = _masks(term, trunc)

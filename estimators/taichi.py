@@ -45,11 +45,16 @@ import contextlib
 import math
 import os
 import sys
+from typing import TYPE_CHECKING
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _validate
 from ._types import GAEOutput, PDISOutput, VTraceOutput
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "gae",
@@ -70,7 +75,8 @@ __all__ = [
 ARCHS = ("cpu", "cuda", "vulkan", "auto")
 ENV_ARCH = "OFFPOLICY_TAICHI_ARCH"
 
-_state = {"requested": None, "arch": None}  # arch: the running arch name once initialised
+# arch: the running arch name once initialised
+_state: dict[str, str | None] = {"requested": None, "arch": None}
 _launchers: dict = {}
 _forced_form = {"state": None}  # tests and the benchmark pick a kernel form
 
@@ -547,7 +553,10 @@ def _cheap_state_checks(arrays, lr, gamma, lam):
             _validate.check_unit_interval("lam", lam, shape))
 
 
-def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+def gae(rewards: npt.ArrayLike | torch.Tensor, values: npt.ArrayLike | torch.Tensor,
+        next_values: npt.ArrayLike | torch.Tensor, terminated: npt.ArrayLike | torch.Tensor,
+        truncated: npt.ArrayLike | torch.Tensor, *, gamma: npt.ArrayLike | torch.Tensor,
+        lam: npt.ArrayLike | torch.Tensor) -> GAEOutput:
     """Generalised advantage estimation (Schulman et al. 2016) and TD(lambda) returns.
 
     ``delta_t = r_t + gamma beta_t V(s'_t) - V(s_t)``,
@@ -570,8 +579,11 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
     return VTraceOutput(ctx.out(adv, shape), ctx.out(ret, shape), ctx.out(pg, shape))
 
 
-def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma, lam=1.0,
-           rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0):
+def vtrace(rewards: npt.ArrayLike | torch.Tensor, values: npt.ArrayLike | torch.Tensor,
+           next_values: npt.ArrayLike | torch.Tensor, terminated: npt.ArrayLike | torch.Tensor,
+           truncated: npt.ArrayLike | torch.Tensor, log_rhos: npt.ArrayLike | torch.Tensor, *,
+           gamma: npt.ArrayLike | torch.Tensor, lam: npt.ArrayLike | torch.Tensor = 1.0,
+           rho_clip: float = 1.0, c_clip: float = 1.0, pg_rho_clip: float = 1.0) -> VTraceOutput:
     """V-trace (Espeholt et al. 2018, IMPALA), with the trace parameter lambda.
 
     ``rho_t = exp(log_rhos_t)``, ``rho_hat_t = min(rho_clip, rho_t)``, ``c_t = min(c_clip, rho_t)``;
@@ -585,8 +597,12 @@ def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gam
                    rho_clip, c_clip, pg_rho_clip)
 
 
-def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
-                   lam=1.0, rho_clip=1.0, c_clip=1.0):
+def puff_advantage(rewards: npt.ArrayLike | torch.Tensor, values: npt.ArrayLike | torch.Tensor,
+                   next_values: npt.ArrayLike | torch.Tensor,
+                   terminated: npt.ArrayLike | torch.Tensor,
+                   truncated: npt.ArrayLike | torch.Tensor, log_rhos: npt.ArrayLike | torch.Tensor,
+                   *, gamma: npt.ArrayLike | torch.Tensor, lam: npt.ArrayLike | torch.Tensor = 1.0,
+                   rho_clip: float = 1.0, c_clip: float = 1.0) -> np.ndarray | torch.Tensor:
     """PufferLib's "puff advantage": V-trace's ``A_t = v_t - V(s_t)`` (see ``vtrace``)."""
     K = _kernels()
     clips = {"rho_clip": rho_clip, "c_clip": c_clip, "pg_rho_clip": 1.0}
@@ -595,8 +611,12 @@ def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos
     return ctx.out(adv, shape)
 
 
-def per_decision_is(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
-                    lam):
+def per_decision_is(rewards: npt.ArrayLike | torch.Tensor, values: npt.ArrayLike | torch.Tensor,
+                    next_values: npt.ArrayLike | torch.Tensor,
+                    terminated: npt.ArrayLike | torch.Tensor,
+                    truncated: npt.ArrayLike | torch.Tensor, log_rhos: npt.ArrayLike | torch.Tensor,
+                    *, gamma: npt.ArrayLike | torch.Tensor,
+                    lam: npt.ArrayLike | torch.Tensor) -> PDISOutput:
     """Per-decision importance sampling with control variates (Precup et al. 2000), with lambda:
     the state-value trace with ``rho_hat_t = c_t = rho_t`` (no clipping).
     Returns ``PDISOutput(advantages, value_targets)``."""
@@ -610,7 +630,9 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
 # n-step returns
 
 
-def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
+def nstep_returns(rewards: npt.ArrayLike | torch.Tensor, next_values: npt.ArrayLike | torch.Tensor,
+                  terminated: npt.ArrayLike | torch.Tensor, truncated: npt.ArrayLike | torch.Tensor,
+                  *, gamma: npt.ArrayLike | torch.Tensor, n: int) -> np.ndarray | torch.Tensor:
     """n-step returns ``G_t = sum_{k<m} D_{t,k} r_{t+k} + D_{t,m} beta_{t+m-1} V(s'_{t+m-1})``,
     ``D_{t,k} = prod_{j<k} gamma_{t+j}`` (``gamma^k`` for a scalar), ``m = min(n, T-t, 1 + steps
     to the first done at or after t)``. Shapes ``[T]``/``[T,B]``."""
@@ -707,7 +729,11 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
     return ctx.out(out, shape)
 
 
-def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *, gamma, lam):
+def q_trace(rewards: npt.ArrayLike | torch.Tensor, q_taken: npt.ArrayLike | torch.Tensor,
+            next_expected_q: npt.ArrayLike | torch.Tensor, terminated: npt.ArrayLike | torch.Tensor,
+            truncated: npt.ArrayLike | torch.Tensor, traces: npt.ArrayLike | torch.Tensor, *,
+            gamma: npt.ArrayLike | torch.Tensor,
+            lam: npt.ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
     """The general action-value trace:
     ``G_t = r_t + gamma beta_t next_expected_q_t
     + gamma lam kappa_t c_{t+1} (G_{t+1} - Q(s_{t+1}, a_{t+1}))`` with ``c = traces``."""
@@ -716,30 +742,48 @@ def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *,
                        gamma, lam, "traces", traces)
 
 
-def retrace(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *, gamma, lam):
+def retrace(rewards: npt.ArrayLike | torch.Tensor, q_taken: npt.ArrayLike | torch.Tensor,
+            next_expected_q: npt.ArrayLike | torch.Tensor, terminated: npt.ArrayLike | torch.Tensor,
+            truncated: npt.ArrayLike | torch.Tensor, log_rhos: npt.ArrayLike | torch.Tensor, *,
+            gamma: npt.ArrayLike | torch.Tensor,
+            lam: npt.ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Retrace(lambda) (Munos et al. 2016): ``q_trace`` with ``c_t = min(1, rho_t)``."""
     K = _kernels()
     return _run_action(K.Q_RETRACE, rewards, q_taken, next_expected_q, terminated, truncated,
                        gamma, lam, "log_rhos", log_rhos)
 
 
-def tree_backup(rewards, q_taken, next_expected_q, terminated, truncated, target_probs_taken,
-                *, gamma, lam):
+def tree_backup(rewards: npt.ArrayLike | torch.Tensor, q_taken: npt.ArrayLike | torch.Tensor,
+                next_expected_q: npt.ArrayLike | torch.Tensor,
+                terminated: npt.ArrayLike | torch.Tensor, truncated: npt.ArrayLike | torch.Tensor,
+                target_probs_taken: npt.ArrayLike | torch.Tensor, *,
+                gamma: npt.ArrayLike | torch.Tensor,
+                lam: npt.ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Tree-backup(lambda) (Precup et al. 2000): ``q_trace`` with ``c_t = pi(a_t|s_t)``."""
     K = _kernels()
     return _run_action(K.Q_TRACES, rewards, q_taken, next_expected_q, terminated, truncated,
                        gamma, lam, "target_probs_taken", target_probs_taken)
 
 
-def q_lambda(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam):
+def q_lambda(rewards: npt.ArrayLike | torch.Tensor, q_taken: npt.ArrayLike | torch.Tensor,
+             next_expected_q: npt.ArrayLike | torch.Tensor,
+             terminated: npt.ArrayLike | torch.Tensor, truncated: npt.ArrayLike | torch.Tensor, *,
+             gamma: npt.ArrayLike | torch.Tensor,
+             lam: npt.ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Q^pi(lambda) (Harutyunyan et al. 2016): ``q_trace`` with ``c_t = 1``."""
     K = _kernels()
     return _run_action(K.Q_ONES, rewards, q_taken, next_expected_q, terminated, truncated,
                        gamma, lam)
 
 
-def importance_sampling_q(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *,
-                          gamma, lam):
+def importance_sampling_q(rewards: npt.ArrayLike | torch.Tensor,
+                          q_taken: npt.ArrayLike | torch.Tensor,
+                          next_expected_q: npt.ArrayLike | torch.Tensor,
+                          terminated: npt.ArrayLike | torch.Tensor,
+                          truncated: npt.ArrayLike | torch.Tensor,
+                          log_rhos: npt.ArrayLike | torch.Tensor, *,
+                          gamma: npt.ArrayLike | torch.Tensor,
+                          lam: npt.ArrayLike | torch.Tensor) -> np.ndarray | torch.Tensor:
     """Per-decision importance sampling for Q: ``q_trace`` with ``c_t = rho_t`` (unclipped)."""
     K = _kernels()
     return _run_action(K.Q_IS, rewards, q_taken, next_expected_q, terminated, truncated,
@@ -752,8 +796,10 @@ def importance_sampling_q(rewards, q_taken, next_expected_q, terminated, truncat
 _NORM = {"max": 0, "sum": 1, "none": 2}
 
 
-def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
-                  normalize="max"):
+def p3o_advantage(rewards: npt.ArrayLike | torch.Tensor, reward_mean: npt.ArrayLike | torch.Tensor,
+                  reward_std: npt.ArrayLike | torch.Tensor,
+                  terminated: npt.ArrayLike | torch.Tensor, truncated: npt.ArrayLike | torch.Tensor,
+                  *, batch_reward_std: float, normalize: str = "max") -> np.ndarray | torch.Tensor:
     """P3O variance-weighted advantage (an experimental PufferLib estimator):
     ``w_{t,k} = max(0, sigma_{t,k}^-2 - sigma_r^-2)`` normalised per t over all H (by max, sum,
     or not), ``A_t = sum_{k<m} w_{t,k} (r_{t+k} - mu_{t,k})``,

@@ -26,6 +26,7 @@ Validation is ``estimators._validate``, shared with every backend (one device sy
 from __future__ import annotations
 
 import numpy as np
+import numpy.typing as npt
 import torch
 
 from . import _validate
@@ -206,7 +207,10 @@ def _state_arrays(rewards, values, next_values, terminated, truncated, log_rhos,
     return xs[0].shape, r, v, nv, term, trunc, lr, gamma, lam
 
 
-def gae(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+def gae(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
+        next_values: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
+        truncated: torch.Tensor | npt.ArrayLike, *, gamma: torch.Tensor | npt.ArrayLike,
+        lam: torch.Tensor | npt.ArrayLike) -> GAEOutput:
     """GAE(gamma, lam) (Schulman et al. 2016): ``A_t = delta_t + gamma lam kappa_t A_{t+1}``,
     ``delta_t = r_t + gamma beta_t V(s'_t) - V(s_t)``; returns ``GAEOutput(advantages,
     returns = V + A)``, tensors of the rewards' shape, input dtype and device."""
@@ -238,8 +242,11 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
     return VTraceOutput(adv.reshape(shape), value_targets.reshape(shape), pg.reshape(shape))
 
 
-def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma, lam=1.0,
-           rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0):
+def vtrace(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
+           next_values: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
+           truncated: torch.Tensor | npt.ArrayLike, log_rhos: torch.Tensor | npt.ArrayLike, *,
+           gamma: torch.Tensor | npt.ArrayLike, lam: torch.Tensor | npt.ArrayLike = 1.0,
+           rho_clip: float = 1.0, c_clip: float = 1.0, pg_rho_clip: float = 1.0) -> VTraceOutput:
     """V-trace (Espeholt et al. 2018) with lambda: ``delta_t = min(rho_clip, rho_t) (r_t +
     gamma beta_t V(s'_t) - V(s_t))``, ``A_t = delta_t + gamma lam min(c_clip, rho_t) kappa_t
     A_{t+1}``, ``v_t = V + A``, ``pg_t = min(pg_rho_clip, rho_t) (q_t - V(s_t))`` with
@@ -249,15 +256,23 @@ def vtrace(rewards, values, next_values, terminated, truncated, log_rhos, *, gam
                    rho_clip, c_clip, pg_rho_clip)
 
 
-def puff_advantage(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
-                   lam=1.0, rho_clip=1.0, c_clip=1.0):
+def puff_advantage(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
+                   next_values: torch.Tensor | npt.ArrayLike,
+                   terminated: torch.Tensor | npt.ArrayLike,
+                   truncated: torch.Tensor | npt.ArrayLike, log_rhos: torch.Tensor | npt.ArrayLike,
+                   *, gamma: torch.Tensor | npt.ArrayLike, lam: torch.Tensor | npt.ArrayLike = 1.0,
+                   rho_clip: float = 1.0, c_clip: float = 1.0) -> torch.Tensor:
     """PufferLib's puff advantage: V-trace's ``A_t = v_t - V(s_t)`` (see ``vtrace``)."""
     return _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam,
                    rho_clip, c_clip, 1.0).advantages
 
 
-def per_decision_is(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
-                    lam):
+def per_decision_is(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
+                    next_values: torch.Tensor | npt.ArrayLike,
+                    terminated: torch.Tensor | npt.ArrayLike,
+                    truncated: torch.Tensor | npt.ArrayLike, log_rhos: torch.Tensor | npt.ArrayLike,
+                    *, gamma: torch.Tensor | npt.ArrayLike,
+                    lam: torch.Tensor | npt.ArrayLike) -> PDISOutput:
     """Per-decision IS with control variates (Precup et al. 2000): the state-value trace with
     ``rho_hat_t = c_t = rho_t``. Returns ``PDISOutput(advantages, value_targets)``."""
     shape, r, v, nv, term, trunc, lr, gamma, lam = _state_arrays(
@@ -272,7 +287,9 @@ def per_decision_is(rewards, values, next_values, terminated, truncated, log_rho
 # n-step returns
 
 
-def nstep_returns(rewards, next_values, terminated, truncated, *, gamma, n):
+def nstep_returns(rewards: torch.Tensor | npt.ArrayLike, next_values: torch.Tensor | npt.ArrayLike,
+                  terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike,
+                  *, gamma: torch.Tensor | npt.ArrayLike, n: int) -> torch.Tensor:
     """``G_t = sum_{k<m} D_{t,k} r_{t+k} + D_{t,m} beta_{t+m-1} V(s'_{t+m-1})``,
     ``D_{t,k} = prod_{j<k} gamma_{t+j}``, ``m = min(n, T-t, 1 + steps to the first done at or
     after t)``."""
@@ -325,33 +342,53 @@ def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, la
     return targets.reshape(xs[0].shape)
 
 
-def q_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces, *, gamma, lam):
+def q_trace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
+            next_expected_q: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
+            truncated: torch.Tensor | npt.ArrayLike, traces: torch.Tensor | npt.ArrayLike, *,
+            gamma: torch.Tensor | npt.ArrayLike, lam: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
     """``G_t = r_t + gamma beta_t next_expected_q_t + gamma lam kappa_t c_{t+1} (G_{t+1} -
     Q(s_{t+1}, a_{t+1}))`` with ``c = traces`` (Munos et al. 2016)."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
                     "traces", traces, lambda c: c)
 
 
-def retrace(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *, gamma, lam):
+def retrace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
+            next_expected_q: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
+            truncated: torch.Tensor | npt.ArrayLike, log_rhos: torch.Tensor | npt.ArrayLike, *,
+            gamma: torch.Tensor | npt.ArrayLike, lam: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
     """Retrace(lambda) (Munos et al. 2016): ``q_trace`` with ``c_t = min(1, rho_t)``."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
                     "log_rhos", log_rhos, lambda lr: _clip(_ratio(lr), 1.0))
 
 
-def tree_backup(rewards, q_taken, next_expected_q, terminated, truncated, target_probs_taken,
-                *, gamma, lam):
+def tree_backup(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
+                next_expected_q: torch.Tensor | npt.ArrayLike,
+                terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike,
+                target_probs_taken: torch.Tensor | npt.ArrayLike, *,
+                gamma: torch.Tensor | npt.ArrayLike,
+                lam: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
     """Tree-backup(lambda) (Precup et al. 2000): ``q_trace`` with ``c_t = pi(a_t|s_t)``."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
                     "target_probs_taken", target_probs_taken, lambda p: p)
 
 
-def q_lambda(rewards, q_taken, next_expected_q, terminated, truncated, *, gamma, lam):
+def q_lambda(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
+             next_expected_q: torch.Tensor | npt.ArrayLike,
+             terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike, *,
+             gamma: torch.Tensor | npt.ArrayLike,
+             lam: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
     """Q^pi(lambda) (Harutyunyan et al. 2016): ``q_trace`` with ``c_t = 1``."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam)
 
 
-def importance_sampling_q(rewards, q_taken, next_expected_q, terminated, truncated, log_rhos, *,
-                          gamma, lam):
+def importance_sampling_q(rewards: torch.Tensor | npt.ArrayLike,
+                          q_taken: torch.Tensor | npt.ArrayLike,
+                          next_expected_q: torch.Tensor | npt.ArrayLike,
+                          terminated: torch.Tensor | npt.ArrayLike,
+                          truncated: torch.Tensor | npt.ArrayLike,
+                          log_rhos: torch.Tensor | npt.ArrayLike, *,
+                          gamma: torch.Tensor | npt.ArrayLike,
+                          lam: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
     """Per-decision importance sampling for Q: ``q_trace`` with ``c_t = rho_t``."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
                     "log_rhos", log_rhos, _ratio)
@@ -373,8 +410,10 @@ def _p3o_weights(reward_std, batch_reward_std, normalize):
     return weights / torch.where(scale > 0, scale, 1.0)
 
 
-def p3o_advantage(rewards, reward_mean, reward_std, terminated, truncated, *, batch_reward_std,
-                  normalize="max"):
+def p3o_advantage(rewards: torch.Tensor | npt.ArrayLike, reward_mean: torch.Tensor | npt.ArrayLike,
+                  reward_std: torch.Tensor | npt.ArrayLike,
+                  terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike,
+                  *, batch_reward_std: float, normalize: str = "max") -> torch.Tensor:
     """P3O variance-weighted advantage: ``A_t = sum_{k<m} w_{t,k} (r_{t+k} - mu_{t,k})``,
     ``w_{t,k} = max(0, sigma_{t,k}^-2 - batch_reward_std^-2)`` normalised per t, ``m = min(H,
     T-t, 1 + steps to the first done at or after t)``. Predictions ``[T,(B,)H]``."""
