@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+import numpy.typing as npt
 
 from ._checks import as_float_array, check_covers, check_int, check_lam, check_policy, check_scalar
 from .mdp import TabularMDP
@@ -109,7 +110,8 @@ def _check_series(K: np.ndarray, name: str) -> None:
 # ---- kernels ---------------------------------------------------------------------------------
 
 
-def sa_transition(mdp: TabularMDP, policy, c=None) -> np.ndarray:
+def sa_transition(mdp: TabularMDP, policy: npt.ArrayLike,
+                  c: npt.ArrayLike | None = None) -> np.ndarray:
     """``[(s, a), (s', a')] = P_continue(s'|s, a) * policy(a'|s') * c(s', a')``, shape
     ``[S*A, S*A]`` (row-major ``s * A + a``). With ``c = None`` this is ``P^pi``; with a trace
     array and the behaviour policy it is docs/DESIGN.md's ``P^{c mu}``."""
@@ -120,7 +122,8 @@ def sa_transition(mdp: TabularMDP, policy, c=None) -> np.ndarray:
     return (mdp.P_continue[:, :, :, None] * w[None, None, :, :]).reshape(S * A, S * A)
 
 
-def state_transition(mdp: TabularMDP, policy, x=None) -> np.ndarray:
+def state_transition(mdp: TabularMDP, policy: npt.ArrayLike,
+                     x: npt.ArrayLike | None = None) -> np.ndarray:
     """``P_x(s, s') = sum_a policy(a|s) x(s, a) P_continue(s'|s, a)``, shape ``[S, S]``
     (``x = None``: ``P_pi``)."""
     _check_mdp(mdp)
@@ -132,7 +135,7 @@ def state_transition(mdp: TabularMDP, policy, x=None) -> np.ndarray:
 # ---- values ----------------------------------------------------------------------------------
 
 
-def v_pi(mdp: TabularMDP, policy) -> np.ndarray:
+def v_pi(mdp: TabularMDP, policy: npt.ArrayLike) -> np.ndarray:
     """``V^pi = (I - gamma P_pi)^{-1} r_pi`` (``[S]``; 0 at terminal states)."""
     _check_mdp(mdp)
     pol = _pol(mdp, policy, "policy")
@@ -141,14 +144,14 @@ def v_pi(mdp: TabularMDP, policy) -> np.ndarray:
     return _solve(np.eye(mdp.num_states) - mdp.gamma * Ppi, r, "v_pi")
 
 
-def q_pi(mdp: TabularMDP, policy) -> np.ndarray:
+def q_pi(mdp: TabularMDP, policy: npt.ArrayLike) -> np.ndarray:
     """``Q^pi(s, a) = R(s, a) + gamma sum_s' P_continue(s'|s, a) V^pi(s')`` (``[S, A]``); equal
     to ``(I - gamma P^pi)^{-1} R`` over state-action pairs."""
     v = v_pi(mdp, policy)
     return mdp.R + mdp.gamma * mdp.P_continue @ v
 
 
-def a_pi(mdp: TabularMDP, policy) -> np.ndarray:
+def a_pi(mdp: TabularMDP, policy: npt.ArrayLike) -> np.ndarray:
     """Advantage ``A^pi(s, a) = Q^pi(s, a) - V^pi(s)`` (``[S, A]``)."""
     _check_mdp(mdp)
     pol = _pol(mdp, policy, "policy")
@@ -156,7 +159,7 @@ def a_pi(mdp: TabularMDP, policy) -> np.ndarray:
     return q - (pol * q).sum(axis=1, keepdims=True)
 
 
-def bellman_q(mdp: TabularMDP, policy, q) -> np.ndarray:
+def bellman_q(mdp: TabularMDP, policy: npt.ArrayLike, q: npt.ArrayLike) -> np.ndarray:
     """``(T^pi Q)(s, a) = R(s, a) + gamma sum_s' P_continue(s'|s, a) sum_a' pi(a'|s') Q(s', a')``.
     """
     _check_mdp(mdp)
@@ -165,7 +168,7 @@ def bellman_q(mdp: TabularMDP, policy, q) -> np.ndarray:
     return mdp.R + mdp.gamma * mdp.P_continue @ (pol * q).sum(axis=1)
 
 
-def bellman_v(mdp: TabularMDP, policy, v) -> np.ndarray:
+def bellman_v(mdp: TabularMDP, policy: npt.ArrayLike, v: npt.ArrayLike) -> np.ndarray:
     """``(T^pi V)(s) = sum_a pi(a|s) (R(s, a) + gamma sum_s' P_continue(s'|s, a) V(s'))``."""
     _check_mdp(mdp)
     pol = _pol(mdp, policy, "policy")
@@ -173,7 +176,8 @@ def bellman_v(mdp: TabularMDP, policy, v) -> np.ndarray:
     return (pol * (mdp.R + mdp.gamma * mdp.P_continue @ v)).sum(axis=1)
 
 
-def state_distribution(mdp: TabularMDP, policy, *, discount: float | None = None) -> np.ndarray:
+def state_distribution(mdp: TabularMDP, policy: npt.ArrayLike, *,
+                       discount: float | None = None) -> np.ndarray:
     """Normalised discounted state-visitation distribution of ``policy`` from ``mdp.initial``:
     ``d ∝ initial^T (I - discount P_pi)^{-1}`` (``discount`` defaults to ``mdp.gamma``; 1 gives
     expected visit counts, which needs a proper MDP). Terminal states get 0. Use it as the
@@ -193,7 +197,8 @@ def state_distribution(mdp: TabularMDP, policy, *, discount: float | None = None
 # ---- lambda operator -------------------------------------------------------------------------
 
 
-def lambda_operator(mdp: TabularMDP, policy, v, lam: float) -> np.ndarray:
+def lambda_operator(mdp: TabularMDP, policy: npt.ArrayLike, v: npt.ArrayLike,
+                    lam: float) -> np.ndarray:
     """``T^lam V = V + (I - gamma lam P_pi)^{-1} (T^pi V - V)`` (``[S]``)."""
     _check_mdp(mdp)
     pol = _pol(mdp, policy, "policy")
@@ -204,7 +209,7 @@ def lambda_operator(mdp: TabularMDP, policy, v, lam: float) -> np.ndarray:
     return v + _solve(np.eye(mdp.num_states) - K, bellman_v(mdp, pol, v) - v, "lambda_operator")
 
 
-def lambda_modulus(gamma, lam: float) -> float:
+def lambda_modulus(gamma: float, lam: float) -> float:
     """``gamma (1 - lam) / (1 - gamma lam)``: the sup-norm modulus of ``T^lam`` (an upper bound;
     attained without terminal states). ``gamma`` may be a float or a TabularMDP."""
     if isinstance(gamma, TabularMDP):
@@ -225,7 +230,7 @@ def _pair(mdp, target, behaviour):
     return _pol(mdp, target, "target"), _pol(mdp, behaviour, "behaviour")
 
 
-def retrace_traces(target, behaviour, lam: float = 1.0) -> np.ndarray:
+def retrace_traces(target: npt.ArrayLike, behaviour: npt.ArrayLike, lam: float = 1.0) -> np.ndarray:
     """Retrace(lam): ``c = lam * min(1, pi / mu)`` (1 where ``mu = 0``; such pairs are never
     taken, so the value there does not matter)."""
     pi = as_float_array(target, "target", ndim=2)
@@ -238,21 +243,21 @@ def retrace_traces(target, behaviour, lam: float = 1.0) -> np.ndarray:
     return lam * np.minimum(1.0, ratio)
 
 
-def tree_backup_traces(target, lam: float = 1.0) -> np.ndarray:
+def tree_backup_traces(target: npt.ArrayLike, lam: float = 1.0) -> np.ndarray:
     """Tree-backup(lam): ``c = lam * pi``."""
     pi = as_float_array(target, "target", ndim=2)
     check_policy(pi, "target", *pi.shape)
     return check_lam(lam) * pi
 
 
-def q_lambda_traces(target, lam: float = 1.0) -> np.ndarray:
+def q_lambda_traces(target: npt.ArrayLike, lam: float = 1.0) -> np.ndarray:
     """Q^pi(lam) (Harutyunyan et al. 2016): ``c = lam`` everywhere (``target`` gives the shape)."""
     pi = as_float_array(target, "target", ndim=2)
     check_policy(pi, "target", *pi.shape)
     return np.full(pi.shape, check_lam(lam))
 
 
-def is_traces(target, behaviour, lam: float = 1.0) -> np.ndarray:
+def is_traces(target: npt.ArrayLike, behaviour: npt.ArrayLike, lam: float = 1.0) -> np.ndarray:
     """Per-decision importance sampling: ``c = lam * pi / mu``; needs ``mu > 0`` where
     ``pi > 0`` (0 where both vanish)."""
     pi = as_float_array(target, "target", ndim=2)
@@ -265,7 +270,8 @@ def is_traces(target, behaviour, lam: float = 1.0) -> np.ndarray:
         return lam * np.where(mu > 0, pi / mu, 0.0)
 
 
-def retrace_operator(mdp: TabularMDP, target, behaviour, q, c, *, n: int | None = None):
+def retrace_operator(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike,
+                     q: npt.ArrayLike, c: npt.ArrayLike, *, n: int | None = None) -> np.ndarray:
     """The Retrace-family operator ``R Q = Q + (I - gamma P^{c mu})^{-1} (T^pi Q - Q)``,
     or with ``n`` its n-step truncation ``Q + sum_{t<n} (gamma P^{c mu})^t (T^pi Q - Q)``
     (the mean of the sampled Q-trace target over ``n`` steps). ``c``: a trace array ``[S, A]``
@@ -282,7 +288,8 @@ def retrace_operator(mdp: TabularMDP, target, behaviour, q, c, *, n: int | None 
     return q + _partial_series(K, d, n).reshape(S, A)
 
 
-def retrace_linear_part(mdp: TabularMDP, target, behaviour, c, *, n: int | None = None):
+def retrace_linear_part(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike,
+                        c: npt.ArrayLike, *, n: int | None = None) -> np.ndarray:
     """The matrix ``B`` (``[S*A, S*A]``) with ``R Q1 - R Q2 = B (Q1 - Q2)``:
     ``B = (I - gamma P^{c mu})^{-1} gamma (P^pi - P^{c mu})`` (n-step:
     ``I - sum_{t<n} (gamma P^{c mu})^t (I - gamma P^pi)``)."""
@@ -298,7 +305,8 @@ def retrace_linear_part(mdp: TabularMDP, target, behaviour, c, *, n: int | None 
     return I - _partial_series(K, I, n) @ (I - Kpi)
 
 
-def retrace_modulus(mdp: TabularMDP, target, behaviour, c, *, n: int | None = None):
+def retrace_modulus(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike,
+                    c: npt.ArrayLike, *, n: int | None = None) -> np.ndarray:
     """Exact per-(s, a) sup-norm modulus: the absolute row sums of :func:`retrace_linear_part`,
     so ``|R Q1 - R Q2|(s, a) <= modulus(s, a) ||Q1 - Q2||_inf``. Without terminal states and
     with ``0 <= c <= pi / mu`` it equals docs/DESIGN.md's ``eta`` (:func:`retrace_eta`); terminal
@@ -307,7 +315,7 @@ def retrace_modulus(mdp: TabularMDP, target, behaviour, c, *, n: int | None = No
     return np.abs(B).sum(axis=1).reshape(mdp.shape)
 
 
-def retrace_eta(mdp: TabularMDP, behaviour, c) -> np.ndarray:
+def retrace_eta(mdp: TabularMDP, behaviour: npt.ArrayLike, c: npt.ArrayLike) -> np.ndarray:
     """docs/DESIGN.md's ``eta = 1 - (1 - gamma) (I - gamma P^{c mu})^{-1} 1`` (``[S, A]``), an upper
     bound on :func:`retrace_modulus` when ``0 <= c <= pi / mu``, itself ``<= gamma``."""
     _check_mdp(mdp)
@@ -329,7 +337,7 @@ def _rho(pi: np.ndarray, mu: np.ndarray) -> np.ndarray:
         return np.where(mu > 0, pi / mu, 0.0)
 
 
-def vtrace_policy(target, behaviour, rho_clip: float) -> np.ndarray:
+def vtrace_policy(target: npt.ArrayLike, behaviour: npt.ArrayLike, rho_clip: float) -> np.ndarray:
     """``pi_rhobar(a|s) ∝ min(rho_clip mu(a|s), pi(a|s))``: the policy whose value V-trace
     converges to (``pi`` itself once ``rho_clip >= max pi / mu``)."""
     pi = as_float_array(target, "target", ndim=2)
@@ -345,7 +353,8 @@ def vtrace_policy(target, behaviour, rho_clip: float) -> np.ndarray:
     return w / z
 
 
-def vtrace_fixed_point(mdp: TabularMDP, target, behaviour, rho_clip: float) -> np.ndarray:
+def vtrace_fixed_point(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike,
+                       rho_clip: float) -> np.ndarray:
     """``V^{pi_rhobar}``: the fixed point of the V-trace operator for every ``c_clip`` and
     ``lam``."""
     pi, mu = _pair(mdp, target, behaviour)
@@ -368,10 +377,9 @@ def _vtrace_parts(mdp, target, behaviour, rho_clip, c_clip, lam):
     return Pc, Prho, r_rho, d_rho
 
 
-def vtrace_operator(
-    mdp: TabularMDP, target, behaviour, v, *, rho_clip: float = 1.0, c_clip: float = 1.0,
-    lam: float = 1.0, n: int | None = None,
-) -> np.ndarray:
+def vtrace_operator(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike,
+                    v: npt.ArrayLike, *, rho_clip: float = 1.0, c_clip: float = 1.0,
+                    lam: float = 1.0, n: int | None = None) -> np.ndarray:
     """``V V = V + (I - gamma P_c)^{-1} (r_rho + gamma P_rho V - d_rho V)`` with
     ``rho_hat = min(rho_clip, pi/mu)`` and trace ``c_hat = lam min(c_clip, pi/mu)``; with ``n``
     the n-step truncation ``V + sum_{t<n} (gamma P_c)^t (...)`` (the mean of the sampled
@@ -388,10 +396,8 @@ def vtrace_operator(
     return np.where(mdp.terminal, 0.0, out)
 
 
-def vtrace_linear_part(
-    mdp: TabularMDP, target, behaviour, *, rho_clip: float = 1.0, c_clip: float = 1.0,
-    lam: float = 1.0,
-) -> np.ndarray:
+def vtrace_linear_part(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
+                       rho_clip: float = 1.0, c_clip: float = 1.0, lam: float = 1.0) -> np.ndarray:
     """``L = I + (I - gamma P_c)^{-1} (gamma P_rho - D_rho)`` (``[S, S]``, terminal rows 0):
     ``V V1 - V V2 = L (V1 - V2)``."""
     _check_mdp(mdp)
@@ -403,10 +409,8 @@ def vtrace_linear_part(
     return L
 
 
-def vtrace_modulus(
-    mdp: TabularMDP, target, behaviour, *, rho_clip: float = 1.0, c_clip: float = 1.0,
-    lam: float = 1.0,
-) -> np.ndarray:
+def vtrace_modulus(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
+                   rho_clip: float = 1.0, c_clip: float = 1.0, lam: float = 1.0) -> np.ndarray:
     """Exact per-state sup-norm modulus of the V-trace operator: absolute row sums of
     :func:`vtrace_linear_part` (``[S]``; 0 at terminal states). Its max is the contraction
     modulus; when ``c_clip <= rho_clip`` (IMPALA's assumption) it is at most
@@ -417,7 +421,8 @@ def vtrace_modulus(
     return np.abs(L).sum(axis=1)
 
 
-def vtrace_modulus_bound(mdp: TabularMDP, target, behaviour, *, rho_clip: float = 1.0) -> float:
+def vtrace_modulus_bound(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
+                         rho_clip: float = 1.0) -> float:
     """IMPALA's bound ``1 - (1 - gamma) min_s d_rho(s)``, ``d_rho(s) = sum_a min(rho_clip mu,
     pi)``, the min over non-terminal states."""
     pi, mu = _pair(mdp, target, behaviour)
@@ -429,9 +434,8 @@ def vtrace_modulus_bound(mdp: TabularMDP, target, behaviour, *, rho_clip: float 
 # ---- iteration -------------------------------------------------------------------------------
 
 
-def fixed_point_iteration(
-    op: Callable[[np.ndarray], np.ndarray], x0, *, tol: float = 1e-10, max_iter: int = 100_000,
-) -> np.ndarray:
+def fixed_point_iteration(op: Callable[[np.ndarray], np.ndarray], x0: npt.ArrayLike, *,
+                          tol: float = 1e-10, max_iter: int = 100_000) -> np.ndarray:
     """Iterate ``x <- op(x)`` until ``max |x_new - x| <= tol``; raises ``RuntimeError`` if it
     does not converge within ``max_iter`` steps (or blows up)."""
     x = np.asarray(x0, dtype=np.float64)
@@ -461,7 +465,8 @@ __all__ += [
 ]
 
 
-def gae_bias(mdp: TabularMDP, policy, value_error, lam: float, *, horizon: int | None = None):
+def gae_bias(mdp: TabularMDP, policy: npt.ArrayLike, value_error: npt.ArrayLike, lam: float, *,
+             horizon: int | None = None) -> np.ndarray:
     """On-policy bias of GAE with the critic ``V = V^pi + e`` (proofs/T15): ``[S, A]`` with
     ``E[A_0 | s_0 = s, a_0 = a] - A^pi(s, a)`` for a segment of ``horizon`` steps (None: infinite):
 
@@ -493,7 +498,8 @@ def gae_bias(mdp: TabularMDP, policy, value_error, lam: float, *, horizon: int |
     return g * (mdp.P_continue @ acc) - e[:, None]
 
 
-def gae_variance_on_policy(mdp: TabularMDP, policy, lam: float, horizon: int) -> np.ndarray:
+def gae_variance_on_policy(mdp: TabularMDP, policy: npt.ArrayLike, lam: float,
+                           horizon: int) -> np.ndarray:
     """Exact variance of on-policy GAE with the exact critic ``V = V^pi`` given ``(s_0, a_0)``
     (proofs/T16), ``[S, A]``: the TD errors are martingale differences, so
 
@@ -527,7 +533,8 @@ def gae_variance_on_policy(mdp: TabularMDP, policy, lam: float, horizon: int) ->
     return out
 
 
-def vtrace_truncation_mass(target, behaviour, rho_clip: float) -> np.ndarray:
+def vtrace_truncation_mass(target: npt.ArrayLike, behaviour: npt.ArrayLike,
+                           rho_clip: float) -> np.ndarray:
     """``1 - Z(s) = E_mu[(rho - rho_clip)^+ | s] = sum_a (pi - rho_clip mu)^+`` (``[S]``): the
     probability mass the truncation ``min(rho_clip, rho)`` removes (proofs/T20), an upper bound
     on ``TV(pi_rhobar(.|s), pi(.|s))`` (proofs/T17). 0 once ``rho_clip >= max pi / mu``."""
@@ -539,7 +546,8 @@ def vtrace_truncation_mass(target, behaviour, rho_clip: float) -> np.ndarray:
     return np.maximum(pi - rc * mu, 0.0).sum(axis=1)
 
 
-def vtrace_bias_bound(mdp: TabularMDP, target, behaviour, rho_clip: float) -> np.ndarray:
+def vtrace_bias_bound(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike,
+                      rho_clip: float) -> np.ndarray:
     """Per-state bound on V-trace's fixed-point bias (proofs/T17), ``[S]``:
 
         |V^{pi_rhobar} - V^pi| <= (I - gamma P_{pi_rhobar})^{-1} [(1 - Z) * span_a Q^pi(s, .)]
@@ -556,9 +564,8 @@ def vtrace_bias_bound(mdp: TabularMDP, target, behaviour, rho_clip: float) -> np
     return _solve(M, gap, "vtrace_bias_bound")
 
 
-def vtrace_pg_fixed_point(
-    mdp: TabularMDP, target, behaviour, *, rho_clip: float = 1.0, pg_rho_clip: float | None = None,
-) -> np.ndarray:
+def vtrace_pg_fixed_point(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
+                          rho_clip: float = 1.0, pg_rho_clip: float | None = None) -> np.ndarray:
     """``E[pg_0 | s_0 = s, a_0 = a]`` of V-trace's policy-gradient advantage at its value fixed
     point ``V = V^{pi_rhobar}`` (proofs/T21), ``[S, A]``, for every segment length, ``lam`` and
     ``c_clip``: ``min(pg_rho_clip, pi/mu) (Q^{pi_rhobar} - V^{pi_rhobar})``."""
@@ -571,7 +578,7 @@ def vtrace_pg_fixed_point(
     return np.minimum(pg, _rho(pi, mu)) * adv
 
 
-def spectral_radius(M) -> float:
+def spectral_radius(M: npt.ArrayLike) -> float:
     """``max |eigenvalue|`` of a square matrix (e.g. :func:`retrace_linear_part`): iterating an
     affine map with this linear part converges from every start iff it is below 1."""
     M = as_float_array(M, "M", ndim=2)
@@ -580,9 +587,8 @@ def spectral_radius(M) -> float:
     return float(np.abs(np.linalg.eigvals(M)).max())
 
 
-def q_lambda_threshold(
-    mdp: TabularMDP, target, behaviour, *, grid: int = 200, tol: float = 1e-13,
-) -> float:
+def q_lambda_threshold(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
+                       grid: int = 200, tol: float = 1e-13) -> float:
     """The smallest ``lam`` in ``[0, 1]`` at which Q^pi(lam)'s linear part
     ``B(lam) = (I - gamma lam P^mu)^{-1} gamma (P^pi - lam P^mu)`` reaches spectral radius 1
     (proofs/T18), or ``inf`` if it stays below 1 on ``[0, 1]``. Found as the first of ``grid``

@@ -24,8 +24,10 @@ episode (``terminated``) and nothing is bootstrapped from it: the exact code use
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._checks import PROB_ATOL, as_float_array, check_int, check_probabilities, check_scalar
 
@@ -73,7 +75,7 @@ def _closed_nonterminal_set(P: np.ndarray, terminal: np.ndarray) -> np.ndarray:
         inside = keep
 
 
-def is_proper(P, terminal) -> bool:
+def is_proper(P: npt.ArrayLike, terminal: npt.ArrayLike) -> bool:
     """True if every stationary policy reaches a terminal state with probability 1.
 
     A stochastic policy fails to terminate from some state iff its chain has a closed class
@@ -108,17 +110,9 @@ class TabularMDP:
         A label for reports.
     """
 
-    def __init__(
-        self,
-        P,
-        R,
-        gamma,
-        *,
-        initial=None,
-        terminal=None,
-        reward_std=0.0,
-        name: str = "",
-    ):
+    def __init__(self, P: npt.ArrayLike, R: npt.ArrayLike, gamma: float, *,
+                 initial: npt.ArrayLike | None = None, terminal: npt.ArrayLike | None = None,
+                 reward_std: npt.ArrayLike = 0.0, name: str = "") -> None:
         P = as_float_array(P, "P", ndim=3)
         S, A, S2 = P.shape
         if S != S2:
@@ -251,10 +245,10 @@ class TabularMDP:
         """``(S, A)``."""
         return self._P.shape[:2]
 
-    def replace(self, **changes) -> TabularMDP:
+    def replace(self, **changes: Any) -> TabularMDP:
         """A new validated MDP with some constructor arguments changed
         (``P, R, gamma, initial, terminal, reward_std, name``)."""
-        kw = dict(
+        kw: dict[str, Any] = dict(
             P=self._P,
             R=self._R_sas,
             gamma=self._gamma,
@@ -281,16 +275,8 @@ class TabularMDP:
 # ---- generators ------------------------------------------------------------------------------
 
 
-def garnet(
-    num_states: int,
-    num_actions: int,
-    branching: int,
-    *,
-    gamma: float = 0.9,
-    seed: int = 0,
-    reward_std: float = 0.0,
-    num_terminal: int = 0,
-) -> TabularMDP:
+def garnet(num_states: int, num_actions: int, branching: int, *, gamma: float = 0.9, seed: int = 0,
+           reward_std: float = 0.0, num_terminal: int = 0) -> TabularMDP:
     """A Garnet MDP (Archibald et al. 1995): each (s, a) of a non-terminal state moves to
     ``branching`` distinct next states drawn uniformly, with probabilities from a uniform
     partition of [0, 1] (differences of sorted uniforms); rewards ``R[s, a] ~ U(0, 1)``.
@@ -324,16 +310,8 @@ def garnet(
     )
 
 
-def chain(
-    num_states: int = 10,
-    *,
-    gamma: float = 0.95,
-    slip: float = 0.1,
-    goal_reward: float = 1.0,
-    step_reward: float = 0.0,
-    reward_std: float = 0.0,
-    start: str = "left",
-) -> TabularMDP:
+def chain(num_states: int = 10, *, gamma: float = 0.95, slip: float = 0.1, goal_reward: float = 1.0,
+          step_reward: float = 0.0, reward_std: float = 0.0, start: str = "left") -> TabularMDP:
     """A chain ``0 - 1 - ... - (N-1)`` with a terminal goal at the right end.
 
     Actions ``LEFT = 0`` and ``RIGHT = 1`` move one step in that direction with probability
@@ -375,18 +353,10 @@ def chain(
                       name=f"chain({N})")
 
 
-def gridworld(
-    width: int = 5,
-    height: int = 5,
-    *,
-    gamma: float = 0.95,
-    slip: float = 0.1,
-    goal=None,
-    goal_reward: float = 1.0,
-    step_reward: float = 0.0,
-    reward_std: float = 0.0,
-    start=(0, 0),
-) -> TabularMDP:
+def gridworld(width: int = 5, height: int = 5, *, gamma: float = 0.95, slip: float = 0.1,
+              goal: tuple[int, int] | None = None, goal_reward: float = 1.0,
+              step_reward: float = 0.0, reward_std: float = 0.0,
+              start: tuple[int, int] = (0, 0)) -> TabularMDP:
     """A ``width x height`` grid with a terminal goal cell.
 
     State index ``s = y * width + x``. Actions ``UP = 0, RIGHT = 1, DOWN = 2, LEFT = 3``; with

@@ -67,8 +67,13 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .mdp import TabularMDP
 
 __all__ = [
     "Moments",
@@ -125,7 +130,7 @@ def _first_attr(obj, names):
     return None
 
 
-def mdp_arrays(mdp) -> MDPArrays:
+def mdp_arrays(mdp: TabularMDP | MDPArrays) -> MDPArrays:
     """Read P, R, reward noise, terminal states and gamma from an ``offpolicy.mdp`` MDP."""
     P = np.asarray(mdp.P, dtype=np.float64)
     S, A, _ = P.shape
@@ -152,7 +157,7 @@ def mdp_arrays(mdp) -> MDPArrays:
 # exact policy values (a few lines, independent of offpolicy.exact)
 
 
-def q_pi(mdp, policy, gamma=None) -> np.ndarray:
+def q_pi(mdp: TabularMDP | MDPArrays, policy: np.ndarray, gamma: float | None = None) -> np.ndarray:
     """Q^pi [S,A] = (I - gamma P^pi)^{-1} R; transitions into terminal states do not bootstrap."""
     m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
     g = m.gamma if gamma is None else gamma
@@ -162,19 +167,20 @@ def q_pi(mdp, policy, gamma=None) -> np.ndarray:
     return np.linalg.solve(np.eye(S * A) - g * Ppi, m.R_sa.reshape(-1)).reshape(S, A)
 
 
-def v_pi(mdp, policy, gamma=None) -> np.ndarray:
+def v_pi(mdp: TabularMDP | MDPArrays, policy: np.ndarray, gamma: float | None = None) -> np.ndarray:
     """V^pi [S] = sum_a pi(a|s) Q^pi(s,a)."""
     return np.einsum("ij,ij->i", policy, q_pi(mdp, policy, gamma))
 
 
-def clipped_target_policy(behaviour, target, rho_clip) -> np.ndarray:
+def clipped_target_policy(behaviour: np.ndarray, target: np.ndarray, rho_clip: float) -> np.ndarray:
     """pi_rhobar(a|s) proportional to min(rho_clip mu(a|s), pi(a|s)) (V-trace's fixed point)."""
     x = np.minimum(rho_clip * behaviour, target)
     total = x.sum(axis=1, keepdims=True)
     return np.where(total > 0, x / np.where(total > 0, total, 1.0), behaviour)
 
 
-def p3o_exact_means(mdp, policy, p3o_horizon, gamma=None) -> np.ndarray:
+def p3o_exact_means(mdp: TabularMDP | MDPArrays, policy: np.ndarray, p3o_horizon: int,
+                    gamma: float | None = None) -> np.ndarray:
     """means [S,H]: E[r_k | s_0 = s] under ``policy``, zero after a termination."""
     m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
     Pn = m.P * (~m.terminal)[None, None, :]
@@ -440,20 +446,11 @@ def _defaults(estimator: str, m: MDPArrays, behaviour, target, horizon, params):
     return p
 
 
-def exact_moments(
-    mdp,
-    estimator: str,
-    *,
-    behaviour,
-    target,
-    horizon: int,
-    values=None,
-    q=None,
-    output: str | None = None,
-    truncation_prob: float = 0.0,
-    time_limit: int | None = None,
-    **params,
-) -> Moments:
+def exact_moments(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: np.ndarray,
+                  target: np.ndarray, horizon: int, values: npt.ArrayLike | None = None,
+                  q: npt.ArrayLike | None = None, output: str | None = None,
+                  truncation_prob: float = 0.0, time_limit: int | None = None,
+                  **params: Any) -> Moments:
     """Exact mean and variance of ``estimator``'s output at t = 0 of a segment of length horizon.
 
     Trajectories: s_0 given, a_t ~ behaviour, r_t ~ R (+ noise), s_{t+1} ~ P; a transition into
@@ -529,10 +526,9 @@ def _truncated_q(m: MDPArrays, policy, H: int, gamma: float) -> np.ndarray:
     return qk
 
 
-def estimator_target(
-    mdp, estimator: str, *, behaviour, target, output: str | None = None,
-    which: str = "fixed_point", **params,
-) -> Truth:
+def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: np.ndarray,
+                     target: np.ndarray, output: str | None = None, which: str = "fixed_point",
+                     **params: Any) -> Truth:
     """What ``estimator``'s output estimates: its fixed point, or the target policy's quantity.
 
     ``which="fixed_point"``: the mean of the output in the limit of a long segment with exact
@@ -658,9 +654,10 @@ class Segments:
         return mean, float(self.weight @ (x0 - mean) ** 2)
 
 
-def enumerate_segments(mdp, behaviour, horizon: int, *, start_state: int,
-                       start_action: int | None = None, max_branches: int = 200_000,
-                       truncation_prob: float = 0.0, time_limit: int | None = None) -> Segments:
+def enumerate_segments(mdp: TabularMDP | MDPArrays, behaviour: np.ndarray, horizon: int, *,
+                       start_state: int, start_action: int | None = None,
+                       max_branches: int = 200_000, truncation_prob: float = 0.0,
+                       time_limit: int | None = None) -> Segments:
     """Every trajectory of length ``horizon`` from ``start_state`` (and ``start_action``).
 
     ``truncation_prob`` / ``time_limit``: as in :func:`exact_moments`; each step of a live

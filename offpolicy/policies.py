@@ -5,9 +5,15 @@ Every function returns a fresh float64 array ``[S, A]`` with rows summing to one
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+import numpy.typing as npt
 
 from ._checks import as_float_array, check_int, check_policy, check_scalar
+
+if TYPE_CHECKING:
+    from .mdp import TabularMDP
 
 __all__ = [
     "uniform_policy",
@@ -32,22 +38,21 @@ def _shape(num_states, num_actions) -> tuple[int, int]:
             check_int(num_actions, "num_actions", low=1))
 
 
-def validate_policy(policy, num_states: int, num_actions: int, name: str = "policy") -> np.ndarray:
+def validate_policy(policy: npt.ArrayLike, num_states: int, num_actions: int,
+                    name: str = "policy") -> np.ndarray:
     """``policy`` as a float64 ``[S, A]`` array; raises ``ValueError`` naming ``name`` unless it
     has that shape, is finite and non-negative and its rows sum to one."""
     return check_policy(policy, name, num_states, num_actions)
 
 
-def uniform_policy(num_states, num_actions=None) -> np.ndarray:
+def uniform_policy(num_states: int | TabularMDP, num_actions: int | None = None) -> np.ndarray:
     """Uniform over actions in every state. ``uniform_policy(S, A)`` or ``uniform_policy(mdp)``."""
     S, A = _shape(num_states, num_actions)
     return np.full((S, A), 1.0 / A)
 
 
-def random_policy(
-    num_states, num_actions=None, *, seed: int = 0, concentration: float = 1.0,
-    min_prob: float = 0.0,
-) -> np.ndarray:
+def random_policy(num_states: int | TabularMDP, num_actions: int | None = None, *, seed: int = 0,
+                  concentration: float = 1.0, min_prob: float = 0.0) -> np.ndarray:
     """Each row drawn from ``Dirichlet(concentration * 1)``, then mixed with the uniform policy so
     that every action has probability at least ``min_prob`` (``0 <= min_prob <= 1/A``).
     ``random_policy(S, A, seed=...)`` or ``random_policy(mdp, seed=...)``."""
@@ -65,21 +70,21 @@ def _greedy_mask(q: np.ndarray, tol: float) -> np.ndarray:
     return q >= qmax - tol * np.maximum(1.0, np.abs(qmax))
 
 
-def greedy(q, *, tol: float = 1e-12) -> np.ndarray:
+def greedy(q: npt.ArrayLike, *, tol: float = 1e-12) -> np.ndarray:
     """Greedy policy of a Q table ``[S, A]``; ties (within ``tol``, relative) share equally."""
     q = as_float_array(q, "q", ndim=2)
     mask = _greedy_mask(q, tol).astype(np.float64)
     return mask / mask.sum(axis=1, keepdims=True)
 
 
-def epsilon_greedy(q, epsilon: float, *, tol: float = 1e-12) -> np.ndarray:
+def epsilon_greedy(q: npt.ArrayLike, epsilon: float, *, tol: float = 1e-12) -> np.ndarray:
     """``(1 - epsilon) * greedy(q) + epsilon * uniform``."""
     q = as_float_array(q, "q", ndim=2)
     eps = check_scalar(epsilon, "epsilon", low=0.0, high=1.0)
     return (1.0 - eps) * greedy(q, tol=tol) + eps / q.shape[1]
 
 
-def softmax(q, temperature: float = 1.0) -> np.ndarray:
+def softmax(q: npt.ArrayLike, temperature: float = 1.0) -> np.ndarray:
     """Boltzmann policy ``pi(a|s) ∝ exp(q[s, a] / temperature)`` (numerically stable)."""
     q = as_float_array(q, "q", ndim=2)
     temp = check_scalar(temperature, "temperature", low=0.0, low_open=True)
@@ -89,7 +94,7 @@ def softmax(q, temperature: float = 1.0) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def mixture(p, q, weight: float) -> np.ndarray:
+def mixture(p: npt.ArrayLike, q: npt.ArrayLike, weight: float) -> np.ndarray:
     """``(1 - weight) * p + weight * q`` for two policies of the same shape."""
     p = as_float_array(p, "p", ndim=2)
     q = as_float_array(q, "q", shape=p.shape)
@@ -97,7 +102,8 @@ def mixture(p, q, weight: float) -> np.ndarray:
     return (1.0 - w) * p + w * q
 
 
-def stale_policy(mdp, target, k: int, *, step_size: float = 1.0) -> np.ndarray:
+def stale_policy(mdp: TabularMDP, target: npt.ArrayLike, k: int, *,
+                 step_size: float = 1.0) -> np.ndarray:
     """A policy ``k`` softmax policy-improvement steps *behind* ``target`` on ``mdp``.
 
     Construction (``k = 0`` returns ``target``): softmax policy improvement (natural policy
@@ -153,12 +159,13 @@ def _reduce(per_state: np.ndarray, weights, return_per_state: bool) -> np.ndarra
 def _pair(p, q, p_name: str, q_name: str) -> tuple[np.ndarray, np.ndarray]:
     p = as_float_array(p, p_name, ndim=2)
     q = as_float_array(q, q_name, shape=p.shape)
-    validate_policy(p, *p.shape, p_name)
-    validate_policy(q, *p.shape, q_name)
+    validate_policy(p, *p.shape, p_name)  # type: ignore[call-arg]  # p is [S, A]
+    validate_policy(q, *p.shape, q_name)  # type: ignore[call-arg]
     return p, q
 
 
-def kl_divergence(p, q, *, weights=None, per_state: bool = False):
+def kl_divergence(p: npt.ArrayLike, q: npt.ArrayLike, *, weights: npt.ArrayLike | None = None,
+                  per_state: bool = False) -> float | np.ndarray:
     """``KL(p(.|s) || q(.|s)) = sum_a p log(p / q)`` (inf where ``q = 0 < p``).
 
     Returns ``max_s`` of it by default, ``sum_s weights(s) KL(s)`` (weights normalised; e.g.
@@ -171,14 +178,16 @@ def kl_divergence(p, q, *, weights=None, per_state: bool = False):
     return _reduce(terms.sum(axis=1), weights, per_state)
 
 
-def total_variation(p, q, *, weights=None, per_state: bool = False):
+def total_variation(p: npt.ArrayLike, q: npt.ArrayLike, *, weights: npt.ArrayLike | None = None,
+                    per_state: bool = False) -> float | np.ndarray:
     """``TV(s) = 0.5 * sum_a |p - q|`` (note ``||p - q||_1 = 2 TV``, the epsilon of the
     Q^pi(lambda) bound). Reduction as in :func:`kl_divergence`."""
     p, q = _pair(p, q, "p", "q")
     return _reduce(0.5 * np.abs(p - q).sum(axis=1), weights, per_state)
 
 
-def max_ratio(target, behaviour, *, weights=None, per_state: bool = False):
+def max_ratio(target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
+              weights: npt.ArrayLike | None = None, per_state: bool = False) -> float | np.ndarray:
     """``max_a target(a|s) / behaviour(a|s)`` over actions with ``target > 0`` (inf where the
     behaviour is 0 there). Reduction as in :func:`kl_divergence`."""
     p, q = _pair(target, behaviour, "target", "behaviour")
