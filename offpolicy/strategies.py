@@ -23,6 +23,9 @@ over a fixed set of derandomized draws), so none of them can quietly stop produc
 
 from __future__ import annotations
 
+from collections.abc import Collection
+from typing import Any
+
 import numpy as np
 from hypothesis import strategies as st
 
@@ -47,8 +50,9 @@ _seeds = st.integers(0, 2**32 - 1)
 
 
 @st.composite
-def mdps(draw, *, min_states=1, max_states=8, min_actions=1, max_actions=4, terminal=None,
-         gamma=None, noise=None, min_gamma=0.0) -> TabularMDP:
+def mdps(draw: st.DrawFn, *, min_states: int = 1, max_states: int = 8, min_actions: int = 1,
+         max_actions: int = 4, terminal: bool | None = None, gamma: float | None = None,
+         noise: float | None = None, min_gamma: float = 0.0) -> TabularMDP:
     """A random tabular MDP.
 
     ``terminal``: None (maybe), True (at least one terminal state, when S >= 2) or False.
@@ -91,13 +95,14 @@ def _random_policy(rng, S, A):
 
 
 @st.composite
-def policies(draw, S: int, A: int):
+def policies(draw: st.DrawFn, S: int, A: int) -> np.ndarray:
     """One random stochastic policy [S,A] (full support)."""
     return _random_policy(np.random.default_rng(draw(_seeds)), S, A)
 
 
 @st.composite
-def policy_pairs(draw, S: int, A: int, divergence=None, full_support_target=False):
+def policy_pairs(draw: st.DrawFn, S: int, A: int, divergence: str | None = None,
+                 full_support_target: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """``(behaviour, target)`` [S,A] each; the behaviour always has full support.
 
     ``divergence`` one of :data:`DIVERGENCES` or None (any). ``full_support_target`` excludes
@@ -126,7 +131,8 @@ def policy_pairs(draw, S: int, A: int, divergence=None, full_support_target=Fals
 
 
 @st.composite
-def value_estimates(draw, mdp, policy, kind=None):
+def value_estimates(draw: st.DrawFn, mdp: TabularMDP, policy: np.ndarray,
+                    kind: str | None = None) -> np.ndarray:
     """V [S]: ``"exact"`` (V^policy), ``"stale"`` (V of another policy) or ``"noisy"``."""
     kind = draw(st.sampled_from(["exact", "stale", "noisy"])) if kind is None else kind
     rng = np.random.default_rng(draw(_seeds))
@@ -138,7 +144,8 @@ def value_estimates(draw, mdp, policy, kind=None):
 
 
 @st.composite
-def q_estimates(draw, mdp, policy, kind=None):
+def q_estimates(draw: st.DrawFn, mdp: TabularMDP, policy: np.ndarray,
+                kind: str | None = None) -> np.ndarray:
     """Q [S,A]: ``"exact"`` (Q^policy), ``"stale"`` or ``"noisy"``."""
     kind = draw(st.sampled_from(["exact", "stale", "noisy"])) if kind is None else kind
     rng = np.random.default_rng(draw(_seeds))
@@ -150,7 +157,7 @@ def q_estimates(draw, mdp, policy, kind=None):
 
 
 @st.composite
-def done_patterns(draw, T: int, B: int):
+def done_patterns(draw: st.DrawFn, T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
     """``(terminated, truncated)`` bool [T,B]: arbitrary, with the edge cases made likely."""
     kind = draw(st.sampled_from(["random", "dense", "edges", "none"]))
     rng = np.random.default_rng(draw(_seeds))
@@ -174,7 +181,9 @@ def done_patterns(draw, T: int, B: int):
 
 
 @st.composite
-def trajectory_batches(draw, *, min_T=1, max_T=8, max_B=3, divergence=None, consistent=None):
+def trajectory_batches(draw: st.DrawFn, *, min_T: int = 1, max_T: int = 8, max_B: int = 3,
+                       divergence: str | None = None,
+                       consistent: bool | None = None) -> dict[str, Any]:
     """Estimator inputs ``[T,B]`` (a dict) with arbitrary done patterns.
 
     Keys: rewards, values, next_values (NaN where terminated), terminated, truncated,
@@ -250,7 +259,9 @@ ESTIMATOR_OUTPUTS = (
 
 
 @st.composite
-def estimator_configs(draw, estimators=None, p3o_states=8, outputs=None):
+def estimator_configs(draw: st.DrawFn, estimators: Collection[str] | None = None,
+                      p3o_states: int = 8,
+                      outputs: Collection[str] | None = None) -> tuple[str, str, dict[str, Any]]:
     """``(estimator, output, params)`` for :func:`offpolicy.moments.exact_moments` and
     :func:`offpolicy.moments.call_estimator` (P3O: ``weights`` [H] and ``means`` [p3o_states, H];
     pass ``p3o_horizon=H`` to exact_moments).
@@ -266,7 +277,7 @@ def estimator_configs(draw, estimators=None, p3o_states=8, outputs=None):
     est, out = draw(st.sampled_from(pool))
     lam = draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
     clip = st.sampled_from([0.5, 1.0, 2.0, np.inf])
-    params = {}
+    params: dict[str, Any] = {}
     if est in ("gae", "per_decision_is", "retrace", "tree_backup", "q_lambda",
                "importance_sampling_q", "vtrace", "puff_advantage"):
         params["lam"] = lam
