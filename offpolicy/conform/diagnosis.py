@@ -46,7 +46,7 @@ def load_mutant(mutant) -> types.ModuleType:
         source = mutation.apply(open(path).read(), mutant)
         name = f"estimators._diagnosis_{mutant.name}"
         spec = importlib.util.spec_from_loader(name, loader=None)
-        module = importlib.util.module_from_spec(spec)
+        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]  # never None
         module.__package__ = "estimators"
         exec(compile(source, f"<mutant {mutant.name}>", "exec"), module.__dict__)
         _cache[mutant.name] = module

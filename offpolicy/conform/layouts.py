@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -166,7 +168,7 @@ class Layout:
     """Base: a name, what it can hold, the parameter names its functions use."""
 
     name = "base"
-    kinds = ("state", "action")  # estimator kinds it can express
+    kinds: ClassVar[tuple[str, ...]] = ("state", "action")  # estimator kinds it can express
     default_array = "numpy"
     param_names: dict = dataclasses.field(default_factory=dict, kw_only=True)  # contract -> kw
     folded_params: tuple = dataclasses.field(default=(), kw_only=True)  # put into the arrays
@@ -181,7 +183,8 @@ class Layout:
     def keyword_for(self, param: str) -> str:
         return self.param_names.get(param, param)
 
-    def run(self, fn, case: Case, spec: EstimatorSpec, params: dict, arrays: Arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         """Call ``fn`` on ``case``; return the selected output as numpy ``[T, B]`` (its dtype
         kept). ``params`` are the keyword parameters to pass (already renamed)."""
         raise NotImplementedError
@@ -216,7 +219,7 @@ class Contract(Layout):
     batched: bool | str = "auto"  # False: fn takes one stream [T] (the layout loops over
     # columns); "auto": decided by a probe before the check (see runner._probe_batched)
 
-    def describe(self):
+    def describe(self) -> str:
         return self.name if self.batched else f"{self.name}(batched=False)"
 
     def __post_init__(self):
@@ -224,7 +227,7 @@ class Contract(Layout):
             raise ConformUsageError(f"batched: expected True, False or 'auto', "
                                     f"got {self.batched!r}")
 
-    def provided(self, spec):
+    def provided(self, spec: EstimatorSpec) -> set[str]:
         return set(spec.inputs)
 
     def _call(self, fn, inputs, spec, params, arrays, output):
@@ -235,7 +238,8 @@ class Contract(Layout):
         _check_unchanged(before, dict(enumerate(args)))
         return Arrays.back(select_output(raw, output, spec))
 
-    def run(self, fn, case, spec, params, arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         if self.batched:
             return self._call(fn, case.inputs, spec, params, arrays, output)
         columns = []
@@ -272,19 +276,20 @@ class DoneNext(Layout):
             raise ConformUsageError(f"truncation_fold: expected one of {TRUNCATION_FOLDS}, "
                                     f"got {self.truncation_fold!r}")
 
-    def describe(self):
+    def describe(self) -> str:
         return f"{self.name}(truncation_fold={self.truncation_fold})"
 
-    def constraints(self, spec):
+    def constraints(self, spec: EstimatorSpec) -> Constraints:
         return Constraints(truncations_inside=self.truncation_fold is not None,
                            inconsistent_next_values=_CONSISTENT,
                            nan_slot="no slot holds the value after a termination inside "
                                     "the segment (values[t+1] is the next episode's start)")
 
-    def provided(self, spec):
+    def provided(self, spec: EstimatorSpec) -> set[str]:
         return {"rewards", "values", "dones", "last_values", "last_dones", "log_rhos"}
 
-    def run(self, fn, case, spec, params, arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         x = case.inputs
         done, rewards = _done_flags(case, self.truncation_fold)
         starts = np.vstack([np.zeros_like(done[:1]), done[:-1]])
@@ -331,20 +336,21 @@ class Rlax(Layout):
         return "values" if names is not None and "values" in names and "v_t" not in names \
             else "v_t"
 
-    def constraints_for(self, spec, fn) -> Constraints:
+    def constraints_for(self, spec: EstimatorSpec, fn: Callable[..., Any]) -> Constraints:
         if spec.kind == "state" and self._form(fn) == "values":
             return Constraints(truncations_inside=False, inconsistent_next_values=_CONSISTENT,
                                nan_slot="values[t+1] after a termination is the next "
                                         "episode's start, not the terminal value")
         return Constraints()
 
-    def provided(self, spec):
+    def provided(self, spec: EstimatorSpec) -> set[str]:
         if spec.kind == "state":
             return {"r_t", "discount_t", "v_tm1", "v_t", "values", "lambda_", "rho_tm1",
                     "log_rhos"}
         return {"q_tm1", "a_tm1", "q_t", "a_t", "r_t", "discount_t", "pi_t", "mu_t", "lambda_"}
 
-    def run(self, fn, case, spec, params, arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         x, w = case.inputs, case.world
         gamma, lam = case.params["gamma"], case.params.get("lam", 1.0)
         discount = gamma * (1.0 - x["terminated"])
@@ -388,11 +394,12 @@ class TorchRL(Layout):
     param_names: dict = dataclasses.field(default_factory=lambda: {
         "lam": "lmbda", "rho_clip": "rho_thresh", "c_clip": "c_thresh"}, kw_only=True)
 
-    def provided(self, spec):
+    def provided(self, spec: EstimatorSpec) -> set[str]:
         return {"state_value", "next_state_value", "reward", "done", "terminated", "log_pi",
                 "log_mu"}
 
-    def run(self, fn, case, spec, params, arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         x = case.inputs
         bt1 = lambda a: np.ascontiguousarray(a.T[..., None])  # noqa: E731  [T,B] -> [B,T,1]
         log_mu = case.world["log_mu"]
@@ -427,16 +434,17 @@ class PufferRows(Layout):
             raise ConformUsageError(f"truncation_fold: expected one of {TRUNCATION_FOLDS}, "
                                     f"got {self.truncation_fold!r}")
 
-    def describe(self):
+    def describe(self) -> str:
         return f"{self.name}(truncation_fold={self.truncation_fold})"
 
-    def constraints(self, spec):
+    def constraints(self, spec: EstimatorSpec) -> Constraints:
         return DoneNext(truncation_fold=self.truncation_fold).constraints(spec)
 
-    def provided(self, spec):
+    def provided(self, spec: EstimatorSpec) -> set[str]:
         return {"values", "rewards", "dones", "importance", "advantages"}
 
-    def run(self, fn, case, spec, params, arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         x = case.inputs
         done, rewards = _done_flags(case, self.truncation_fold)
         B, T = case.B, case.T
@@ -462,15 +470,16 @@ class SingleEpisodeRows(Layout):
     name = "single_episode_rows"
     kinds = ("state",)
 
-    def constraints(self, spec):
+    def constraints(self, spec: EstimatorSpec) -> Constraints:
         return Constraints(flags_inside=False, truncations_inside=False, terminal_last=True,
                            inconsistent_next_values=_CONSISTENT,
                            nan_slot="there is no value after the terminal token")
 
-    def provided(self, spec):
+    def provided(self, spec: EstimatorSpec) -> set[str]:
         return {"rewards", "values", "log_rhos"}
 
-    def run(self, fn, case, spec, params, arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         x = case.inputs
         kw = dict(rewards=arrays.floats(x["rewards"].T), values=arrays.floats(x["values"].T),
                   log_rhos=arrays.floats(x["log_rhos"].T))
@@ -491,17 +500,18 @@ class QTables(Layout):
     name = "q_tables"
     kinds = ("action",)
 
-    def constraints(self, spec):
+    def constraints(self, spec: EstimatorSpec) -> Constraints:
         return Constraints(inconsistent_next_values=(
             "the tables after a step that continues are those of s_{t+1}: a function may read "
             "Q(s_{t+1}, a_{t+1}) from either"))
 
-    def provided(self, spec):
+    def provided(self, spec: EstimatorSpec) -> set[str]:
         return {"rewards", "q_values", "next_q_values", "actions", "next_actions",
                 "target_probs", "next_target_probs", "behaviour_probs",
                 "next_behaviour_probs", "terminated", "truncated"}
 
-    def run(self, fn, case, spec, params, arrays, output):
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str) -> np.ndarray:
         x, w = case.inputs, case.world
         kw = {k: arrays.floats(v) for k, v in w.items() if k not in ("actions", "next_actions")}
         kw.update(actions=arrays.ints(w["actions"]), next_actions=arrays.ints(w["next_actions"]),

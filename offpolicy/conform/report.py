@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from typing import Any
 
 import numpy as np
 
@@ -130,7 +131,7 @@ class Report:
             "seconds": round(self.seconds, 3),
         }
 
-    def to_json(self, **kw) -> str:
+    def to_json(self, **kw: Any) -> str:
         return json.dumps(self.to_dict(), **({"indent": 1} | kw))
 
     def __str__(self) -> str:

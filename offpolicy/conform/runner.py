@@ -9,8 +9,11 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from hypothesis import HealthCheck, Phase, find, settings
 from hypothesis.errors import NoSuchExample, Unsatisfiable
 
@@ -72,7 +75,7 @@ class Outcome:
 
 
 def _validate_params(spec: EstimatorSpec, params: dict) -> dict:
-    out = {}
+    out: dict[str, float] = {}
     for name, value in params.items():
         if name not in spec.params:
             raise ConformUsageError(f"{name}: {spec.name} takes no parameter {name!r} "
@@ -116,7 +119,8 @@ class _Runner:
     """One check: the function, the spec, the layout, and what was seen."""
 
     def __init__(self, fn, spec: EstimatorSpec, layout: Layout, output: str, arrays: Arrays,
-                 fixed: dict, passed: dict, timeout, strict_nan: bool, examples: int, seed: int):
+                 fixed: dict, passed: tuple[str, ...], timeout, strict_nan: bool,
+                 examples: int, seed: int):
         self.fn, self.spec, self.layout, self.output = fn, spec, layout, output
         self.arrays, self.fixed, self.passed = arrays, fixed, passed
         self.timeout, self.strict_nan = timeout, strict_nan
@@ -350,7 +354,7 @@ class _Runner:
         where = np.unravel_index(np.nanargmax(np.where(np.isfinite(diff), diff, np.inf)),
                                  diff.shape)
         return (f"differs from the contract at [t={where[0]}, b={where[1]}]: expected "
-                f"{outcome.expected[where]:.6g}, got {outcome.got[where]:.6g}")
+                f"{outcome.expected[where]:.6g}, got {outcome.got[where]:.6g}")  # type: ignore[index]
 
 
 def _protected_cells(case: Case) -> set:
@@ -377,10 +381,11 @@ def _smallest(failures):
     return min(enumerate(failures), key=key)[1]
 
 
-def check(fn, estimator: str, *, layout="contract", output: str | None = None, dtype=None,
+def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "contract",
+          output: str | None = None, dtype: npt.DTypeLike | None = None,
           examples: int | None = None, seed: int = 0, strict_nan: bool = False,
           array: str | None = None, timeout: float | None = 10.0, moments: bool = True,
-          per_step: bool = False, **params) -> Report:
+          per_step: bool = False, **params: Any) -> Report:
     """Check ``fn`` against the contract of ``estimator`` (docs/DESIGN.md) in ``layout``.
 
     ``estimator``: a contract name (``gae``, ``vtrace``, ``puff_advantage``, ``per_decision_is``,
@@ -428,7 +433,7 @@ def check(fn, estimator: str, *, layout="contract", output: str | None = None, d
     dtype = _dtype_name(dtype) or "float64"
     fixed = _validate_params(spec, params)
     passed = _parameters_to_pass(fn, spec, layout, fixed)
-    notes = []
+    notes: list[str] = []
     if isinstance(layout, Contract) and layout.batched == "auto":
         layout = _probe_batched(fn, spec, layout, output, Arrays(array, dtype), fixed, passed,
                                 timeout, notes)
@@ -465,7 +470,7 @@ def check(fn, estimator: str, *, layout="contract", output: str | None = None, d
                   counterexample, name, detail, warnings, time.perf_counter() - start, dtype)
 
 
-def _probe_batched(fn, spec, layout, output, arrays, fixed, passed, timeout, notes):
+def _probe_batched(fn, spec, layout, output, arrays, fixed, passed, timeout, notes) -> Layout:
     """``Contract(batched="auto")``: a function that fails on ``[T, B]`` input but returns
     ``[T]`` for every column of it takes one stream at a time; check it column by column."""
     import hypothesis
@@ -549,7 +554,7 @@ def _counterexample(runner: _Runner, family: str, case: Case, outcome) -> Counte
                           outcome.error, _recorded_call(runner, case))
 
 
-def assert_conforms(fn, estimator: str, **kw) -> Report:
+def assert_conforms(fn: Callable[..., Any], estimator: str, **kw: Any) -> Report:
     """``check`` and raise ``AssertionError`` with the report when ``fn`` does not conform.
 
     For a library's own test suite: ``def test_my_gae(): assert_conforms(my_gae, "gae")``.
