@@ -1,30 +1,52 @@
-"""MkDocs hook: pages whose single source lives outside ``docs/``; generated tables.
+"""MkDocs hook: pages whose single source lives outside ``docs/``; links; generated tables.
 
-The theorems (``proofs/*.md``), the report's README and plots (``reports/``) and the CHANGELOG are
-added to the site as generated files at build time, so each stays one file in the repository;
-their relative links to ``../docs/X`` are rewritten to ``../X`` (where the page lands in the
-site). ``<!-- peers: NAME -->`` in a page becomes the table of ``offpolicy.conform.peers.PEERS``
-for that estimator. The "Theorems" nav entry is filled with every ``proofs/Tnn_*.md`` after
-the index.
+* The theorems (``proofs/*.md``), the reports' READMEs and plots (``reports/``) and the CHANGELOG
+  are added to the site as generated files at build time, so each stays one file in the
+  repository.
+* Every page is written with links that resolve *in the repository* (``tests/test_design_doc.py``
+  checks that); a link to a file that the site places elsewhere (``../proofs/T03_...md`` from
+  ``docs/DESIGN.md``, ``../docs/DESIGN.md`` from a proof) is rewritten to where it lands.
+* ``<!-- peers: NAME -->`` in a page becomes the table of ``offpolicy.conform.peers.PEERS`` for
+  that estimator.
+* The "Theorems" nav entry is filled with every ``proofs/Tnn_*.md`` after the index.
 """
 
 from __future__ import annotations
 
+import os
+import posixpath
 import re
 from pathlib import Path
 
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
+DOCS = ROOT / "docs"
+
+# repository file -> its path in the site (outside docs/ only; docs/X is X)
+_GENERATED: dict[Path, str] = {}
+# site path -> repository file, for every generated page
+_SOURCES: dict[str, Path] = {}
 
 
 def _proof_pages() -> list[Path]:
     return sorted((ROOT / "proofs").glob("T[0-9][0-9]_*.md"))
 
 
+def _outside_docs() -> dict[Path, str]:
+    out = {ROOT / "proofs" / "README.md": "proofs/README.md",
+           ROOT / "reports" / "README.md": "reports/README.md",
+           ROOT / "reports" / "harness" / "README.md": "reports/harness/README.md",
+           ROOT / "CHANGELOG.md": "changelog.md"}
+    out.update({p: f"proofs/{p.name}" for p in _proof_pages()})
+    for folder in ("full", "harness"):
+        out.update({p: f"reports/{folder}/{p.name}"
+                    for p in sorted((ROOT / "reports" / folder).glob("*.png"))})
+    return out
+
+
 def _title(path: Path) -> str:
-    first = path.read_text().splitlines()[0]
-    return first.lstrip("# ").strip()
+    return path.read_text().splitlines()[0].lstrip("# ").strip()
 
 
 def on_config(config):
@@ -38,22 +60,53 @@ def on_config(config):
 
 
 def on_files(files, config):
-    def page(src_uri: str, source: Path, rewrite: tuple[str, str]) -> None:
-        text = source.read_text().replace(*rewrite)
-        files.append(File.generated(config, src_uri, content=text))
-
-    page("proofs/README.md", ROOT / "proofs" / "README.md", ("](../docs/", "](../"))
-    for path in _proof_pages():
-        page(f"proofs/{path.name}", path, ("](../docs/", "](../"))
-    page("reports/README.md", ROOT / "reports" / "README.md", ("](../docs/", "](../"))
-    page("reports/harness/README.md", ROOT / "reports" / "harness" / "README.md",
-         ("](../../docs/", "](../../"))
-    for folder in ("full", "harness"):
-        for png in sorted((ROOT / "reports" / folder).glob("*.png")):
-            files.append(File.generated(config, f"reports/{folder}/{png.name}",
-                                        abs_src_path=str(png)))
-    page("changelog.md", ROOT / "CHANGELOG.md", ("](docs/", "]("))
+    _GENERATED.clear()
+    _SOURCES.clear()
+    for source, uri in _outside_docs().items():
+        _GENERATED[source] = uri
+        _SOURCES[uri] = source
+        if source.suffix == ".md":
+            files.append(File.generated(config, uri, content=source.read_text()))
+        else:
+            files.append(File.generated(config, uri, abs_src_path=str(source)))
     return files
+
+
+_LINK = re.compile(r"(!?\[[^\]]*\]\()([^)\s#]+)((?:#[^)\s]*)?(?:\s+\"[^\"]*\")?\))")
+_FENCE = re.compile(r"^(```|~~~)")
+
+
+def _site_path(target: Path) -> str | None:
+    if target in _GENERATED:
+        return _GENERATED[target]
+    try:
+        return target.relative_to(DOCS).as_posix()
+    except ValueError:
+        return None
+
+
+def _rewrite_links(markdown: str, page_uri: str) -> str:
+    """Links written relative to the page's repository file, rewritten relative to its site
+    path (code blocks untouched)."""
+    source = _SOURCES.get(page_uri, DOCS / page_uri)
+    here = posixpath.dirname(page_uri)
+
+    def fix(match: re.Match) -> str:
+        link = match.group(2)
+        if "://" in link or link.startswith("mailto:"):
+            return match.group(0)
+        target = Path(os.path.normpath(source.parent / link))
+        site = _site_path(target)
+        if site is None:
+            return match.group(0)
+        return match.group(1) + posixpath.relpath(site, here or ".") + match.group(3)
+
+    out, in_fence = [], False
+    for line in markdown.split("\n"):
+        if _FENCE.match(line.lstrip()):
+            in_fence = not in_fence
+        out.append(line if in_fence else _LINK.sub(fix, line))
+    return "\n".join(out)
 
 
 def _peers_table(estimator: str) -> str:
@@ -87,8 +140,5 @@ _PEERS_MARK = re.compile(r"<!-- peers: (\w+) -->")
 
 
 def on_page_markdown(markdown, page, config, files):
-    if page.file.src_uri == "DESIGN.md":
-        # In the repository the contract links ../proofs/ (docs/ and proofs/ are siblings); in the
-        # site the theorems are generated under proofs/ next to it.
-        markdown = markdown.replace("](../proofs/", "](proofs/")
+    markdown = _rewrite_links(markdown, page.file.src_uri)
     return _PEERS_MARK.sub(lambda m: _peers_table(m.group(1)), markdown)
