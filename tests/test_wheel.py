@@ -1,0 +1,53 @@
+"""Packaging: one version everywhere, type hints shipped, and the suite tests what is installed.
+
+CI runs this suite twice over: against the editable install, and against the built wheel in a
+fresh virtual environment from a directory outside the checkout, with
+``OFFPOLICY_EXPECT_INSTALL=wheel`` (``.ci/run``). Then the packages must come from that
+environment's site-packages, never from the checkout, or the wheel run would test the source tree.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import re
+import sys
+from pathlib import Path
+
+import estimators
+import offpolicy
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _pyproject_version() -> str:
+    text = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r'^\[project\][^\[]*?^version = "([^"]+)"', text, flags=re.M | re.S)
+    assert match, "no version in [project]"
+    return match.group(1)
+
+
+def test_one_version_in_pyproject_package_metadata_and_changelog():
+    version = _pyproject_version()
+    assert offpolicy.__version__ == version
+    assert importlib.metadata.version("offpolicy") == version
+    assert f"## {version}" in (ROOT / "CHANGELOG.md").read_text()
+
+
+def test_both_packages_ship_py_typed():
+    for package in (offpolicy, estimators):
+        assert (Path(package.__file__).parent / "py.typed").is_file(), package.__name__
+
+
+def test_the_packages_come_from_where_this_run_expects():
+    expect = os.environ.get("OFFPOLICY_EXPECT_INSTALL", "any")
+    assert expect in ("any", "wheel", "editable"), expect
+    places = {Path(p.__file__).resolve().parent.parent for p in (offpolicy, estimators)}
+    assert len(places) == 1, f"offpolicy and estimators come from different places: {places}"
+    (place,) = places
+    in_checkout = place == ROOT
+    if expect == "wheel":
+        assert not in_checkout, f"the wheel run imported the checkout: {offpolicy.__file__}"
+        assert place.name == "site-packages" and Path(sys.prefix) in place.parents, place
+    elif expect == "editable":
+        assert in_checkout, f"the editable run imported {offpolicy.__file__}"
