@@ -36,7 +36,8 @@ __all__ = ["Peer", "PEERS", "run_peers", "run_peer", "write_peer_reports", "ROW_
 
 # columns of peers.csv (and the keys of each row dict)
 ROW_FIELDS = ("library", "distribution", "version", "function", "estimator", "layout", "output",
-              "fixed_params", "family", "verdict", "reason", "diagnosis", "repro", "seconds")
+              "fixed_params", "note", "family", "verdict", "reason", "diagnosis", "repro",
+              "seconds")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,6 +96,27 @@ def _field(pick, name):
     return adapter
 
 
+def _gamma_tensor(adapter=None):
+    """Pass ``gamma`` as a 0-d float64 tensor instead of a Python float. TorchRL's functionals
+    multiply the Python float by an int/bool mask, which makes a default-dtype (float32) tensor,
+    so float64 inputs get a float32-rounded discount; a float64 tensor keeps it exact and lets
+    the check see the logic under that rounding."""
+
+    def wrap(fn):
+        inner = adapter(fn) if adapter is not None else fn
+
+        @functools.wraps(inner)
+        def wrapper(*args, **kwargs):
+            import torch
+
+            kwargs["gamma"] = torch.tensor(kwargs["gamma"], dtype=torch.float64)
+            return inner(*args, **kwargs)
+
+        return wrapper
+
+    return wrap
+
+
 def _torch(x, like=None):
     import torch
 
@@ -120,15 +142,18 @@ def _rlax_nstep(fn):
     return rlax_n_step
 
 
-def _rlax_retrace(fn):
+def _rlax_retrace(fn, eps=None):
     """``rlax.retrace`` takes ``mu_t`` as the behaviour probability of the action taken
     (rank 1) and returns ``target - q_tm1[a_tm1]``: index the layout's table and add
-    ``q_tm1[a_tm1]`` back to get the target."""
+    ``q_tm1[a_tm1]`` back to get the target. ``eps``: rlax's ``mu_t + eps`` guard (default
+    1e-8)."""
     import jax.numpy as jnp
 
     def rlax_retrace(q_tm1, q_t, a_tm1, a_t, r_t, discount_t, pi_t, mu_t, lambda_):
         rows = jnp.arange(a_t.shape[0])
-        errors = fn(q_tm1, q_t, a_tm1, a_t, r_t, discount_t, pi_t, mu_t[rows, a_t], lambda_)
+        extra = {} if eps is None else {"eps": eps}
+        errors = fn(q_tm1, q_t, a_tm1, a_t, r_t, discount_t, pi_t, mu_t[rows, a_t], lambda_,
+                    **extra)
         return errors + q_tm1[rows, a_tm1]
 
     return rlax_retrace
@@ -138,26 +163,38 @@ def _rlax_general(trace):
     """rlax's ``general_off_policy_returns_from_action_values(q_t, a_t, r_t, discount_t, c_t,
     pi_t)`` with ``c_t`` as its docstring lists it for each algorithm (``trace``), times the
     layout's per-step ``lambda_`` (0 where the trace is cut)."""
-    coefficients = {
-        "retrace": lambda pi, mu: np.minimum(1.0, pi / mu),
-        "tree_backup": lambda pi, mu: pi,
-        "q_lambda": lambda pi, mu: np.ones_like(pi),
-        "importance_sampling_q": lambda pi, mu: pi / mu,
-    }[trace]
-
     def adapter(fn):
         import jax.numpy as jnp
 
+        coefficient = {
+            "retrace": lambda pi, mu: jnp.minimum(1.0, pi / mu),
+            "tree_backup": lambda pi, mu: pi,
+            "q_lambda": lambda pi, mu: jnp.ones_like(pi),
+            "importance_sampling_q": lambda pi, mu: pi / mu,
+        }[trace]
+
         def rlax_general_off_policy(q_t, a_t, r_t, discount_t, pi_t, mu_t, lambda_):
-            rows = np.arange(np.shape(a_t)[0])
-            a = np.asarray(a_t)
-            c_t = np.asarray(lambda_) * coefficients(np.asarray(pi_t)[rows, a],
-                                                     np.asarray(mu_t)[rows, a])
-            return fn(q_t, a_t, r_t, discount_t, jnp.asarray(c_t), pi_t)
+            rows = jnp.arange(a_t.shape[0])
+            c_t = lambda_ * coefficient(pi_t[rows, a_t], mu_t[rows, a_t])
+            return fn(q_t, a_t, r_t, discount_t, c_t, pi_t)
 
         return rlax_general_off_policy
 
     return adapter
+
+
+def _jit(adapter=None, static=()):
+    """Compile the (adapted) rlax function with ``jax.jit``, as rlax is meant to be used: called
+    eagerly, each ``lax.scan`` re-traces and compiles its freshly made body on every call
+    (minutes per verdict); jitted, it compiles once per shape."""
+
+    def wrap(fn):
+        import jax
+
+        inner = adapter(fn) if adapter is not None else fn
+        return jax.jit(inner, static_argnames=static)
+
+    return wrap
 
 
 def _jax_float64():
@@ -171,23 +208,27 @@ def _jax_float64():
 # -- Stable-Baselines3 ---------------------------------------------------------------------------
 
 
-def _sb3_rollout_buffer(cls):
-    """SB3's ``RolloutBuffer.compute_returns_and_advantage(last_values, dones)``: fill a real
-    ``RolloutBuffer`` through its own ``add`` (episode_start flags, float32 arrays, as the
-    rollout loop does) and read ``advantages``/``returns`` back."""
+def _sb3_rollout_buffer(compute_returns_and_advantage):
+    """SB3's ``RolloutBuffer.compute_returns_and_advantage(self, last_values, dones)``: fill a
+    real ``RolloutBuffer`` through its own ``add`` (episode_start flags, float32 arrays, as the
+    rollout loop does), call the method on it and read ``advantages``/``returns`` back."""
     import torch
     from gymnasium import spaces
 
     box = spaces.Box(-1.0, 1.0, (1,), dtype=np.float32)
 
     def sb3_gae(rewards, values, dones, last_values, last_dones, gamma, lam):
+        from stable_baselines3.common.buffers import RolloutBuffer
+
         T, B = rewards.shape
-        buffer = cls(T, box, box, device="cpu", gae_lambda=lam, gamma=gamma, n_envs=B)
+        buffer = RolloutBuffer(T, box, box, device="cpu", gae_lambda=lam, gamma=gamma,
+                               n_envs=B)
         for t in range(T):
-            buffer.add(np.zeros((B, 1), np.float32), np.zeros((B, 1), np.float32), rewards[t],
-                       dones[t], torch.as_tensor(values[t]), torch.zeros(B))
-        buffer.compute_returns_and_advantage(last_values=torch.as_tensor(last_values),
-                                             dones=np.asarray(last_dones))
+            buffer.add(np.zeros((B, 1), np.float32), np.zeros((B, 1), np.float32),
+                       _numpy(rewards[t]), _numpy(dones[t]), torch.as_tensor(values[t]),
+                       torch.zeros(B))
+        compute_returns_and_advantage(buffer, last_values=torch.as_tensor(last_values),
+                                      dones=_numpy(last_dones))
         return {"advantages": buffer.advantages, "returns": buffer.returns}
 
     return sb3_gae
@@ -244,16 +285,20 @@ def _tianshou_nstep(fn):
 # -- skrl ----------------------------------------------------------------------------------------
 
 
-def _skrl_gae(time_limit_bootstrap: bool):
+def _skrl_gae(time_limit_bootstrap: bool, gamma_tensor: bool = False):
     """skrl's PPO ``compute_gae(*, rewards, terminated, truncated, values, last_values,
     discount_factor, lambda_coefficient, time_limit_bootstrap)``: flags of the step itself
     (the done_next layout's episode-start flags shifted back one step), ``V(s_{t+1}) =
-    values[t+1]``. Its advantages come back normalised, so the check reads ``returns``."""
+    values[t+1]``. Its advantages come back normalised, so the check reads ``returns``.
+    ``gamma_tensor``: pass ``discount_factor`` as a 0-d float64 tensor (``discount_factor *
+    not_done`` with a Python float and a bool mask is float32)."""
 
     def adapter(fn):
         import torch
 
         def skrl_gae(rewards, values, dones, last_values, last_dones, gamma, lam):
+            if gamma_tensor:
+                gamma = torch.tensor(gamma, dtype=torch.float64)
             step_done = torch.cat([dones[1:], last_dones[None]]).bool()
             returns, _normalised = fn(
                 rewards=rewards, terminated=step_done, truncated=torch.zeros_like(step_done),
@@ -398,6 +443,7 @@ def _contract_one_stream():
 
 _TRL = "torchrl.objectives.value.functional"
 _RLAX_X64 = dict(array="jax", setup=_jax_float64)
+_G64 = "gamma passed as a float64 tensor"
 _TORCHRL_VTRACE_NOTE = ("no lambda (=1); the pg advantage's clip is rho_thresh, so rho_clip and "
                         "pg_rho_clip are fixed equal")
 
@@ -425,35 +471,55 @@ PEERS: tuple[Peer, ...] = (
     Peer("TorchRL", "torchrl", _TRL, "vtrace_advantage_estimate", "vtrace", "torchrl",
          "pg_advantages", params={"lam": 1.0, "rho_clip": 1.0, "pg_rho_clip": 1.0},
          adapter=_field(lambda out: out[0], "pg_advantages"), note=_TORCHRL_VTRACE_NOTE),
-    # --- rlax: one sequence per call, discount_t, per-step lambda_ ---------------------------
-    Peer("rlax", "rlax", "rlax", "lambda_returns", "gae", "rlax", "returns", **_RLAX_X64,
-         note="lambda-return from v_t (next values) only"),
+    # the same with gamma as a float64 tensor (no float32 rounding of the discount)
+    Peer("TorchRL", "torchrl", _TRL, "generalized_advantage_estimate", "gae", "torchrl",
+         "advantages", adapter=_gamma_tensor(), note=_G64),
+    Peer("TorchRL", "torchrl", _TRL, "vec_generalized_advantage_estimate", "gae", "torchrl",
+         "advantages", adapter=_gamma_tensor(), note=_G64),
+    Peer("TorchRL", "torchrl", _TRL, "td0_advantage_estimate", "gae", "torchrl", "advantages",
+         params={"lam": 0.0}, adapter=_gamma_tensor(), note=_G64),
+    Peer("TorchRL", "torchrl", _TRL, "td0_return_estimate", "nstep_returns", "torchrl",
+         "returns", params={"n": 1}, adapter=_gamma_tensor(), note=_G64),
+    Peer("TorchRL", "torchrl", _TRL, "vtrace_advantage_estimate", "vtrace", "torchrl",
+         "value_targets", params={"lam": 1.0, "pg_rho_clip": 1.0}, adapter=_gamma_tensor(),
+         note=_G64),
+    Peer("TorchRL", "torchrl", _TRL, "vtrace_advantage_estimate", "vtrace", "torchrl",
+         "pg_advantages", params={"lam": 1.0, "rho_clip": 1.0, "pg_rho_clip": 1.0},
+         adapter=_gamma_tensor(_field(lambda out: out[0], "pg_advantages")), note=_G64),
+    # --- rlax: one sequence per call, discount_t, per-step lambda_ (jitted, float64) ----------
+    Peer("rlax", "rlax", "rlax", "lambda_returns", "gae", "rlax", "returns", adapter=_jit(),
+         **_RLAX_X64, note="lambda-return from v_t (next values) only"),
     Peer("rlax", "rlax", "rlax", "truncated_generalized_advantage_estimation", "gae", "rlax",
-         "advantages", **_RLAX_X64,
+         "advantages", adapter=_jit(), **_RLAX_X64,
          note="one values[T+1] array: no slot for a truncation's bootstrap value"),
     Peer("rlax", "rlax", "rlax", "n_step_bootstrapped_returns", "nstep_returns", "rlax",
-         "returns", adapter=_rlax_nstep, **_RLAX_X64, note="cut via lambda_t"),
+         "returns", adapter=_jit(_rlax_nstep, static=("n",)), **_RLAX_X64,
+         note="cut via lambda_t"),
     Peer("rlax", "rlax", "rlax", "vtrace", "vtrace", "rlax", "advantages",
-         params={"c_clip": 1.0, "pg_rho_clip": 1.0}, **_RLAX_X64,
+         params={"c_clip": 1.0, "pg_rho_clip": 1.0}, adapter=_jit(), **_RLAX_X64,
          note="errors = vs - v_tm1; c clip hard-coded 1"),
     Peer("rlax", "rlax", "rlax", "vtrace_td_error_and_advantage", "vtrace", "rlax",
          "pg_advantages", params={"c_clip": 1.0},
-         adapter=_field(lambda out: out.pg_advantage, "pg_advantages"), **_RLAX_X64,
+         adapter=_jit(_field(lambda out: out.pg_advantage, "pg_advantages")), **_RLAX_X64,
          note="VTraceOutput.pg_advantage; c clip hard-coded 1"),
     Peer("rlax", "rlax", "rlax", "retrace", "retrace", "rlax", "targets",
-         adapter=_rlax_retrace, **_RLAX_X64, note="mu_t of the taken action; eps=1e-8 default"),
+         adapter=_jit(_rlax_retrace), **_RLAX_X64,
+         note="mu_t of the taken action; eps=1e-8 default"),
+    Peer("rlax", "rlax", "rlax", "retrace", "retrace", "rlax", "targets",
+         adapter=_jit(functools.partial(_rlax_retrace, eps=0.0)), **_RLAX_X64,
+         note="mu_t of the taken action; eps=0 (no guard on pi/mu)"),
     Peer("rlax", "rlax", "rlax", "general_off_policy_returns_from_action_values", "retrace",
-         "rlax", "targets", adapter=_rlax_general("retrace"), **_RLAX_X64,
+         "rlax", "targets", adapter=_jit(_rlax_general("retrace")), **_RLAX_X64,
          note="c_t = lambda min(1, pi/mu)"),
     Peer("rlax", "rlax", "rlax", "general_off_policy_returns_from_action_values", "tree_backup",
-         "rlax", "targets", adapter=_rlax_general("tree_backup"), **_RLAX_X64,
+         "rlax", "targets", adapter=_jit(_rlax_general("tree_backup")), **_RLAX_X64,
          note="c_t = lambda pi"),
     Peer("rlax", "rlax", "rlax", "general_off_policy_returns_from_action_values", "q_lambda",
-         "rlax", "targets", adapter=_rlax_general("q_lambda"), **_RLAX_X64,
+         "rlax", "targets", adapter=_jit(_rlax_general("q_lambda")), **_RLAX_X64,
          note="c_t = lambda (Harutyunyan et al.)"),
     Peer("rlax", "rlax", "rlax", "general_off_policy_returns_from_action_values",
          "importance_sampling_q", "rlax", "targets",
-         adapter=_rlax_general("importance_sampling_q"), **_RLAX_X64,
+         adapter=_jit(_rlax_general("importance_sampling_q")), **_RLAX_X64,
          note="c_t = lambda pi/mu"),
     # --- Stable-Baselines3: episode-start flags; the rollout folds gamma V(final obs) -------
     Peer("Stable-Baselines3", "stable-baselines3", "stable_baselines3.common.buffers",
@@ -477,12 +543,18 @@ PEERS: tuple[Peer, ...] = (
          _done_next("bootstrap_reward"), "returns", adapter=_skrl_gae(True), array="torch",
          note="time_limit_bootstrap=True: record_transition adds gamma V(next obs) on "
               "truncation"),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _done_next("ignored"), "returns", adapter=_skrl_gae(False, gamma_tensor=True),
+         array="torch", note="default config; discount_factor as a float64 tensor"),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _done_next("bootstrap_reward"), "returns", adapter=_skrl_gae(True, gamma_tensor=True),
+         array="torch", note="time_limit_bootstrap=True; discount_factor as a float64 tensor"),
     # --- rl-games: episode-start flags (mb_fdones); play_steps folds gamma V(s_t) -----------
     Peer("rl-games", "rl-games", "rl_games.common.a2c_common", "A2CBase.discount_values", "gae",
          _done_next("bootstrap_reward"), "advantages", adapter=_rl_games_discount_values,
          array="torch", note="the GAE alone, given a loop that folds gamma V(final obs)"),
     Peer("rl-games", "rl-games", "rl_games.common.a2c_common", "A2CBase.discount_values", "gae",
-         _contract_one_stream, "advantages", adapter=_rl_games_rollout, array="torch",
+         "contract", "advantages", adapter=_rl_games_rollout, array="torch",
          note="with play_steps' value_bootstrap fold: gamma * V(s_t) on time_outs"),
     # --- PufferLib: rows [S, T+1], reward/done stored one column later ---------------------
     Peer("PufferLib", "pufferlib-core", "torch", "ops.pufferlib.compute_puff_advantage",
@@ -540,6 +612,7 @@ def _row(peer: Peer, version, **kw) -> dict:
     row = dict(library=peer.library, distribution=peer.distribution, version=version or "",
                function=peer.function, estimator=peer.estimator, layout=_layout_name(peer),
                output=peer.output or "", fixed_params=json.dumps(peer.params, sort_keys=True),
+               note=peer.note,
                family="", verdict="", reason="", diagnosis="", repro="", seconds="")
     row.update(kw)
     return row
@@ -642,7 +715,7 @@ def _entries(rows: list[dict]) -> list[list[dict]]:
     groups, keys = [], []
     for r in rows:
         key = (r["library"], r["function"], r["estimator"], r["layout"], r["output"],
-               r["fixed_params"])
+               r["fixed_params"], r.get("note", ""))
         if not keys or keys[-1] != key:
             keys.append(key)
             groups.append([])
@@ -671,8 +744,8 @@ def write_peer_reports(rows: list[dict], out_dir) -> list[Path]:
     entries = []
     for group in _entries(rows):
         head = group[0]
-        entry = {k: head[k] for k in ("library", "distribution", "version", "function",
-                                      "estimator", "layout", "output")}
+        entry = {k: head.get(k, "") for k in ("library", "distribution", "version", "function",
+                                              "estimator", "layout", "output", "note")}
         entry["fixed_params"] = json.loads(head["fixed_params"])
         entry["verdict"] = _entry_verdict(group)
         entry["seconds"] = head["seconds"]
@@ -687,22 +760,34 @@ def write_peer_reports(rows: list[dict], out_dir) -> list[Path]:
     return paths
 
 
+def _verdict_cell(entry: dict) -> str:
+    if entry["verdict"] in ("not run", "error"):
+        return f"{entry['verdict']}: {entry['cases'][0]['reason']}"
+    return entry["verdict"]
+
+
 def _markdown(entries: list[dict]) -> str:
     lines = ["# Peer libraries through `offpolicy.conform`", "",
-             "Written by `python -m offpolicy.conform --peers`. One line per peer function; "
-             "verdicts per case family below. `n/a`: the layout cannot hold the case.", "",
-             "| library | version | function | estimator / output | layout | fixed | verdict | "
-             "diagnosis | s |", "|---|---|---|---|---|---|---|---|---|"]
-    for e in entries:
+             "Written by `python -m offpolicy.conform --peers`. One line per peer entry (a "
+             "function, the layout and output it is checked in, and the parameters it "
+             "hard-codes); each entry's case families follow. `n/a`: the layout cannot hold "
+             "the case. `s`: seconds the verdict took.", "",
+             "| # | library | version | function | estimator / output | layout | fixed | note | "
+             "verdict | diagnosis | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, e in enumerate(entries, 1):
         fixed = ", ".join(f"{k}={v}" for k, v in e["fixed_params"].items()) or "—"
         lines.append("| " + " | ".join(_md_escape(x) for x in (
-            e["library"], e["version"] or "—", f"`{e['function']}`",
-            f"{e['estimator']} / {e['output']}", e["layout"] or "—", fixed, e["verdict"],
-            e["diagnosis"] or "—", e["seconds"] if e["seconds"] != "" else "—")) + " |")
+            i, e["library"], e["version"] or "—", f"`{e['function']}`",
+            f"{e['estimator']} / {e['output']}", e["layout"] or "—", fixed, e["note"] or "—",
+            _verdict_cell(e), e["diagnosis"] or "—",
+            e["seconds"] if e["seconds"] != "" else "—")) + " |")
     lines += ["", "## Case families", ""]
-    for e in entries:
-        lines.append(f"### {e['library']} `{e['function']}` ({e['estimator']} / {e['output']})")
+    for i, e in enumerate(entries, 1):
+        lines.append(f"### {i}. {e['library']} `{e['function']}` ({e['estimator']} / "
+                     f"{e['output']}, {e['layout']})")
         lines.append("")
+        if e["note"]:
+            lines += [e["note"], ""]
         if len(e["cases"]) == 1 and not e["cases"][0]["family"]:
             lines += [f"{e['verdict']}: {e['cases'][0]['reason']}", ""]
             continue
