@@ -51,3 +51,53 @@ def test_the_packages_come_from_where_this_run_expects():
         assert place.name == "site-packages" and Path(sys.prefix) in place.parents, place
     elif expect == "editable":
         assert in_checkout, f"the editable run imported {offpolicy.__file__}"
+
+
+PUBLIC_MODULES = ("estimators.numpy", "estimators.torch", "estimators.taichi", "estimators.layout",
+                  "offpolicy.mdp", "offpolicy.policies", "offpolicy.exact", "offpolicy.moments",
+                  "offpolicy.strategies", "offpolicy.conform")
+
+
+def _unannotated(fn) -> list[str]:
+    import inspect
+
+    sig = inspect.signature(fn)
+    missing = [name for name, p in sig.parameters.items()
+               if p.annotation is inspect.Parameter.empty and name not in ("self", "cls")]
+    if sig.return_annotation is inspect.Signature.empty and fn.__name__ != "__init__":
+        missing.append("return")
+    return missing
+
+
+def test_every_public_name_is_exported_and_annotated():
+    """``__all__`` in each public module names what exists; every function it exports, and every
+    public method (and ``__init__``) of every class it exports, has annotated parameters and
+    return (mypy checks the annotations; this checks that nothing public is left out)."""
+    import importlib
+    import inspect
+
+    unannotated = []
+    for module_name in PUBLIC_MODULES:
+        module = importlib.import_module(module_name)
+        assert isinstance(module.__all__, list | tuple) and module.__all__, module_name
+        for name in module.__all__:
+            obj = getattr(module, name)  # AttributeError: __all__ names something missing
+            if inspect.isfunction(obj):
+                functions = [(name, obj)]
+            elif inspect.isclass(obj):
+                functions = [(f"{name}.{k}", v) for k, v in vars(obj).items()
+                             if inspect.isfunction(v)
+                             and (not k.startswith("_") or k == "__init__")]
+            else:
+                continue
+            for qualified, fn in functions:
+                if _unannotated(fn):
+                    unannotated.append(f"{module_name}.{qualified}: {_unannotated(fn)}")
+    assert not unannotated, "\n".join(unannotated)
+
+
+def test_the_annotation_check_can_fail():
+    def f(x, *, y: int):
+        return x
+
+    assert _unannotated(f) == ["x", "return"]
