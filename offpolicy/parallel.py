@@ -115,23 +115,27 @@ def _process_worker_start(driver_pid: int, init: Callable[[], None] | None) -> N
     # not keep a worker alive either.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    if hasattr(signal, "pthread_sigmask"):  # blocked by the driver while this process started
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if init is not None:
         init()
 
 
 @contextlib.contextmanager
-def _sigint_ignored():
-    """Ignore SIGINT while worker processes start. Ctrl-C reaches the whole process group; a
-    worker still starting up would die of it with a traceback before its initializer ignores
-    it. An ignored SIGINT stays ignored through fork and exec, and Python keeps it so."""
-    if threading.current_thread() is not threading.main_thread():
+def _sigint_blocked():
+    """Block SIGINT in this thread while worker processes start. Ctrl-C reaches the whole
+    process group; a worker still starting up would die of it with a traceback before its
+    initializer ignores it. A blocked signal stays blocked through fork and exec (the worker
+    unblocks it once it ignores it), and here it is only delayed, never lost: it arrives when
+    the block ends (or at once through another thread of the driver)."""
+    if not hasattr(signal, "pthread_sigmask"):
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 # ---- Ray task wrapper ------------------------------------------------------------------------
@@ -192,9 +196,10 @@ class Pool:
 
     def __enter__(self) -> Pool:
         if self.executor == "process":
-            self._pool = ProcessPoolExecutor(
-                max_workers=self.jobs, mp_context=self.mp_context,
-                initializer=_process_worker_start, initargs=(os.getpid(), self.init))
+            with _sigint_blocked():  # a spawn context starts its resource tracker here
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.jobs, mp_context=self.mp_context,
+                    initializer=_process_worker_start, initargs=(os.getpid(), self.init))
         elif self.executor == "ray":
             self._ray_start()
         elif self.init is not None:
@@ -228,7 +233,7 @@ class Pool:
             for i, t in enumerate(tasks):
                 yield i, fn(t)
         elif self.executor == "process":
-            with _sigint_ignored():  # the workers start here: see _sigint_ignored
+            with _sigint_blocked():  # the workers start here: see _sigint_blocked
                 futures = {self._pool.submit(fn, t): i for i, t in enumerate(tasks)}
             pending = set(futures)
             while pending:

@@ -148,8 +148,11 @@ def test_harness_ctrl_c_or_kill_of_the_group_exits_130_without_traceback(sig, tm
     `kill` of the group: exit 130 with one message, no traceback from any process, no worker
     left."""
     out = tmp_path / "h"
+    # as from a terminal: a shell's background job (CI runners, nohup) would hand down SIGINT
+    # ignored, and a command line rightly keeps ignoring it then
     proc = subprocess.Popen([sys.executable, "-m", "offpolicy.harness", *HARNESS, "--jobs", "2",
                              "--out", str(out)], start_new_session=True, env=ENV,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     # driver, resource tracker and both workers, which then spend a second or more importing
     # torch: the signal lands while they start up
