@@ -599,3 +599,22 @@ def test_a_single_stream_function_is_checked_column_by_column():
     assert report.ok and report.layout == "contract(batched=False)", str(report)
     assert any("one stream" in w for w in report.warnings)
     assert conform.check(ref.gae, "gae", **FAST).layout == "contract"  # batched stays batched
+
+
+def test_a_function_that_needs_float_flags_is_checked_with_them():
+    import torch
+
+    def gae_float_flags(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        not_terminated = 1 - terminated  # torch refuses this for bool tensors
+        goes_on = 1 - torch.maximum(terminated, truncated)
+        T = rewards.shape[0]
+        out, acc = torch.zeros_like(rewards), torch.zeros_like(rewards[0])
+        for t in reversed(range(T)):
+            keep = goes_on[t] if t < T - 1 else torch.zeros_like(goes_on[t])
+            boot = torch.where(not_terminated[t] > 0, next_values[t], 0.0)
+            acc = rewards[t] + gamma * boot - values[t] + gamma * lam * keep * acc
+            out[t] = acc
+        return out
+
+    report = conform.check(gae_float_flags, "gae", array="torch", **FAST)
+    assert report.ok and report.layout == "contract(flags='float')", str(report)

@@ -217,21 +217,28 @@ class Contract(Layout):
 
     name = "contract"
     batched: bool | str = "auto"  # False: fn takes one stream [T] (the layout loops over
-    # columns); "auto": decided by a probe before the check (see runner._probe_batched)
+    # columns); "auto": decided by a probe before the check (see runner._probe_contract)
+    flags: str = "auto"  # "bool" or "float" (0/1) terminated/truncated; "auto": probed
 
     def describe(self) -> str:
-        return self.name if self.batched else f"{self.name}(batched=False)"
+        options = ([] if self.batched in (True, "auto") else ["batched=False"]) + \
+            ([f"flags={self.flags!r}"] if self.flags == "float" else [])
+        return f"{self.name}({', '.join(options)})" if options else self.name
 
     def __post_init__(self):
         if self.batched not in (True, False, "auto"):
             raise ConformUsageError(f"batched: expected True, False or 'auto', "
                                     f"got {self.batched!r}")
+        if self.flags not in ("bool", "float", "auto"):
+            raise ConformUsageError(f"flags: expected 'bool', 'float' or 'auto', "
+                                    f"got {self.flags!r}")
 
     def provided(self, spec: EstimatorSpec) -> set[str]:
         return set(spec.inputs)
 
     def _call(self, fn, inputs, spec, params, arrays, output):
-        args = [arrays.flags(inputs[n]) if n in ("terminated", "truncated")
+        as_float = self.flags == "float"
+        args = [arrays.flags(inputs[n], as_float=as_float) if n in ("terminated", "truncated")
                 else arrays.floats(inputs[n]) for n in spec.inputs]
         before = _snapshot(dict(enumerate(args)))
         raw = fn(*args, **params)

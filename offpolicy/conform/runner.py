@@ -434,9 +434,9 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
     fixed = _validate_params(spec, params)
     passed = _parameters_to_pass(fn, spec, layout, fixed)
     notes: list[str] = []
-    if isinstance(layout, Contract) and layout.batched == "auto":
-        layout = _probe_batched(fn, spec, layout, output, Arrays(array, dtype), fixed, passed,
-                                timeout, notes)
+    if isinstance(layout, Contract) and "auto" in (layout.batched, layout.flags):
+        layout = _probe_contract(fn, spec, layout, output, Arrays(array, dtype), fixed, passed,
+                                 timeout, notes)
 
     runner = _Runner(fn, spec, layout, output, Arrays(array, dtype), fixed, passed, timeout,
                      strict_nan, examples, seed)
@@ -470,9 +470,11 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
                   counterexample, name, detail, warnings, time.perf_counter() - start, dtype)
 
 
-def _probe_batched(fn, spec, layout, output, arrays, fixed, passed, timeout, notes) -> Layout:
-    """``Contract(batched="auto")``: a function that fails on ``[T, B]`` input but returns
-    ``[T]`` for every column of it takes one stream at a time; check it column by column."""
+def _probe_contract(fn, spec, layout, output, arrays, fixed, passed, timeout, notes):
+    """``Contract(batched="auto", flags="auto")``: the first form, in the contract's order of
+    preference — ``[T, B]`` with bool flags, with 0/1 float flags, then one ``[T]`` stream per
+    call — on which the function returns an array of the right shape. A function that fails
+    in every form keeps the first, and the families say how it fails."""
     import hypothesis
 
     case = hypothesis.find(family_strategy("no_dones", spec, fixed),
@@ -482,22 +484,26 @@ def _probe_batched(fn, spec, layout, output, arrays, fixed, passed, timeout, not
                                              suppress_health_check=list(HealthCheck)),
                            random=random.Random(0))
     params = {p: case.params[p] for p in passed}
-    batched, unbatched = (dataclasses.replace(layout, batched=b) for b in (True, False))
-    try:
-        with _time_limit(timeout), np.errstate(all="ignore"):
-            y = batched.run(fn, case, spec, params, arrays, output)
+    batched = [True] if layout.batched == "auto" else [layout.batched]
+    if layout.batched == "auto":
+        batched.append(False)
+    flags = ["bool", "float"] if layout.flags == "auto" else [layout.flags]
+    forms = [dataclasses.replace(layout, batched=b, flags=f) for b in batched for f in flags]
+    for form in forms:
+        try:
+            with _time_limit(timeout), np.errstate(all="ignore"):
+                y = form.run(fn, case, spec, params, arrays, output)
+        except Exception:
+            continue
         if np.shape(y) == (case.T, case.B):
-            return batched
-    except Exception:
-        pass
-    try:
-        with _time_limit(timeout), np.errstate(all="ignore"):
-            unbatched.run(fn, case, spec, params, arrays, output)
-    except Exception:
-        return batched  # fails either way: the families will say how
-    notes.append("the function takes one stream [T] at a time (it fails on [T, B]); checked "
-                 "column by column (layout Contract(batched=False))")
-    return unbatched
+            if form.batched is False:
+                notes.append("the function takes one stream [T] at a time (it fails on "
+                             "[T, B]); checked column by column (Contract(batched=False))")
+            if form.flags == "float" and "bool" in flags:
+                notes.append("the function fails on bool flags; checked with 0/1 float "
+                             "terminated/truncated (Contract(flags='float'))")
+            return form
+    return forms[0]
 
 
 def _parameters_to_pass(fn, spec, layout, fixed) -> tuple[str, ...]:
