@@ -142,10 +142,17 @@ def test_reports_are_written(tmp_path):
     assert "why \\| not" in md and "DOES NOT CONFORM" in md
 
 
-def test_default_cli_output_is_not_a_tracked_path():
-    """``--peers`` without ``--out`` writes under offpolicy-out/ (git-ignored), never into
-    reports/peers/."""
+def test_cli_peers_writes_under_offpolicy_out_by_default(tmp_path, monkeypatch):
+    """``--peers`` without ``--out`` writes under ./offpolicy-out/peers (git-ignored), never
+    into reports/peers/; the rows come from ``run_peers`` (here: every peer not installed)."""
     from offpolicy.conform import __main__ as cli
 
-    source = inspect.getsource(cli._run_peers)
-    assert 'Path("offpolicy-out") / "peers"' in source
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(peers.importlib, "import_module", _fail_import)
+    monkeypatch.setattr(peers, "PEERS", peers.PEERS[-2:])  # the two not-importable entries
+    assert cli.main(["--peers"]) == 0
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*"))
+    assert written == ["offpolicy-out/peers/peers.csv", "offpolicy-out/peers/peers.json",
+                       "offpolicy-out/peers/peers.md"]
+    rows = list(csv.DictReader(open(tmp_path / "offpolicy-out/peers/peers.csv")))
+    assert [r["verdict"] for r in rows] == ["not run", "not run"]

@@ -681,11 +681,12 @@ def run_peer(peer: Peer, *, examples: int | None = None, seed: int = 0,
     return rows
 
 
-def run_peers(out_dir=None, *, peers=PEERS, examples: int | None = None, seed: int = 0,
+def run_peers(out_dir=None, *, peers=None, examples: int | None = None, seed: int = 0,
               progress=sys.stderr) -> list[dict]:
     """Run every peer entry; return the rows (see ``ROW_FIELDS``). ``out_dir`` is where
     :func:`write_peer_reports` will write (nothing is written here); progress goes to
-    ``progress`` (a stream, or None)."""
+    ``progress`` (a stream, or None). ``peers``: the entries to run (default :data:`PEERS`)."""
+    peers = PEERS if peers is None else peers
     rows = []
     for i, peer in enumerate(peers, 1):
         label = f"[{i}/{len(peers)}] {peer.library} {peer.attr} ({peer.estimator}/{peer.output})"
