@@ -618,3 +618,45 @@ def test_a_function_that_needs_float_flags_is_checked_with_them():
 
     report = conform.check(gae_float_flags, "gae", array="torch", **FAST)
     assert report.ok and report.layout == "contract(flags='float')", str(report)
+
+
+def test_pick_finds_the_output_in_what_the_function_returns():
+    import collections
+
+    Out = collections.namedtuple("Out", ["errors", "pg_advantage", "q_estimate"])
+
+    def vtrace_named(*args, **kw):
+        out = ref.vtrace(*args, **kw)
+        return Out(out.advantages, out.pg_advantages, out.value_targets)
+
+    # the singular field name is found; a plain tuple is read in the contract's order
+    assert conform.check(vtrace_named, "vtrace", output="pg_advantages", **FAST).ok
+    assert conform.check(lambda *a, **k: tuple(ref.vtrace(*a, **k)), "vtrace",
+                         output="value_targets", **FAST).ok
+    # no field of that name: never a silent positional guess
+    report = conform.check(vtrace_named, "vtrace", output="value_targets", **FAST)
+    assert not report.ok and "pick" in report.cases[0].reason
+    assert conform.check(vtrace_named, "vtrace", output="value_targets", pick="q_estimate",
+                         **FAST).ok
+    assert conform.check(vtrace_named, "vtrace", output="advantages", pick=0, **FAST).ok
+
+
+def test_shrinking_never_leaves_what_the_layout_can_hold():
+    def gae_next_row_done_next(rewards, values, dones, last_values, last_dones, *, gamma, lam):
+        return cleanrl_style_gae(rewards, values, dones, last_values, np.zeros_like(last_dones),
+                                 gamma=gamma, lam=lam)  # forgets the last done
+
+    report = conform.check(gae_next_row_done_next, "gae", layout="done_next", **FAST)
+    assert not report.ok
+    cx = report.counterexample
+    x = cx.inputs
+    goes_on = ~(x["terminated"] | x["truncated"])[:-1]
+    np.testing.assert_array_equal(x["next_values"][:-1][goes_on], x["values"][1:][goes_on])
+
+
+def test_rlax_q_side_cannot_hold_inconsistent_tables():
+    def general_returns(q_t, a_t, r_t, discount_t, pi_t, mu_t, lambda_):
+        return np.zeros_like(r_t)
+
+    report = conform.check(general_returns, "retrace", layout="rlax", **FAST)
+    assert report.case("inconsistent_next_values").verdict == "n/a"

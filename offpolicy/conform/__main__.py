@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="done_next/puffer_rows: what the rollout loop does with truncations")
     p.add_argument("--values-form", choices=("auto", "v_t", "values"),
                    help="rlax: v_tm1/v_t arrays or one values[T+1] array")
-    p.add_argument("--output", help="which output the function returns")
+    p.add_argument("--output", help="which contract output is checked (default: the first)")
+    p.add_argument("--pick", help="where it is in what the function returns: a key, a field "
+                                  "or a tuple index")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
                    help="fix a parameter the function hard-codes (gamma=0.99, lam=0.95, n=5)")
     p.add_argument("--dtype", choices=("float64", "float32"))
@@ -148,7 +150,9 @@ def main(argv=None) -> int:
         fn = _load(args.target)
         from .runner import check
 
+        pick = int(args.pick) if args.pick and args.pick.lstrip("-").isdigit() else args.pick
         report = check(fn, args.estimator, layout=layout, output=args.output, dtype=args.dtype,
+                       pick=pick,
                        examples=args.examples, seed=args.seed, strict_nan=args.strict_nan,
                        array=args.array, timeout=args.timeout, **params)
     except (_Usage, ConformUsageError) as e:

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from .registry import ConformUsageError, EstimatorSpec
 
 __all__ = [
     "Layout", "Contract", "DoneNext", "Rlax", "TorchRL", "PufferRows", "SingleEpisodeRows",
-    "QTables", "LAYOUTS", "get_layout", "ConformUsageError", "ModifiedInput",
+    "QTables", "LAYOUTS", "get_layout", "ConformUsageError", "ModifiedInput", "OutputPick",
 ]
 
 TRUNCATION_FOLDS = (None, "bootstrap_reward", "as_done", "ignored")
@@ -90,24 +90,51 @@ class Arrays:
         return np.asarray(y)
 
 
-def select_output(raw, output, spec: EstimatorSpec):
-    """Pick ``output`` out of what the function returned (array, tuple, namedtuple, dict)."""
-    if isinstance(output, int):
+class OutputPick(NamedTuple):
+    """Which contract output is checked (``name``) and where it is in what the function
+    returns (``pick``: a dict key, a namedtuple field or attribute, or a tuple index;
+    None: ``name`` or its singular/plural twin, else the contract's position in a tuple)."""
+
+    name: str
+    pick: str | int | None = None
+
+
+def _twins(name: str) -> tuple[str, ...]:
+    return (name, name[:-1]) if name.endswith("s") else (name, name + "s")
+
+
+def select_output(raw: Any, output: str | OutputPick, spec: EstimatorSpec) -> Any:
+    """The checked output out of what the function returned (array, tuple, namedtuple, dict,
+    object with attributes)."""
+    name, pick = (output.name, output.pick) if isinstance(output, OutputPick) else (output, None)
+    if isinstance(pick, int):
         if not isinstance(raw, (tuple, list)):
-            raise TypeError(f"returned {type(raw).__name__}, not a tuple to index with {output}")
-        return raw[output]
+            raise TypeError(f"returned {type(raw).__name__}, not a tuple to index with {pick}")
+        if not -len(raw) <= pick < len(raw):
+            raise TypeError(f"returned a tuple of {len(raw)}, no index {pick}")
+        return raw[pick]
+    keys = (pick,) if pick is not None else _twins(name)
     if isinstance(raw, dict):
-        if output not in raw:
-            raise TypeError(f"returned a dict without {output!r} (keys: {sorted(raw)})")
-        return raw[output]
-    if isinstance(raw, tuple):
-        if hasattr(raw, "_fields") and output in raw._fields:
-            return getattr(raw, output)
-        if output in spec.outputs and spec.outputs.index(output) < len(raw):
-            return raw[spec.outputs.index(output)]
-        raise TypeError(f"returned a tuple of {len(raw)}; pass output=<index>")
-    if hasattr(raw, output) and not hasattr(raw, "shape"):
-        return getattr(raw, output)
+        for key in keys:
+            if key in raw:
+                return raw[key]
+        raise TypeError(f"returned a dict without {' or '.join(map(repr, keys))} "
+                        f"(keys: {sorted(raw)}); pass pick=<key>")
+    fields = getattr(raw, "_fields", None)
+    if fields is not None or (not hasattr(raw, "shape") and not isinstance(raw, (list, tuple))):
+        for key in keys:
+            if hasattr(raw, key):
+                return getattr(raw, key)
+        if fields is not None:  # never a silent positional guess for named fields
+            raise TypeError(f"returned {type(raw).__name__} with fields {tuple(fields)}, none "
+                            f"named {' or '.join(map(repr, keys))}; pass pick=<field or index>")
+    if isinstance(raw, (tuple, list)) and not hasattr(raw, "shape"):
+        if pick is not None:
+            raise TypeError(f"returned a tuple; pass pick=<index>, not {pick!r}")
+        index = spec.outputs.index(name)
+        if index < len(raw):
+            return raw[index]
+        raise TypeError(f"returned a tuple of {len(raw)}; pass pick=<index>")
     return raw
 
 
@@ -184,7 +211,7 @@ class Layout:
         return self.param_names.get(param, param)
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         """Call ``fn`` on ``case``; return the selected output as numpy ``[T, B]`` (its dtype
         kept). ``params`` are the keyword parameters to pass (already renamed)."""
         raise NotImplementedError
@@ -246,7 +273,7 @@ class Contract(Layout):
         return Arrays.back(select_output(raw, output, spec))
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         if self.batched:
             return self._call(fn, case.inputs, spec, params, arrays, output)
         columns = []
@@ -296,7 +323,7 @@ class DoneNext(Layout):
         return {"rewards", "values", "dones", "last_values", "last_dones", "log_rhos"}
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         x = case.inputs
         done, rewards = _done_flags(case, self.truncation_fold)
         starts = np.vstack([np.zeros_like(done[:1]), done[:-1]])
@@ -344,6 +371,10 @@ class Rlax(Layout):
             else "v_t"
 
     def constraints_for(self, spec: EstimatorSpec, fn: Callable[..., Any]) -> Constraints:
+        if spec.kind == "action":  # one q_t row is both the bootstrap and Q(s_{t+1}, .)
+            return Constraints(inconsistent_next_values=(
+                "rlax's Q side reads the bootstrap table of s'_t and Q(s_{t+1}, .) from one "
+                "row of q_t"))
         if spec.kind == "state" and self._form(fn) == "values":
             return Constraints(truncations_inside=False, inconsistent_next_values=_CONSISTENT,
                                nan_slot="values[t+1] after a termination is the next "
@@ -357,7 +388,7 @@ class Rlax(Layout):
         return {"q_tm1", "a_tm1", "q_t", "a_t", "r_t", "discount_t", "pi_t", "mu_t", "lambda_"}
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         x, w = case.inputs, case.world
         gamma, lam = case.params["gamma"], case.params.get("lam", 1.0)
         discount = gamma * (1.0 - x["terminated"])
@@ -406,7 +437,7 @@ class TorchRL(Layout):
                 "log_mu"}
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         x = case.inputs
         bt1 = lambda a: np.ascontiguousarray(a.T[..., None])  # noqa: E731  [T,B] -> [B,T,1]
         log_mu = case.world["log_mu"]
@@ -451,7 +482,7 @@ class PufferRows(Layout):
         return {"values", "rewards", "dones", "importance", "advantages"}
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         x = case.inputs
         done, rewards = _done_flags(case, self.truncation_fold)
         B, T = case.B, case.T
@@ -486,7 +517,7 @@ class SingleEpisodeRows(Layout):
         return {"rewards", "values", "log_rhos"}
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         x = case.inputs
         kw = dict(rewards=arrays.floats(x["rewards"].T), values=arrays.floats(x["values"].T),
                   log_rhos=arrays.floats(x["log_rhos"].T))
@@ -518,7 +549,7 @@ class QTables(Layout):
                 "next_behaviour_probs", "terminated", "truncated"}
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
-            arrays: Arrays, output: str) -> np.ndarray:
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
         x, w = case.inputs, case.world
         kw = {k: arrays.floats(v) for k, v in w.items() if k not in ("actions", "next_actions")}
         kw.update(actions=arrays.ints(w["actions"]), next_actions=arrays.ints(w["next_actions"]),

@@ -26,6 +26,7 @@ from .layouts import (
     Contract,
     Layout,
     ModifiedInput,
+    OutputPick,
     accepted_names,
     get_layout,
 )
@@ -122,6 +123,7 @@ class _Runner:
                  fixed: dict, passed: tuple[str, ...], timeout, strict_nan: bool,
                  examples: int, seed: int):
         self.fn, self.spec, self.layout, self.output = fn, spec, layout, output
+        self.selector = OutputPick(output)  # where the output is in what fn returns
         self.arrays, self.fixed, self.passed = arrays, fixed, passed
         self.timeout, self.strict_nan = timeout, strict_nan
         self.examples, self.seed = examples, seed
@@ -150,7 +152,8 @@ class _Runner:
                   if isinstance(case.params[p], np.ndarray) else case.params[p]
                   for p in self.passed}
         with _time_limit(self.timeout):
-            return self.layout.run(self.fn, case, self.spec, params, self.arrays, self.output)
+            return self.layout.run(self.fn, case, self.spec, params, self.arrays,
+                                   self.selector)
 
     def evaluate(self, case: Case) -> Outcome:
         if self.hung_case is not None:
@@ -261,11 +264,39 @@ class _Runner:
                 return False
             return not outcome.ok
 
-        case = self._narrow(case, fails)
-        return self._simplify(case, fails)
+        def fails_held(c: Case) -> bool:
+            return self.holds(c) and fails(c)
+
+        case = self._narrow(case, fails_held)
+        return self._simplify(case, fails_held)
+
+    def holds(self, case: Case) -> bool:
+        """Whether the layout can hold ``case`` (a shrink step must not leave the layout: a
+        window or a cleared flag can make a step continue where ``next_values[t]`` is not
+        ``values[t+1]``, which e.g. ``done_next`` cannot say)."""
+        x, k = case.inputs, self.constraints
+        done = x["terminated"] | x["truncated"]
+        inside = np.zeros_like(done)
+        inside[:-1] = True
+        if not k.flags_inside and (done & inside).any():
+            return False
+        if not k.truncations_inside and (x["truncated"] & ~x["terminated"] & inside).any():
+            return False
+        if k.terminal_last and not x["terminated"][-1].all():
+            return False
+        if k.inconsistent_next_values and case.family != "inconsistent_next_values":
+            goes_on = ~done & inside
+            if self.spec.kind == "state":
+                after = np.vstack([x["values"][1:], x["values"][:1]])
+                return bool((x["next_values"][goes_on] == after[goes_on]).all())
+            w = case.world
+            after = np.concatenate([w["q_values"][1:], w["q_values"][:1]])
+            return bool((w["next_q_values"][goes_on] == after[goes_on]).all())
+        return True
 
     def _simplify(self, case: Case, fails) -> Case:
         protected = _protected_cells(case)
+        world_read = self.spec.kind == "action" and self.layout.name != "contract"
         # flags: clear each one that is not what the family is about
         for name in ("terminated", "truncated"):
             for idx in zip(*np.nonzero(case.inputs[name]), strict=True):
@@ -287,8 +318,9 @@ class _Runner:
                         case, params={**case.params, name: simple})):
                     case = candidate
                     break
-        # numbers: 0, then one decimal, cell by cell
-        for name in list(case.inputs):
+        # numbers: 0, then one decimal, cell by cell (not where the function reads tables
+        # the contract inputs were derived from)
+        for name in [] if world_read else list(case.inputs):
             values = case.inputs[name]
             if values.dtype.kind != "f" or name in ("log_rhos", "target_probs_taken"):
                 continue  # derived from the world's policies
@@ -385,7 +417,7 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
           output: str | None = None, dtype: npt.DTypeLike | None = None,
           examples: int | None = None, seed: int = 0, strict_nan: bool = False,
           array: str | None = None, timeout: float | None = 10.0, moments: bool = True,
-          per_step: bool = False, **params: Any) -> Report:
+          per_step: bool = False, pick: str | int | None = None, **params: Any) -> Report:
     """Check ``fn`` against the contract of ``estimator`` (docs/DESIGN.md) in ``layout``.
 
     ``estimator``: a contract name (``gae``, ``vtrace``, ``puff_advantage``, ``per_decision_is``,
@@ -399,7 +431,9 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
     parameters ``fn`` hard-codes; the others are drawn and passed by keyword. ``timeout``:
     seconds one call may take (main thread only). ``moments``: also run the exact-moment check.
     ``per_step``: the function takes ``gamma``/``lam`` as ``[T, B]`` arrays too (runs the
-    ``per_step_gamma_lambda`` family).
+    ``per_step_gamma_lambda`` family). ``pick``: where ``output`` is in what ``fn`` returns
+    (a dict key, namedtuple field or tuple index; default: ``output``'s own name or its
+    singular/plural twin, else the contract's position in a plain tuple).
 
     Returns a :class:`Report`; raises ``ConformUsageError`` (a ``ValueError``) for bad
     arguments, never for what ``fn`` does.
@@ -408,9 +442,9 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
     if not callable(fn):
         raise ConformUsageError(f"fn: expected a callable, got {type(fn).__name__}")
     spec = spec_for(estimator)
-    layout = get_layout(layout)
-    if spec.kind not in layout.kinds:
-        raise ConformUsageError(f"layout: {layout.name} cannot express the {spec.kind}-value "
+    lay: Layout = get_layout(layout)
+    if spec.kind not in lay.kinds:
+        raise ConformUsageError(f"layout: {lay.name} cannot express the {spec.kind}-value "
                                 f"estimator {spec.name}")
     output = spec.outputs[0] if output is None else output
     if output not in spec.outputs:
@@ -423,7 +457,7 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
         raise ConformUsageError(f"seed: expected an integer >= 0, got {seed!r}")
     if timeout is not None and not (isinstance(timeout, (int, float)) and timeout > 0):
         raise ConformUsageError(f"timeout: expected seconds > 0 or None, got {timeout!r}")
-    array = array or layout.default_array
+    array = array or lay.default_array
     if array not in ("numpy", "torch", "jax"):
         raise ConformUsageError(f"array: expected numpy, torch or jax, got {array!r}")
     try:
@@ -432,15 +466,16 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
         raise ConformUsageError(f"array: {array} is not installed") from None
     dtype = _dtype_name(dtype) or "float64"
     fixed = _validate_params(spec, params)
-    passed = _parameters_to_pass(fn, spec, layout, fixed)
+    passed = _parameters_to_pass(fn, spec, lay, fixed)
     notes: list[str] = []
-    if isinstance(layout, Contract) and "auto" in (layout.batched, layout.flags):
-        layout = _probe_contract(fn, spec, layout, output, Arrays(array, dtype), fixed, passed,
-                                 timeout, notes)
+    if isinstance(lay, Contract) and "auto" in (lay.batched, lay.flags):
+        lay = _probe_contract(fn, spec, lay, OutputPick(output, pick), Arrays(array, dtype),
+                              fixed, passed, timeout, notes)
 
-    runner = _Runner(fn, spec, layout, output, Arrays(array, dtype), fixed, passed, timeout,
+    runner = _Runner(fn, spec, lay, output, Arrays(array, dtype), fixed, passed, timeout,
                      strict_nan, examples, seed)
     runner.per_step = bool(per_step)
+    runner.selector = OutputPick(output, pick)
     results, failures = [], []
     for i, family in enumerate(FAMILIES):
         result, case = runner.run_family(i, family)
@@ -466,7 +501,7 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
     name, detail = _diagnosis.diagnose(runner, results) if failures else (None, None)
     warnings = notes + [r.reason[len("warning: "):] for r in results
                         if r.reason.startswith("warning:")]
-    return Report(spec.name, layout.describe(), output, _function_name(fn), results,
+    return Report(spec.name, lay.describe(), output, _function_name(fn), results,
                   counterexample, name, detail, warnings, time.perf_counter() - start, dtype)
 
 
@@ -492,14 +527,14 @@ def _probe_contract(fn, spec, layout, output, arrays, fixed, passed, timeout, no
     for form in forms:
         try:
             with _time_limit(timeout), np.errstate(all="ignore"):
-                y = form.run(fn, case, spec, params, arrays, output)
+                y = form.run(fn, case, spec, params, arrays, output)  # an OutputPick
         except Exception:
             continue
         if np.shape(y) == (case.T, case.B):
-            if form.batched is False:
+            if form.batched is False and layout.batched == "auto":
                 notes.append("the function takes one stream [T] at a time (it fails on "
                              "[T, B]); checked column by column (Contract(batched=False))")
-            if form.flags == "float" and "bool" in flags:
+            if form.flags == "float" and layout.flags == "auto":
                 notes.append("the function fails on bool flags; checked with 0/1 float "
                              "terminated/truncated (Contract(flags='float'))")
             return form
@@ -545,7 +580,7 @@ def _recorded_call(runner: _Runner, case: Case) -> dict | None:
 
     try:
         params = {runner.layout.keyword_for(p): case.params[p] for p in runner.passed}
-        runner.layout.run(recorder, case, runner.spec, params, runner.arrays, runner.output)
+        runner.layout.run(recorder, case, runner.spec, params, runner.arrays, runner.selector)
     except Exception:
         pass
     return calls[0] if calls else None
