@@ -660,3 +660,22 @@ def test_rlax_q_side_cannot_hold_inconsistent_tables():
 
     report = conform.check(general_returns, "retrace", layout="rlax", **FAST)
     assert report.case("inconsistent_next_values").verdict == "n/a"
+
+
+def test_two_bugs_at_once_are_both_named():
+    def two_bugs(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        return gae_closed_form(rewards, values, next_values, terminated | truncated,
+                               np.zeros_like(truncated), gamma=gamma, lam=1.0)
+
+    def float32_and_truncation(rewards, values, next_values, terminated, truncated, *, gamma,
+                               lam):
+        f = lambda x: np.asarray(x, np.float32)  # noqa: E731
+        return gae_closed_form(f(rewards), f(values), f(next_values), terminated | truncated,
+                               np.zeros_like(truncated), gamma=np.float32(gamma),
+                               lam=np.float32(lam)).astype(np.float64)
+
+    report = conform.check(two_bugs, "gae", examples=15, moments=False)
+    assert set(report.diagnosis.split("+")) == {"lambda_missing_from_trace",
+                                                "truncation_as_termination"}, str(report)
+    report = conform.check(float32_and_truncation, "gae", examples=15, moments=False)
+    assert report.diagnosis == "truncation_as_termination+float32_arithmetic", str(report)

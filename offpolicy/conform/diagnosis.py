@@ -105,10 +105,11 @@ def _extra_classes(spec):
     return classes
 
 
-def _match(runner, case, outcome, y) -> bool:
+def _match(runner, case, outcome, y, rtol=None) -> bool:
     if y is None or outcome.got is None or y.shape != outcome.got.shape:
         return False
-    rtol = 1e-4 if "float32" in runner.dtypes_seen else 1e-9
+    if rtol is None:
+        rtol = 1e-4 if "float32" in runner.dtypes_seen else 1e-9
     tol = rtol * runner.scale(case, outcome.expected)
     same_nan = np.isnan(y) == np.isnan(outcome.got)
     both = ~np.isnan(y) & ~np.isnan(outcome.got)
@@ -133,7 +134,7 @@ def _candidates(runner):
                 return _mutant_output(module, runner, case)
             except Exception:
                 return None
-        yield mutant.name, detail, run, len(estimators or ()) or 99
+        yield mutant.name, detail, run, len(estimators or ()) or 99, mutant
     for name, detail, transform in _extra_classes(runner.spec):
         if name == f"wrong_output_{runner.output}":
             continue
@@ -149,7 +150,49 @@ def _candidates(runner):
                 return _transformed(runner, case, with_output)
             except Exception:
                 return None
-        yield name, detail, run, 99
+        yield name, detail, run, 99, None
+
+
+def _score(runner, records, run, rtol=None):
+    """((failing fraction reproduced, all fraction reproduced), k, n failing)."""
+    hits = [_match(runner, c, o, run(c), rtol) for c, o in records]
+    fail_hits = [h for h, (_, o) in zip(hits, records, strict=True) if not o.ok]
+    key = (float(np.mean(fail_hits)) if fail_hits else 0.0, float(np.mean(hits)))
+    return key, sum(fail_hits), len(fail_hits)
+
+
+def _name_best(scored):
+    """(name, detail) of the best-scoring class if it passes the thresholds, else None."""
+    if not scored:
+        return None
+    best = max(scored, key=lambda x: x[0])
+    key, name, detail, k, n = best[:5]
+    if key[0] < 0.5 or key[1] < 0.9:
+        return None
+    same = [x[1] for x in scored if x[0][:2] == key[:2] and x[1] != name]
+    how = "" if key[:2] == (1.0, 1.0) else f" [reproduces {k} of {n} failing examples]"
+    also = f" [indistinguishable here from: {', '.join(same)}]" if same else ""
+    return name, detail + how + also
+
+
+def _pair_runner(runner, a, b):
+    """The reference with both bugs' patches applied (None when they touch the same lines)."""
+    import dataclasses
+
+    estimators = tuple(sorted(set(a.estimators or ()) | set(b.estimators or ())))
+    both = dataclasses.replace(a, name=f"{a.name}+{b.name}", edits=a.edits + b.edits,
+                               estimators=estimators)
+    try:
+        module = load_mutant(both)
+    except Exception:
+        return None
+
+    def run(case):
+        try:
+            return _mutant_output(module, runner, case)
+        except Exception:
+            return None
+    return run
 
 
 def diagnose(runner, results) -> tuple[str | None, str | None]:
@@ -176,28 +219,36 @@ def diagnose(runner, results) -> tuple[str | None, str | None]:
             o.kind == "mismatch" and _float32_close(runner, c, o) for c, o in failing)):
         return ("float32_arithmetic", "float64 inputs, but the result is only float32-accurate "
                 "(values near 1e3 with small rewards lose the difference)")
-    best, best_key, ties = None, (0.0, 0.0, -99), []
-    for name, detail, run, breadth in _candidates(runner):
-        hits = [_match(runner, c, o, run(c)) for c, o in records]
-        fail_hits = [h for h, (_, o) in zip(hits, records, strict=True) if not o.ok]
+    scored = []  # (key, name, detail, hits on failing, failing, mutant)
+    for name, detail, run, breadth, mutant in _candidates(runner):
+        key, k, n = _score(runner, records, run)
         # the most failing examples reproduced, then the most examples; between classes that
         # behave the same here, the one specific to fewer estimators
-        key = (float(np.mean(fail_hits)) if fail_hits else 0.0, float(np.mean(hits)), -breadth)
-        if key[:2] == best_key[:2] and best is not None:
-            ties.append(name)
-        if key > best_key:
-            if best is not None and key[:2] == best_key[:2]:
-                ties.append(best[0])
-            elif best is not None:
-                ties = []
-            best, best_key = (name, detail, sum(fail_hits), len(fail_hits)), key
-    if best is not None and best_key[0] >= 0.5 and best_key[1] >= 0.9:
-        name, detail, k, n = best
-        exact = best_key[:2] == (1.0, 1.0)
-        how = "" if exact else f" [reproduces {k} of {n} failing examples]"
-        same = [t for t in ties if t != name]
-        also = f" [indistinguishable here from: {', '.join(same)}]" if same else ""
-        return name, detail + how + also
+        scored.append(((*key, -breadth), name, detail, k, n, mutant, run))
+    named = _name_best(scored)
+    if named:
+        return named
+    # two bugs at once: a class reproduced to float32 accuracy only, or two patches together
+    float32 = []
+    for (_, _, breadth), name, detail, _, _, _mutant, run in scored:
+        key, k, n = _score(runner, records, run, rtol=1e-5)
+        float32.append(((*key, breadth), f"{name}+float32_arithmetic",
+                        f"{detail}; and float32 arithmetic on float64 inputs", k, n, None, run))
+    named = _name_best(float32)
+    if named:
+        return named
+    pairs = []
+    top = sorted((x for x in scored if x[5] is not None), key=lambda x: x[0], reverse=True)[:6]
+    for i, a in enumerate(top):
+        for b in top[i + 1:]:
+            run = _pair_runner(runner, a[5], b[5])
+            if run is None:
+                continue
+            key, k, n = _score(runner, records, run)
+            pairs.append(((*key, -99), f"{a[1]}+{b[1]}", f"{a[2]}; and {b[2]}", k, n, None, run))
+    named = _name_best(pairs)
+    if named:
+        return named
     if failed == ["nan_under_terminated"] or (failing and all(
             o.kind == "nonfinite" for _, o in failing)):
         return ("nan_leak_under_terminated", "a NaN in the value after a termination reaches "
