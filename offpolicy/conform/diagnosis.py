@@ -218,7 +218,8 @@ def diagnose(runner, results) -> tuple[str | None, str | None]:
     if failed == ["float64_precision"] or (failing and all(
             o.kind == "mismatch" and _float32_close(runner, c, o) for c, o in failing)):
         return ("float32_arithmetic", "float64 inputs, but the result is only float32-accurate "
-                "(values near 1e3 with small rewards lose the difference)")
+                "(within 1e-5 relative of the contract: float32 arithmetic somewhere, e.g. a "
+                "float32 discount, or a small epsilon in a denominator)")
     scored = []  # (key, name, detail, hits on failing, failing, mutant)
     for name, detail, run, breadth, mutant in _candidates(runner):
         key, k, n = _score(runner, records, run)

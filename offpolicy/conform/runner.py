@@ -386,7 +386,7 @@ class _Runner:
         where = np.unravel_index(np.nanargmax(np.where(np.isfinite(diff), diff, np.inf)),
                                  diff.shape)
         return (f"differs from the contract at [t={where[0]}, b={where[1]}]: expected "
-                f"{outcome.expected[where]:.6g}, got {outcome.got[where]:.6g}")  # type: ignore[index]
+                f"{outcome.expected[where]:.10g}, got {outcome.got[where]:.10g}")  # type: ignore[index]
 
 
 def _protected_cells(case: Case) -> set:
