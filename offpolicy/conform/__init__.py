@@ -20,6 +20,7 @@ from .layouts import (
     ConformUsageError,
     Contract,
     DoneNext,
+    OutputPick,
     PufferRows,
     QTables,
     Rlax,
@@ -33,5 +34,5 @@ from .runner import assert_conforms, check
 __all__ = [
     "check", "assert_conforms", "Report", "CaseResult", "Counterexample", "ConformUsageError",
     "FAMILIES", "ESTIMATORS", "LAYOUTS", "Contract", "DoneNext", "Rlax", "TorchRL",
-    "PufferRows", "SingleEpisodeRows", "QTables",
+    "PufferRows", "SingleEpisodeRows", "QTables", "OutputPick",
 ]
