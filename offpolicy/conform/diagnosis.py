@@ -11,8 +11,6 @@ fails) and ``nan_leak_under_terminated``.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import types
 
 import numpy as np
@@ -30,28 +28,11 @@ def catalogue():
     return tuple(mutation.MUTANTS)
 
 
-_cache: dict[str, types.ModuleType] = {}
-
-
 def load_mutant(mutant) -> types.ModuleType:
-    """The patched reference as an in-memory module (``offpolicy.mutation.load`` if it has one)."""
+    """The patched reference as an in-memory module (``offpolicy.mutation.load``)."""
     from offpolicy import mutation
 
-    if hasattr(mutation, "load"):
-        return mutation.load(mutant)
-    if mutant.name not in _cache:
-        import estimators
-
-        path = f"{estimators.__path__[0]}/numpy.py"
-        source = mutation.apply(open(path).read(), mutant)
-        name = f"estimators._diagnosis_{mutant.name}"
-        spec = importlib.util.spec_from_loader(name, loader=None)
-        module = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]  # never None
-        module.__package__ = "estimators"
-        exec(compile(source, f"<mutant {mutant.name}>", "exec"), module.__dict__)
-        _cache[mutant.name] = module
-        sys.modules.pop(name, None)
-    return _cache[mutant.name]
+    return mutation.load(mutant)
 
 
 def _mutant_output(module, runner, case):

@@ -291,17 +291,11 @@ _CONSISTENT = "this layout reads V(s_{t+1}) from values[t+1]: it cannot hold nex
 
 
 @dataclasses.dataclass(frozen=True)
-class DoneNext(Layout):
-    """SB3 / CleanRL / rl-games: ``dones[t]`` is the done of step ``t-1`` (an episode-start
-    flag), ``last_values``/``last_dones`` close the segment; V(s_{t+1}) is ``values[t+1]``.
+class _RolloutFold(Layout):
+    """What the layouts that store a rollout the way a trainer does share: V(s_{t+1}) is the
+    next stored value, and ``truncation_fold`` says what the rollout loop did with a
+    time-limit truncation (see :class:`DoneNext`)."""
 
-    ``truncation_fold`` says what the rollout loop does with a time-limit truncation:
-    ``None`` (it cannot say; truncations inside are n/a), ``"bootstrap_reward"`` (SB3: adds
-    ``gamma V(final obs)`` to the reward and flags done), ``"as_done"`` (CleanRL: flags done,
-    folds nothing), ``"ignored"`` (PufferLib's trainer: stores terminations only).
-    """
-
-    name = "done_next"
     kinds = ("state",)
     truncation_fold: str | None = None
 
@@ -318,6 +312,20 @@ class DoneNext(Layout):
                            inconsistent_next_values=_CONSISTENT,
                            nan_slot="no slot holds the value after a termination inside "
                                     "the segment (values[t+1] is the next episode's start)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DoneNext(_RolloutFold):
+    """SB3 / CleanRL / rl-games: ``dones[t]`` is the done of step ``t-1`` (an episode-start
+    flag), ``last_values``/``last_dones`` close the segment; V(s_{t+1}) is ``values[t+1]``.
+
+    ``truncation_fold`` says what the rollout loop does with a time-limit truncation:
+    ``None`` (it cannot say; truncations inside are n/a), ``"bootstrap_reward"`` (SB3: adds
+    ``gamma V(final obs)`` to the reward and flags done), ``"as_done"`` (CleanRL: flags done,
+    folds nothing), ``"ignored"`` (PufferLib's trainer: stores terminations only).
+    """
+
+    name = "done_next"
 
     def provided(self, spec: EstimatorSpec) -> set[str]:
         return {"rewards", "values", "dones", "last_values", "last_dones", "log_rhos"}
@@ -456,7 +464,7 @@ class TorchRL(Layout):
 
 
 @dataclasses.dataclass(frozen=True)
-class PufferRows(Layout):
+class PufferRows(_RolloutFold):
     """PufferLib's rows ``[B, T+1]``: column j holds ``V(o_j)`` and the ratio of the action
     taken at ``o_j``; the reward and done *returned with* ``o_j`` (for the action at column
     j-1). ``advantages`` is a zero buffer the kernel may fill in place (read back when the
@@ -464,19 +472,6 @@ class PufferRows(Layout):
     ``truncation_fold`` as in :class:`DoneNext` (PufferLib's trainer: ``"ignored"``)."""
 
     name = "puffer_rows"
-    kinds = ("state",)
-    truncation_fold: str | None = None
-
-    def __post_init__(self):
-        if self.truncation_fold not in TRUNCATION_FOLDS:
-            raise ConformUsageError(f"truncation_fold: expected one of {TRUNCATION_FOLDS}, "
-                                    f"got {self.truncation_fold!r}")
-
-    def describe(self) -> str:
-        return f"{self.name}(truncation_fold={self.truncation_fold})"
-
-    def constraints(self, spec: EstimatorSpec) -> Constraints:
-        return DoneNext(truncation_fold=self.truncation_fold).constraints(spec)
 
     def provided(self, spec: EstimatorSpec) -> set[str]:
         return {"values", "rewards", "dones", "importance", "advantages"}

@@ -72,7 +72,6 @@ class Outcome:
     got: np.ndarray | None
     error: str | None = None
     kind: str = "match"  # match | mismatch | raised | shape | nonfinite | hung
-    call: dict | None = None
 
 
 def _validate_params(spec: EstimatorSpec, params: dict) -> dict:
@@ -194,6 +193,14 @@ class _Runner:
                 if v.dtype.kind == "f" and k != "log_rhos"]
         return max(1.0, float(np.abs(expected[np.isfinite(expected)]).max(initial=0.0)), *read)
 
+    def is_failure(self, family: str, outcome: Outcome) -> bool:
+        """A failed example; in ``nan_under_terminated`` a NaN reaching the output or a raise
+        is a warning instead, unless ``strict_nan``."""
+        if family == "nan_under_terminated" and outcome.kind in _NAN_WARNINGS \
+                and not self.strict_nan:
+            return False
+        return not outcome.ok
+
     # -- one family ----------------------------------------------------------------------
     def _record(self, family: str, case: Case, outcome: Outcome):
         kept = self.records.setdefault(family, [])
@@ -214,7 +221,6 @@ class _Runner:
         if self.hung_case is not None:
             return CaseResult(family, "n/a", "not run: the function hung on an earlier "
                                              "family"), None
-        nan_family = family == "nan_under_terminated"
         count, failing = [0], []
 
         def record(case: Case) -> bool:
@@ -222,8 +228,7 @@ class _Runner:
             count[0] += 1
             outcome = self.evaluate(case)
             self._record(family, case, outcome)
-            if not (nan_family and outcome.kind in _NAN_WARNINGS and not self.strict_nan) \
-                    and not outcome.ok:
+            if self.is_failure(family, outcome):
                 failing.append((case, outcome))
             return False
 
@@ -256,16 +261,8 @@ class _Runner:
         cleared, numbers moved to 0 or rounded, parameters moved to their simplest values,
         each step kept only while the case still fails (greedy, deterministic, bounded: a few
         hundred calls; hypothesis found the case, and its own shrinker can take minutes)."""
-        nan_family = family == "nan_under_terminated"
-
-        def fails(c: Case) -> bool:
-            outcome = self.evaluate(c)
-            if nan_family and outcome.kind in _NAN_WARNINGS and not self.strict_nan:
-                return False
-            return not outcome.ok
-
         def fails_held(c: Case) -> bool:
-            return self.holds(c) and fails(c)
+            return self.holds(c) and self.is_failure(family, self.evaluate(c))
 
         case = self._narrow(case, fails_held)
         return self._simplify(case, fails_held)
