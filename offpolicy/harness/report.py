@@ -1,12 +1,22 @@
 """Tables and plots of a grid: final performance and estimator error against staleness,
-per correction (matplotlib, Agg backend)."""
+per correction (matplotlib, Agg backend).
+
+Every cell of a table is the mean over seeds and the half-width of its 95% confidence
+interval, a Student t-interval: ``mean ± t_{0.975, n-1} sd / sqrt(n)`` with ``n`` seeds
+(``<metric>_ci`` in the CSV, next to ``<metric>_sd``).  :func:`compare` says whether two
+cells' intervals separate; a finding "X beats Y" is claimed only where they do.
+"""
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy import stats
+
+CI_LEVEL = 0.95
 
 # knobs read as "staleness", in the order we prefer for the x axis of the plots
 STALENESS = {
@@ -22,7 +32,8 @@ def metric_names(algo: str, tabular: bool) -> dict:
     if algo == "ppo":
         return {"perf": perf, "rmse": "adv_rmse", "bias": "adv_bias",
                 "extra": ["vtarget_rmse", "vtarget_bias"]}
-    return {"perf": perf, "rmse": "qtarget_rmse", "bias": "qtarget_bias", "extra": ["sample_age"]}
+    return {"perf": perf, "rmse": "qtarget_rmse", "bias": "qtarget_bias",
+            "extra": ["qtarget_lag", "qtarget_value", "qtarget_corr", "sample_age"]}
 
 
 def runs_frame(results: list[dict]) -> pd.DataFrame:
@@ -42,12 +53,99 @@ def aggregate(df: pd.DataFrame, axis_keys: list[str]) -> pd.DataFrame:
     g = df.groupby(keys, sort=False, dropna=False)
     out = g[metrics].mean()
     sd = g[metrics].std(ddof=1)
+    count = g[metrics].count()  # seeds with a value (a NaN metric is left out of its interval)
+    ci = pd.DataFrame(t_halfwidth(sd.to_numpy(), count.to_numpy()), index=sd.index,
+                      columns=[f"{c}_ci" for c in metrics])
     sd.columns = [f"{c}_sd" for c in sd.columns]
-    out = pd.concat([out, sd], axis=1)
+    out = pd.concat([out, sd, ci], axis=1)
     out.insert(0, "seeds", g.size())
     if "J_opt" in df.columns:
         out["J_opt"] = g["J_opt"].first()
     return out.reset_index()
+
+
+def t_halfwidth(sd, n, level: float = CI_LEVEL):
+    """Half-width of the two-sided ``level`` Student t confidence interval of a mean of ``n``
+    values with sample standard deviation ``sd``: ``t_{(1+level)/2, n-1} sd / sqrt(n)``
+    (NaN where ``n < 2``). Broadcasts over arrays."""
+    sd = np.asarray(sd, dtype=float)
+    n = np.asarray(n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = stats.t.ppf(0.5 + level / 2, np.where(n >= 2, n - 1, np.nan))
+        half = t * sd / np.sqrt(n)
+    return np.where(n >= 2, half, np.nan)
+
+
+def intervals_separate(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Whether the closed intervals ``a = (lo, hi)`` and ``b`` are disjoint (False when either
+    has a NaN end: an interval that is not known separates from nothing)."""
+    if any(math.isnan(x) for x in (*a, *b)):
+        return False
+    return a[1] < b[0] or b[1] < a[0]
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Two cells of an aggregated table on one metric (see :func:`compare`)."""
+
+    metric: str
+    a: dict
+    b: dict
+    mean_a: float
+    ci_a: float
+    mean_b: float
+    ci_b: float
+    seeds_a: int
+    seeds_b: int
+
+    @property
+    def interval_a(self) -> tuple[float, float]:
+        return (self.mean_a - self.ci_a, self.mean_a + self.ci_a)
+
+    @property
+    def interval_b(self) -> tuple[float, float]:
+        return (self.mean_b - self.ci_b, self.mean_b + self.ci_b)
+
+    @property
+    def separated(self) -> bool:
+        """The two 95% intervals are disjoint: only then may the text say one differs."""
+        return intervals_separate(self.interval_a, self.interval_b)
+
+    def describe(self) -> str:
+        """One line: both cells as mean [lo, hi] and whether the intervals separate."""
+        def cell(where, mean, half, n):
+            lo, hi = mean - half, mean + half
+            label = ", ".join(f"{k}={v}" for k, v in where.items())
+            return f"{label}: {_fmt(mean)} [{_fmt(lo)}, {_fmt(hi)}] (n={n})"
+        verdict = "separate" if self.separated else "overlap"
+        return (f"{self.metric}: {cell(self.a, self.mean_a, self.ci_a, self.seeds_a)} vs "
+                f"{cell(self.b, self.mean_b, self.ci_b, self.seeds_b)}: intervals {verdict}")
+
+
+def _one_row(agg: pd.DataFrame, where: dict) -> pd.Series:
+    mask = pd.Series(True, index=agg.index)
+    for k, v in where.items():
+        if k not in agg.columns:
+            raise ValueError(f"where: the table has no column {k!r}")
+        col = agg[k]
+        mask &= col.isna() if v is None else (col.astype(str) == str(v))
+    rows = agg[mask]
+    if len(rows) != 1:
+        raise ValueError(f"where: {where} matches {len(rows)} rows of the table, expected 1")
+    return rows.iloc[0]
+
+
+def compare(agg: pd.DataFrame, metric: str, a: dict, b: dict) -> Comparison:
+    """Compare two cells of an aggregated table (:func:`aggregate`'s output, or its CSV read
+    back) on ``metric``: ``a`` and ``b`` select one row each by column values (e.g.
+    ``{"estimator": "nstep", "min_age": 0}``). ``.separated`` says whether the 95%
+    t-intervals are disjoint; ``.describe()`` is the line a report cites."""
+    if metric not in agg.columns or f"{metric}_ci" not in agg.columns:
+        raise ValueError(f"metric: the table has no column {metric!r} with an interval")
+    ra, rb = _one_row(agg, a), _one_row(agg, b)
+    return Comparison(metric, dict(a), dict(b), float(ra[metric]), float(ra[f"{metric}_ci"]),
+                      float(rb[metric]), float(rb[f"{metric}_ci"]), int(ra["seeds"]),
+                      int(rb["seeds"]))
 
 
 def _fmt(x) -> str:
@@ -68,17 +166,23 @@ def to_markdown(df: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pm(mean, sd) -> str:
+def _pm(mean, half) -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return ""
-    if sd is None or (isinstance(sd, float) and math.isnan(sd)):
+    if half is None or (isinstance(half, float) and math.isnan(half)):
         return _fmt(mean)
-    return f"{_fmt(mean)} ± {_fmt(sd)}"
+    if half == 0:
+        return f"{_fmt(mean)} ± 0"
+    # the half-width to two significant digits, the mean to the same decimal place (at least
+    # three decimals below 10, as the plain cells)
+    decimals = min(4, max(3 if abs(mean) < 10 else 0, 1 - math.floor(math.log10(abs(half)))))
+    return f"{mean:.{decimals}f} ± {half:.{decimals}f}"
 
 
 def summary_table(agg: pd.DataFrame, algo: str, axis_keys: list[str],
                   tabular: bool) -> pd.DataFrame:
-    """The compact table for the markdown file: axes, seeds, mean ± sd of the main metrics."""
+    """The compact table for the markdown file: axes, seeds, and per metric the mean ± the
+    half-width of its 95% t-interval over seeds."""
     m = metric_names(algo, tabular)
     cols = [m["perf"], m["rmse"], m["bias"], *m["extra"], "sps"]
     if tabular:
@@ -86,8 +190,8 @@ def summary_table(agg: pd.DataFrame, algo: str, axis_keys: list[str],
     out = agg[[k for k in axis_keys if k in agg.columns] + ["seeds"]].copy()
     for c in cols:
         if c in agg.columns:
-            sd = agg[f"{c}_sd"] if f"{c}_sd" in agg.columns else [float("nan")] * len(agg)
-            out[c] = [_pm(a, b) for a, b in zip(agg[c], sd, strict=False)]
+            ci = agg[f"{c}_ci"] if f"{c}_ci" in agg.columns else [float("nan")] * len(agg)
+            out[c] = [_pm(a, b) for a, b in zip(agg[c], ci, strict=False)]
     return out
 
 
@@ -129,8 +233,8 @@ def plot_staleness(agg: pd.DataFrame, algo: str, axes: dict[str, list], tabular:
             else:
                 sub = sub.sort_values(x, key=lambda s: s.astype(str) if s.dtype == object else s)
                 xs, xt = sub[x].astype(str).tolist(), x
-            sd = sub.get(f"{col}_sd", pd.Series([0.0] * len(sub))).fillna(0.0).to_numpy()
-            ax.errorbar(xs, sub[col].to_numpy(), yerr=sd, marker="o", capsize=3,
+            ci = sub.get(f"{col}_ci", pd.Series([0.0] * len(sub))).fillna(0.0).to_numpy()
+            ax.errorbar(xs, sub[col].to_numpy(), yerr=ci, marker="o", capsize=3,
                         label=label or algo)
             if xt:
                 ax.set_xlabel(xt)
@@ -140,7 +244,7 @@ def plot_staleness(agg: pd.DataFrame, algo: str, axes: dict[str, list], tabular:
         ax.grid(alpha=0.3)
     axs[0][0].legend(fontsize=8)
     env = agg["env"].iloc[0] if "env" in agg.columns else ""
-    fig.suptitle(f"{algo.upper()} on {env}: staleness vs correction (mean ± sd over seeds)",
+    fig.suptitle(f"{algo.upper()} on {env}: staleness vs correction (mean ± 95% CI over seeds)",
                  fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -184,10 +288,14 @@ def plot_curves(results: list[dict], algo: str, axes: dict[str, list], tabular: 
     plt.close(fig)
 
 
+TABLE_CAPTION = ("Cells: mean ± half-width of the 95% Student t confidence interval over the "
+                 "`seeds` runs (mean, sd and half-width per metric: the `_table.csv`).\n\n")
+
+
 def write_report(results: list[dict], algo: str, axes: dict[str, list], out_dir,
                  stem: str | None = None) -> dict:
-    """Write ``<stem>_runs.csv`` (one row per run), ``<stem>_table.csv`` (mean and sd over
-    seeds), ``<stem>_table.md`` and the plots; returns the paths."""
+    """Write ``<stem>_runs.csv`` (one row per run), ``<stem>_table.csv`` (mean, sd and 95%
+    t-interval half-width over seeds), ``<stem>_table.md`` and the plots; returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if not results:
@@ -207,7 +315,8 @@ def write_report(results: list[dict], algo: str, axes: dict[str, list], out_dir,
     }
     df.to_csv(paths["runs_csv"], index=False)
     agg.to_csv(paths["table_csv"], index=False)
-    paths["table_md"].write_text(to_markdown(summary_table(agg, algo, axis_keys, tabular)))
+    paths["table_md"].write_text(TABLE_CAPTION + to_markdown(summary_table(agg, algo, axis_keys,
+                                                                          tabular)))
     plot_staleness(agg, algo, axes, tabular, paths["staleness_png"])
     plot_curves(results, algo, axes, tabular, paths["curves_png"])
     return {k: str(v) for k, v in paths.items()}
