@@ -209,7 +209,8 @@ def test_torch_in_torch_out(dtype):
     # a non-contiguous tensor that requires grad is read, not modified
     rt = tt[0].clone().requires_grad_(True)
     got = X.gae(rt.T.contiguous().T, tt[1], tt[2], *flags, gamma=0.9, lam=0.8).advantages
-    _close(got.numpy(), ref.gae(tt[0].numpy(), tt[1].numpy(), tt[2].numpy(), te, tr, gamma=0.9,
+    assert got.requires_grad  # gradients flow (tests/test_taichi_autograd.py)
+    _close(got.detach().numpy(), ref.gae(tt[0].numpy(), tt[1].numpy(), tt[2].numpy(), te, tr, gamma=0.9,
                                lam=0.8).advantages, np.dtype(dtype).type)
     q = X.nstep_returns(tt[0][:, ::2], tt[2][:, ::2], flags[0][:, ::2], flags[1][:, ::2],
                         gamma=0.9, n=3)
