@@ -178,7 +178,7 @@ def _tiny_batch():
 
 
 Q_ONLINE = np.array([[1.0, 2.0], [0.5, -0.5], [3.0, 1.0], [-1.0, 0.25]])
-Q_TARGET = np.array([[0.0, 1.5], [2.0, 1.0], [-0.5, 0.5], [1.0, 4.0]])
+Q_TARGET = np.array([[0.0, 1.5], [2.0, 1.0], [-0.5, 0.5], [4.0, 1.0]])  # greedy differs at 2, 3
 
 
 def _pi_table(q, eps):
