@@ -217,6 +217,9 @@ def plot_staleness(agg: pd.DataFrame, algo: str, axes: dict[str, list], tabular:
     if tabular:
         panels += [(m["rmse"], f"RMS error of {'advantages' if algo == 'ppo' else 'Q targets'}"),
                    (m["bias"], f"bias of {'advantages' if algo == 'ppo' else 'Q targets'}")]
+        if algo == "dqn":  # the bias split into its parts (offpolicy/harness/dqn.py)
+            panels += [("qtarget_lag", "target-network lag part of the bias"),
+                       ("qtarget_corr", "correction part of the bias (exact bootstrap)")]
     line_keys = [k for k in axes if k != x]
     fig, axs = plt.subplots(1, len(panels), figsize=(5 * len(panels), 3.8), squeeze=False)
     for ax, (col, title) in zip(axs[0], panels, strict=False):
