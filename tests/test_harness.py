@@ -121,7 +121,10 @@ def test_dqn_reaches_optimal_J_on_chain():
 
 
 def test_ppo_lag_makes_behaviour_stale():
-    r = ppo.train(ppo.PPOConfig(total_steps=4_096, lag=3, estimator="vtrace", seed=0))
+    # ppo_clip: the impala loss (vtrace's default) can make the policy deterministic within a
+    # few updates, after which a stale actor's ratios are exactly 1 again
+    r = ppo.train(ppo.PPOConfig(total_steps=4_096, lag=3, estimator="vtrace", seed=0,
+                                pg_loss="ppo_clip"))
     rows = r["curve"]
     # update 1: actor and learner both hold the initial parameters (ratios measured before
     # the first gradient step); afterwards the actor acts with parameters up to 3 versions old

@@ -41,6 +41,9 @@ SHORTCUTS = {
     "min_age": "min_age", "max_age": "max_age", "lam": "lam", "gae_lambda": "gae_lambda",
     "rho_clip": "rho_clip", "c_clip": "c_clip", "total_steps": "total_steps",
     "num_envs": "num_envs", "lr": "learning_rate",
+    # behaviour != target, importance weighting and truncation handling (issue 14)
+    "epsilon": "epsilon", "temperature": "temperature", "search_depth": "search_depth",
+    "lag_spread": "lag_spread", "pg_loss": "pg_loss", "truncation": "truncation",
 }
 
 

@@ -50,6 +50,55 @@ def q_error_stats(targets, states, actions, exact: dict) -> dict:
     return _stats(t - exact["Q"][s, a], "qtarget")
 
 
+CLIP_MARGIN = 1e-5  # relative: rho within round-off of the clip level is not "clipped"
+
+
+def behaviour_stats(log_rhos, rho_clip: float, c_clip: float, logpi_full=None,
+                    logmu_full=None) -> dict:
+    """How far the behaviour mu is from the learner's policy pi on one batch.
+
+    ``kl_pi_mu`` = mean over visited states of KL(pi(.|s) || mu(.|s)), ``kl_mu_pi`` the
+    reverse, from the full distributions ``logpi_full``/``logmu_full`` ``[..., A]`` when given;
+    without them, the sample estimates over the taken actions a ~ mu: KL(mu||pi) ~ mean(-log
+    rho), KL(pi||mu) ~ mean(rho log rho). ``rho_q05/q50/q95``: the 5/50/95% quantiles of rho =
+    exp(log_rhos) over the batch (linear interpolation, as ``numpy.quantile``);
+    ``rho_clipped_frac``/``c_clipped_frac``: the fraction of samples with rho > rho_clip /
+    rho > c_clip (the samples whose weight V-trace clips), with a relative margin of 1e-5 so
+    that float32 round-off in two forward passes of the same parameters (rho = 1 +- 1e-7)
+    never counts as clipped."""
+    lr = torch.as_tensor(log_rhos).double().reshape(-1)
+    rho = lr.exp()
+    if logpi_full is not None and logmu_full is not None:
+        lp = torch.as_tensor(logpi_full).double()
+        lm = torch.as_tensor(logmu_full).double()
+        p, m = lp.exp(), lm.exp()
+        # 0 log 0 = 0: where a probability is exactly 0 its term is dropped
+        kl_pm = torch.where(p > 0, p * (lp - lm), 0.0).sum(-1)
+        kl_mp = torch.where(m > 0, m * (lm - lp), 0.0).sum(-1)
+        kl_pi_mu, kl_mu_pi = float(kl_pm.mean()), float(kl_mp.mean())
+    else:
+        kl_pi_mu, kl_mu_pi = float((rho * lr).mean()), float((-lr).mean())
+    q = np.quantile(rho.numpy(), [0.05, 0.5, 0.95])
+    return {"kl_pi_mu": kl_pi_mu, "kl_mu_pi": kl_mu_pi,
+            "rho_q05": float(q[0]), "rho_q50": float(q[1]), "rho_q95": float(q[2]),
+            "rho_clipped_frac": float((rho > rho_clip * (1 + CLIP_MARGIN)).double().mean()),
+            "c_clipped_frac": float((rho > c_clip * (1 + CLIP_MARGIN)).double().mean())}
+
+
+def mean_ci95(values) -> tuple[float, float]:
+    """(mean, half-width of the 95% Student-t confidence interval of the mean) of the finite
+    values; the half-width is NaN with fewer than 2 values."""
+    from scipy import stats
+
+    xs = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
+    if xs.size == 0:
+        return float("nan"), float("nan")
+    if xs.size < 2:
+        return float(xs.mean()), float("nan")
+    half = stats.t.ppf(0.975, xs.size - 1) * xs.std(ddof=1) / math.sqrt(xs.size)
+    return float(xs.mean()), float(half)
+
+
 def _nanmean(xs):
     xs = [x for x in xs if x is not None and not (isinstance(x, float) and math.isnan(x))]
     return float(np.mean(xs)) if xs else float("nan")
@@ -78,7 +127,8 @@ def summarize(curve: list[dict], tabular: bool, tail: float = 0.1) -> dict:
             out["final_J_frac"] = out["final_J"] / out["J_opt"]
             out["mean_J_frac"] = out["mean_J"] / out["J_opt"]
     for key in ("adv_bias", "adv_rmse", "vtarget_bias", "vtarget_rmse", "qtarget_bias",
-                "qtarget_rmse", "sample_age"):
+                "qtarget_rmse", "sample_age", "kl_pi_mu", "kl_mu_pi", "rho_q05", "rho_q50",
+                "rho_q95", "rho_clipped_frac", "c_clipped_frac", "J_mu"):
         vals = [r.get(key) for r in curve if key in r]
         if vals:
             out[key] = _nanmean(vals)
