@@ -83,7 +83,7 @@ def _memo(key, make):
 # state-value trace (GAE, V-trace, per-decision IS)
 
 
-def build_state(dt, mode, per_step=False):
+def build_state(dt, mode, per_step=False, serial=False):
     """Kernels of the state-value trace for float dtype ``dt`` and ``mode`` (GAE/VTRACE/PDIS).
 
     Arguments common to every form (flat 1-d arrays of T*B elements unless said otherwise):
@@ -92,11 +92,17 @@ def build_state(dt, mode, per_step=False):
     rule), gam, lm (per-step gamma and lam; 1-element dummies unless ``per_step``), then the
     ints and the float parameters gamma, lam, rho_clip, c_clip, pg_clip (f64, cast to dt
     inside; gamma and lam unused when ``per_step``).
+
+    ``serial``: the CPU forms (``vec4``, ``vec8``, ``rows``) run their blocks one after the
+    other on the calling thread (``ti.loop_config(serialize=True)``): waking Taichi's thread
+    pool costs ~30-80 us per launch, more than a small batch takes to compute. The arithmetic
+    of every element is the same, so outputs are bit-identical to the parallel build.
     """
-    return _memo(("state", dt, mode, per_step), lambda: _make_state(dt, mode, per_step))
+    return _memo(("state", dt, mode, per_step, serial),
+                 lambda: _make_state(dt, mode, per_step, serial))
 
 
-def _make_state(dt, mode, per_step):
+def _make_state(dt, mode, per_step, serial):
     V4 = _vec(dt)
     nd4 = ti.types.ndarray(dtype=V4, ndim=1)
     want_rho = mode != GAE
@@ -231,7 +237,7 @@ def _make_state(dt, mode, per_step):
         gamma = ti.cast(gamma_, dt)
         lam = ti.cast(lam_, dt)
         nblk = (G + GB - 1) // GB
-        ti.loop_config(block_dim=1)
+        ti.loop_config(block_dim=1, serialize=serial)
         for blk in range(nblk):
             # Vector constants live inside the parallel loop: defined outside it they would be
             # stored in Taichi's global temporaries, where a <4 x float> may be misaligned.
@@ -322,7 +328,7 @@ def _make_state(dt, mode, per_step):
         lam = ti.cast(lam_, dt)
         G8 = G // 2
         nblk = (G8 + GB - 1) // GB
-        ti.loop_config(block_dim=1)
+        ti.loop_config(block_dim=1, serialize=serial)
         for blk in range(nblk):
             zero = ti.Vector([0.0] * 8, dt=dt)
             one = ti.Vector([1.0] * 8, dt=dt)
@@ -439,7 +445,7 @@ def _make_state(dt, mode, per_step):
         c_clip = ti.cast(c_clip_, dt)
         pg_clip = ti.cast(pg_clip_, dt)
         nblk = (B + BB - 1) // BB
-        ti.loop_config(block_dim=1)
+        ti.loop_config(block_dim=1, serialize=serial)
         for blk in range(nblk):
             b0 = blk * BB
             b1 = ti.min(b0 + BB, B)
@@ -551,11 +557,14 @@ def _make_state(dt, mode, per_step):
 # action-value trace (q_trace, Retrace, tree-backup, Q(lambda), IS)
 
 
-def build_action(dt, mode, per_step=False):
-    return _memo(("action", dt, mode, per_step), lambda: _make_action(dt, mode, per_step))
+def build_action(dt, mode, per_step=False, serial=False):
+    """Kernels of the action-value trace (``rows``, ``naive``); ``serial`` as in
+    ``build_state``."""
+    return _memo(("action", dt, mode, per_step, serial),
+                 lambda: _make_action(dt, mode, per_step, serial))
 
 
-def _make_action(dt, mode, per_step):
+def _make_action(dt, mode, per_step, serial):
     @ti.func
     def steps1(gam: ti.template(), lm: ti.template(), i, gamma, lam):
         """(gamma_t, lam_t) of flat element i: the arrays' entries, or the scalars."""
@@ -609,7 +618,7 @@ def _make_action(dt, mode, per_step):
         lo = ti.cast(lo_, dt)
         hi = ti.cast(hi_, dt)
         nblk = (B + BB - 1) // BB
-        ti.loop_config(block_dim=1)
+        ti.loop_config(block_dim=1, serialize=serial)
         for blk in range(nblk):
             b0 = blk * BB
             b1 = ti.min(b0 + BB, B)

@@ -45,6 +45,7 @@ import contextlib
 import math
 import os
 import sys
+import threading
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -78,7 +79,11 @@ ENV_ARCH = "OFFPOLICY_TAICHI_ARCH"
 # arch: the running arch name once initialised
 _state: dict[str, str | None] = {"requested": None, "arch": None}
 _launchers: dict = {}
-_forced_form = {"state": None}  # tests and the benchmark pick a kernel form
+# tests and the benchmark pick a kernel form ("state") and serial or parallel blocks ("threads")
+_forced_form: dict[str, str | None] = {"state": None, "threads": None}
+# at or below this many elements (T*B) the CPU forms run on the calling thread: waking Taichi's
+# thread pool costs ~30-80 us per launch on the 2-core dev machine (measured, see _serial)
+SERIAL_MAX = {"gae": 65536, "log_ratio": 32768, "action": 16384}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,6 +424,28 @@ def _aligned16(*arrays) -> bool:
 
 
 @contextlib.contextmanager
+def _threads(threads):
+    """Force the CPU forms' blocks to run 'serial' (on the calling thread) or 'parallel' (on
+    Taichi's thread pool); None: chosen by size (``_serial``)."""
+    old = _forced_form["threads"]
+    _forced_form["threads"] = threads
+    try:
+        yield
+    finally:
+        _forced_form["threads"] = old
+
+
+def _serial(n, family) -> bool:
+    """Whether the CPU forms run serially for ``n`` = T*B elements of ``family`` (gae,
+    log_ratio, action): below the crossover the pool's wake-up costs more than the second core
+    saves."""
+    forced = _forced_form["threads"]
+    if forced is not None:
+        return forced == "serial"
+    return n <= SERIAL_MAX[family]
+
+
+@contextlib.contextmanager
 def _form(form):
     """Force the state-value kernel form: 'vec4', 'rows', 'naive', 'chunked' (None: auto)."""
     old = _forced_form["state"]
@@ -673,6 +700,139 @@ def _delegated_grad(name, value, args, kwargs):
 
 
 # ---------------------------------------------------------------------------------------------
+# the lean path of the state-value trace: numpy inputs of one float dtype, bool flags, scalar
+# gamma/lam, on the CPU. Same checks, same kernel and arguments as the general path below, in
+# one pass without the conversions: at 64x64 the general path spends ~3/4 of a call in Python.
+
+_F32, _F64, _BOOL = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.bool_)
+_ERR = threading.local()
+
+
+class _NumpyOut:
+    """The output side of ``_Context`` for numpy in, numpy out."""
+
+    @staticmethod
+    def out(flat, shape):
+        return flat.reshape(shape)
+
+
+def _err_buffer():
+    """This thread's error flag (zeroed) and its address: a call reuses it, no allocation."""
+    pair = getattr(_ERR, "pair", None)
+    if pair is None:
+        buf = np.zeros(1, dtype=np.int32)
+        pair = _ERR.pair = (buf, buf.ctypes.data)
+    pair[0][0] = 0
+    return pair
+
+
+def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
+    """(adv, ret, pg) flat, or None when the lean path does not apply (the general path then
+    runs: other array types, dtypes or layouts, per-step gamma/lam, a forced form, a GPU, a
+    kernel not yet compiled in this process, or an input that fails a check)."""
+    nd = np.ndarray
+    if (type(gamma) is not float or type(lam) is not float or not 0.0 <= gamma <= 1.0
+            or not 0.0 <= lam <= 1.0 or type(r) is not nd or type(v) is not nd
+            or type(nv) is not nd or type(te) is not nd or type(tr) is not nd
+            or _state["arch"] != "cpu" or _forced_form["state"] is not None):
+        return None
+    dt = r.dtype
+    shape = r.shape
+    if ((dt is not _F32 and dt is not _F64) or v.dtype is not dt or nv.dtype is not dt
+            or te.dtype is not _BOOL or tr.dtype is not _BOOL or v.shape != shape
+            or nv.shape != shape or te.shape != shape or tr.shape != shape
+            or not (r.flags.c_contiguous and v.flags.c_contiguous and nv.flags.c_contiguous
+                    and te.flags.c_contiguous and tr.flags.c_contiguous)):
+        return None
+    if lr is not None and (type(lr) is not nd or lr.dtype is not dt or lr.shape != shape
+                           or not lr.flags.c_contiguous):
+        return None
+    ndim = len(shape)
+    if ndim == 2:
+        T, B = shape
+    elif ndim == 1:
+        T, B = shape[0], 1
+    else:
+        return None
+    n = T * B
+    if n == 0:
+        return None
+    rho_clip = c_clip = pg_clip = 1.0
+    if clips:
+        levels = [clips["rho_clip"], clips["c_clip"], clips["pg_rho_clip"]]
+        for level in levels:
+            if type(level) is not float or not level >= 0.0:
+                return None
+        rho_clip, c_clip, pg_clip = levels
+    if gamma * lam == 0:
+        c_clip = 0.0  # as in the general path: a zero trace weight reads no c_t
+    serial = _serial(n, "gae" if mode == K.GAE else "log_ratio")
+    kern = K.build_state(_ti_dtype(dt), mode, False, serial)
+    size = dt.itemsize
+    nbytes = n * size
+    adv, ret = np.empty(n, dt), np.empty(n, dt)
+    pg = np.empty(n, dt) if mode == K.VTRACE else None
+    ptrs = [r.ctypes.data, v.ctypes.data, nv.ctypes.data, adv.ctypes.data, ret.ctypes.data]
+    if lr is not None:
+        ptrs.append(lr.ctypes.data)
+    if pg is not None:
+        ptrs.append(pg.ctypes.data)
+    vec = dt is _F32 and B % 4 == 0 and not any(p % 16 for p in ptrs)
+    if vec:
+        G = B // 4
+        name = "vec4"
+        if mode == K.GAE or G % 2:
+            GB = G if serial else min(512, max(8, -(-G // _nthreads())))
+        else:
+            name = "vec8"
+            GB = G // 2 if serial else min(256, max(4, -(-(G // 2) // _nthreads())))
+        launcher = _launchers.get((id(kern[name]), True))
+        shp = (n // 4,)
+        dummy = _dummy(dt, 4)
+        ints = (T, G, GB)
+    else:
+        launcher = _launchers.get((id(kern["rows"]), False))
+        shp = (n,)
+        dummy = _dummy(dt)
+        ints = (T, B, B if serial else min(2048, max(32, -(-B // _nthreads()))))
+    if launcher is None or not launcher.fast:
+        return None  # compiled (and the launcher cached) by the general path
+    err, err_ptr = _err_buffer()
+    ctx = launcher.t_kernel.make_launch_context()
+    arg = ctx.set_arg_external_array_with_shape
+    arg((0,), ptrs[0], nbytes, shp, 0)
+    arg((1,), ptrs[1], nbytes, shp, 0)
+    arg((2,), ptrs[2], nbytes, shp, 0)
+    arg((3,), te.ctypes.data, n, (n,), 0)
+    arg((4,), tr.ctypes.data, n, (n,), 0)
+    if lr is not None:
+        arg((5,), ptrs[5], nbytes, shp, 0)
+    else:
+        arg((5,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
+    arg((6,), ptrs[3], nbytes, shp, 0)
+    arg((7,), ptrs[4], nbytes, shp, 0)
+    if pg is not None:
+        arg((8,), ptrs[-1], nbytes, shp, 0)
+    else:
+        arg((8,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
+    arg((9,), err_ptr, 4, (1,), 0)
+    arg((10,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
+    arg((11,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
+    ctx.set_arg_int((12,), ints[0])
+    ctx.set_arg_int((13,), ints[1])
+    ctx.set_arg_int((14,), ints[2])
+    ctx.set_arg_float((15,), gamma)
+    ctx.set_arg_float((16,), lam)
+    ctx.set_arg_float((17,), rho_clip)
+    ctx.set_arg_float((18,), c_clip)
+    ctx.set_arg_float((19,), pg_clip)
+    launcher.prog.launch_kernel(launcher.compiled, ctx)
+    if err[0] != 0:
+        return None  # the general path re-runs the kernel and raises the shared message
+    return adv, ret, pg
+
+
+# ---------------------------------------------------------------------------------------------
 # state-value trace
 
 
@@ -680,6 +840,10 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
                clips=None):
     """Validate, run the state-value kernel; returns (ctx, shape, adv, ret, pg) flat.
     ``clips``: {name: level} of the clip levels to check and use (V-trace)."""
+    fast = _fast_state(mode, sys.modules[__package__ + "._taichi_kernels"], rewards, values,
+                       next_values, terminated, truncated, log_rhos, gamma, lam, clips)
+    if fast is not None:
+        return (_NumpyOut, rewards.shape, *fast)
     arrays = [_array(x) for x in (rewards, values, next_values, terminated, truncated)]
     lr = None if log_rhos is None else _array(log_rhos)
     clips = clips or {}
@@ -713,7 +877,8 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     pg = ctx.empty(n) if mode == K.VTRACE else ctx.dummy()
     err = ctx.zeros_err()
     per_step, gam, lm = ctx.step_buffers(gamma, lam, shape)
-    kern = K.build_state(_ti_dtype(ctx.dtype), mode, per_step)
+    serial = _serial(n, "gae" if mode == K.GAE else "log_ratio")
+    kern = K.build_state(_ti_dtype(ctx.dtype), mode, per_step, serial)
     scalars = (0.0, 0.0) if per_step else (float(gamma), float(lam))  # unused when per step
     params = [*scalars, float(rho_clip), float(c_clip), float(pg_clip)]
     form = _forced_form["state"] or _auto_form(T, B, ctx)
@@ -726,7 +891,7 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         form = "rows"
     if form == "vec4":
         G = B // 4
-        GB = min(512, max(8, -(-G // _nthreads())))
+        GB = G if serial else min(512, max(8, -(-G // _nthreads())))
         v4 = [x.reshape(-1, 4) for x in (r, v, nv)]
         o4 = [x.reshape(-1, 4) for x in (adv, ret)]
         pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else _dummy(ctx.dtype, 4)
@@ -735,11 +900,12 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         name = "vec4"
         if mode != K.GAE and G % 2 == 0:
             # log-ratio modes are compute-bound (exp): 8 lanes per step, GB in groups of 8
-            name, GB = "vec8", min(256, max(4, -(-(G // 2) // _nthreads())))
+            name = "vec8"
+            GB = G // 2 if serial else min(256, max(4, -(-(G // 2) // _nthreads())))
         _launch(kern[name], [*v4, te, tr, lr4, *o4, pg4, err, *s4, T, G, GB, *params],
                 vec4=True)
     elif form == "rows":
-        BB = min(2048, max(32, -(-B // _nthreads())))
+        BB = B if serial else min(2048, max(32, -(-B // _nthreads())))
         _launch(kern["rows"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, gam, lm, T, B, BB,
                                *params])
     elif form == "naive":
@@ -984,10 +1150,11 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
     out, err = ctx.empty(T * B), ctx.zeros_err()
     hi = 1.0 if coefficient_name == "target_probs_taken" else float(np.finfo(ctx.dtype).max)
     per_step, gam, lm = ctx.step_buffers(g, l, shape)
-    kern = K.build_action(_ti_dtype(ctx.dtype), mode, per_step)
+    serial = _serial(T * B, "action")
+    kern = K.build_action(_ti_dtype(ctx.dtype), mode, per_step, serial)
     scalars = (0.0, 0.0) if per_step else (float(g), float(l))  # unused when per step
     if _state["arch"] == "cpu" and _forced_form["state"] != "naive":
-        BB = min(2048, max(32, -(-B // _nthreads())))
+        BB = B if serial else min(2048, max(32, -(-B // _nthreads())))
         _launch(kern["rows"], [r, q, nq, te, tr, cxb, out, err, gam, lm, T, B, BB, *scalars,
                                0.0, hi])
     else:

@@ -6,7 +6,8 @@ float32 values, so the gap is float32 rounding accumulated along the trace).
 
 Every kernel form of the state-value trace is checked (``vec4``: the CPU lockstep form;
 ``rows``: its scalar fallback; ``naive``: one thread per stream; ``chunked``: the scan over
-chunks of T used on GPUs), on the CPU. Kernels compile once per process (and are kept in
+chunks of T), on the CPU, the CPU forms both serial and parallel, and the automatic choice
+(which takes the lean path for numpy inputs). Kernels compile once per process (and are kept in
 Taichi's offline cache), so the examples themselves are cheap.
 """
 
@@ -28,6 +29,10 @@ X = pytest.importorskip("estimators.taichi")
 pytest.importorskip("taichi")
 
 FORMS = ("vec4", "rows", "naive", "chunked")
+# (form, threads): None picks by size (the automatic choice, and the lean path for numpy
+# inputs); the CPU forms both on the calling thread and on Taichi's thread pool
+VARIANTS = ((None, None), ("vec4", "serial"), ("vec4", "parallel"), ("rows", "serial"),
+            ("rows", "parallel"), ("naive", None), ("chunked", None))
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
 
@@ -86,20 +91,20 @@ def test_state_value_estimators_match_reference(d):
     want_pdis = ref.per_decision_is(*args, d["lr"], **kw)
     want_puff = ref.puff_advantage(*args, d["lr"], **kw, rho_clip=clips["rho_clip"],
                                    c_clip=clips["c_clip"])
-    for form in FORMS:
-        with X._form(form):
+    for form, threads in VARIANTS:
+        with X._form(form), X._threads(threads):
             got = X.gae(*args, **kw)
             for g, w, name in zip(got, want_gae, ("advantages", "returns"), strict=True):
-                _close(g, w, d["dtype"], f"gae.{name} [{form}]")
+                _close(g, w, d["dtype"], f"gae.{name} [{form} {threads}]")
             got = X.vtrace(*args, d["lr"], **kw, **clips)
             for g, w, name in zip(got, want_vt, want_vt._fields, strict=True):
-                _close(g, w, d["dtype"], f"vtrace.{name} [{form}]")
+                _close(g, w, d["dtype"], f"vtrace.{name} [{form} {threads}]")
             got = X.per_decision_is(*args, d["lr"], **kw)
             for g, w, name in zip(got, want_pdis, want_pdis._fields, strict=True):
-                _close(g, w, d["dtype"], f"per_decision_is.{name} [{form}]")
+                _close(g, w, d["dtype"], f"per_decision_is.{name} [{form} {threads}]")
             got = X.puff_advantage(*args, d["lr"], **kw, rho_clip=clips["rho_clip"],
                                    c_clip=clips["c_clip"])
-            _close(got, want_puff, d["dtype"], f"puff_advantage [{form}]")
+            _close(got, want_puff, d["dtype"], f"puff_advantage [{form} {threads}]")
 
 
 @given(batches())
@@ -115,10 +120,11 @@ def test_action_value_estimators_match_reference(d):
     ]
     for name, extra in cases:
         want = getattr(ref, name)(*args, *extra, **kw)
-        for form in (None, "naive"):
-            with X._form(form):
+        for form, threads in ((None, None), (None, "serial"), (None, "parallel"),
+                              ("naive", None)):
+            with X._form(form), X._threads(threads):
                 got = getattr(X, name)(*args, *extra, **kw)
-            _close(got, want, d["dtype"], f"{name} [{form or 'auto'}]")
+            _close(got, want, d["dtype"], f"{name} [{form or 'auto'} {threads}]")
 
 
 @given(batches(), st.integers(1, 15), st.integers(1, 5),
@@ -146,10 +152,10 @@ def _big(dtype=np.float32, T=37, B=24, seed=1):
     return f(), f(), f(), rng.random((T, B)) < 0.05, rng.random((T, B)) < 0.05, f()
 
 
-@pytest.mark.parametrize("form", FORMS)
-def test_calling_twice_gives_identical_output(form):
+@pytest.mark.parametrize("variant", VARIANTS, ids=str)
+def test_calling_twice_gives_identical_output(variant):
     r, v, nv, te, tr, lr = _big()
-    with X._form(form):
+    with X._form(variant[0]), X._threads(variant[1]):
         first = X.vtrace(r, v, nv, te, tr, lr, gamma=0.99, lam=0.95, rho_clip=2.0)
         second = X.vtrace(r, v, nv, te, tr, lr, gamma=0.99, lam=0.95, rho_clip=2.0)
     for a, b in zip(first, second, strict=True):
@@ -210,8 +216,8 @@ def test_torch_in_torch_out(dtype):
     rt = tt[0].clone().requires_grad_(True)
     got = X.gae(rt.T.contiguous().T, tt[1], tt[2], *flags, gamma=0.9, lam=0.8).advantages
     assert got.requires_grad  # gradients flow (tests/test_taichi_autograd.py)
-    _close(got.detach().numpy(), ref.gae(tt[0].numpy(), tt[1].numpy(), tt[2].numpy(), te, tr, gamma=0.9,
-                               lam=0.8).advantages, np.dtype(dtype).type)
+    want = ref.gae(tt[0].numpy(), tt[1].numpy(), tt[2].numpy(), te, tr, gamma=0.9, lam=0.8)
+    _close(got.detach().numpy(), want.advantages, np.dtype(dtype).type)
     q = X.nstep_returns(tt[0][:, ::2], tt[2][:, ::2], flags[0][:, ::2], flags[1][:, ::2],
                         gamma=0.9, n=3)
     assert isinstance(q, torch.Tensor)
@@ -365,3 +371,34 @@ print("GPU OK")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=_root(), check=True).stdout
     assert "GPU OK" in out
+
+
+def test_serial_and_parallel_blocks_give_identical_bytes():
+    """The serial build runs the same per-element arithmetic on the calling thread: the same
+    bytes as the thread pool, for every CPU form, including the lean path (auto form)."""
+    for dtype in (np.float32, np.float64):
+        r, v, nv, te, tr, lr = _big(dtype, T=29, B=40, seed=3)
+        for form in (None, "vec4", "rows"):
+            outs = []
+            for threads in ("serial", "parallel"):
+                with X._form(form), X._threads(threads):
+                    got = X.vtrace(r, v, nv, te, tr, lr, gamma=0.97, lam=0.9, rho_clip=1.5)
+                    got = tuple(got) + tuple(X.gae(r, v, nv, te, tr, gamma=0.97, lam=0.9))
+                    got += (X.retrace(r, v, nv, te, tr, lr, gamma=0.97, lam=0.9),)
+                outs.append(b"".join(x.tobytes() for x in got))
+            assert outs[0] == outs[1], (dtype, form)
+
+
+def test_lean_path_is_taken_and_matches_the_general_path():
+    """numpy inputs of one float dtype with bool flags take the lean path; a tensor input (the
+    general path) gives the same bytes."""
+    torch = pytest.importorskip("torch")
+    r, v, nv, te, tr, lr = _big(np.float32, T=16, B=64, seed=4)
+    X.vtrace(r, v, nv, te, tr, lr, gamma=0.9, lam=0.9)  # compiles, caches the launcher
+    K = X._kernels()
+    assert X._fast_state(K.VTRACE, K, r, v, nv, te, tr, lr, 0.9, 0.9,
+                         {"rho_clip": 1.0, "c_clip": 1.0, "pg_rho_clip": 1.0}) is not None
+    lean = X.vtrace(r, v, nv, te, tr, lr, gamma=0.9, lam=0.9)
+    general = X.vtrace(torch.from_numpy(r), v, nv, te, tr, lr, gamma=0.9, lam=0.9)
+    for a, b in zip(lean, general, strict=True):
+        assert a.tobytes() == b.numpy().tobytes()
