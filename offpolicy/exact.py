@@ -331,6 +331,14 @@ def retrace_eta(mdp: TabularMDP, behaviour: npt.ArrayLike, c: npt.ArrayLike) -> 
 # ---- V-trace ---------------------------------------------------------------------------------
 
 
+def _clip_level(x, name: str, *, low_open: bool) -> float:
+    """A clip level: a real number > 0 (``low_open``) or >= 0; ``inf`` is allowed and means
+    no clipping (``min(inf, rho) = rho``). NaN and ``-inf`` are refused."""
+    if isinstance(x, float | np.floating) and np.isposinf(x):
+        return float("inf")
+    return check_scalar(x, name, low=0.0, low_open=low_open)
+
+
 def _rho(pi: np.ndarray, mu: np.ndarray) -> np.ndarray:
     check_covers(pi, mu, "behaviour")
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -339,13 +347,14 @@ def _rho(pi: np.ndarray, mu: np.ndarray) -> np.ndarray:
 
 def vtrace_policy(target: npt.ArrayLike, behaviour: npt.ArrayLike, rho_clip: float) -> np.ndarray:
     """``pi_rhobar(a|s) ∝ min(rho_clip mu(a|s), pi(a|s))``: the policy whose value V-trace
-    converges to (``pi`` itself once ``rho_clip >= max pi / mu``)."""
+    converges to (``pi`` itself once ``rho_clip >= max pi / mu``; ``rho_clip = inf``: ``pi``
+    restricted to the actions ``mu`` takes, renormalised)."""
     pi = as_float_array(target, "target", ndim=2)
     mu = as_float_array(behaviour, "behaviour", shape=pi.shape)
     check_policy(pi, "target", *pi.shape)
     check_policy(mu, "behaviour", *pi.shape)
-    rc = check_scalar(rho_clip, "rho_clip", low=0.0, low_open=True)
-    w = np.minimum(rc * mu, pi)
+    rc = _clip_level(rho_clip, "rho_clip", low_open=True)
+    w = np.where(mu > 0, pi, 0.0) if np.isinf(rc) else np.minimum(rc * mu, pi)
     z = w.sum(axis=1, keepdims=True)
     if np.any(z <= 0):
         s = int(np.flatnonzero(z[:, 0] <= 0)[0])
@@ -363,8 +372,8 @@ def vtrace_fixed_point(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.Ar
 
 def _vtrace_parts(mdp, target, behaviour, rho_clip, c_clip, lam):
     pi, mu = _pair(mdp, target, behaviour)
-    rc = check_scalar(rho_clip, "rho_clip", low=0.0, low_open=True)
-    cc = check_scalar(c_clip, "c_clip", low=0.0)
+    rc = _clip_level(rho_clip, "rho_clip", low_open=True)
+    cc = _clip_level(c_clip, "c_clip", low_open=False)
     lam = check_lam(lam)
     rho = _rho(pi, mu)
     rho_hat = np.minimum(rc, rho)
@@ -397,27 +406,38 @@ def vtrace_operator(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.Array
 
 
 def vtrace_linear_part(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
-                       rho_clip: float = 1.0, c_clip: float = 1.0, lam: float = 1.0) -> np.ndarray:
+                       rho_clip: float = 1.0, c_clip: float = 1.0, lam: float = 1.0,
+                       n: int | None = None) -> np.ndarray:
     """``L = I + (I - gamma P_c)^{-1} (gamma P_rho - D_rho)`` (``[S, S]``, terminal rows 0):
-    ``V V1 - V V2 = L (V1 - V2)``."""
+    ``V V1 - V V2 = L (V1 - V2)``. With ``n``, the linear part of the n-step truncation
+    (:func:`vtrace_operator` with ``n``): ``L_n = I + sum_{t<n} (gamma P_c)^t (gamma P_rho -
+    D_rho)``; ``n = 1`` is the one-step operator ``I + gamma P_rho - D_rho`` and ``L_n`` tends
+    to ``L`` as ``n`` grows (when the series converges). Clip levels may be ``inf`` (no
+    clipping). As :func:`retrace_linear_part` for the Q-traces."""
     _check_mdp(mdp)
     Pc, Prho, _, d_rho = _vtrace_parts(mdp, target, behaviour, rho_clip, c_clip, lam)
     S = mdp.num_states
-    _check_series(Pc, "c_clip")
-    L = np.eye(S) + _solve(np.eye(S) - Pc, Prho - np.diag(d_rho), "vtrace_linear_part")
+    if n is None:
+        _check_series(Pc, "c_clip")
+        L = np.eye(S) + _solve(np.eye(S) - Pc, Prho - np.diag(d_rho), "vtrace_linear_part")
+    else:
+        L = np.eye(S) + _partial_series(Pc, Prho - np.diag(d_rho), n)
     L[mdp.terminal] = 0.0
     return L
 
 
 def vtrace_modulus(mdp: TabularMDP, target: npt.ArrayLike, behaviour: npt.ArrayLike, *,
-                   rho_clip: float = 1.0, c_clip: float = 1.0, lam: float = 1.0) -> np.ndarray:
-    """Exact per-state sup-norm modulus of the V-trace operator: absolute row sums of
-    :func:`vtrace_linear_part` (``[S]``; 0 at terminal states). Its max is the contraction
-    modulus; when ``c_clip <= rho_clip`` (IMPALA's assumption) it is at most
-    :func:`vtrace_modulus_bound`. With ``c_clip > rho_clip`` it can exceed 1: the operator
-    then need not contract in sup norm (iterating it may still converge, to the same fixed
-    point, when the spectral radius of the linear part is below 1)."""
-    L = vtrace_linear_part(mdp, target, behaviour, rho_clip=rho_clip, c_clip=c_clip, lam=lam)
+                   rho_clip: float = 1.0, c_clip: float = 1.0, lam: float = 1.0,
+                   n: int | None = None) -> np.ndarray:
+    """Exact per-state sup-norm modulus of the V-trace operator (with ``n``: of its n-step
+    truncation): absolute row sums of :func:`vtrace_linear_part` (``[S]``; 0 at terminal
+    states). Its max is the contraction modulus; when ``c_clip <= rho_clip`` (IMPALA's
+    assumption) it is at most :func:`vtrace_modulus_bound`. With ``c_clip > rho_clip`` it can
+    exceed 1: the operator then need not contract in sup norm (iterating it may still
+    converge, to the same fixed point, when the spectral radius of the linear part is below
+    1)."""
+    L = vtrace_linear_part(mdp, target, behaviour, rho_clip=rho_clip, c_clip=c_clip, lam=lam,
+                           n=n)
     return np.abs(L).sum(axis=1)
 
 

@@ -26,7 +26,12 @@ adds their spread by the same law of total variance). Whatever follows the first
 to another episode and never reaches the output at ``t = 0``.
 
 This module never calls the estimators: it is the independent ground truth they are tested
-against. An estimator contributes only its coefficient function (``_COEFFS`` below).
+against. An estimator contributes only its coefficient function (``_SPECS`` below); its names
+are :mod:`offpolicy.registry`'s (contract names, aliases such as ``nstep``, ``puff``, ``p3o``,
+and output aliases such as ``td_lambda``), and ``output`` is the quantity an output estimates
+or the contract output's name (``"value"`` or ``"value_targets"``). The exact values it
+starts from (``V^mu``, ``Q^pi``, V-trace's ``pi_rhobar``) are :mod:`offpolicy.exact`'s.
+Calling a backend on the same names: :func:`offpolicy.registry.call_estimator`.
 
 Public API
 ----------
@@ -37,8 +42,8 @@ truncation_prob=0.0, time_limit=None, **params)``
 ``estimator_target(mdp, estimator, *, behaviour, target, which="fixed_point", **params)``
     -> :class:`Truth`: what the estimator's output is compared against (see its docstring).
 ``enumerate_segments(mdp, behaviour, horizon, ..., truncation_prob=0.0, time_limit=None)``:
-    every trajectory of a segment (truncations included) with its probability, as estimator
-    inputs; a brute-force cross-check of :func:`exact_moments`.
+    every trajectory of a segment (truncations included) with its probability, as
+    :class:`offpolicy.sampler.Segments`; a brute-force cross-check of :func:`exact_moments`.
 
 Estimators and their ``output`` choices (the first is the default):
 
@@ -67,13 +72,15 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-if TYPE_CHECKING:
-    from .mdp import TabularMDP
+from . import exact as _exact
+from . import registry as _registry
+from .mdp import TabularMDP
+from .sampler import Segments
 
 __all__ = [
     "Moments",
@@ -83,9 +90,6 @@ __all__ = [
     "estimator_target",
     "enumerate_segments",
     "mdp_arrays",
-    "q_pi",
-    "v_pi",
-    "clipped_target_policy",
     "p3o_exact_means",
 ]
 
@@ -154,29 +158,32 @@ def mdp_arrays(mdp: TabularMDP | MDPArrays) -> MDPArrays:
 
 
 # ---------------------------------------------------------------------------------------------
-# exact policy values (a few lines, independent of offpolicy.exact)
+# exact policy values: offpolicy.exact's (V^pi, Q^pi, the V-trace policy pi_rhobar)
 
 
-def q_pi(mdp: TabularMDP | MDPArrays, policy: np.ndarray, gamma: float | None = None) -> np.ndarray:
-    """Q^pi [S,A] = (I - gamma P^pi)^{-1} R; transitions into terminal states do not bootstrap."""
-    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
-    g = m.gamma if gamma is None else gamma
-    S, A = m.S, m.A
-    Pn = m.P * (~m.terminal)[None, None, :]
-    Ppi = np.einsum("ijk,kl->ijkl", Pn, policy).reshape(S * A, S * A)
-    return np.linalg.solve(np.eye(S * A) - g * Ppi, m.R_sa.reshape(-1)).reshape(S, A)
+def _tabular(mdp, gamma: float) -> TabularMDP:
+    """``mdp`` as the :class:`TabularMDP` :mod:`offpolicy.exact` takes, with discount ``gamma``."""
+    if not isinstance(mdp, TabularMDP):
+        raise TypeError(f"mdp: exact values need a TabularMDP, got {type(mdp).__name__} "
+                        "(pass values= and q= explicitly)")
+    return mdp if float(gamma) == mdp.gamma else mdp.replace(gamma=float(gamma))
 
 
-def v_pi(mdp: TabularMDP | MDPArrays, policy: np.ndarray, gamma: float | None = None) -> np.ndarray:
-    """V^pi [S] = sum_a pi(a|s) Q^pi(s,a)."""
-    return np.einsum("ij,ij->i", policy, q_pi(mdp, policy, gamma))
+def _q_pi(mdp, policy: np.ndarray, gamma: float) -> np.ndarray:
+    """Q^pi [S,A] under discount ``gamma`` (:func:`offpolicy.exact.q_pi`)."""
+    return _exact.q_pi(_tabular(mdp, gamma), policy)
 
 
-def clipped_target_policy(behaviour: np.ndarray, target: np.ndarray, rho_clip: float) -> np.ndarray:
-    """pi_rhobar(a|s) proportional to min(rho_clip mu(a|s), pi(a|s)) (V-trace's fixed point)."""
-    x = np.minimum(rho_clip * behaviour, target)
-    total = x.sum(axis=1, keepdims=True)
-    return np.where(total > 0, x / np.where(total > 0, total, 1.0), behaviour)
+def _vtrace_policy(behaviour: np.ndarray, target: np.ndarray, rho_clip: float) -> np.ndarray:
+    """pi_rhobar (:func:`offpolicy.exact.vtrace_policy`), V-trace's fixed-point policy; in a
+    state where ``min(rho_clip mu, pi)`` vanishes (pi only on actions mu never takes) V-trace
+    never moves the value, and the behaviour stands in."""
+    with np.errstate(invalid="ignore"):
+        live = np.where(behaviour > 0, np.minimum(rho_clip * behaviour, target), 0.0).sum(1) > 0
+    out = behaviour.copy()
+    if live.any():
+        out[live] = _exact.vtrace_policy(target[live], behaviour[live], rho_clip)
+    return out
 
 
 def p3o_exact_means(mdp: TabularMDP | MDPArrays, policy: np.ndarray, p3o_horizon: int,
@@ -304,48 +311,40 @@ def _p3o(ctx, h, k, s0):
 @dataclasses.dataclass(frozen=True)
 class _Spec:
     coeffs: dict  # output name -> coefficient function
-    kind: str  # "state" (values V) or "action" (q)
     value_outputs: tuple = ()  # outputs offset by V(s_0)
     per_start: bool = False  # coefficients depend on s_0 (P3O)
 
 
 _SPECS = {
-    "gae": _Spec({"advantage": _gae, "value": _gae}, "state", ("value",)),
+    "gae": _Spec({"advantage": _gae, "value": _gae}, ("value",)),
     "vtrace": _Spec(
-        {"value": _vtrace, "advantage": _vtrace, "pg_advantage": _vtrace_pg}, "state", ("value",)
+        {"value": _vtrace, "advantage": _vtrace, "pg_advantage": _vtrace_pg}, ("value",)
     ),
-    "per_decision_is": _Spec({"value": _pdis, "advantage": _pdis}, "state", ("value",)),
-    "nstep": _Spec({"value": _nstep}, "state"),
-    "retrace": _Spec(
-        {"target": _q_trace(lambda c: np.minimum(c.params["c_clip"], c.rho))}, "action"
-    ),
-    "tree_backup": _Spec({"target": _q_trace(lambda c: c.pi)}, "action"),
-    "q_lambda": _Spec({"target": _q_trace(lambda c: np.ones_like(c.pi))}, "action"),
+    "per_decision_is": _Spec({"value": _pdis, "advantage": _pdis}, ("value",)),
+    "nstep": _Spec({"value": _nstep}),
+    "retrace": _Spec({"target": _q_trace(lambda c: np.minimum(c.params["c_clip"], c.rho))}),
+    "tree_backup": _Spec({"target": _q_trace(lambda c: c.pi)}),
+    "q_lambda": _Spec({"target": _q_trace(lambda c: np.ones_like(c.pi))}),
     "importance_sampling_q": _Spec(
-        {"target": _q_trace(lambda c: np.minimum(c.params["c_clip"], c.rho))}, "action"
-    ),
-    "p3o": _Spec({"advantage": _p3o}, "state", per_start=True),
+        {"target": _q_trace(lambda c: np.minimum(c.params["c_clip"], c.rho))}),
+    "p3o": _Spec({"advantage": _p3o}, per_start=True),
 }
-_ALIASES = {
-    "td_lambda": ("gae", "value"),
-    "puff_advantage": ("vtrace", "advantage"),
-    "pg_advantages": ("vtrace", "pg_advantage"),
-}
-ESTIMATORS = tuple(_SPECS) + tuple(_ALIASES)
+#: the names :func:`exact_moments` accepts: every :mod:`offpolicy.registry` name (contract names,
+#: aliases, output aliases) of an estimator with a recursion here
+ESTIMATORS = tuple(n for e in _registry.ESTIMATORS.values() if e.moments_name in _SPECS
+                   for n in e.all_names) + tuple(_registry.OUTPUT_ALIASES)
 _DEFAULT_C_CLIP = {"retrace": 1.0, "importance_sampling_q": np.inf, "vtrace": 1.0}
 
 
-def _resolve(estimator: str, output: str | None):
-    if estimator in _ALIASES:
-        base, default_output = _ALIASES[estimator]
-        return base, output or default_output
-    if estimator not in _SPECS:
-        raise ValueError(f"estimator: unknown {estimator!r}; known: {ESTIMATORS}")
-    spec = _SPECS[estimator]
-    output = output or next(iter(spec.coeffs))
-    if output not in spec.coeffs:
-        raise ValueError(f"output: {estimator} has outputs {tuple(spec.coeffs)}, got {output!r}")
-    return estimator, output
+def _resolve(estimator: str, output: str | None) -> tuple[str, str]:
+    """(recursion, output quantity) of ``estimator`` and ``output``, read from the registry:
+    ``output`` is a quantity (``"value"``) or the contract output's name (``"value_targets"``);
+    None is the estimator's default output (the output alias's, e.g. ``td_lambda``)."""
+    info, out = _registry.resolve(estimator, output)
+    if info.moments_name not in _SPECS:
+        raise ValueError(f"estimator: {info.name} has no exact moments here (its traces are an "
+                         f"input); known: {', '.join(ESTIMATORS)}")
+    return info.moments_name, info.quantities[out]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -470,9 +469,9 @@ def exact_moments(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: np.
         raise ValueError(f"horizon: must be >= 1, got {horizon}")
     p = _defaults(base, m, behaviour, target, horizon, params)
     if values is None:
-        values = v_pi(m, behaviour, p["gamma"])
+        values = _exact.v_pi(_tabular(mdp, p["gamma"]), behaviour)
     if q is None:
-        q = q_pi(m, target, p["gamma"])
+        q = _q_pi(mdp, target, p["gamma"])
     values = np.asarray(values, float)
     q = np.asarray(q, float)
     ctx = _Ctx(m, behaviour, target, values, q, p["gamma"], p)
@@ -536,7 +535,8 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
 
     - gae, nstep (uncorrected): ``A^mu``, ``V^mu`` (the behaviour's);
     - vtrace: ``V^{pi_rhobar}`` (value); ``min(rho_clip, rho) (Q^{pi_rhobar} - V^{pi_rhobar})``
-      (advantage; ``pg_rho_clip`` for pg_advantage), ``pi_rhobar = clipped_target_policy``;
+      (advantage; ``pg_rho_clip`` for pg_advantage), ``pi_rhobar`` from
+      :func:`offpolicy.exact.vtrace_policy`;
     - per_decision_is: ``V^pi``; ``rho A^pi`` (advantage: the first ratio stays);
     - retrace, tree_backup, q_lambda, importance_sampling_q: ``Q^pi``;
     - p3o: the H-truncated advantage of the behaviour, ``Q_H^mu - V_H^mu``.
@@ -562,7 +562,7 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
         return Truth(sa, np.einsum("ij,ij->i", mu, sa), desc)
 
     if base in ("retrace", "tree_backup", "q_lambda", "importance_sampling_q"):
-        return pack(q_pi(m, pi, gamma), "Q^pi")
+        return pack(_q_pi(mdp, pi, gamma), "Q^pi")
     if base == "p3o":
         pol, name = (mu, "mu") if fixed else (pi, "pi")
         H = int(params.get("p3o_horizon", params.get("horizon", 1)))
@@ -570,15 +570,15 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
         return pack(qh - np.einsum("ij,ij->i", pol, qh)[:, None], f"H-truncated A^{name}")
     if base in ("gae", "nstep"):
         pol, name = (mu, "mu") if fixed else (pi, "pi")
-        qp = q_pi(m, pol, gamma)
+        qp = _q_pi(mdp, pol, gamma)
         vp = np.einsum("ij,ij->i", pol, qp)
         if output == "value":
             return pack(None, f"V^{name}", vp)
         return pack(qp - vp[:, None], f"A^{name}")
     if base == "vtrace" and fixed:
         rho_clip = params.get("rho_clip", 1.0)
-        pol = clipped_target_policy(mu, pi, rho_clip)
-        qp = q_pi(m, pol, gamma)
+        pol = _vtrace_policy(mu, pi, rho_clip)
+        qp = _q_pi(mdp, pol, gamma)
         vp = np.einsum("ij,ij->i", pol, qp)
         if output == "value":
             return pack(None, "V^{pi_rhobar}", vp)
@@ -586,7 +586,7 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
         return pack(np.minimum(clip, rho) * (qp - vp[:, None]),
                     "min(clip, rho) (Q^{pi_rhobar} - V^{pi_rhobar})")
     # per_decision_is (both), vtrace with which="target"
-    qp = q_pi(m, pi, gamma)
+    qp = _q_pi(mdp, pi, gamma)
     vp = np.einsum("ij,ij->i", pi, qp)
     if output == "value":
         return pack(None, "V^pi", vp)
@@ -595,63 +595,6 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
 
 # ---------------------------------------------------------------------------------------------
 # brute force: every trajectory of a short segment, with its probability
-
-
-@dataclasses.dataclass(frozen=True)
-class Segments:
-    """All trajectories of a segment as time-major [T,B] arrays, with probabilities ``weight``.
-
-    Reward noise is a two-point distribution (mean +- std, probability 1/2 each): the same
-    mean and variance as the MDP's noise, which is all the moments depend on. After a
-    termination or a truncation the remaining steps hold a fixed filler (start state, first
-    action, reward 0, no flags) that the output at t = 0 must not depend on; at a truncation
-    ``next_states`` keeps the final observation, so ``next_values`` differs from the filler's
-    ``values`` there, as after a real reset.
-    """
-
-    states: np.ndarray
-    actions: np.ndarray
-    rewards: np.ndarray
-    next_states: np.ndarray
-    terminated: np.ndarray
-    truncated: np.ndarray
-    weight: np.ndarray
-
-    def inputs(self, *, behaviour, target, values=None, q=None, next_q="expected",
-               terminal_next_value=np.nan) -> dict:
-        """Estimator inputs (docs/DESIGN.md section 1) for these trajectories.
-
-        ``next_values`` holds ``terminal_next_value`` (default NaN) wherever terminated.
-        """
-        out = {
-            "rewards": self.rewards,
-            "terminated": self.terminated,
-            "truncated": self.truncated,
-        }
-        mu = np.asarray(behaviour, float)
-        pi = np.asarray(target, float)
-        with np.errstate(divide="ignore"):
-            out["log_rhos"] = np.log(pi[self.states, self.actions]) - np.log(
-                mu[self.states, self.actions])
-        if values is not None:
-            values = np.asarray(values, float)
-            out["values"] = values[self.states]
-            out["next_values"] = np.where(self.terminated, terminal_next_value,
-                                          values[self.next_states])
-        if q is not None:
-            q = np.asarray(q, float)
-            eq = q.max(axis=1) if next_q == "max" else np.einsum("ij,ij->i", pi, q)
-            out["q_taken"] = q[self.states, self.actions]
-            out["next_expected_q"] = np.where(self.terminated, terminal_next_value,
-                                              eq[self.next_states])
-            out["target_probs"] = pi[self.states, self.actions]
-        return out
-
-    def moments(self, x0) -> tuple[float, float]:
-        """Probability-weighted mean and variance of a per-trajectory output ``x0`` [B]."""
-        x0 = np.asarray(x0, float)
-        mean = float(self.weight @ x0)
-        return mean, float(self.weight @ (x0 - mean) ** 2)
 
 
 def enumerate_segments(mdp: TabularMDP | MDPArrays, behaviour: np.ndarray, horizon: int, *,
@@ -708,65 +651,3 @@ def enumerate_segments(mdp: TabularMDP | MDPArrays, behaviour: np.ndarray, horiz
         state = new[3]
     s, a, r, s2, term, trunc = (np.stack(col) for col in hist)
     return Segments(s, a, r, s2, term, trunc, weight)
-
-
-# ---------------------------------------------------------------------------------------------
-# calling a backend with the names used here (for cross-checks; the moments never call it)
-
-
-def call_estimator(backend, estimator: str, inputs: dict, *, gamma: float,
-                   output: str | None = None, **params):
-    """Run ``estimator`` of ``backend`` (e.g. ``estimators.numpy``) on ``inputs`` (a dict as
-    :meth:`Segments.inputs` or the sampler make) and return the output selected by ``output``
-    ([T,B], the same names and defaults as :func:`exact_moments`).
-
-    P3O: ``weights`` [H] (default gamma^k) and ``means`` [S,H] are fed through the backend's
-    ``reward_std = weights^-1/2`` with ``normalize="none"`` and no batch-std floor, which
-    reproduces the fixed weights exactly; pass ``states`` [T,B] in ``inputs``.
-    """
-    base, output = _resolve(estimator, output)
-    x = inputs
-    lam = params.get("lam", 1.0)
-    if base == "p3o":
-        means = np.asarray(params["means"], float)
-        H = means.shape[1]
-        w = np.asarray(params.get("weights", gamma ** np.arange(H)), float)
-        w = np.broadcast_to(w if w.ndim == 2 else w[None, :], means.shape)
-        with np.errstate(divide="ignore"):
-            std = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), np.inf)
-        st = np.asarray(x["states"])
-        return backend.p3o_advantage(x["rewards"], means[st], std[st], x["terminated"],
-                                     x["truncated"], batch_reward_std=np.inf, normalize="none")
-    keys = ("values", "next_values") if _SPECS[base].kind == "state" else \
-        ("q_taken", "next_expected_q")
-    state_args = action_args = (x["rewards"], *(x[k] for k in keys), x["terminated"],
-                                x["truncated"])
-    if base == "gae":
-        out = backend.gae(*state_args, gamma=gamma, lam=lam)
-        return out.advantages if output == "advantage" else out.returns
-    if estimator == "puff_advantage":
-        return backend.puff_advantage(*state_args, x["log_rhos"], gamma=gamma, lam=lam,
-                                      rho_clip=params.get("rho_clip", 1.0),
-                                      c_clip=params.get("c_clip", 1.0))
-    if base == "vtrace":
-        rho_clip = params.get("rho_clip", 1.0)
-        out = backend.vtrace(*state_args, x["log_rhos"], gamma=gamma, lam=lam,
-                             rho_clip=rho_clip, c_clip=params.get("c_clip", 1.0),
-                             pg_rho_clip=params.get("pg_rho_clip", rho_clip))
-        return {"value": out.value_targets, "advantage": out.advantages,
-                "pg_advantage": out.pg_advantages}[output]
-    if base == "per_decision_is":
-        out = backend.per_decision_is(*state_args, x["log_rhos"], gamma=gamma, lam=lam)
-        return out.advantages if output == "advantage" else out.value_targets
-    if base == "nstep":
-        return backend.nstep_returns(x["rewards"], x["next_values"], x["terminated"],
-                                     x["truncated"], gamma=gamma, n=params["n"])
-    if base == "retrace":
-        return backend.retrace(*action_args, x["log_rhos"], gamma=gamma, lam=lam)
-    if base == "tree_backup":
-        return backend.tree_backup(*action_args, x["target_probs"], gamma=gamma, lam=lam)
-    if base == "q_lambda":
-        return backend.q_lambda(*action_args, gamma=gamma, lam=lam)
-    if base == "importance_sampling_q":
-        return backend.importance_sampling_q(*action_args, x["log_rhos"], gamma=gamma, lam=lam)
-    raise AssertionError(base)

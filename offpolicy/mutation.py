@@ -28,7 +28,6 @@ module, so a user's estimator can be compared with each known bug.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import re
@@ -43,17 +42,20 @@ from pathlib import Path
 
 import estimators as _estimators_package
 
+from . import registry as _registry
+from ._cli import OneLineParser, UsageError, positive_int, usage_error
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(_estimators_package.__file__).resolve().parent
 TARGET = "estimators/numpy.py"
 
-#: the contract estimators (docs/DESIGN.md section 2)
-ESTIMATORS = ("gae", "vtrace", "puff_advantage", "per_decision_is", "nstep_returns", "q_trace",
-              "retrace", "tree_backup", "q_lambda", "importance_sampling_q", "p3o_advantage")
-_STATE = ("gae", "vtrace", "puff_advantage", "per_decision_is")
-_ACTION = ("q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q")
-_VTRACE = ("vtrace", "puff_advantage")
-_RATIO = ("vtrace", "puff_advantage", "per_decision_is", "retrace", "importance_sampling_q")
+#: the contract estimators (docs/DESIGN.md section 2), as :mod:`offpolicy.registry` names them
+ESTIMATORS = _registry.names()
+# the state-value trace (docs/DESIGN.md section 2: the estimators that read ``values``)
+_STATE = tuple(n for n in _registry.names("state") if "values" in _registry.lookup(n).inputs)
+_ACTION = _registry.names("action")
+_VTRACE = tuple(n for n in ESTIMATORS if _registry.lookup(n).moments_name == "vtrace")
+_RATIO = _registry.names(takes_ratios=True)
 
 # property test files run first, in this order: they kill most mutants within seconds
 _FAST_FIRST = ("test_property_splitting.py", "test_property_moments.py",
@@ -456,10 +458,6 @@ def load(mutant: Mutant | str | None) -> types.ModuleType:
 # the check
 
 
-class UsageError(Exception):
-    pass
-
-
 def find_tests(explicit: str | None = None) -> Path:
     """The tests directory: ``explicit``, else the checkout's ``tests/`` next to the package,
     else ``./tests``; it must hold the property suite (``test_proofs_index.py``)."""
@@ -487,12 +485,9 @@ def property_files(tests: Path) -> list[Path]:
     return sorted(files, key=lambda p: rank.get(p.name, len(rank)))
 
 
-# words that name each estimator in test ids (offpolicy.moments calls some of them otherwise)
-_TEST_WORDS = {"gae": ("gae",), "vtrace": ("vtrace",), "puff_advantage": ("puff",),
-               "per_decision_is": ("per_decision_is", "pdis"), "nstep_returns": ("nstep",),
-               "q_trace": ("q_trace", "qtrace"), "retrace": ("retrace",),
-               "tree_backup": ("tree_backup",), "q_lambda": ("q_lambda",),
-               "importance_sampling_q": ("importance_sampling_q",), "p3o_advantage": ("p3o",)}
+# words that name each estimator in test ids: its registry names (tests and offpolicy.moments
+# also call some by their aliases: nstep, puff, pdis, p3o)
+_TEST_WORDS = {e.name: e.all_names for e in _registry.ESTIMATORS.values()}
 _FIRST_ENV = "OFFPOLICY_MUTATION_FIRST"
 
 
@@ -555,24 +550,21 @@ def _check(mutant: Mutant | None, source: str, tmp: Path, tests: Path, pytest_ar
     return "killed", secs, first.split("::")[-1] if "::" in first else first
 
 
-def _usage_error(message):
-    print(f"offpolicy.mutation: {message}", file=sys.stderr)
-    sys.exit(2)
+PROG = "python -m offpolicy.mutation"
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m offpolicy.mutation",
-                                     description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
     parser.add_argument("--list", action="store_true",
                         help="list the catalogue (name, estimators, seen in) and exit")
     parser.add_argument("--only", nargs="+", default=None, metavar="NAME",
                         help="run only these mutants")
     parser.add_argument("--tests", default=None, metavar="DIR",
                         help="the tests directory (default: the checkout's tests/)")
-    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), metavar="N",
+    parser.add_argument("--jobs", type=positive_int, default=min(2, os.cpu_count() or 1),
+                        metavar="N",
                         help="suites run at once (default: min(2, CPUs))")
     parser.add_argument("pytest_args", nargs="*", help="extra pytest arguments (after --)")
-    parser.error = _usage_error
     args = parser.parse_args(argv)
     if args.list:
         for m in CATALOGUE:
@@ -584,12 +576,9 @@ def main(argv=None) -> int:
         if unknown:
             raise UsageError(f"unknown mutant {', '.join(map(repr, unknown))}; valid names: "
                              f"{', '.join(_BY_NAME)}")
-        if args.jobs < 1:
-            raise UsageError(f"--jobs must be >= 1, got {args.jobs}")
         tests = find_tests(args.tests)
     except UsageError as exc:
-        print(f"offpolicy.mutation: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(PROG, str(exc))
     mutants = [m for m in CATALOGUE if args.only is None or m.name in args.only]
     source = reference_source()
     start = time.perf_counter()

@@ -30,7 +30,7 @@ import numpy as np
 from ._checks import as_float_array, check_int, check_policy, check_probabilities
 from .mdp import TabularMDP
 
-__all__ = ["VecEnv", "StepResult", "Batch", "sample", "sample_segments", "throughput"]
+__all__ = ["VecEnv", "StepResult", "Batch", "Segments", "sample", "sample_segments", "throughput"]
 
 
 def _cdf(p: np.ndarray) -> np.ndarray:
@@ -311,16 +311,76 @@ def sample(
                  mu_taken, pi_taken, v_t, nv_t, q_t, nq_t, env.states.copy(), env.steps.copy())
 
 
-def sample_segments(mdp: TabularMDP, behaviour, T: int, n: int, *, rng=None, seed=None,
-                    initial=None, time_limit: int | None = None, truncation_prob: float = 0.0):
-    """``n`` independent segments of length ``T`` (one per stream, each starting an episode),
-    starting from ``initial`` (default ``mdp.initial``), as an
-    :class:`offpolicy.moments.Segments` with equal weights ``1/n``: the Monte Carlo
-    counterpart of ``moments.enumerate_segments`` (with the same ``time_limit`` and
-    ``truncation_prob``; default: no truncation inside the segment). Steps after a
-    termination or truncation belong to a fresh episode; outputs at ``t = 0`` ignore them."""
-    from .moments import Segments
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """All trajectories of a segment as time-major [T,B] arrays, with probabilities ``weight``.
 
+    Reward noise is a two-point distribution (mean +- std, probability 1/2 each): the same
+    mean and variance as the MDP's noise, which is all the moments depend on. After a
+    termination or a truncation the remaining steps hold a fixed filler (start state, first
+    action, reward 0, no flags) that the output at t = 0 must not depend on; at a truncation
+    ``next_states`` keeps the final observation, so ``next_values`` differs from the filler's
+    ``values`` there, as after a real reset.
+    """
+
+    states: np.ndarray
+    actions: np.ndarray
+    rewards: np.ndarray
+    next_states: np.ndarray
+    terminated: np.ndarray
+    truncated: np.ndarray
+    weight: np.ndarray
+
+    def inputs(self, *, behaviour: np.ndarray, target: np.ndarray,
+               values: np.ndarray | None = None, q: np.ndarray | None = None,
+               next_q: str = "expected", terminal_next_value: float = np.nan) -> dict:
+        """Estimator inputs (docs/DESIGN.md section 1 names, as :mod:`offpolicy.registry`
+        reads them) for these trajectories: ``rewards``, ``terminated``, ``truncated``,
+        ``log_rhos``; with ``values``: ``values``, ``next_values``; with ``q``: ``q_taken``,
+        ``next_expected_q``, ``target_probs_taken``.
+
+        ``next_values`` holds ``terminal_next_value`` (default NaN) wherever terminated.
+        """
+        out = {
+            "rewards": self.rewards,
+            "terminated": self.terminated,
+            "truncated": self.truncated,
+        }
+        mu = np.asarray(behaviour, float)
+        pi = np.asarray(target, float)
+        with np.errstate(divide="ignore"):
+            out["log_rhos"] = np.log(pi[self.states, self.actions]) - np.log(
+                mu[self.states, self.actions])
+        if values is not None:
+            values = np.asarray(values, float)
+            out["values"] = values[self.states]
+            out["next_values"] = np.where(self.terminated, terminal_next_value,
+                                          values[self.next_states])
+        if q is not None:
+            q = np.asarray(q, float)
+            eq = q.max(axis=1) if next_q == "max" else np.einsum("ij,ij->i", pi, q)
+            out["q_taken"] = q[self.states, self.actions]
+            out["next_expected_q"] = np.where(self.terminated, terminal_next_value,
+                                              eq[self.next_states])
+            out["target_probs_taken"] = pi[self.states, self.actions]
+        return out
+
+    def moments(self, x0: np.ndarray) -> tuple[float, float]:
+        """Probability-weighted mean and variance of a per-trajectory output ``x0`` [B]."""
+        x0 = np.asarray(x0, float)
+        mean = float(self.weight @ x0)
+        return mean, float(self.weight @ (x0 - mean) ** 2)
+
+
+def sample_segments(mdp: TabularMDP, behaviour, T: int, n: int, *, rng=None, seed=None,
+                    initial=None, time_limit: int | None = None,
+                    truncation_prob: float = 0.0) -> Segments:
+    """``n`` independent segments of length ``T`` (one per stream, each starting an episode),
+    starting from ``initial`` (default ``mdp.initial``), as :class:`Segments` with equal
+    weights ``1/n``: the Monte Carlo counterpart of ``moments.enumerate_segments`` (with the
+    same ``time_limit`` and ``truncation_prob``; default: no truncation inside the segment).
+    Steps after a termination or truncation belong to a fresh episode; outputs at ``t = 0``
+    ignore them."""
     b = sample(mdp, behaviour, T=T, B=n, rng=rng, seed=seed, initial=initial,
                time_limit=time_limit, truncation_prob=truncation_prob)
     n = b.states.shape[1]

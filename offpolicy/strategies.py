@@ -17,6 +17,12 @@ hypothesis itself, so examples stay fast and shrink on what matters.
 - :func:`estimator_configs`: ``(estimator, output, params)``, optionally restricted to some
   estimators / outputs.
 
+Every strategy checks its arguments when it is made, before anything is drawn: a bad one
+raises hypothesis's ``InvalidArgument`` naming it. One keyword means one thing throughout:
+``divergence`` how a target differs from its behaviour (:data:`DIVERGENCES`), ``kind`` the
+quality of a value estimate (:data:`ESTIMATE_KINDS`), ``ratios`` the importance ratios of a
+batch (:data:`RATIO_KINDS`).
+
 tests/test_strategies.py holds every strategy to the case families it exists for (counted
 over a fixed set of derandomized draws), so none of them can quietly stop producing one.
 """
@@ -24,16 +30,20 @@ over a fixed set of derandomized draws), so none of them can quietly stop produc
 from __future__ import annotations
 
 from collections.abc import Collection
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
-from . import moments as _moments
+from . import exact as _exact
+from . import registry as _registry
 from .mdp import TabularMDP
 
 __all__ = [
     "DIVERGENCES",
+    "ESTIMATE_KINDS",
+    "RATIO_KINDS",
     "mdps",
     "policies",
     "policy_pairs",
@@ -45,22 +55,19 @@ __all__ = [
     "estimator_configs",
 ]
 
+#: ``policy_pairs(divergence=...)``: how the target differs from the behaviour
 DIVERGENCES = ("equal", "random", "near_deterministic", "deterministic", "tiny_mu")
+#: ``value_estimates(kind=...)``, ``q_estimates(kind=...)``: the quality of the estimate
+ESTIMATE_KINDS = ("exact", "stale", "noisy")
+#: ``trajectory_batches(ratios=...)``: the importance ratios of the batch
+RATIO_KINDS = ("equal", "mixed", "tiny", "zero")
 _seeds = st.integers(0, 2**32 - 1)
 
 
 @st.composite
-def mdps(draw: st.DrawFn, *, min_states: int = 1, max_states: int = 8, min_actions: int = 1,
+def _mdps(draw: st.DrawFn, *, min_states: int = 1, max_states: int = 8, min_actions: int = 1,
          max_actions: int = 4, terminal: bool | None = None, gamma: float | None = None,
          noise: float | None = None, min_gamma: float = 0.0) -> TabularMDP:
-    """A random tabular MDP.
-
-    ``terminal``: None (maybe), True (at least one terminal state, when S >= 2) or False.
-    ``gamma``: a fixed discount or None (drawn from [min_gamma, 0.99]; hypothesis favours the
-    low end, and at gamma = 0 no trace can matter, so statements about traces should raise
-    ``min_gamma``, as they should ``min_actions`` to 2 for off-policy data).
-    ``noise``: reward noise std (None: maybe some).
-    """
     S = draw(st.integers(min_states, max_states))
     A = draw(st.integers(min_actions, max_actions))
     if S == 1 or terminal is False:
@@ -95,19 +102,13 @@ def _random_policy(rng, S, A):
 
 
 @st.composite
-def policies(draw: st.DrawFn, S: int, A: int) -> np.ndarray:
-    """One random stochastic policy [S,A] (full support)."""
+def _policies(draw: st.DrawFn, S: int, A: int) -> np.ndarray:
     return _random_policy(np.random.default_rng(draw(_seeds)), S, A)
 
 
 @st.composite
-def policy_pairs(draw: st.DrawFn, S: int, A: int, divergence: str | None = None,
+def _policy_pairs(draw: st.DrawFn, S: int, A: int, divergence: str | None = None,
                  full_support_target: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """``(behaviour, target)`` [S,A] each; the behaviour always has full support.
-
-    ``divergence`` one of :data:`DIVERGENCES` or None (any). ``full_support_target`` excludes
-    the deterministic target (for statements that need pi > 0).
-    """
     kinds = [d for d in DIVERGENCES if not (full_support_target and d == "deterministic")]
     kind = draw(st.sampled_from(kinds)) if divergence is None else divergence
     rng = np.random.default_rng(draw(_seeds))
@@ -131,34 +132,31 @@ def policy_pairs(draw: st.DrawFn, S: int, A: int, divergence: str | None = None,
 
 
 @st.composite
-def value_estimates(draw: st.DrawFn, mdp: TabularMDP, policy: np.ndarray,
+def _value_estimates(draw: st.DrawFn, mdp: TabularMDP, policy: np.ndarray,
                     kind: str | None = None) -> np.ndarray:
-    """V [S]: ``"exact"`` (V^policy), ``"stale"`` (V of another policy) or ``"noisy"``."""
-    kind = draw(st.sampled_from(["exact", "stale", "noisy"])) if kind is None else kind
+    kind = draw(st.sampled_from(ESTIMATE_KINDS)) if kind is None else kind
     rng = np.random.default_rng(draw(_seeds))
     if kind == "exact":
-        return _moments.v_pi(mdp, policy)
+        return _exact.v_pi(mdp, policy)
     if kind == "stale":
-        return _moments.v_pi(mdp, _random_policy(rng, *policy.shape))
-    return _moments.v_pi(mdp, policy) + rng.normal(size=policy.shape[0])
+        return _exact.v_pi(mdp, _random_policy(rng, *policy.shape))
+    return _exact.v_pi(mdp, policy) + rng.normal(size=policy.shape[0])
 
 
 @st.composite
-def q_estimates(draw: st.DrawFn, mdp: TabularMDP, policy: np.ndarray,
+def _q_estimates(draw: st.DrawFn, mdp: TabularMDP, policy: np.ndarray,
                 kind: str | None = None) -> np.ndarray:
-    """Q [S,A]: ``"exact"`` (Q^policy), ``"stale"`` or ``"noisy"``."""
-    kind = draw(st.sampled_from(["exact", "stale", "noisy"])) if kind is None else kind
+    kind = draw(st.sampled_from(ESTIMATE_KINDS)) if kind is None else kind
     rng = np.random.default_rng(draw(_seeds))
     if kind == "exact":
-        return _moments.q_pi(mdp, policy)
+        return _exact.q_pi(mdp, policy)
     if kind == "stale":
-        return _moments.q_pi(mdp, _random_policy(rng, *policy.shape))
-    return _moments.q_pi(mdp, policy) + rng.normal(size=policy.shape)
+        return _exact.q_pi(mdp, _random_policy(rng, *policy.shape))
+    return _exact.q_pi(mdp, policy) + rng.normal(size=policy.shape)
 
 
 @st.composite
-def done_patterns(draw: st.DrawFn, T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(terminated, truncated)`` bool [T,B]: arbitrary, with the edge cases made likely."""
+def _done_patterns(draw: st.DrawFn, T: int, B: int) -> tuple[np.ndarray, np.ndarray]:
     kind = draw(st.sampled_from(["random", "dense", "edges", "none"]))
     rng = np.random.default_rng(draw(_seeds))
     if kind == "none":
@@ -181,33 +179,16 @@ def done_patterns(draw: st.DrawFn, T: int, B: int) -> tuple[np.ndarray, np.ndarr
 
 
 @st.composite
-def trajectory_batches(draw: st.DrawFn, *, min_T: int = 1, max_T: int = 8, max_B: int = 3,
-                       divergence: str | None = None,
-                       consistent: bool | None = None) -> dict[str, Any]:
-    """Estimator inputs ``[T,B]`` (a dict) with arbitrary done patterns.
-
-    Keys: rewards, values, next_values (NaN where terminated), terminated, truncated,
-    log_rhos (with -inf where the target probability is 0), q_taken, next_expected_q (NaN
-    where terminated), target_probs (pi(a_t|s_t) in [0, 1]), states (for P3O: indices into an
-    8-state table), gamma.
-
-    ``consistent``: whether ``next_values[t] == values[t+1]`` where step t is not done and
-    t < T-1 (as when both come from one critic evaluated on one trajectory). True: always;
-    False: at least one such step (when there is one) holds another value, as with a critic
-    evaluated twice (dropout, a target network for next states, values stored at collection
-    time against next values recomputed later); None (default): either. The contract reads
-    ``next_values[t]``, never ``values[t+1]``, so every estimator identity holds for both;
-    only statements that telescope through ``values[t+1]`` (the lambda-return / n-step closed
-    forms) need ``consistent=True`` and must ask for it.
-    """
+def _trajectory_batches(draw: st.DrawFn, *, min_T: int = 1, max_T: int = 8, max_B: int = 3,
+                        ratios: str | None = None,
+                        consistent: bool | None = None) -> dict[str, Any]:
     T = draw(st.integers(min_T, max_T))
     B = draw(st.integers(1, max_B))
-    term, trunc = draw(done_patterns(T, B))
+    term, trunc = draw(_done_patterns(T, B))
     if consistent is None:
         consistent = draw(st.booleans())
     rng = np.random.default_rng(draw(_seeds))
-    kind = draw(st.sampled_from(["equal", "mixed", "tiny", "zero"])) if divergence is None \
-        else divergence
+    kind = draw(st.sampled_from(RATIO_KINDS)) if ratios is None else ratios
     probs_pi = rng.uniform(0.05, 1.0, size=(T, B))
     if kind == "equal":
         log_rhos = np.zeros((T, B))
@@ -238,7 +219,7 @@ def trajectory_batches(draw: st.DrawFn, *, min_T: int = 1, max_T: int = 8, max_B
         "log_rhos": log_rhos,
         "q_taken": q,
         "next_expected_q": np.where(term, np.nan, rng.normal(size=(T, B))),
-        "target_probs": probs_pi,
+        "target_probs_taken": probs_pi,
         "states": rng.integers(0, 8, size=(T, B)),
         "gamma": draw(st.sampled_from([0.0, 0.5, 0.9, 0.99, 1.0])),
     }
@@ -259,38 +240,212 @@ ESTIMATOR_OUTPUTS = (
 
 
 @st.composite
-def estimator_configs(draw: st.DrawFn, estimators: Collection[str] | None = None,
-                      p3o_states: int = 8,
-                      outputs: Collection[str] | None = None) -> tuple[str, str, dict[str, Any]]:
-    """``(estimator, output, params)`` for :func:`offpolicy.moments.exact_moments` and
-    :func:`offpolicy.moments.call_estimator` (P3O: ``weights`` [H] and ``means`` [p3o_states, H];
-    pass ``p3o_horizon=H`` to exact_moments).
-
-    ``estimators`` / ``outputs``: restrict the draw to these estimator / output names (e.g.
-    ``estimators=("vtrace",), outputs=("pg_advantage",)`` for one entry of
-    :data:`ESTIMATOR_OUTPUTS`, to give it a test's whole example budget)."""
-    pool = [c for c in ESTIMATOR_OUTPUTS if (estimators is None or c[0] in estimators)
-            and (outputs is None or c[1] in outputs)]
-    if not pool:
-        raise ValueError(f"estimators/outputs: no entry of ESTIMATOR_OUTPUTS matches "
-                         f"{estimators!r} / {outputs!r}")
+def _estimator_configs(draw: st.DrawFn, pool: tuple[tuple[str, str], ...],
+                       p3o_states: int) -> tuple[str, str, dict[str, Any]]:
     est, out = draw(st.sampled_from(pool))
+    info = _registry.lookup(est)
     lam = draw(st.sampled_from([0.0, 0.5, 0.9, 1.0]))
     clip = st.sampled_from([0.5, 1.0, 2.0, np.inf])
     params: dict[str, Any] = {}
-    if est in ("gae", "per_decision_is", "retrace", "tree_backup", "q_lambda",
-               "importance_sampling_q", "vtrace", "puff_advantage"):
+    if "lam" in info.params:
         params["lam"] = lam
-    if est in ("vtrace", "puff_advantage"):
+    if "rho_clip" in info.params:
         params["rho_clip"] = draw(clip)
         params["c_clip"] = draw(clip)
         if out == "pg_advantage":
             params["pg_rho_clip"] = draw(clip)
-    if est == "nstep":
+    if "n" in info.params:
         params["n"] = draw(st.integers(1, 4))
-    if est == "p3o":
+    if info.kind == "reward":
         H = draw(st.integers(1, 4))
         rng = np.random.default_rng(draw(_seeds))
         params["weights"] = rng.uniform(0.0, 1.0, size=H)
         params["means"] = rng.normal(size=(p3o_states, H))
     return est, out, params
+
+
+# ---------------------------------------------------------------------------------------------
+# the public strategies: arguments are checked when the strategy is made, before any draw;
+# a bad one raises hypothesis's InvalidArgument naming it
+
+
+def _fail(message: str) -> NoReturn:
+    raise InvalidArgument(message)
+
+
+def _int(x: Any, name: str, low: int) -> int:
+    if isinstance(x, bool) or not isinstance(x, int | np.integer):
+        _fail(f"{name}: expected an integer, got {x!r}")
+    if x < low:
+        _fail(f"{name}: must be >= {low}, got {x!r}")
+    return int(x)
+
+
+def _real(x: Any, name: str, low: float, high: float) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float | np.integer | np.floating):
+        _fail(f"{name}: expected a real number, got {x!r}")
+    if not low <= float(x) <= high:  # NaN fails too
+        _fail(f"{name}: must be in [{low}, {high}], got {x!r}")
+    return float(x)
+
+
+def _choice(x: Any, name: str, choices: tuple) -> Any:
+    if x is not None and x not in choices:
+        _fail(f"{name}: one of {', '.join(map(repr, choices))} or None, got {x!r}")
+    return x
+
+
+def _optional_bool(x: Any, name: str) -> Any:
+    if x is not None and not isinstance(x, bool | np.bool_):
+        _fail(f"{name}: True, False or None, got {x!r}")
+    return x
+
+
+def _names(x: Any, name: str) -> tuple[str, ...] | None:
+    if x is None:
+        return None
+    if isinstance(x, str) or not isinstance(x, Collection) \
+            or not all(isinstance(v, str) for v in x):
+        _fail(f"{name}: expected a collection of names (not a bare string), got {x!r}")
+    return tuple(x)
+
+
+def mdps(*, min_states: int = 1, max_states: int = 8, min_actions: int = 1,
+         max_actions: int = 4, terminal: bool | None = None, gamma: float | None = None,
+         noise: float | None = None, min_gamma: float = 0.0) -> st.SearchStrategy[TabularMDP]:
+    """A random tabular MDP.
+
+    ``terminal``: None (maybe), True (at least one terminal state, when S >= 2) or False.
+    ``gamma``: a fixed discount or None (drawn from [min_gamma, 0.99]; hypothesis favours the
+    low end, and at gamma = 0 no trace can matter, so statements about traces should raise
+    ``min_gamma``, as they should ``min_actions`` to 2 for off-policy data).
+    ``noise``: reward noise std (None: maybe some).
+    """
+    min_states = _int(min_states, "min_states", 1)
+    max_states = _int(max_states, "max_states", min_states)
+    min_actions = _int(min_actions, "min_actions", 1)
+    max_actions = _int(max_actions, "max_actions", min_actions)
+    _optional_bool(terminal, "terminal")
+    min_gamma = _real(min_gamma, "min_gamma", 0.0, 0.99)
+    if gamma is not None:
+        gamma = _real(gamma, "gamma", 0.0, 1.0)
+    if noise is not None:
+        noise = _real(noise, "noise", 0.0, float("inf"))
+    return _mdps(min_states=min_states, max_states=max_states, min_actions=min_actions,
+                 max_actions=max_actions, terminal=terminal, gamma=gamma, noise=noise,
+                 min_gamma=min_gamma)
+
+
+def policies(S: int, A: int) -> st.SearchStrategy[np.ndarray]:
+    """One random stochastic policy [S,A] (full support)."""
+    return _policies(_int(S, "S", 1), _int(A, "A", 1))
+
+
+def policy_pairs(S: int, A: int, divergence: str | None = None,
+                 full_support_target: bool = False
+                 ) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
+    """``(behaviour, target)`` [S,A] each; the behaviour always has full support.
+
+    ``divergence`` one of :data:`DIVERGENCES` or None (any). ``full_support_target`` excludes
+    the deterministic target (for statements that need pi > 0).
+    """
+    S, A = _int(S, "S", 1), _int(A, "A", 1)
+    _choice(divergence, "divergence", DIVERGENCES)
+    if not isinstance(full_support_target, bool | np.bool_):
+        _fail(f"full_support_target: True or False, got {full_support_target!r}")
+    if full_support_target and divergence == "deterministic":
+        _fail("divergence: 'deterministic' contradicts full_support_target=True")
+    return _policy_pairs(S, A, divergence, bool(full_support_target))
+
+
+def _mdp_and_policy(mdp: Any, policy: Any) -> np.ndarray:
+    if not isinstance(mdp, TabularMDP):
+        _fail(f"mdp: expected a TabularMDP, got {type(mdp).__name__}")
+    policy = np.asarray(policy, dtype=float)
+    if policy.shape != mdp.shape:
+        _fail(f"policy: expected shape {mdp.shape} (S, A), got {policy.shape}")
+    return policy
+
+
+def value_estimates(mdp: TabularMDP, policy: np.ndarray,
+                    kind: str | None = None) -> st.SearchStrategy[np.ndarray]:
+    """V [S]: ``"exact"`` (V^policy), ``"stale"`` (V of another policy) or ``"noisy"``."""
+    policy = _mdp_and_policy(mdp, policy)
+    return _value_estimates(mdp, policy, _choice(kind, "kind", ESTIMATE_KINDS))
+
+
+def q_estimates(mdp: TabularMDP, policy: np.ndarray,
+                kind: str | None = None) -> st.SearchStrategy[np.ndarray]:
+    """Q [S,A]: ``"exact"`` (Q^policy), ``"stale"`` or ``"noisy"``."""
+    policy = _mdp_and_policy(mdp, policy)
+    return _q_estimates(mdp, policy, _choice(kind, "kind", ESTIMATE_KINDS))
+
+
+def done_patterns(T: int, B: int) -> st.SearchStrategy[tuple[np.ndarray, np.ndarray]]:
+    """``(terminated, truncated)`` bool [T,B]: arbitrary, with the edge cases made likely."""
+    return _done_patterns(_int(T, "T", 1), _int(B, "B", 1))
+
+
+def trajectory_batches(*, min_T: int = 1, max_T: int = 8, max_B: int = 3,
+                       ratios: str | None = None,
+                       consistent: bool | None = None) -> st.SearchStrategy[dict[str, Any]]:
+    """Estimator inputs ``[T,B]`` (a dict) with arbitrary done patterns.
+
+    Keys: rewards, values, next_values (NaN where terminated), terminated, truncated,
+    log_rhos (with -inf where the target probability is 0), q_taken, next_expected_q (NaN
+    where terminated), target_probs_taken (pi(a_t|s_t) in [0, 1]), states (for P3O: indices into an
+    8-state table), gamma.
+
+    ``ratios``: the importance ratios, one of :data:`RATIO_KINDS` or None (any):
+    ``"equal"`` (on-policy, ``log_rhos = 0``), ``"mixed"``, ``"tiny"`` (heavy-tailed) or
+    ``"zero"`` (some target probabilities 0, ``log_rhos = -inf``).
+
+    ``consistent``: whether ``next_values[t] == values[t+1]`` where step t is not done and
+    t < T-1 (as when both come from one critic evaluated on one trajectory). True: always;
+    False: at least one such step (when there is one) holds another value, as with a critic
+    evaluated twice (dropout, a target network for next states, values stored at collection
+    time against next values recomputed later); None (default): either. The contract reads
+    ``next_values[t]``, never ``values[t+1]``, so every estimator identity holds for both;
+    only statements that telescope through ``values[t+1]`` (the lambda-return / n-step closed
+    forms) need ``consistent=True`` and must ask for it.
+    """
+    min_T = _int(min_T, "min_T", 1)
+    max_T = _int(max_T, "max_T", min_T)
+    max_B = _int(max_B, "max_B", 1)
+    return _trajectory_batches(min_T=min_T, max_T=max_T, max_B=max_B,
+                               ratios=_choice(ratios, "ratios", RATIO_KINDS),
+                               consistent=_optional_bool(consistent, "consistent"))
+
+
+def estimator_configs(estimators: Collection[str] | None = None, p3o_states: int = 8,
+                      outputs: Collection[str] | None = None
+                      ) -> st.SearchStrategy[tuple[str, str, dict[str, Any]]]:
+    """``(estimator, output, params)`` for :func:`offpolicy.moments.exact_moments` and
+    :func:`offpolicy.registry.call_estimator` (P3O: ``weights`` [H] and ``means`` [p3o_states, H];
+    pass ``p3o_horizon=H`` to exact_moments).
+
+    ``estimators`` / ``outputs``: restrict the draw to these estimator / output names (e.g.
+    ``estimators=("vtrace",), outputs=("pg_advantage",)`` for one entry of
+    :data:`ESTIMATOR_OUTPUTS`, to give it a test's whole example budget). Estimator names
+    are :mod:`offpolicy.registry`'s (``"nstep_returns"`` selects the ``"nstep"`` entries)."""
+    wanted = _names(estimators, "estimators")
+    outs = _names(outputs, "outputs")
+    p3o_states = _int(p3o_states, "p3o_states", 1)
+    if wanted is not None:
+        unknown = [e for e in wanted if e not in _registry.ESTIMATORS
+                   and e not in _registry.ALIASES]
+        if unknown:
+            _fail(f"estimators: unknown {unknown!r}; known: "
+                  f"{', '.join(sorted({e for e, _ in ESTIMATOR_OUTPUTS}))}")
+        wanted = tuple(_registry.canonical(e) for e in wanted)
+    if outs is not None:
+        known = {o for _, o in ESTIMATOR_OUTPUTS}
+        if set(outs) - known:
+            _fail(f"outputs: unknown {sorted(set(outs) - known)!r}; known: {sorted(known)}")
+    pool = tuple(c for c in ESTIMATOR_OUTPUTS
+                 if (wanted is None or _registry.canonical(c[0]) in wanted)
+                 and (outs is None or c[1] in outs))
+    if not pool:
+        _fail(f"estimators/outputs: no entry of ESTIMATOR_OUTPUTS matches "
+              f"{estimators!r} / {outputs!r}")
+    return _estimator_configs(pool, p3o_states)

@@ -394,6 +394,76 @@ def test_vtrace_n_step_matches_monte_carlo(rho_clip, c_clip, lam):
     assert _grouped_z(x, b.states[0], expected) < 5
 
 
+def _report_linear_part(m, pi, mu, rho_hat, c_hat, T):
+    """The n-step V-trace-family linear part as the report built it before
+    ``vtrace_linear_part(n=)`` existed (offpolicy/report/compute.py, 0.1): its own loop."""
+    g = m.gamma
+    Pc = g * exact.state_transition(m, mu, c_hat)
+    B = g * exact.state_transition(m, mu, rho_hat) - np.diag((mu * rho_hat).sum(axis=1))
+    L = np.eye(m.num_states)
+    term = B
+    for _ in range(T):
+        L = L + term
+        term = Pc @ term
+    L[m.terminal] = 0.0
+    return L
+
+
+@pytest.mark.parametrize("name, m, pi, mu", SETUPS, ids=IDS)
+@pytest.mark.parametrize("rho_clip, c_clip, lam", [(1.0, 1.0, 0.9), (2.0, 0.5, 1.0),
+                                                   (np.inf, np.inf, 0.8)])
+def test_vtrace_linear_part_n_step(name, m, pi, mu, rho_clip, c_clip, lam):
+    """``vtrace_linear_part(n=)``: the report's former construction; n = 1 is the one-step
+    operator ``I + gamma P_rho - D_rho``, built here from P, pi and mu; it is the exact linear
+    part of ``vtrace_operator(n=)`` (an identity of affine maps); and it tends to the
+    lambda-return limit ``n = None`` as n grows."""
+    kw = dict(rho_clip=rho_clip, c_clip=c_clip, lam=lam)
+    rho = np.where(mu > 0, pi / np.where(mu > 0, mu, 1.0), 0.0)
+    rho_hat, c_hat = np.minimum(rho_clip, rho), lam * np.minimum(c_clip, rho)
+    for n in (1, 2, 7):
+        np.testing.assert_allclose(exact.vtrace_linear_part(m, pi, mu, n=n, **kw),
+                                   _report_linear_part(m, pi, mu, rho_hat, c_hat, n),
+                                   rtol=1e-12, atol=1e-13)
+    S = m.num_states
+    one_step = np.eye(S) - np.diag((mu * rho_hat).sum(axis=1))
+    for s in range(S):
+        for a in range(m.num_actions):
+            one_step[s] += m.gamma * mu[s, a] * rho_hat[s, a] * m.P_continue[s, a]
+    one_step[m.terminal] = 0.0
+    np.testing.assert_allclose(exact.vtrace_linear_part(m, pi, mu, n=1, **kw), one_step,
+                               atol=1e-14)
+    rng = np.random.default_rng(3)
+    v1, v2 = rng.normal(size=(2, S))
+    for n in (1, 4):
+        diff = (exact.vtrace_operator(m, pi, mu, v1, n=n, **kw)
+                - exact.vtrace_operator(m, pi, mu, v2, n=n, **kw))
+        np.testing.assert_allclose(diff, exact.vtrace_linear_part(m, pi, mu, n=n, **kw)
+                                   @ (v1 - v2), atol=1e-10)
+    Pc = m.gamma * exact.state_transition(m, mu, c_hat)
+    if exact.spectral_radius(Pc) < 0.99:
+        limit = exact.vtrace_linear_part(m, pi, mu, **kw)
+        far = exact.vtrace_linear_part(m, pi, mu, n=3000, **kw)
+        np.testing.assert_allclose(far, limit, atol=1e-9)
+        near = exact.vtrace_linear_part(m, pi, mu, n=2, **kw)
+        assert np.abs(near - limit).max() > 1e-6  # the truncation is not the limit already
+    np.testing.assert_allclose(exact.vtrace_modulus(m, pi, mu, n=3, **kw),
+                               np.abs(exact.vtrace_linear_part(m, pi, mu, n=3, **kw)).sum(1))
+
+
+def test_vtrace_infinite_clip_levels_mean_no_clipping():
+    m = _garnet()
+    pi, mu = policies.random_policy(m, seed=0), policies.random_policy(m, seed=1, min_prob=0.1)
+    big = float((pi / mu).max()) + 1.0
+    for fn in (lambda rc, cc: exact.vtrace_linear_part(m, pi, mu, rho_clip=rc, c_clip=cc),
+               lambda rc, cc: exact.vtrace_linear_part(m, pi, mu, rho_clip=rc, c_clip=cc, n=3),
+               lambda rc, cc: exact.vtrace_policy(pi, mu, rc)):
+        np.testing.assert_allclose(fn(np.inf, np.inf), fn(big, big), rtol=1e-13, atol=1e-15)
+    with pytest.raises(ValueError, match="^rho_clip"):
+        exact.vtrace_linear_part(m, pi, mu, rho_clip=np.nan)
+    with pytest.raises(ValueError, match="^c_clip"):
+        exact.vtrace_linear_part(m, pi, mu, c_clip=-np.inf)
+
+
 # ---- bad inputs ------------------------------------------------------------------------------
 
 

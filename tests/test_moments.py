@@ -4,8 +4,8 @@ tests/test_property_*.py)."""
 import numpy as np
 import pytest
 
+from offpolicy import exact, moments
 from offpolicy import mdp as mdp_mod
-from offpolicy import moments
 
 
 def _two_state():
@@ -45,7 +45,7 @@ def test_aliases_and_outputs():
 def test_estimator_target_on_policy_kinds():
     m = mdp_mod.garnet(4, 2, 2, seed=1, num_terminal=1)
     pi = np.random.default_rng(0).dirichlet(np.ones(2), size=4)
-    q = moments.q_pi(m, pi)
+    q = exact.q_pi(m, pi)
     v = (pi * q).sum(axis=1)
     t = moments.estimator_target(m, "gae", behaviour=pi, target=pi)
     np.testing.assert_allclose(t.mean_sa, q - v[:, None])

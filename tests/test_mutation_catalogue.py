@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from estimators import numpy as ref
-from offpolicy import mutation
+from offpolicy import mutation, registry
 
 ROOT = Path(__file__).resolve().parent.parent
 T, B, H = 5, 4, 3
@@ -44,7 +44,7 @@ def _case():
         "q_taken": rng.normal(size=(T, B)),
         "next_expected_q": np.where(term, np.nan, rng.normal(size=(T, B))),
         "traces": rng.uniform(0.0, 1.5, size=(T, B)),
-        "target_probs": rng.uniform(0.05, 1.0, size=(T, B)),
+        "target_probs_taken": rng.uniform(0.05, 1.0, size=(T, B)),
         "reward_mean": rng.normal(size=(T, B, H)),
         "reward_std": rng.uniform(0.5, 1.5, size=(T, B, H)),
     }
@@ -58,27 +58,12 @@ GAMMAS = (0.9, np.linspace(0.6, 0.95, T * B).reshape(T, B))
 
 def _call(module, name, gamma=GAMMAS[0], x=CASE):
     """The estimator's outputs as a tuple of arrays, or the exception type it raises."""
-    sv = (x["rewards"], x["values"], x["next_values"], x["terminated"], x["truncated"])
-    av = (x["rewards"], x["q_taken"], x["next_expected_q"], x["terminated"], x["truncated"])
-    kw = dict(gamma=gamma, lam=LAM)
-    calls = {
-        "gae": lambda f: f(*sv, **kw),
-        "vtrace": lambda f: f(*sv, x["log_rhos"], rho_clip=1.3, c_clip=0.8, pg_rho_clip=1.1,
-                              **kw),
-        "puff_advantage": lambda f: f(*sv, x["log_rhos"], rho_clip=1.3, c_clip=0.8, **kw),
-        "per_decision_is": lambda f: f(*sv, x["log_rhos"], **kw),
-        "nstep_returns": lambda f: f(x["rewards"], x["next_values"], x["terminated"],
-                                     x["truncated"], gamma=gamma, n=3),
-        "q_trace": lambda f: f(*av, x["traces"], **kw),
-        "retrace": lambda f: f(*av, x["log_rhos"], **kw),
-        "tree_backup": lambda f: f(*av, x["target_probs"], **kw),
-        "q_lambda": lambda f: f(*av, **kw),
-        "importance_sampling_q": lambda f: f(*av, x["log_rhos"], **kw),
-        "p3o_advantage": lambda f: f(x["rewards"], x["reward_mean"], x["reward_std"],
-                                     x["terminated"], x["truncated"], batch_reward_std=2.0),
-    }
+    info = registry.lookup(name)
+    given = dict(gamma=gamma, lam=LAM, rho_clip=1.3, c_clip=0.8, pg_rho_clip=1.1, n=3,
+                 batch_reward_std=2.0)
+    kwargs = {k: given[k] for k in info.params if k in given}
     try:
-        out = calls[name](getattr(module, name))
+        out = getattr(module, name)(*(x[k] for k in info.inputs), **kwargs)
     except (ValueError, FloatingPointError) as exc:
         return type(exc)
     return tuple(np.asarray(a) for a in (out if isinstance(out, tuple) else (out,)))

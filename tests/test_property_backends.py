@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 
 from estimators import numpy as ref
-from offpolicy import moments, strategies
+from offpolicy import registry, strategies
 
 pytestmark = pytest.mark.property
 
@@ -22,10 +22,10 @@ def _backend(name):
 
 def _compare(backend, convert, batch, config):
     est, out, params = config
-    want = moments.call_estimator(ref, est, batch, gamma=batch["gamma"], output=out, **params)
+    want = registry.call_estimator(ref, est, batch, gamma=batch["gamma"], output=out, **params)
     x = {k: (convert(v) if isinstance(v, np.ndarray) and k != "states" else v)
          for k, v in batch.items()}
-    got = moments.call_estimator(backend, est, x, gamma=batch["gamma"], output=out, **params)
+    got = registry.call_estimator(backend, est, x, gamma=batch["gamma"], output=out, **params)
     got = got.detach().cpu().numpy() if hasattr(got, "detach") else np.asarray(got)
     np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-9, err_msg=f"{est}/{out}")
 

@@ -14,7 +14,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from estimators import numpy as ref
-from offpolicy import moments, strategies
+from offpolicy import exact, moments, registry, strategies
 
 pytestmark = pytest.mark.property
 
@@ -40,7 +40,7 @@ def enumerated(m, mu, pi, values, q, h, est, out, params, s, a=None, cuts=None,
     seg = moments.enumerate_segments(m, mu, h, start_state=s, start_action=a, **(cuts or {}))
     x = seg.inputs(behaviour=mu, target=pi, values=values, q=q)
     x["states"] = seg.states
-    y = moments.call_estimator(backend, est, x, gamma=m.gamma, output=out, **params)
+    y = registry.call_estimator(backend, est, x, gamma=m.gamma, output=out, **params)
     return seg.moments(np.asarray(y)[0])
 
 
@@ -156,8 +156,8 @@ def test_T14_monte_carlo_matches_exact_moments(est, out, params, cuts):
     m = mdp_mod.garnet(5, 2, 3, gamma=0.9, seed=11, reward_std=0.5, num_terminal=1)
     mu = policies.random_policy(m, seed=1)
     pi = policies.random_policy(m, seed=2)
-    v = moments.v_pi(m, mu) + np.linspace(-0.5, 0.5, 5)  # a stale, wrong critic
-    q = moments.q_pi(m, pi) + 0.3
+    v = exact.v_pi(m, mu) + np.linspace(-0.5, 0.5, 5)  # a stale, wrong critic
+    q = exact.q_pi(m, pi) + 0.3
     h, n, s0 = 4, 40_000, 0
     mom = moments.exact_moments(m, est, behaviour=mu, target=pi, horizon=h, values=v, q=q,
                                 output=out, **params, **CUTS[cuts])
@@ -167,7 +167,7 @@ def test_T14_monte_carlo_matches_exact_moments(est, out, params, cuts):
         assert seg.truncated[:-1].any()
         assert np.any(seg.truncated[:-1] & (seg.next_states[:-1] != seg.states[1:]))
     x = seg.inputs(behaviour=mu, target=pi, values=v, q=q)
-    y = np.asarray(moments.call_estimator(ref, est, x, gamma=m.gamma, output=out,
+    y = np.asarray(registry.call_estimator(ref, est, x, gamma=m.gamma, output=out,
                                           **params))[0]
     mean, var = y.mean(), y.var(ddof=1)
     m4 = np.mean((y - mean) ** 4)

@@ -11,13 +11,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from estimators import numpy as ref
-from offpolicy import moments, strategies
+from offpolicy import registry, strategies
 
 pytestmark = pytest.mark.property
 
 
 def _run(batch, est, out, params):
-    y = moments.call_estimator(ref, est, batch, gamma=batch["gamma"], output=out, **params)
+    y = registry.call_estimator(ref, est, batch, gamma=batch["gamma"], output=out, **params)
     return np.asarray(y).reshape(batch["rewards"].shape)
 
 

@@ -19,7 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from estimators import numpy as ref
-from offpolicy import exact, moments, strategies
+from offpolicy import exact, moments, registry, strategies
 from offpolicy import mdp as mdp_mod
 
 pytestmark = pytest.mark.property
@@ -53,7 +53,7 @@ def enum_mean(m, mu, pi, est, out, h, s, a=None, values=None, q=None, backend=re
                                      truncation_prob=truncation_prob)
     x = seg.inputs(behaviour=mu, target=pi, values=values, q=q)
     x["states"] = seg.states
-    y = moments.call_estimator(backend, est, x, gamma=m.gamma, output=out, **params)
+    y = registry.call_estimator(backend, est, x, gamma=m.gamma, output=out, **params)
     return seg.moments(np.asarray(y)[0])[0]
 
 
@@ -282,7 +282,7 @@ def vtrace_on_policy_violation(x, lam, rho_clip, c_clip, consistent, backend=ref
 
 
 @given(st.booleans().flatmap(lambda c: st.tuples(
-    st.just(c), strategies.trajectory_batches(divergence="equal", consistent=c))),
+    st.just(c), strategies.trajectory_batches(ratios="equal", consistent=c))),
     LAMS, st.sampled_from([1.0, 1.5, np.inf]), st.sampled_from([1.0, 2.0, np.inf]))
 def test_T04_vtrace_on_policy_equals_gae(consistent_x, lam, rho_clip, c_clip):
     consistent, x = consistent_x

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from estimators import numpy as ref
-from offpolicy import exact, moments, strategies
+from offpolicy import exact, moments, registry, strategies
 from offpolicy import mdp as mdp_mod
 from offpolicy import policies as pol_mod
 
@@ -39,7 +39,7 @@ def enum_moments(m, mu, pi, est, out, h, s, a=None, values=None, q=None, **param
     """(mean, variance) of the reference estimator's output at t = 0, by enumeration."""
     seg = moments.enumerate_segments(m, mu, h, start_state=s, start_action=a)
     x = seg.inputs(behaviour=mu, target=pi, values=values, q=q)
-    y = moments.call_estimator(ref, est, x, gamma=m.gamma, output=out, **params)
+    y = registry.call_estimator(ref, est, x, gamma=m.gamma, output=out, **params)
     return seg.moments(np.asarray(y)[0])
 
 

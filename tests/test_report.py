@@ -3,6 +3,7 @@ check passing on the untouched tree and failing readably on a broken estimator."
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -132,7 +133,7 @@ def test_check_fails_when_an_exact_moment_coefficient_is_broken(monkeypatch, cap
     spec = moments._SPECS["retrace"]
     broken = moments._q_trace(lambda c: np.minimum(1.0, c.rho) ** 2)  # c = min(1, rho)^2
     monkeypatch.setitem(moments._SPECS, "retrace",
-                        moments._Spec({"target": broken}, spec.kind))
+                        dataclasses.replace(spec, coeffs={"target": broken}))
     rc, out = run(["--check", BASELINE] + SUBSET, capsys)
     assert rc == 1
     assert "estimator=retrace" in out and "exact figure changed" in out

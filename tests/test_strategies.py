@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from hypothesis.errors import InvalidArgument
 
-from offpolicy import moments, strategies
+from offpolicy import exact, strategies
+from offpolicy import mdp as mdp_mod
 
 N_DRAWS = 200
 
@@ -128,9 +130,9 @@ def test_trajectory_batches_consistency_option(consistent):
     assert all(inconsistent(x) != consistent for x in with_follow)
 
 
-@pytest.mark.parametrize("divergence", ["equal", "mixed", "tiny", "zero"])
-def test_trajectory_batches_divergence_option(divergence):
-    examples = draws(strategies.trajectory_batches(divergence=divergence), n=50)
+@pytest.mark.parametrize("divergence", strategies.RATIO_KINDS)
+def test_trajectory_batches_ratios_option(divergence):
+    examples = draws(strategies.trajectory_batches(ratios=divergence), n=50)
     lr = [x["log_rhos"] for x in examples]
     if divergence == "equal":
         assert all(np.all(x == 0) for x in lr)
@@ -223,8 +225,8 @@ def test_value_and_q_estimates_cover_exact_and_wrong():
                      n=60)
     counts = Counter()
     for m, p, v, q in examples:
-        counts["V exact" if np.allclose(v, moments.v_pi(m, p)) else "V wrong"] += 1
-        counts["Q exact" if np.allclose(q, moments.q_pi(m, p)) else "Q wrong"] += 1
+        counts["V exact" if np.allclose(v, exact.v_pi(m, p)) else "V wrong"] += 1
+        counts["Q exact" if np.allclose(q, exact.q_pi(m, p)) else "Q wrong"] += 1
     assert_every_family(counts, ["V exact", "V wrong", "Q exact", "Q wrong"], len(examples))
 
 
@@ -268,5 +270,53 @@ def test_estimator_configs_restricted_to_one_entry(est, out):
 
 
 def test_estimator_configs_reject_an_empty_selection():
-    with pytest.raises(ValueError, match="^estimators/outputs"):
-        draws(strategies.estimator_configs(estimators=("gae",), outputs=("target",)), n=1)
+    with pytest.raises(InvalidArgument, match="^estimators/outputs"):
+        strategies.estimator_configs(estimators=("gae",), outputs=("target",))
+
+
+def test_estimator_configs_accept_registry_names():
+    """A contract name or alias selects the entries of the estimator it names."""
+    for name in ("nstep_returns", "nstep"):
+        examples = draws(strategies.estimator_configs(estimators=(name,)), n=5)
+        assert {(e, o) for e, o, _ in examples} == {("nstep", "value")}
+        assert all(p["n"] >= 1 for _, _, p in examples)
+
+
+_M = mdp_mod.chain(3)
+_BAD_ARGUMENTS = [
+    (lambda: strategies.policy_pairs(2, 2, divergence="typo"), "^divergence"),
+    (lambda: strategies.policy_pairs(2, 2, divergence="deterministic",
+                                     full_support_target=True), "^divergence"),
+    (lambda: strategies.policy_pairs(0, 2), "^S"),
+    (lambda: strategies.policy_pairs(2, 2.5), "^A"),
+    (lambda: strategies.policies(2, True), "^A"),
+    (lambda: strategies.mdps(max_states=0), "^max_states"),
+    (lambda: strategies.mdps(min_states=3, max_states=2), "^max_states"),
+    (lambda: strategies.mdps(max_actions=0), "^max_actions"),
+    (lambda: strategies.mdps(terminal="yes"), "^terminal"),
+    (lambda: strategies.mdps(gamma=1.5), "^gamma"),
+    (lambda: strategies.mdps(gamma=float("nan")), "^gamma"),
+    (lambda: strategies.mdps(noise=-1.0), "^noise"),
+    (lambda: strategies.mdps(min_gamma=0.995), "^min_gamma"),
+    (lambda: strategies.value_estimates(_M, np.full((3, 2), 0.5), kind="good"), "^kind"),
+    (lambda: strategies.q_estimates(_M, np.full((3, 2), 0.5), kind="divergence"), "^kind"),
+    (lambda: strategies.value_estimates("chain", np.full((3, 2), 0.5)), "^mdp"),
+    (lambda: strategies.q_estimates(_M, np.full((2, 2), 0.5)), "^policy"),
+    (lambda: strategies.done_patterns(0, 1), "^T"),
+    (lambda: strategies.trajectory_batches(ratios="random"), "^ratios"),
+    (lambda: strategies.trajectory_batches(min_T=4, max_T=3), "^max_T"),
+    (lambda: strategies.trajectory_batches(max_B=0), "^max_B"),
+    (lambda: strategies.trajectory_batches(consistent="no"), "^consistent"),
+    (lambda: strategies.estimator_configs(estimators="gae"), "^estimators"),
+    (lambda: strategies.estimator_configs(estimators=("gea",)), "^estimators"),
+    (lambda: strategies.estimator_configs(outputs=("values",)), "^outputs"),
+    (lambda: strategies.estimator_configs(p3o_states=0), "^p3o_states"),
+]
+
+
+@pytest.mark.parametrize("make,message", _BAD_ARGUMENTS)
+def test_bad_arguments_raise_invalid_argument_when_the_strategy_is_made(make, message):
+    """Not at the first draw, not silently (``policy_pairs(divergence="typo")`` once returned
+    a random pair): hypothesis's InvalidArgument, naming the argument."""
+    with pytest.raises(InvalidArgument, match=message):
+        make()

@@ -42,7 +42,7 @@ def _case(segments, mdp, mu, pi, values, q) -> Case:
     inputs = dict(rewards=x["rewards"], values=x["values"], next_values=x["next_values"],
                   terminated=x["terminated"], truncated=x["truncated"], log_rhos=x["log_rhos"],
                   q_taken=x["q_taken"], next_expected_q=x["next_expected_q"],
-                  target_probs_taken=x["target_probs"])
+                  target_probs_taken=x["target_probs_taken"])
     world = dict(q_values=q[s], next_q_values=q[s2], actions=a, next_actions=next_a,
                  target_probs=pi[s], next_target_probs=pi[s2], behaviour_probs=mu[s],
                  next_behaviour_probs=mu[s2], log_mu=np.log(mu[s, a]))
@@ -74,7 +74,7 @@ def run(runner) -> CaseResult:
     cut = TRUNCATION_PROB if runner.constraints.truncations_inside else 0.0
     exact = moments.exact_moments(mdp, spec.moments_name, behaviour=mu, target=pi,
                                   horizon=HORIZON, values=values, q=q,
-                                  output=spec.moments_outputs[runner.output],
+                                  output=spec.quantities[runner.output],
                                   truncation_prob=cut, **m_params)
     worst = 0.0  # largest |mean - exact| over the start states
     trajectories = 0

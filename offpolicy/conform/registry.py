@@ -1,16 +1,18 @@
-"""What each contract estimator takes and returns, for the conformance runner.
+"""Which contract estimators the conformance runner checks, and the parameter values it draws.
 
-One entry per estimator of docs/DESIGN.md section 2: the contract inputs in call order, the
-outputs in the order the reference returns them, the scalar parameters with the values the
-runner draws when the user does not fix them, and how ``offpolicy.moments`` names it.
+The entries themselves (inputs in call order, outputs in the reference's order, parameters,
+the ``offpolicy.moments`` recursion and output names) are :mod:`offpolicy.registry`'s; this
+module adds what only the runner needs: the drawn :data:`PARAM_CHOICES` and
+:class:`ConformUsageError`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import numpy as np
+
+from offpolicy import registry as _registry
 
 __all__ = ["EstimatorSpec", "ESTIMATORS", "PARAM_CHOICES", "spec_for", "ConformUsageError"]
 
@@ -30,68 +32,24 @@ PARAM_CHOICES: dict[str, tuple] = {
 }
 
 
-@dataclasses.dataclass(frozen=True)
-class EstimatorSpec:
-    """A contract estimator as the runner sees it."""
+#: a contract estimator as the runner sees it: the shared registry's entry
+EstimatorSpec = _registry.EstimatorInfo
 
-    name: str
-    kind: str  # "state" (values, next_values) or "action" (q_taken, next_expected_q)
-    inputs: tuple[str, ...]  # contract inputs, in the reference's positional order
-    outputs: tuple[str, ...]  # output names, in the reference's order
-    params: tuple[str, ...]
-    moments_name: str  # offpolicy.moments' estimator name
-    moments_outputs: dict  # our output name -> offpolicy.moments' output name
-
-    @property
-    def takes_ratios(self) -> bool:
-        return "log_rhos" in self.inputs
-
-    def reference(self):
-        """The float64 reference function (``estimators.numpy``)."""
-        from estimators import numpy as reference
-
-        return getattr(reference, self.name)
-
-
-_STATE = ("rewards", "values", "next_values", "terminated", "truncated")
-_ACTION = ("rewards", "q_taken", "next_expected_q", "terminated", "truncated")
-
+#: the estimators the runner checks: those with contract array inputs (state or action
+#: values) and exact moments to check against (not the general ``q_trace``, not P3O)
 ESTIMATORS: dict[str, EstimatorSpec] = {
-    s.name: s
-    for s in (
-        EstimatorSpec("gae", "state", _STATE, ("advantages", "returns"), ("gamma", "lam"),
-                      "gae", {"advantages": "advantage", "returns": "value"}),
-        EstimatorSpec("vtrace", "state", _STATE + ("log_rhos",),
-                      ("advantages", "value_targets", "pg_advantages"),
-                      ("gamma", "lam", "rho_clip", "c_clip", "pg_rho_clip"), "vtrace",
-                      {"advantages": "advantage", "value_targets": "value",
-                       "pg_advantages": "pg_advantage"}),
-        EstimatorSpec("puff_advantage", "state", _STATE + ("log_rhos",), ("advantages",),
-                      ("gamma", "lam", "rho_clip", "c_clip"), "vtrace",
-                      {"advantages": "advantage"}),
-        EstimatorSpec("per_decision_is", "state", _STATE + ("log_rhos",),
-                      ("advantages", "value_targets"), ("gamma", "lam"), "per_decision_is",
-                      {"advantages": "advantage", "value_targets": "value"}),
-        EstimatorSpec("nstep_returns", "state",
-                      ("rewards", "next_values", "terminated", "truncated"), ("returns",),
-                      ("gamma", "n"), "nstep", {"returns": "value"}),
-        EstimatorSpec("retrace", "action", _ACTION + ("log_rhos",), ("targets",),
-                      ("gamma", "lam"), "retrace", {"targets": "target"}),
-        EstimatorSpec("tree_backup", "action", _ACTION + ("target_probs_taken",), ("targets",),
-                      ("gamma", "lam"), "tree_backup", {"targets": "target"}),
-        EstimatorSpec("q_lambda", "action", _ACTION, ("targets",), ("gamma", "lam"),
-                      "q_lambda", {"targets": "target"}),
-        EstimatorSpec("importance_sampling_q", "action", _ACTION + ("log_rhos",), ("targets",),
-                      ("gamma", "lam"), "importance_sampling_q", {"targets": "target"}),
-    )
+    name: info for name, info in _registry.ESTIMATORS.items()
+    if info.kind in ("state", "action") and info.moments_name is not None
 }
 
 
 def spec_for(estimator: str) -> EstimatorSpec:
-    """The spec of ``estimator``; ``ValueError`` naming the argument if it is unknown."""
-    if not isinstance(estimator, str) or estimator not in ESTIMATORS:
+    """The spec of ``estimator`` (a contract name or a registry alias such as ``puff``);
+    :class:`ConformUsageError` (a ``ValueError``) naming the argument if it is unknown."""
+    name = _registry.ALIASES.get(estimator, estimator) if isinstance(estimator, str) else None
+    if name not in ESTIMATORS:
         raise ConformUsageError(f"estimator: unknown {estimator!r}; known: {', '.join(ESTIMATORS)}")
-    return ESTIMATORS[estimator]
+    return ESTIMATORS[name]
 
 
 def select_reference_output(spec: EstimatorSpec, result, output: str) -> np.ndarray:

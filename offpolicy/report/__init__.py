@@ -1,9 +1,10 @@
 """The bias/variance report: ``python -m offpolicy.report`` (see ``reports/README.md``).
 
 Modules: :mod:`.grid` (axes, profiles, cell ids), :mod:`.compute` (one cell's exact figures),
-:mod:`.montecarlo` (the Monte Carlo column), :mod:`.run` (pool, resume), :mod:`.store`
-(append-only cell store, atomic writes), :mod:`.render` (tables, aggregations), :mod:`.plots`,
-:mod:`.check` (baseline gating) and :mod:`.cli` (the command line).
+:mod:`.montecarlo` (the Monte Carlo column), :mod:`.cell` (the parameters both hand the
+estimator), :mod:`.run` (pool, resume), :mod:`.store` (append-only cell store, atomic writes),
+:mod:`.render` (tables, aggregations), :mod:`.plots`, :mod:`.check` (baseline gating) and
+:mod:`.cli` (the command line).
 """
 
 from .cli import main

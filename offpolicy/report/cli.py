@@ -24,7 +24,7 @@ import sys
 import tempfile
 
 from .. import parallel
-from .._cli import OneLineParser, usage_error, writable_dir
+from .._cli import OneLineParser, UsageError, parse_names, positive_int, usage_error, writable_dir
 from . import _blas, grid
 
 DEFAULT_BASELINE = os.path.join("reports", "baseline")
@@ -44,7 +44,7 @@ def _parse(argv):
     p.add_argument("--seed", type=int,
                    help="seed of the Monte Carlo and noisy values (default 0; with --check, "
                    "the baseline's seed)")
-    p.add_argument("--jobs", type=int, default=1,
+    p.add_argument("--jobs", type=positive_int, default=1,
                    help="worker processes, or the CPUs of a local Ray instance (default 1)")
     p.add_argument("--executor", choices=parallel.EXECUTORS, default="process",
                    help="process (default), serial, or ray (pip install 'offpolicy[ray]')")
@@ -63,9 +63,8 @@ def _parse(argv):
     p.add_argument("--quiet", action="store_true", help="no tables on the terminal")
     args = p.parse_args(argv)
     args.mdps = _subset(p, args.mdps, grid.MDPS, "--mdps")
-    args.estimators = _subset(p, args.estimators, tuple(grid.ESTIMATORS), "--estimators")
-    if args.jobs < 1:
-        p.error("--jobs: must be >= 1")
+    args.estimators = _subset(p, args.estimators, tuple(grid.ESTIMATORS), "--estimators",
+                              grid.ALIASES)
     if args.limit is not None and args.limit < 1:
         p.error(f"--limit: must be >= 1, got {args.limit}")
     if args.seed is not None and args.seed < 0:
@@ -76,14 +75,13 @@ def _parse(argv):
     return args
 
 
-def _subset(p, text, known, flag):
+def _subset(p, text, known, flag, aliases=None):
     if text is None:
         return None
-    names = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in names if x not in known]
-    if bad or not names:
-        p.error(f"{flag}: unknown {', '.join(bad) or '(empty)'}; known: {', '.join(known)}")
-    return tuple(names)
+    try:
+        return parse_names(text, known, flag, aliases=aliases)
+    except UsageError as e:
+        p.error(str(e))
 
 
 def command_line(args) -> str:

@@ -28,9 +28,11 @@ import math
 import numpy as np
 
 from offpolicy import mdp as mdps
-from offpolicy import moments
+from offpolicy import moments, registry
 
-from . import grid
+from . import grid, montecarlo
+from .cell import p3o_means
+from .cell import params as _params
 
 # ---------------------------------------------------------------------------------------------
 # the MDP suite
@@ -48,7 +50,6 @@ def build_mdp(name: str):
     if name == "sb_loop":
         return mdps.sutton_barto_loop()
     raise ValueError(f"unknown MDP {name!r}; known: {', '.join(grid.MDPS)}")
-
 
 
 
@@ -98,19 +99,6 @@ def policies_for(m):
 
 # ---------------------------------------------------------------------------------------------
 # one cell
-
-
-def _params(cell: dict) -> dict:
-    p = {}
-    if cell["lam"] is not None:
-        p["lam"] = cell["lam"]
-    if cell["n"] is not None:
-        p["n"] = cell["n"]
-    if cell["rho_clip"] is not None:
-        p["rho_clip"] = cell["rho_clip"]
-    if cell["c_clip"] is not None:
-        p["c_clip"] = cell["c_clip"]
-    return p
 
 
 def _weights(su, quantity):
@@ -186,60 +174,34 @@ def _modulus(mdp_name, stale, name, lam, n, rho_clip, c_clip, T) -> float:
 
     su = setup(mdp_name, stale, "exact", 0)  # the policies do not depend on values or seed
     m, pi, mu = su["mdp"], su["pi"], su["mu"]
-    if name in ("retrace", "tree_backup", "q_lambda", "importance_sampling_q"):
+    info = registry.lookup(name)
+    if info.kind == "action":
         c = {
             "retrace": lambda: exact.retrace_traces(pi, mu, lam),
             "tree_backup": lambda: exact.tree_backup_traces(pi, lam),
             "q_lambda": lambda: exact.q_lambda_traces(pi, lam),
             "importance_sampling_q": lambda: exact.is_traces(pi, mu, lam),
-        }[name]()
+        }[info.name]()
         return float(exact.retrace_modulus(m, pi, mu, c, n=T).max())
-    if name == "p3o":
+    if info.kind == "reward":  # P3O does not bootstrap
         return float("nan")
-    # state-value estimators: the T-step truncated V-trace operator family,
-    # V + sum_{t<T} (gamma P_c)^t (r_rho + gamma P_rho V - d_rho V); its linear part is
-    # L = I + sum_{t<T} (gamma P_c)^t (gamma P_rho - D_rho), terminal rows 0
-    rho = np.where(mu > 0, pi / np.where(mu > 0, mu, 1.0), 0.0)
-    one = np.ones_like(rho)
-    if name in ("vtrace", "puff_advantage"):
-        rho_hat, c_hat = np.minimum(rho_clip, rho), lam * np.minimum(c_clip, rho)
-    elif name == "per_decision_is":
-        rho_hat, c_hat = rho, lam * rho
-    elif name in ("gae", "td_lambda"):  # on-policy lambda-operator of mu
-        rho_hat, c_hat = one, lam * one
-    elif name == "nstep":  # lambda = 1, cut after n steps
-        rho_hat, c_hat, T = one, one, min(T, n)
+    # state-value estimators: the T-step truncated V-trace operator of a (target, clip) pair
+    if info.moments_name == "vtrace":
+        args = dict(target=pi, rho_clip=rho_clip, c_clip=c_clip, lam=lam)
+    elif info.name == "per_decision_is":  # unclipped ratios
+        args = dict(target=pi, rho_clip=math.inf, c_clip=math.inf, lam=lam)
+    elif info.name == "gae":  # on-policy lambda-operator of mu
+        args = dict(target=mu, lam=lam)
+    elif info.name == "nstep_returns":  # lambda = 1, cut after n steps
+        args, T = dict(target=mu, lam=1.0), min(T, n)
     else:
         raise ValueError(name)
-    g = m.gamma
-    Pc = g * exact.state_transition(m, mu, c_hat)
-    B = g * exact.state_transition(m, mu, rho_hat) - np.diag((mu * rho_hat).sum(axis=1))
-    L = np.eye(m.num_states)
-    term = B
-    for _ in range(T):
-        L = L + term
-        term = Pc @ term
-    L[m.terminal] = 0.0
-    return float(np.abs(L).sum(axis=1).max())
-
-
-def p3o_means(cell: dict, su: dict) -> np.ndarray:
-    """The value head's reward means for P3O [S, T]: the target's exact ones (values "exact"),
-    the behaviour's ("stale"), or the target's plus the value noise ("noisy")."""
-    m, T = su["mdp"], cell["T"]
-    pol = su["mu"] if cell["values"] == "stale" else su["pi"]
-    means = moments.p3o_exact_means(m, pol, T)
-    if cell["values"] == "noisy":
-        rng = np.random.default_rng(grid.cell_seed(su["seed"], "p3o-noisy", cell["mdp"], T))
-        means = means + 0.1 * np.abs(means).max() * rng.standard_normal(means.shape)
-    return means
+    return float(exact.vtrace_modulus(m, behaviour=mu, n=T, **args).max())
 
 
 def compute_cell(cell: dict, seed: int, mc_samples: int) -> dict:
     su = setup(cell["mdp"], cell["stale"], cell["values"], seed)
     metrics, tgt = exact_metrics(cell, su)
     if cell["mc"]:
-        from . import montecarlo
-
         metrics.update(montecarlo.mc_metrics(cell, su, tgt, seed, mc_samples, metrics))
     return {"id": grid.cell_id(cell), "cell": cell, "metrics": metrics}

@@ -14,6 +14,8 @@ import itertools
 import json
 from dataclasses import dataclass
 
+from offpolicy import registry
+
 # axis name -> column label
 AXES = ("mdp", "estimator", "lam", "n", "rho_clip", "c_clip", "stale", "T", "values")
 LABELS = {
@@ -29,40 +31,74 @@ LABELS = {
 }
 
 
+_QUANTITY = {"advantage": "A", "pg_advantage": "A", "value": "V", "target": "Q"}
+
+
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """How the report treats one estimator.
+    """How the report treats one estimator; everything but the label is read from
+    :mod:`offpolicy.registry`.
 
-    ``quantity``: what one sample estimates at the start (s_0, a_0) of a segment: ``"A"`` an
-    advantage (target A^pi(s,a)), ``"V"`` a state-value target (target V^pi(s), conditioned on s
-    only), ``"Q"`` an action-value target (target Q^pi(s,a)).
+    ``name``: the report's name, a registry name (contract name, alias or output alias: the
+    committed reports key their cells by it). ``quantity``: what one sample estimates at the
+    start (s_0, a_0) of a segment: ``"A"`` an advantage (target A^pi(s,a)), ``"V"`` a
+    state-value target (target V^pi(s), conditioned on s only), ``"Q"`` an action-value
+    target (target Q^pi(s,a)).
     """
 
     name: str
-    quantity: str
-    uses_lam: bool = True
-    uses_clip: bool = False  # rho_clip / c_clip axes
-    uses_n: bool = False
     label: str = ""
+
+    @property
+    def info(self) -> registry.EstimatorInfo:
+        return registry.lookup(self.name)
+
+    @property
+    def output(self) -> str:
+        """The contract output the report measures (the name's default output)."""
+        return registry.resolve(self.name)[1]
+
+    @property
+    def quantity(self) -> str:
+        return _QUANTITY[self.info.quantities[self.output]]
+
+    @property
+    def uses_lam(self) -> bool:
+        return "lam" in self.info.params
+
+    @property
+    def uses_clip(self) -> bool:
+        """rho_clip / c_clip axes."""
+        return "rho_clip" in self.info.params
+
+    @property
+    def uses_n(self) -> bool:
+        return "n" in self.info.params
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
     s.name: s
     for s in (
-        EstimatorSpec("gae", "A", label="GAE(lam) advantage"),
-        EstimatorSpec("td_lambda", "V", label="TD(lam) return (GAE returns)"),
-        EstimatorSpec("nstep", "V", uses_lam=False, uses_n=True, label="uncorrected n-step return"),
-        EstimatorSpec("vtrace", "V", uses_clip=True, label="V-trace value target v_s"),
-        EstimatorSpec("puff_advantage", "A", uses_clip=True,
-                      label="V-trace advantage v_s - V(s) (PufferLib)"),
-        EstimatorSpec("per_decision_is", "V", label="per-decision IS with control variate"),
-        EstimatorSpec("retrace", "Q", label="Retrace(lam), c = min(1, rho)"),
-        EstimatorSpec("tree_backup", "Q", label="Tree-backup(lam), c = pi"),
-        EstimatorSpec("q_lambda", "Q", label="Q^pi(lam), c = 1 (no correction)"),
-        EstimatorSpec("importance_sampling_q", "Q", label="per-decision IS for Q, c = rho"),
-        EstimatorSpec("p3o", "A", uses_lam=False,
-                      label="P3O advantage, weights gamma^k, horizon T"),
+        EstimatorSpec("gae", "GAE(lam) advantage"),
+        EstimatorSpec("td_lambda", "TD(lam) return (GAE returns)"),
+        EstimatorSpec("nstep", "uncorrected n-step return"),
+        EstimatorSpec("vtrace", "V-trace value target v_s"),
+        EstimatorSpec("puff_advantage", "V-trace advantage v_s - V(s) (PufferLib)"),
+        EstimatorSpec("per_decision_is", "per-decision IS with control variate"),
+        EstimatorSpec("retrace", "Retrace(lam), c = min(1, rho)"),
+        EstimatorSpec("tree_backup", "Tree-backup(lam), c = pi"),
+        EstimatorSpec("q_lambda", "Q^pi(lam), c = 1 (no correction)"),
+        EstimatorSpec("importance_sampling_q", "per-decision IS for Q, c = rho"),
+        EstimatorSpec("p3o", "P3O advantage, weights gamma^k, horizon T"),
     )
+}
+
+#: other registry names of the report's estimators (``--estimators nstep_returns``), each
+#: mapped to the report's name when that is unambiguous
+ALIASES: dict[str, str] = {
+    other: name for name, spec in ESTIMATORS.items()
+    if sum(registry.canonical(n) == spec.info.name for n in ESTIMATORS) == 1
+    for other in spec.info.all_names if other not in ESTIMATORS
 }
 
 MDPS = ("garnet_small", "garnet_medium", "chain", "gridworld", "sb_loop")

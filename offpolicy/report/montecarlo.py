@@ -1,7 +1,7 @@
 """The Monte Carlo column: the actual estimator code on sampled segments.
 
 Segments of length T start at s_0 ~ d, a_0 ~ mu (the weights the exact figures use) and follow
-mu; the numpy reference estimator (through ``moments.call_estimator``) gives X_0 per segment.
+mu; the numpy reference estimator (through ``registry.call_estimator``) gives X_0 per segment.
 With ``e = X_0 - target(s_0[, a_0])``: ``mc_mse = mean(e^2)`` estimates the exact ``mse`` and
 ``mc_bias_mean = mean(e)`` the exact ``bias_mean``; ``z_*`` are the differences in standard
 errors. A wrong estimator moves these by many standard errors while the exact columns, computed
@@ -15,10 +15,11 @@ import math
 import numpy as np
 
 import estimators.numpy as reference
-from offpolicy import moments, sampler
+from offpolicy import registry, sampler
 
 from . import grid
-from .compute import _params, p3o_means
+from .cell import p3o_means
+from .cell import params as _params
 
 
 def mc_metrics(cell: dict, su: dict, tgt, seed: int, n: int, exact: dict) -> dict:
@@ -30,8 +31,7 @@ def mc_metrics(cell: dict, su: dict, tgt, seed: int, n: int, exact: dict) -> dic
     params = _params(cell)
     if cell["estimator"] == "p3o":
         params["means"] = p3o_means(cell, su)
-    x = moments.call_estimator(reference, cell["estimator"], inputs,
-                               gamma=m.gamma, **params)
+    x = registry.call_estimator(reference, cell["estimator"], inputs, gamma=m.gamma, **params)
     x0 = np.asarray(x)[0]
     s0, a0 = seg.states[0], seg.actions[0]
     e = x0 - (tgt[s0] if tgt.ndim == 1 else tgt[s0, a0])

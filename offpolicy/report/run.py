@@ -17,8 +17,9 @@ from .store import CellStore
 # the code whose change invalidates stored cells (a changed file starts a fresh run directory)
 _CODE = (
     "offpolicy/mdp.py", "offpolicy/policies.py", "offpolicy/exact.py", "offpolicy/sampler.py",
-    "offpolicy/moments.py", "offpolicy/report/compute.py", "offpolicy/report/montecarlo.py",
-    "offpolicy/report/grid.py", "estimators/numpy.py",
+    "offpolicy/moments.py", "offpolicy/registry.py", "offpolicy/report/compute.py",
+    "offpolicy/report/montecarlo.py", "offpolicy/report/cell.py", "offpolicy/report/grid.py",
+    "estimators/numpy.py",
 )
 
 

@@ -1,0 +1,264 @@
+"""The estimator registry: one entry per contract estimator, one name per thing.
+
+Every part of the project that needs to know "which arrays does estimator X take" reads it
+here: the exact moments (:mod:`offpolicy.moments`), the report, the mutation catalogue, the
+benchmark, the harness and the conformance runner. One entry (:class:`EstimatorInfo`) holds,
+for an estimator of docs/DESIGN.md section 2 (the functions of ``estimators.numpy``):
+
+- ``name``: the contract name, the reference function's name (``nstep_returns``);
+- ``kind``: ``"state"`` (state values ``V``), ``"action"`` (action values ``Q``) or
+  ``"reward"`` (per-offset reward predictions: P3O);
+- ``inputs``: the array inputs in the reference's positional order (docs/DESIGN.md section 1
+  names; ``target_probs_taken`` is ``pi(a_t|s_t)``, ``traces`` the general Q-trace's ``c_t``);
+- ``outputs``: the output names in the order the reference returns them (a single output is
+  returned as a bare array);
+- ``params``: the keyword parameters, in the reference's signature order;
+- ``aliases``: other names that mean this estimator (the short CLI values, ``puff``,
+  ``nstep``, ``pdis``, ...); each alias names one estimator only;
+- ``quantities``: per output, the quantity it estimates at the first step of a segment, which
+  is the ``output`` name :func:`offpolicy.moments.exact_moments` uses (``"advantage"``,
+  ``"value"``, ``"pg_advantage"``, ``"target"``);
+- ``moments_name``: the recursion of :mod:`offpolicy.moments` that gives its exact moments
+  (``puff_advantage`` is an output of ``vtrace``'s; None: no exact moments, the general
+  ``q_trace`` takes arbitrary traces);
+- ``default_output``: the output meant when only the estimator is named (V-trace and
+  per-decision IS: the value target).
+
+:data:`OUTPUT_ALIASES` names single outputs (``td_lambda`` is GAE's ``returns``).
+:func:`lookup` and :func:`resolve` accept a contract name, an alias or an output alias, and
+:func:`call_estimator` calls any backend module (``estimators.numpy``, ``estimators.torch``,
+a mutant) on a dict of named inputs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "EstimatorInfo",
+    "ESTIMATORS",
+    "KINDS",
+    "STATE_INPUTS",
+    "ACTION_INPUTS",
+    "OUTPUT_ALIASES",
+    "ALIASES",
+    "names",
+    "lookup",
+    "canonical",
+    "resolve",
+    "call_estimator",
+]
+
+KINDS = ("state", "action", "reward")
+
+#: the state-value estimators' leading inputs (docs/DESIGN.md section 1)
+STATE_INPUTS = ("rewards", "values", "next_values", "terminated", "truncated")
+#: the action-value (Q-trace) estimators' leading inputs
+ACTION_INPUTS = ("rewards", "q_taken", "next_expected_q", "terminated", "truncated")
+
+
+@dataclasses.dataclass(frozen=True)
+class EstimatorInfo:
+    """One contract estimator (see the module docstring for the fields)."""
+
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    params: tuple[str, ...]
+    quantities: Mapping[str, str]
+    moments_name: str | None
+    default_output: str
+    aliases: tuple[str, ...] = ()
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind: one of {KINDS}, got {self.kind!r}")
+        if set(self.quantities) != set(self.outputs) or self.default_output not in self.outputs:
+            raise ValueError(f"{self.name}: quantities/default_output must name its outputs")
+
+    @property
+    def takes_ratios(self) -> bool:
+        """Whether it reads ``log_rhos`` (an off-policy correction by importance ratios)."""
+        return "log_rhos" in self.inputs
+
+    @property
+    def all_names(self) -> tuple[str, ...]:
+        """The contract name, then the aliases."""
+        return (self.name, *self.aliases)
+
+    def output_for(self, quantity: str) -> str:
+        """The output estimating ``quantity`` (an output name is returned as is);
+        ``ValueError`` naming ``output`` if there is none."""
+        if quantity in self.outputs:
+            return quantity
+        for out, q in self.quantities.items():
+            if q == quantity:
+                return out
+        known = ", ".join(f"{o} ({self.quantities[o]})" for o in self.outputs)
+        raise ValueError(f"output: {self.name} has outputs {known}; got {quantity!r}")
+
+    def reference(self) -> Callable[..., Any]:
+        """The float64 reference function (``estimators.numpy``)."""
+        from estimators import numpy as reference
+
+        return getattr(reference, self.name)
+
+
+def _info(name, kind, inputs, outputs, params, quantities, moments_name, default_output=None,
+          aliases=(), label=""):
+    return EstimatorInfo(name, kind, tuple(inputs), tuple(outputs), tuple(params),
+                         types.MappingProxyType(dict(zip(outputs, quantities, strict=True))),
+                         moments_name, default_output or outputs[0], tuple(aliases), label)
+
+
+_S, _A = STATE_INPUTS, ACTION_INPUTS
+_Q_PARAMS = ("gamma", "lam")
+
+#: every contract estimator, in the order of ``estimators.numpy.__all__``
+ESTIMATORS: Mapping[str, EstimatorInfo] = types.MappingProxyType({
+    e.name: e for e in (
+        _info("gae", "state", _S, ("advantages", "returns"), ("gamma", "lam"),
+              ("advantage", "value"), "gae", label="GAE(gamma, lam) and TD(lam) returns"),
+        _info("vtrace", "state", _S + ("log_rhos",),
+              ("advantages", "value_targets", "pg_advantages"),
+              ("gamma", "lam", "rho_clip", "c_clip", "pg_rho_clip"),
+              ("advantage", "value", "pg_advantage"), "vtrace", "value_targets",
+              label="V-trace (IMPALA)"),
+        _info("puff_advantage", "state", _S + ("log_rhos",), ("advantages",),
+              ("gamma", "lam", "rho_clip", "c_clip"), ("advantage",), "vtrace",
+              aliases=("puff",), label="V-trace advantage v_s - V(s) (PufferLib)"),
+        _info("per_decision_is", "state", _S + ("log_rhos",), ("advantages", "value_targets"),
+              ("gamma", "lam"), ("advantage", "value"), "per_decision_is", "value_targets",
+              aliases=("pdis",), label="per-decision IS with control variate"),
+        _info("nstep_returns", "state", ("rewards", "next_values", "terminated", "truncated"),
+              ("returns",), ("gamma", "n"), ("value",), "nstep", aliases=("nstep",),
+              label="uncorrected n-step return"),
+        _info("q_trace", "action", _A + ("traces",), ("targets",), _Q_PARAMS, ("target",),
+              None, aliases=("qtrace",), label="general Q-trace, given c_t"),
+        _info("retrace", "action", _A + ("log_rhos",), ("targets",), _Q_PARAMS, ("target",),
+              "retrace", label="Retrace(lam), c = min(1, rho)"),
+        _info("tree_backup", "action", _A + ("target_probs_taken",), ("targets",), _Q_PARAMS,
+              ("target",), "tree_backup", label="Tree-backup(lam), c = pi"),
+        _info("q_lambda", "action", _A, ("targets",), _Q_PARAMS, ("target",), "q_lambda",
+              label="Q^pi(lam), c = 1"),
+        _info("importance_sampling_q", "action", _A + ("log_rhos",), ("targets",), _Q_PARAMS,
+              ("target",), "importance_sampling_q", label="per-decision IS for Q, c = rho"),
+        _info("p3o_advantage", "reward",
+              ("rewards", "reward_mean", "reward_std", "terminated", "truncated"),
+              ("advantages",), ("batch_reward_std", "normalize"), ("advantage",), "p3o",
+              aliases=("p3o",), label="P3O variance-weighted advantage"),
+    )
+})
+
+#: names of a single output: name -> (estimator, output)
+OUTPUT_ALIASES: Mapping[str, tuple[str, str]] = types.MappingProxyType({
+    "td_lambda": ("gae", "returns"),
+    "pg_advantages": ("vtrace", "pg_advantages"),
+})
+
+#: alias -> contract name
+ALIASES: Mapping[str, str] = types.MappingProxyType(
+    {a: e.name for e in ESTIMATORS.values() for a in e.aliases})
+
+_taken = [n for e in ESTIMATORS.values() for n in e.all_names] + list(OUTPUT_ALIASES)
+if len(_taken) != len(set(_taken)):  # pragma: no cover - a registry edit gone wrong
+    raise RuntimeError("a name of offpolicy.registry means two things")
+
+
+def names(kind: str | None = None, *, takes_ratios: bool | None = None) -> tuple[str, ...]:
+    """Contract names, in registry order, optionally of one ``kind`` and/or only those that
+    do (``takes_ratios=True``) or do not read ``log_rhos``."""
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind: one of {KINDS}, got {kind!r}")
+    return tuple(e.name for e in ESTIMATORS.values()
+                 if (kind is None or e.kind == kind)
+                 and (takes_ratios is None or e.takes_ratios == takes_ratios))
+
+
+def _known() -> str:
+    return ", ".join([*ESTIMATORS, *ALIASES, *OUTPUT_ALIASES])
+
+
+def lookup(name: str) -> EstimatorInfo:
+    """The entry named ``name``: a contract name, an alias (``puff``) or an output alias
+    (``td_lambda``: GAE's entry). ``ValueError`` naming ``estimator`` otherwise."""
+    if isinstance(name, str):
+        if name in ESTIMATORS:
+            return ESTIMATORS[name]
+        if name in ALIASES:
+            return ESTIMATORS[ALIASES[name]]
+        if name in OUTPUT_ALIASES:
+            return ESTIMATORS[OUTPUT_ALIASES[name][0]]
+    raise ValueError(f"estimator: unknown {name!r}; known: {_known()}")
+
+
+def canonical(name: str) -> str:
+    """The contract name ``name`` stands for (``"puff"`` -> ``"puff_advantage"``)."""
+    return lookup(name).name
+
+
+def resolve(name: str, output: str | None = None) -> tuple[EstimatorInfo, str]:
+    """``(entry, output name)`` for ``name`` and ``output``. ``output`` may be an output name
+    (``"value_targets"``) or the quantity it estimates (``"value"``); None: the output alias's
+    output, else the entry's ``default_output``."""
+    info = lookup(name)
+    if output is None:
+        alias = OUTPUT_ALIASES.get(name)
+        return info, alias[1] if alias else info.default_output
+    if not isinstance(output, str):
+        raise TypeError(f"output: expected a str, got {type(output).__name__}")
+    return info, info.output_for(output)
+
+
+def _select(info: EstimatorInfo, result: Any, output: str) -> Any:
+    """The named output of a backend's result (a namedtuple, a tuple or a single array)."""
+    if len(info.outputs) == 1:
+        return result
+    if hasattr(result, output):
+        return getattr(result, output)
+    return result[info.outputs.index(output)]
+
+
+def call_estimator(backend: types.ModuleType | Any, estimator: str, inputs: Mapping[str, Any], *,
+                   gamma: Any, output: str | None = None, **params: Any) -> Any:
+    """Run ``estimator`` of ``backend`` (``estimators.numpy``, ``estimators.torch``, a mutant:
+    any object with the contract functions) on ``inputs`` and return one output.
+
+    ``inputs``: a dict of named arrays (docs/DESIGN.md section 1 names, e.g.
+    :meth:`offpolicy.sampler.Segments.inputs` or :func:`offpolicy.strategies.trajectory_batches`);
+    the entry's ``inputs`` are taken from it in order. ``estimator``, ``output``: as
+    :func:`resolve` (the names :func:`offpolicy.moments.exact_moments` accepts). ``params``:
+    the entry's parameters; ``lam`` defaults to 1, ``rho_clip``/``c_clip`` to 1,
+    ``pg_rho_clip`` to ``rho_clip``; others are ignored, so one ``params`` dict serves
+    ``exact_moments`` and this function alike.
+
+    P3O: ``weights`` [H] or [S,H] (default gamma^k) and ``means`` [S,H] are fed through the
+    backend's ``reward_std = weights^-1/2`` with ``normalize="none"`` and no batch-std floor,
+    which reproduces the fixed weights exactly; pass ``states`` [T,B] in ``inputs``.
+    """
+    info, output = resolve(estimator, output)
+    fn = getattr(backend, info.name)
+    if info.kind == "reward":
+        means = np.asarray(params["means"], float)
+        w = np.asarray(params.get("weights", gamma ** np.arange(means.shape[1])), float)
+        w = np.broadcast_to(w if w.ndim == 2 else w[None, :], means.shape)
+        with np.errstate(divide="ignore"):
+            std = np.where(w > 0, 1.0 / np.sqrt(np.where(w > 0, w, 1.0)), np.inf)
+        st = np.asarray(inputs["states"])
+        return fn(inputs["rewards"], means[st], std[st], inputs["terminated"],
+                  inputs["truncated"], batch_reward_std=np.inf, normalize="none")
+    rho_clip = params.get("rho_clip", 1.0)
+    given = {"gamma": gamma, "lam": params.get("lam", 1.0), "rho_clip": rho_clip,
+             "c_clip": params.get("c_clip", 1.0),
+             "pg_rho_clip": params.get("pg_rho_clip", rho_clip)}
+    if "n" in params:
+        given["n"] = params["n"]
+    kwargs = {k: given[k] for k in info.params if k in given}
+    return _select(info, fn(*(inputs[k] for k in info.inputs), **kwargs), output)

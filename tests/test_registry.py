@@ -1,0 +1,202 @@
+"""The estimator registry (issue 12, "one name per thing"): its entries agree with the reference
+functions' signatures, every name means one estimator, every consumer reads its names from it,
+and the package's import graph has no cycle."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import estimators.numpy as ref
+from offpolicy import moments, mutation, registry, strategies
+from offpolicy.conform import registry as conform_registry
+from offpolicy.report import grid as report_grid
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_every_reference_function_has_one_entry_in_order():
+    assert tuple(registry.ESTIMATORS) == tuple(ref.__all__)
+    assert registry.names() == tuple(ref.__all__)
+
+
+@pytest.mark.parametrize("name", list(registry.ESTIMATORS))
+def test_entry_matches_the_reference_signature(name):
+    """Inputs are the reference's positional parameters in order, params its keyword-only
+    ones in order: a renamed or reordered argument fails here."""
+    info = registry.ESTIMATORS[name]
+    sig = inspect.signature(info.reference())
+    positional = tuple(p.name for p in sig.parameters.values()
+                       if p.kind is p.POSITIONAL_OR_KEYWORD)
+    keyword = tuple(p.name for p in sig.parameters.values() if p.kind is p.KEYWORD_ONLY)
+    assert info.inputs == positional
+    assert info.params == keyword
+    assert info.kind in registry.KINDS
+    assert info.takes_ratios == ("log_rhos" in positional)
+
+
+def _batch(T=5, B=3, H=3, seed=7):
+    rng = np.random.default_rng(seed)
+    term = rng.random((T, B)) < 0.2
+    return {
+        "rewards": rng.normal(size=(T, B)), "values": rng.normal(size=(T, B)),
+        "next_values": np.where(term, np.nan, rng.normal(size=(T, B))),
+        "terminated": term, "truncated": rng.random((T, B)) < 0.2,
+        "log_rhos": rng.uniform(-1, 1, size=(T, B)), "q_taken": rng.normal(size=(T, B)),
+        "next_expected_q": np.where(term, np.nan, rng.normal(size=(T, B))),
+        "target_probs_taken": rng.uniform(0.1, 1, size=(T, B)),
+        "traces": rng.uniform(0, 1, size=(T, B)),
+        "reward_mean": rng.normal(size=(T, B, H)),
+        "reward_std": rng.uniform(0.5, 2, size=(T, B, H)),
+    }
+
+
+@pytest.mark.parametrize("name", [n for n in registry.ESTIMATORS if n != "p3o_advantage"])
+def test_call_estimator_calls_the_reference_with_the_entry_inputs(name):
+    """Each output, named by its contract name or by the quantity it estimates, is the
+    reference's output of that name (the reference called by hand, keywords spelled out)."""
+    x = _batch()
+    info = registry.ESTIMATORS[name]
+    kw = {"gamma": 0.9, "lam": 0.7, "rho_clip": 1.3, "c_clip": 0.8, "pg_rho_clip": 1.1, "n": 2}
+    direct = info.reference()(*(x[k] for k in info.inputs),
+                              **{k: v for k, v in kw.items() if k in info.params})
+    params = {k: v for k, v in kw.items() if k != "gamma"}
+    for out in info.outputs:
+        want = direct if len(info.outputs) == 1 else getattr(direct, out)
+        for label in (out, info.quantities[out]):
+            got = registry.call_estimator(ref, name, x, gamma=0.9, output=label, **params)
+            np.testing.assert_array_equal(got, want)
+
+
+def test_names_are_unique_and_resolve():
+    every = [n for e in registry.ESTIMATORS.values() for n in e.all_names]
+    every += list(registry.OUTPUT_ALIASES)
+    assert len(every) == len(set(every))
+    assert registry.canonical("puff") == "puff_advantage"
+    assert registry.canonical("nstep") == "nstep_returns"
+    assert registry.canonical("pdis") == "per_decision_is"
+    assert registry.resolve("td_lambda")[1] == "returns"
+    assert registry.resolve("vtrace") == (registry.ESTIMATORS["vtrace"], "value_targets")
+    assert registry.resolve("vtrace", "pg_advantage")[1] == "pg_advantages"
+    assert registry.names("action") == ("q_trace", "retrace", "tree_backup", "q_lambda",
+                                        "importance_sampling_q")
+    assert registry.names(takes_ratios=True) == ("vtrace", "puff_advantage", "per_decision_is",
+                                                 "retrace", "importance_sampling_q")
+
+
+@pytest.mark.parametrize("call, word", [
+    (lambda: registry.lookup("puf"), "^estimator"),
+    (lambda: registry.lookup(3), "^estimator"),
+    (lambda: registry.resolve("gae", "targets"), "^output"),
+    (lambda: registry.names("value"), "^kind"),
+])
+def test_bad_names_raise_naming_the_argument(call, word):
+    with pytest.raises(ValueError, match=word):
+        call()
+
+
+def test_moments_reads_the_registry():
+    """Every registry name of an estimator with exact moments is accepted by exact_moments,
+    with the same recursion and output as the contract name."""
+    for info in registry.ESTIMATORS.values():
+        if info.moments_name is None:
+            assert info.name == "q_trace"
+            continue
+        coeffs = moments._SPECS[info.moments_name].coeffs
+        assert set(info.quantities.values()) <= set(coeffs)
+        for name in info.all_names:
+            assert name in moments.ESTIMATORS
+            assert moments._resolve(name, None) == moments._resolve(info.name, None)
+    assert moments._resolve("td_lambda", None) == ("gae", "value")
+    assert moments._resolve("puff", None) == ("vtrace", "advantage")
+    assert moments._resolve("nstep_returns", "returns") == ("nstep", "value")
+    with pytest.raises(ValueError, match="^estimator"):
+        moments._resolve("q_trace", None)
+
+
+def test_consumers_use_registry_names():
+    assert mutation.ESTIMATORS == registry.names()
+    for m in mutation.CATALOGUE:
+        assert set(m.estimators) <= set(registry.ESTIMATORS)
+    assert set(conform_registry.ESTIMATORS) <= set(registry.ESTIMATORS)
+    for name, spec in conform_registry.ESTIMATORS.items():
+        assert spec is registry.ESTIMATORS[name]
+    assert conform_registry.spec_for("puff") is registry.ESTIMATORS["puff_advantage"]
+    for name in report_grid.ESTIMATORS:  # the report's names are registry names
+        registry.lookup(name)
+    for est, out in strategies.ESTIMATOR_OUTPUTS:
+        info, _ = registry.resolve(est, out)
+        assert info.moments_name is not None
+
+
+# ---- the import graph ------------------------------------------------------------------------
+
+
+def _import_graph(package: pathlib.Path) -> dict[str, set[str]]:
+    """module -> the package's modules it imports, from every import statement (top level or
+    inside a function); ``from . import x`` counts as importing the submodule x."""
+    mods = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(package.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for mod, path in mods.items():
+        pkg = mod if path.name == "__init__.py" else mod.rsplit(".", 1)[0]
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                base = pkg.split(".")
+                base = base[:len(base) - node.level + 1] if node.level else []
+                target = ".".join(base + ([node.module] if node.module else []))
+                subs = [f"{target}.{a.name}" for a in node.names if f"{target}.{a.name}" in mods]
+                names = subs or [target]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            graph[mod].update(n for n in names if n in mods and n != mod)
+    return graph
+
+
+def _cycle(graph):
+    state: dict[str, int] = {}
+
+    def visit(v, path):
+        state[v] = 1
+        for w in sorted(graph[v]):
+            if state.get(w) == 1:
+                return path + [w]
+            if w not in state and (found := visit(w, path + [w])):
+                return found
+        state[v] = 2
+        return None
+
+    for v in sorted(graph):
+        if v not in state and (found := visit(v, [v])):
+            return found
+    return None
+
+
+def test_the_package_import_graph_has_no_cycle():
+    graph = _import_graph(ROOT / "offpolicy")
+    assert "offpolicy.report.cell" in graph["offpolicy.report.montecarlo"]
+    assert "offpolicy.report.compute" not in graph["offpolicy.report.montecarlo"]
+    assert _cycle(graph) is None, " -> ".join(_cycle(graph))
+
+
+def test_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+@pytest.mark.parametrize("module", ["offpolicy.report.montecarlo", "offpolicy.report.compute",
+                                    "offpolicy.moments", "offpolicy.registry",
+                                    "offpolicy.sampler"])
+def test_module_imports_alone_in_a_fresh_interpreter(module):
+    proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
+                          text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
