@@ -13,26 +13,25 @@ import os
 import sys
 from pathlib import Path
 
+from offpolicy import registry as _registry
+from offpolicy._cli import RaisingParser, writable_dir, writable_file
+from offpolicy._cli import UsageError as _Usage
+
 from .cases import FAMILIES  # noqa: F401  (imported for --help completeness)
 from .layouts import LAYOUTS, TRUNCATION_FOLDS, ConformUsageError
 from .registry import ESTIMATORS
 
-
-class _Usage(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise _Usage(message)
+_ESTIMATOR_NAMES = sorted(ESTIMATORS) + sorted(a for a, n in _registry.ALIASES.items()
+                                               if n in ESTIMATORS)
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m offpolicy.conform",
+    p = RaisingParser(prog="python -m offpolicy.conform",
                 description="Check an estimator function against the offpolicy contract.")
     p.add_argument("target", nargs="?", help="MODULE:FUNCTION (e.g. mypkg.advantages:gae)")
-    p.add_argument("--estimator", choices=sorted(ESTIMATORS), metavar="NAME",
-                   help=f"contract estimator: {', '.join(ESTIMATORS)}")
+    p.add_argument("--estimator", choices=_ESTIMATOR_NAMES, metavar="NAME",
+                   help=f"contract estimator: {', '.join(ESTIMATORS)} (or an alias of "
+                   "offpolicy.registry: puff, pdis, nstep)")
     p.add_argument("--layout", default="contract", choices=sorted(LAYOUTS), metavar="L",
                    help=f"the function's layout: {', '.join(LAYOUTS)}")
     p.add_argument("--truncation-fold", choices=[f for f in TRUNCATION_FOLDS if f],
@@ -90,15 +89,10 @@ def _load(target: str):
 
 
 def _writable_file(path: str) -> Path:
-    p = Path(path)
-    if p.is_dir():
-        raise _Usage(f"--json: {path} is a directory")
-    parent = p.parent if str(p.parent) else Path(".")
-    if not parent.is_dir():
-        raise _Usage(f"--json: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK) or (p.exists() and not os.access(p, os.W_OK)):
-        raise _Usage(f"--json: {path} is not writable")
-    return p
+    problem = writable_file(path, "--json")
+    if problem:
+        raise _Usage(problem)
+    return Path(path)
 
 
 def _layout(args):
@@ -123,12 +117,9 @@ def _run_peers(args) -> int:
     except ImportError as e:
         raise _Usage(f"--peers: the peers table is not available ({e})") from None
     out = Path(args.out) if args.out else Path("offpolicy-out") / "peers"
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise _Usage(f"--out: cannot create {out}: {e.strerror}") from None
-    if not os.access(out, os.W_OK):
-        raise _Usage(f"--out: {out} is not writable")
+    problem = writable_dir(str(out), "--out")
+    if problem:
+        raise _Usage(problem)
     rows = peers.run_peers(out)
     peers.write_peer_reports(rows, out)
     print(f"wrote {out}/peers.md, peers.csv, peers.json")
