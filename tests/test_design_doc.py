@@ -99,3 +99,17 @@ def test_relative_markdown_links_resolve():
             if key not in tracked_set and key.rstrip("/") not in tracked_dirs:
                 broken.append(f"{rel}: {target}")
     assert not broken, "relative links to files that are not tracked:\n" + "\n".join(broken)
+
+
+def test_time_index_convention_against_rlax_is_stated_and_linked():
+    """Issue 12: the contract says how its subscripts relate to rlax's (our r_t is rlax's
+    r_{t+1}; its discount_t is our gamma_t (1 - terminated_t); arrays are not shifted), and the
+    conformance page links there."""
+    design = (ROOT / "docs" / "DESIGN.md").read_text()
+    head = "### Time indices against rlax"
+    assert head in design
+    section = design.split(head, 1)[1].split("\n## ", 1)[0]
+    for needle in ("our `r_t` is rlax's `r_{t+1}`", "`discount_t[t]`", "`v_tm1[t]`",
+                   "`v_t[t]`", "`rho_tm1[t]`", "**not shifted**"):
+        assert needle in section, needle
+    assert "DESIGN.md#time-indices-against-rlax" in (ROOT / "docs" / "conformance.md").read_text()
