@@ -254,7 +254,8 @@ def _make_state(dt, mode, per_step, serial):
             nbad = 0
             for k in range(T):
                 t = T - 1 - k
-                for g in range(g0, g1):
+                for gg in range(g1 - g0):
+                    g = g1 - 1 - gg  # descending, like t: one backward stream
                     i = t * G + g
                     gv, lv, glv, omlv = steps4(gam, lm, i, gamma, lam, gl, one)
                     boot, kap = flags4(te, tr, i * 4, nv[i], k == 0)
@@ -343,7 +344,8 @@ def _make_state(dt, mode, per_step, serial):
             for k in range(T):
                 t = T - 1 - k
                 first = k == 0
-                for g in range(g0, g1):
+                for gg in range(g1 - g0):
+                    g = g1 - 1 - gg  # descending, like t: one backward stream
                     q = t * G + 2 * g
                     e = q * 4
                     nvv = ld8(nv, q)
@@ -452,7 +454,8 @@ def _make_state(dt, mode, per_step, serial):
             bad = ti.cast(0, dt)
             for k in range(T):
                 t = T - 1 - k
-                for b in range(b0, b1):
+                for bb in range(b1 - b0):
+                    b = b1 - 1 - bb  # descending, like t: one backward stream
                     i = t * B + b
                     prev = ti.cast(0, dt)
                     if k > 0:
@@ -625,7 +628,8 @@ def _make_action(dt, mode, per_step, serial):
             bad = ti.cast(0, dt)
             for k in range(T):
                 t = T - 1 - k
-                for b in range(b0, b1):
+                for bb in range(b1 - b0):
+                    b = b1 - 1 - bb  # descending, like t: one backward stream
                     i = t * B + b
                     prev = ti.cast(0, dt)
                     if k > 0:

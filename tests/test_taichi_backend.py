@@ -402,3 +402,19 @@ def test_lean_path_is_taken_and_matches_the_general_path():
     general = X.vtrace(torch.from_numpy(r), v, nv, te, tr, lr, gamma=0.9, lam=0.9)
     for a, b in zip(lean, general, strict=True):
         assert a.tobytes() == b.numpy().tobytes()
+
+
+@pytest.mark.parametrize("threads", ["serial", "parallel"])
+def test_large_outputs_start_on_a_cache_line(threads):
+    """Outputs of 64 KiB and more start on a 64-byte line (two threads' blocks then never
+    store into one line), in both the lean and the general path, and match the reference."""
+    torch = pytest.importorskip("torch")
+    r, v, nv, te, tr, lr = _big(np.float32, T=130, B=128, seed=5)
+    want = ref.vtrace(r, v, nv, te, tr, lr, gamma=0.99, lam=0.95)
+    with X._threads(threads):
+        lean = X.vtrace(r, v, nv, te, tr, lr, gamma=0.99, lam=0.95)
+        general = X.vtrace(torch.from_numpy(r), v, nv, te, tr, lr, gamma=0.99, lam=0.95)
+    for a, b, w in zip(lean, general, want, strict=True):
+        assert a.ctypes.data % 64 == 0 and b.data_ptr() % 64 == 0
+        assert a.tobytes() == b.numpy().tobytes()
+        _close(a, w, np.float32)
