@@ -10,11 +10,15 @@ Conventions (docs/DESIGN.md sections 1-2), written once in the ``@ti.func`` help
 * ``beta_t = not terminated_t``: ``next_values`` under ``terminated`` is replaced by 0 with a
   select, never multiplied, so NaN or inf there cannot reach any output.
 
-Three forms of the state-value trace ``A_t = delta_t + gamma lam c_t kappa_t A_{t+1}``:
+The forms of the state-value trace ``A_t = delta_t + gamma lam c_t kappa_t A_{t+1}``:
 
 * ``vec4``  (CPU fast form): blocks of streams run in parallel (one block per core); inside a
   block the loop walks t downwards and, at each t, sweeps the block's streams in groups of 4
-  contiguous lanes held in LLVM vector registers. ``A_{t+1}`` is re-read from the output row
+  contiguous lanes held in LLVM vector registers, also downwards: the whole walk is then one
+  backward stream through each array, which the hardware prefetcher follows (sweeping each row
+  upwards while t goes down cost V-trace at 128x4096 ~1.5x). Every CPU form also has a
+  ``serial`` build (``build_state(..., serial=True)``), the same code with its blocks run on
+  the calling thread, for small batches. ``A_{t+1}`` is re-read from the output row
   just written (it is still in L1/L2). Needs 16-byte aligned arrays and B % 4 == 0; the
   compile option ``real_matrix_scalarize=False`` makes Taichi emit real ``<4 x float>`` loads,
   stores and arithmetic. (Vector compares, selects and casts crash Taichi 1.7's LLVM codegen in
@@ -53,6 +57,10 @@ n-step; flat ``[T*B]`` arrays of the compute dtype, or 4-vector arrays in the ve
 With ``per_step=False`` they are 1-element dummies and never read: the scalar kernels compute
 exactly as before (``steps*`` below select, at compile time, either the scalars or the array
 entries), so their outputs are bit-identical.
+
+Autograd: ``build_scan_backward`` is the adjoint of the scan ``y_t = a_t + c_t y_{t+1}``, the
+backward pass of ``estimators.taichi``'s differentiable path (``rows`` on a CPU, ``naive`` on a
+GPU).
 """
 
 
