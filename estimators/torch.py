@@ -10,8 +10,12 @@ docs/DESIGN.md section 2). Differences:
   target_probs_taken, reward_mean and reward_std wherever the output depends on them (through
   ``min`` clips the gradient is that of the selected branch); entries that are never read
   (``next_values`` under ``terminated``) get a zero gradient, even when they hold NaN;
-* the recurrences loop over T (vectorised over B) and the windowed estimators loop over the
-  window offset k (vectorised over T and B); no operation writes into a tensor in place;
+* the two recurrences over T (``y_t = a_t + c_t y_{t+1}``) run as a scan in O(log T) or
+  O(sqrt T) torch calls, chosen by size (``_scan_form``: a loop, Hillis-Steele doubling, or a
+  chunked two-level scan); the windowed estimators loop over the window offset k (vectorised
+  over T and B); no operation writes into a tensor in place. A scan multiplies trace factors
+  together, so where a factor may exceed 1 (per-decision IS, ``q_trace``, ``c_clip > 1``) the
+  products are checked first and the loop is kept where one could overflow (one reduction);
 * ``gamma`` and ``lam`` may be per-step tensors (or numpy arrays) broadcastable to the rewards'
   shape (see ``estimators.numpy``); a tensor ``gamma``/``lam`` (also 0-d) keeps autograd, so
   gradients flow to it. They are cast to the compute dtype and do not take part in choosing it;
@@ -24,6 +28,8 @@ Validation is ``estimators._validate``, shared with every backend (one device sy
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import numpy.typing as npt
@@ -82,16 +88,30 @@ def _floats(dtype, *xs):
 
 
 def _bools(*xs):
-    return [_as_2d(x != 0) for x in xs]
+    return [_as_2d(x if x.dtype == torch.bool else x != 0) for x in xs]
 
 
-def _per_step(x, checked, dtype, rewards):
-    """gamma or lam as a [T,B] tensor of the compute dtype on the rewards' device. ``x`` is the
-    argument as given (a tensor keeps its graph), ``checked`` its validated value."""
+def _per_step(x, checked, dtype, rewards) -> torch.Tensor | float:
+    """gamma or lam: a python float when given as a python or numpy scalar (no graph to keep,
+    and a scalar operand costs no pass over memory), else a [T,B] tensor of the compute dtype
+    on the rewards' device. ``x`` is the argument as given (a tensor, also 0-d, keeps its
+    graph), ``checked`` its validated value."""
     if not isinstance(x, torch.Tensor):
-        x = checked if isinstance(checked, float) else torch.as_tensor(checked)
+        if isinstance(checked, float):
+            # rounded to the compute dtype as a tensor would be, so that every product and
+            # difference of scalars below rounds exactly as the tensor operations would
+            return float(torch.tensor(checked, dtype=dtype))
+        x = torch.as_tensor(checked)
     x = torch.as_tensor(x, dtype=dtype, device=rewards.device)
     return _as_2d(torch.broadcast_to(x, tuple(rewards.shape)))
+
+
+def _where_or_zero(mask, value, like):
+    """``torch.where(mask, value, 0)`` in ``like``'s dtype and device; ``value`` a tensor or a
+    python float (a bare float would give ``torch.get_default_dtype()``)."""
+    if not isinstance(value, torch.Tensor):
+        value = like.new_tensor(value)
+    return torch.where(mask, value, 0.0)
 
 
 def _dtype_name(dtype) -> str:
@@ -99,7 +119,15 @@ def _dtype_name(dtype) -> str:
 
 
 def _finite(outputs, log_rhos=None, culprit="rewards"):
-    _validate.check_outputs_finite([x.detach() for x in outputs],
+    outputs_seen = [x.detach() for x in outputs]
+    # a finite sum of sums means every entry is finite (an inf or NaN makes any sum inf or
+    # NaN): one read of each output; an overflowing sum of finite entries falls through
+    total = outputs_seen[0].sum()
+    for x in outputs_seen[1:]:
+        total = total + x.sum()
+    if bool(torch.isfinite(total)):
+        return outputs
+    _validate.check_outputs_finite(outputs_seen,
                                    dtype_name=_dtype_name(outputs[0].dtype),
                                    log_rhos=None if log_rhos is None else log_rhos.detach(),
                                    culprit=culprit)
@@ -120,7 +148,12 @@ def _masks(terminated, truncated):
 
 def _ratio(log_rhos):
     """exp(log_rhos), inf where it overflows; there exp's input is masked so that its backward
-    (grad * exp(x)) gives 0, not 0 * inf = NaN, where the ratio is clipped or never read."""
+    (grad * exp(x)) gives 0, not 0 * inf = NaN, where the ratio is clipped or never read.
+    Where no log-ratio comes near the limit (the usual case: one reduction) exp is taken as
+    is."""
+    near_limit = math.log(torch.finfo(log_rhos.dtype).max) - 0.01
+    if float(log_rhos.detach().max()) < near_limit:
+        return torch.exp(log_rhos)
     with torch.no_grad():
         overflows = torch.isinf(torch.exp(log_rhos)) & (log_rhos > 0)
     safe = torch.exp(torch.where(overflows, 0.0, log_rhos))
@@ -139,51 +172,177 @@ def _shift(x, k: int):
 
 
 # ---------------------------------------------------------------------------------------------
+# the first-order linear recurrence y_t = a_t + c_t y_{t+1} (y_T = 0), without a loop over T
+#
+# Both core recurrences are this recurrence over T (vectorised over B), and the pairs (c, a)
+# compose associatively: (c1, a1) after (c2, a2) = (c1 c2, a1 + c1 a2). A Python loop over T
+# costs T torch calls (~2-3 us of dispatch each on a CPU; one kernel launch each on a GPU);
+# the scans below take O(log T) or O(sqrt T) calls. Unlike the loop they multiply factors
+# together: a product may underflow to 0 (harmless), but it must never overflow to inf (then
+# inf * 0 = NaN, forward or backward), so where a factor may exceed 1 ``_scan`` first checks
+# that no product of consecutive factors can overflow, and keeps the loop where one could.
+# Every form reads c_t for t < T-1 only where it matters; c_{T-1} must be finite (the masks
+# make it 0). No form writes in place, so autograd sees plain out-of-place operations.
+
+
+def _scan_loop(a, c):
+    """One call per step: the fastest form for short T or wide B (the per-call cost is paid T
+    times, but the work is one pass)."""
+    steps = []
+    y = None
+    for a_t, c_t in zip(reversed(a.unbind(0)), reversed(c.unbind(0)), strict=True):
+        y = a_t if y is None else torch.addcmul(a_t, c_t, y)  # y_{T-1} = a_{T-1}
+        steps.append(y)
+    return torch.stack(steps[::-1])
+
+
+def _scan_doubling(a, c):
+    """Hillis-Steele doubling: after the step with shift k, (c_t, a_t) composes the 2k pairs
+    from t on; ceil(log2 T) steps of two calls each, O(T B log T) work. The arrays are padded
+    once past T with (0, 0) pairs (y past T is 0), by the sum of all shifts, so that each step
+    reads rows t + k and drops its last k rows: no step concatenates."""
+    T = a.shape[0]
+    pad = (1 << (T - 1).bit_length()) - 1  # 1 + 2 + 4 + ... over the shifts below T
+    if pad:
+        zeros = a.new_zeros((pad,) + tuple(a.shape[1:]))
+        a, c = torch.cat([a, zeros]), torch.cat([c, zeros])
+    k = 1
+    while k < T:
+        rows = a.shape[0] - k
+        a = torch.addcmul(a[:rows], c[:rows], a[k:])
+        if 2 * k < T:  # the last step needs no products
+            c = c[:rows] * c[k:]
+        k *= 2
+    return a
+
+
+def _scan_chunked(a, c, chunk: int | None = None):
+    """Two levels, O(T B) work in about 3 sqrt(T) calls: T is cut into n chunks of L steps
+    (padded with (0, 0) pairs); a loop over the L offsets, vectorised over chunks and B, gives
+    each step's value from inside its chunk (A) and the product of its factors to the chunk's
+    end (C); a loop over the n chunks carries the values between chunks (Y_k, y at the start of
+    chunk k); then y = A + C Y_{k+1}."""
+    T = a.shape[0]
+    rest = tuple(a.shape[1:])
+    L = chunk or math.isqrt(T - 1) + 1  # ceil(sqrt(T))
+    n = -(-T // L)
+    if n * L > T:
+        zeros = a.new_zeros((n * L - T,) + rest)
+        a, c = torch.cat([a, zeros]), torch.cat([c, zeros])
+    a_steps = a.reshape((n, L) + rest).unbind(1)  # L views of [n, *rest]
+    c_steps = c.reshape((n, L) + rest).unbind(1)
+    inside, products = [a_steps[-1]], [c_steps[-1]]
+    for j in range(L - 2, -1, -1):
+        inside.append(torch.addcmul(a_steps[j], c_steps[j], inside[-1]))
+        products.append(c_steps[j] * products[-1])
+    carries = [torch.zeros_like(inside[-1][0])]  # Y_n = 0, then Y_{n-1} ... Y_1
+    for k in range(n - 1, 0, -1):
+        carries.append(torch.addcmul(inside[-1][k], products[-1][k], carries[-1]))
+    A = torch.stack(inside[::-1], dim=1)
+    C = torch.stack(products[::-1], dim=1)
+    Y = torch.stack(carries[::-1]).unsqueeze(1)  # Y_{k+1} for chunk k
+    return torch.addcmul(A, C, Y).reshape((n * L,) + rest)[:T]
+
+
+_SCANS = {"loop": _scan_loop, "doubling": _scan_doubling, "chunked": _scan_chunked}
+
+
+def _scan_form(T: int, B: int, device_type: str) -> str:
+    """The fastest form for [T, B], measured on a 2-core x86 CPU, float32, one thread (the
+    benchmark's sizes; see offpolicy.bench): the loop for T <= 12 or B >= 1536 (there T calls
+    cost less than the extra passes over memory the scans make), doubling below 32768
+    entries (fewest calls), chunked above (least work). On a GPU a call is a kernel launch
+    and the work is cheap: doubling, or chunked for very large arrays (doubling's autograd
+    keeps log2 T arrays of [T, B])."""
+    if T <= 4:
+        return "loop"
+    if device_type != "cpu":
+        return "doubling" if T * B <= 1 << 24 else "chunked"
+    if T <= 12 or B >= 1536:
+        return "loop"
+    return "doubling" if T * B < 32768 else "chunked"
+
+
+def _products_stay_finite(c) -> bool:
+    """Whether no product of consecutive factors c_s ... c_t can overflow c's dtype (2 bits of
+    margin): the largest sum of log2 c over a window of consecutive steps, per stream, is
+    below the dtype's exponent range. A factor of 0 (a cut) ends every window through it."""
+    with torch.no_grad():
+        largest = float(c.max())
+        if largest <= 1.0:
+            return True
+        if not math.isfinite(largest):
+            return False
+        limit = math.log2(torch.finfo(c.dtype).max) - 2.0
+        if (c.shape[0] - 1) * math.log2(largest) < limit:  # not even the longest window
+            return True
+        # S_t = sum_{s<=t} log2 c_s; the window (s, t] sums to S_t - S_s; a cut's -inf is
+        # clamped to a value that no window of finite factors can make up for
+        logs = torch.log2(c.double()).clamp(min=-8.0 * limit)
+        sums = torch.cumsum(logs, dim=0)
+        before = torch.cat([torch.zeros_like(sums[:1]), sums[:-1]])
+        window = sums - torch.cummin(before, dim=0).values
+        return bool(window.max() < limit)
+
+
+def _scan(a, c, *, bounded: bool, form: str | None = None):
+    """y_t = a_t + c_t y_{t+1} over the rows of [T, B] tensors, y_T = 0. ``bounded``: every
+    c_t is known to be <= 1 (no product can overflow), else it is checked (one reduction and
+    a device sync; see ``_products_stay_finite``). ``form`` forces a form (for the tests)."""
+    if form is None:
+        form = _scan_form(a.shape[0], a[0].numel(), a.device.type)
+        if form != "loop" and not bounded and not _products_stay_finite(c):
+            form = "loop"
+    return _SCANS[form](a, c)
+
+
+# ---------------------------------------------------------------------------------------------
 # the two core recurrences
 
 
-def _state_value_trace(rewards, values, next_values, terminated, truncated, rho_hat, c_hat,
-                       gamma, lam):
+def _trace_factor(kappa, gamma_lam, c, like):
+    """gamma_t lam_t kappa_t c_t (``c`` None: 1), exactly 0 where the trace is cut or weighted
+    by gamma_t lam_t = 0, even where c_t is inf (masked before multiplying, so the backward
+    pass never sees 0 * inf either; a finite c_t is kept where gamma_t lam_t = 0: the gradient
+    w.r.t. lam_t there is not 0). ``gamma_lam`` is a [T,B] tensor or a python float."""
+    if c is None:
+        return _where_or_zero(kappa, gamma_lam, like)
+    if isinstance(gamma_lam, torch.Tensor):
+        read = kappa & ~((gamma_lam == 0) & torch.isinf(c))
+    elif gamma_lam == 0:
+        read = kappa & ~torch.isinf(c)
+    else:
+        read = kappa
+    return gamma_lam * torch.where(read, c, 0.0)
+
+
+def _state_value_trace(rewards, values, next_values, kappa, beta, rho_hat, c_hat, gamma, lam,
+                       *, c_at_most_1: bool):
     """delta_t = rho_hat_t (r_t + gamma_t beta_t V(s'_t) - V(s_t)),
-    A_t = delta_t + gamma_t lam_t c_hat_t kappa_t A_{t+1} (gamma, lam: [T,B])."""
-    kappa, beta = _masks(terminated, truncated)
+    A_t = delta_t + gamma_t lam_t c_hat_t kappa_t A_{t+1} (gamma, lam: [T,B] tensors or python
+    floats; ``kappa, beta = _masks(...)``); ``rho_hat`` / ``c_hat`` None means 1 (GAE);
+    ``c_at_most_1``: c_hat <= 1 everywhere (see ``_scan``)."""
     bootstrap = torch.where(beta, next_values, 0.0)
-    delta = rho_hat * (rewards + gamma * bootstrap - values)
-    # a cut, or a trace weight gamma_t lam_t = 0, gives an exact 0 trace factor even where
-    # c_hat is inf (masked before multiplying, so the backward pass never sees 0 * inf either;
-    # a finite c_hat is kept where gamma_t lam_t = 0: the gradient w.r.t. lam_t there is not 0)
-    gamma_lam = gamma * lam
-    c_cut = torch.where(kappa & ~((gamma_lam == 0) & torch.isinf(c_hat)), c_hat, 0.0)
-    advantages = []
-    next_advantage = torch.zeros_like(delta[0])
-    for t in reversed(range(rewards.shape[0])):
-        next_advantage = delta[t] + gamma_lam[t] * (c_cut[t] * next_advantage)
-        advantages.append(next_advantage)
-    return torch.stack(advantages[::-1])
+    delta = rewards + gamma * bootstrap - values
+    if rho_hat is not None:
+        delta = rho_hat * delta
+    factor = _trace_factor(kappa, gamma * lam, c_hat, delta)
+    return _scan(delta, factor, bounded=c_at_most_1)
 
 
 def _action_value_trace(rewards, q_taken, next_expected_q, terminated, truncated, traces,
-                        gamma, lam):
+                        gamma, lam, *, c_at_most_1: bool):
     """G_t = r_t + gamma_t beta_t E_pi Q(s'_t)
-    + gamma_t lam_t kappa_t c_{t+1} (G_{t+1} - Q_{t+1}) (gamma, lam: [T,B])."""
+    + gamma_t lam_t kappa_t c_{t+1} (G_{t+1} - Q_{t+1}) (gamma, lam: [T,B] or floats), that is
+    G_t = a_t + f_t G_{t+1} with f_t = gamma_t lam_t kappa_t c_{t+1} and
+    a_t = r_t + gamma_t beta_t E_pi Q(s'_t) - f_t Q_{t+1}; ``traces`` None means c = 1 (the
+    first action is never corrected: c_{t+1})."""
     kappa, beta = _masks(terminated, truncated)
     bootstrap = torch.where(beta, next_expected_q, 0.0)
-    # c_{t+1} (the first action is never corrected), exactly 0 where the trace is cut or
-    # weighted by gamma_t lam_t = 0, even where c is inf (masked before multiplying: no 0 * inf
-    # forward or backward; a finite c is kept, for the gradient w.r.t. gamma_t, lam_t)
-    gamma_lam = gamma * lam
-    next_traces = _shift(traces, 1)
-    next_traces = torch.where(kappa & ~((gamma_lam == 0) & torch.isinf(next_traces)),
-                              next_traces, 0.0)
-    next_q_taken = _shift(q_taken, 1)
-    discounted = gamma * bootstrap
-    targets = []
-    next_target = torch.zeros_like(bootstrap[0])
-    for t in reversed(range(rewards.shape[0])):
-        correction = next_traces[t] * (next_target - next_q_taken[t])
-        next_target = rewards[t] + discounted[t] + gamma_lam[t] * correction
-        targets.append(next_target)
-    return torch.stack(targets[::-1])
+    next_traces = None if traces is None else _shift(traces, 1)
+    factor = _trace_factor(kappa, gamma * lam, next_traces, rewards)
+    own = rewards + gamma * bootstrap - factor * _shift(q_taken, 1)
+    return _scan(own, factor, bounded=c_at_most_1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -216,8 +375,8 @@ def gae(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayL
     returns = V + A)``, tensors of the rewards' shape, input dtype and device."""
     shape, r, v, nv, term, trunc, _, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, None, gamma, lam)
-    ones = torch.ones_like(r)
-    adv = _state_value_trace(r, v, nv, term, trunc, ones, ones, gamma, lam)
+    kappa, beta = _masks(term, trunc)
+    adv = _state_value_trace(r, v, nv, kappa, beta, None, None, gamma, lam, c_at_most_1=True)
     adv, ret = _finite((adv, v + adv))
     return GAEOutput(adv.reshape(shape), ret.reshape(shape))
 
@@ -230,10 +389,10 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
     c_clip = _validate.check_clip("c_clip", c_clip)
     pg_rho_clip = _validate.check_clip("pg_rho_clip", pg_rho_clip)
     rho = _ratio(lr)
-    adv = _state_value_trace(r, v, nv, term, trunc, _clip(rho, rho_clip), _clip(rho, c_clip),
-                             gamma, lam)
-    value_targets = v + adv
     kappa, beta = _masks(term, trunc)
+    adv = _state_value_trace(r, v, nv, kappa, beta, _clip(rho, rho_clip), _clip(rho, c_clip),
+                             gamma, lam, c_at_most_1=c_clip <= 1.0)
+    value_targets = v + adv
     bootstrap = torch.where(beta, nv, 0.0)  # beta_t V(s'_t); kappa_t implies beta_t
     v_next = _shift(value_targets, 1)
     q = r + gamma * torch.where(kappa, lam * v_next + (1 - lam) * bootstrap, bootstrap)
@@ -278,7 +437,8 @@ def per_decision_is(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor 
     shape, r, v, nv, term, trunc, lr, gamma, lam = _state_arrays(
         rewards, values, next_values, terminated, truncated, log_rhos, gamma, lam)
     rho = _ratio(lr)
-    adv = _state_value_trace(r, v, nv, term, trunc, rho, rho, gamma, lam)
+    kappa, beta = _masks(term, trunc)
+    adv = _state_value_trace(r, v, nv, kappa, beta, rho, rho, gamma, lam, c_at_most_1=False)
     adv, targets = _finite((adv, v + adv), log_rhos=lr)
     return PDISOutput(adv.reshape(shape), targets.reshape(shape))
 
@@ -299,7 +459,7 @@ def nstep_returns(rewards: torch.Tensor | npt.ArrayLike, next_values: torch.Tens
     dtype = _float_dtype(*xs[:2])
     r, nv = _floats(dtype, *xs[:2])
     term, trunc = _bools(*xs[2:])
-    gamma = _per_step(gamma, g, dtype, xs[0])
+    discounts = _per_step(gamma, g, dtype, xs[0])
     kappa, beta = _masks(term, trunc)
     bootstrap = torch.where(beta, nv, 0.0)
     total = torch.zeros_like(r)
@@ -307,7 +467,8 @@ def nstep_returns(rewards: torch.Tensor | npt.ArrayLike, next_values: torch.Tens
     is_open = torch.ones_like(kappa)  # the window from t still covers step t+k
     for k in range(min(n, r.shape[0])):
         total = total + torch.where(is_open, discount * _shift(r, k), 0.0)
-        discount = discount * _shift(gamma, k)
+        discount = discount * (_shift(discounts, k) if isinstance(discounts, torch.Tensor)
+                               else discounts)
         closes = is_open & (~_shift(kappa, k) | (k == n - 1))
         total = total + torch.where(closes, discount * _shift(bootstrap, k), 0.0)
         is_open = is_open & ~closes
@@ -320,7 +481,8 @@ def nstep_returns(rewards: torch.Tensor | npt.ArrayLike, next_values: torch.Tens
 
 
 def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
-             coefficient_name=None, coefficient_input=None, coefficient=None):
+             coefficient_name=None, coefficient_input=None, coefficient=None,
+             c_at_most_1=True):
     named = dict(rewards=rewards, q_taken=q_taken, next_expected_q=next_expected_q,
                  terminated=terminated, truncated=truncated)
     if coefficient_name is not None:
@@ -332,11 +494,9 @@ def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, la
     r, q, nq = _floats(dtype, *xs[:3])
     term, trunc = _bools(*xs[3:5])
     gamma, lam = _per_step(gamma, g, dtype, xs[0]), _per_step(lam, l, dtype, xs[0])
-    if coefficient_name is None:
-        traces = torch.ones_like(r)
-    else:
-        traces = coefficient(_floats(dtype, xs[5])[0])
-    targets = _action_value_trace(r, q, nq, term, trunc, traces, gamma, lam)
+    traces = None if coefficient_name is None else coefficient(_floats(dtype, xs[5])[0])
+    targets = _action_value_trace(r, q, nq, term, trunc, traces, gamma, lam,
+                                  c_at_most_1=c_at_most_1)
     log_rhos = _floats(dtype, xs[5])[0] if coefficient_name == "log_rhos" else None
     (targets,) = _finite((targets,), log_rhos=log_rhos)
     return targets.reshape(xs[0].shape)
@@ -349,7 +509,7 @@ def q_trace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.A
     """``G_t = r_t + gamma beta_t next_expected_q_t + gamma lam kappa_t c_{t+1} (G_{t+1} -
     Q(s_{t+1}, a_{t+1}))`` with ``c = traces`` (Munos et al. 2016)."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
-                    "traces", traces, lambda c: c)
+                    "traces", traces, lambda c: c, c_at_most_1=False)
 
 
 def retrace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
@@ -391,7 +551,7 @@ def importance_sampling_q(rewards: torch.Tensor | npt.ArrayLike,
                           lam: torch.Tensor | npt.ArrayLike) -> torch.Tensor:
     """Per-decision importance sampling for Q: ``q_trace`` with ``c_t = rho_t``."""
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam,
-                    "log_rhos", log_rhos, _ratio)
+                    "log_rhos", log_rhos, _ratio, c_at_most_1=False)
 
 
 # ---------------------------------------------------------------------------------------------

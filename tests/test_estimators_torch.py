@@ -106,7 +106,18 @@ def test_float_flags_lists_and_mixed_dtypes():
     assert out.advantages.dtype == torch.get_default_dtype()
 
 
-def test_gradcheck():
+FORMS = ("loop", "doubling", "chunked")
+
+
+@pytest.fixture(params=FORMS)
+def scan_form(request, monkeypatch):
+    """Every estimator with the scan over T forced into one form (the automatic choice takes
+    the loop at the small T of these tests)."""
+    monkeypatch.setattr(E, "_scan_form", lambda T, B, device_type: request.param)
+    return request.param
+
+
+def test_gradcheck(scan_form):
     b = to_torch(inputs((4, 2), 5), torch.float64)
     # keep rho away from the clip levels so finite differences do not cross a kink
     rho = torch.tensor([[0.5, 1.6], [2.0, 0.3], [0.7, 1.9], [1.4, 0.6]], dtype=torch.float64)
@@ -141,7 +152,7 @@ def test_gradcheck():
           ["rewards", "reward_mean", "reward_std"])
 
 
-def test_nan_under_terminated_gets_a_zero_gradient():
+def test_nan_under_terminated_gets_a_zero_gradient(scan_form):
     b = to_torch(inputs((6, 3), 2, p_done=0.4), torch.float64)
     term = b["terminated"]
     assert term.any()
@@ -156,3 +167,121 @@ def test_nan_under_terminated_gets_a_zero_gradient():
     for grad in (nv.grad, nq.grad):
         assert torch.isfinite(grad).all()
         assert (grad[term] == 0).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# the scan over T (y_t = a_t + c_t y_{t+1}) in every form, against a loop written here
+
+
+def _loop(a, c):
+    y = np.zeros_like(a)
+    for t in reversed(range(a.shape[0])):
+        y[t] = a[t] + (c[t] * y[t + 1] if t + 1 < a.shape[0] else 0.0)
+    return y
+
+
+def _scan(a, c, form, bounded=True):
+    return E._scan(torch.as_tensor(a), torch.as_tensor(c), bounded=bounded, form=form).numpy()
+
+
+@pytest.mark.parametrize("form", FORMS)
+@pytest.mark.parametrize("T", [1, 2, 3, 5, 8, 13, 100, 257])
+def test_scan_forms_equal_a_loop(form, T):
+    rng = np.random.default_rng(T)
+    a = rng.normal(size=(T, 3))
+    c = rng.uniform(0.0, 1.0, size=(T, 3)) * (rng.random((T, 3)) > 0.1)  # cuts inside
+    for factors in (c, np.zeros_like(c), np.ones_like(c)):  # a cut at every step; none
+        np.testing.assert_allclose(_scan(a, factors, form), _loop(a, factors), rtol=1e-12,
+                                   atol=1e-12, err_msg=f"{form} T={T}")
+    np.testing.assert_array_equal(_scan(a, np.zeros_like(c), form), a)  # cut everywhere: y = a
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 3, 7, 16])
+def test_chunked_scan_with_any_chunk_length(chunk):
+    rng = np.random.default_rng(chunk)
+    a, c = rng.normal(size=(37, 2)), rng.uniform(0.0, 1.0, size=(37, 2))
+    got = E._scan_chunked(torch.as_tensor(a), torch.as_tensor(c), chunk=chunk).numpy()
+    np.testing.assert_allclose(got, _loop(a, c), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_scan_gradcheck(form):
+    rng = np.random.default_rng(3)
+    a = torch.tensor(rng.normal(size=(11, 2)), requires_grad=True)
+    c = torch.tensor(rng.uniform(0, 1, size=(11, 2)) * (rng.random((11, 2)) > 0.2),
+                     requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, c: E._scan(a, c, bounded=True, form=form), (a, c))
+
+
+def test_every_scan_form_is_chosen_at_some_benchmark_size():
+    from offpolicy import bench
+
+    sizes = bench.DEFAULT_SIZES + ((1, 4096),)
+    assert {E._scan_form(T, B, "cpu") for B, T in sizes} == set(FORMS)
+    assert E._scan_form(4096, 128, "cuda") == "doubling"
+
+
+@pytest.mark.parametrize("B", [2, 8], ids=["doubling", "chunked"])  # the automatic form
+def test_long_sequences_match_the_reference_in_float64(B):
+    """T = 4099 (not a power of two), gamma lam near 1, terminations and truncations inside:
+    every estimator within 1e-12 of the numpy reference (the scan's sums are associated
+    differently from the loop's)."""
+    T = 4099
+    assert E._scan_form(T, B, "cpu") == ("doubling" if B == 2 else "chunked")
+    b = inputs((T, B), 7, p_done=0.002)
+    b["log_rhos"] = np.random.default_rng(8).normal(0.0, 0.3, size=(T, B))
+    expected = run_all(N, b, gamma=0.999, lam=0.998)
+    got = run_all(E, to_torch(b, torch.float64), gamma=0.999, lam=0.998)
+    for name, outs in expected.items():
+        for e, g in zip(outs, got[name], strict=True):
+            np.testing.assert_allclose(g.numpy(), e, rtol=1e-12, atol=1e-12, err_msg=name)
+
+
+def test_a_cut_at_every_step(scan_form):
+    b = inputs((37, 3), 9)
+    b["truncated"] = np.ones((37, 3), dtype=bool)
+    compare(b, to_torch(b, torch.float64), torch.float64, "cpu")
+    adv = E.gae(*(torch.as_tensor(b[k]) for k in ("rewards", "values", "next_values",
+                                                  "terminated", "truncated")),
+                gamma=0.9, lam=0.9).advantages
+    delta = b["rewards"] + 0.9 * np.where(b["terminated"], 0.0, b["next_values"]) - b["values"]
+    np.testing.assert_allclose(adv.numpy(), delta, rtol=1e-15, atol=1e-15)
+
+
+@pytest.mark.parametrize("shape", [(1,), (1, 3), (37, 3), (64, 2)], ids=str)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_every_estimator_in_every_scan_form(scan_form, shape, dtype):
+    b = inputs(shape, 4)
+    compare(b, to_torch(b, dtype), dtype, "cpu")
+
+
+def test_products_that_would_overflow_keep_the_loop(monkeypatch):
+    """A scan multiplies factors together, a loop never does: traces of 1e200 overflow any
+    product of two, so a forced scan gives NaN (inf * 0) where the loop gives the reference's
+    finite targets; the automatic choice sees that and keeps the loop."""
+    T = 64
+    zeros = np.zeros((T, 1))
+    r = zeros.copy()
+    r[0] = 1.0
+    no = np.zeros((T, 1), dtype=bool)
+    traces = np.full((T, 1), 1e200)
+    args = (r, zeros, zeros, no, no, traces)
+    want = N.q_trace(*args, gamma=1.0, lam=1.0)
+    assert np.isfinite(want).all() and want[0, 0] == 1.0
+    factors = torch.full((T, 1), 1e200, dtype=torch.float64)
+    assert not E._products_stay_finite(factors)
+    assert not np.isfinite(_scan(r, factors.numpy(), "doubling")).all()  # the check can fail
+    for form in ("doubling", "chunked"):
+        monkeypatch.setattr(E, "_scan_form", lambda T, B, device_type, f=form: f)
+        got = E.q_trace(*(torch.as_tensor(v) for v in args), gamma=1.0, lam=1.0)
+        np.testing.assert_array_equal(got.numpy(), want)
+
+
+def test_large_factors_between_cuts_take_the_scan():
+    c = np.tile([[1e200], [0.0]], (32, 1))
+    a = np.random.default_rng(1).normal(size=c.shape)
+    assert E._products_stay_finite(torch.as_tensor(c))
+    assert not E._products_stay_finite(torch.as_tensor(np.full((3, 1), 1e200)))
+    assert E._products_stay_finite(torch.as_tensor(np.full((300, 1), 1.5)))  # 1.5^299 < max
+    for form in FORMS:
+        np.testing.assert_allclose(_scan(a, c, form, bounded=False), _loop(a, c), rtol=1e-12)
