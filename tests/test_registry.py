@@ -200,3 +200,23 @@ def test_module_imports_alone_in_a_fresh_interpreter(module):
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                           text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_harness_estimator_values_are_registry_names():
+    """The harness's --estimator values are registry names or aliases, except the harness's
+    own decoupled PPO (not an estimator of the contract)."""
+    from offpolicy.harness import dqn, ppo
+
+    for value in (*ppo.ESTIMATORS, *dqn.ESTIMATORS):
+        if value == "decoupled":
+            continue
+        registry.lookup(value)
+
+
+def test_strategies_draw_every_output_with_exact_moments():
+    """estimator_configs' pool covers every (recursion, output) the registry gives exact
+    moments for, so no output of a contract estimator escapes the property suite."""
+    want = {(info.moments_name, q) for info in registry.ESTIMATORS.values()
+            if info.moments_name is not None for q in info.quantities.values()}
+    drawn = {moments._resolve(e, o) for e, o in strategies.ESTIMATOR_OUTPUTS}
+    assert drawn == want
