@@ -926,7 +926,8 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     pg = ctx.empty(n) if mode == K.VTRACE else ctx.dummy()
     err = ctx.zeros_err()
     per_step, gam, lm = ctx.step_buffers(gamma, lam, shape)
-    serial = _serial(n, "gae" if mode == K.GAE else "log_ratio")
+    # GPU forms have no serial build (one memo entry, one compile)
+    serial = _state["arch"] == "cpu" and _serial(n, "gae" if mode == K.GAE else "log_ratio")
     kern = K.build_state(_ti_dtype(ctx.dtype), mode, per_step, serial)
     scalars = (0.0, 0.0) if per_step else (float(gamma), float(lam))  # unused when per step
     params = [*scalars, float(rho_clip), float(c_clip), float(pg_clip)]
@@ -1199,7 +1200,7 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
     out, err = ctx.empty(T * B), ctx.zeros_err()
     hi = 1.0 if coefficient_name == "target_probs_taken" else float(np.finfo(ctx.dtype).max)
     per_step, gam, lm = ctx.step_buffers(g, l, shape)
-    serial = _serial(T * B, "action")
+    serial = _state["arch"] == "cpu" and _serial(T * B, "action")
     kern = K.build_action(_ti_dtype(ctx.dtype), mode, per_step, serial)
     scalars = (0.0, 0.0) if per_step else (float(g), float(l))  # unused when per step
     if _state["arch"] == "cpu" and _forced_form["state"] != "naive":

@@ -5,7 +5,7 @@ gradients are those of ``estimators.torch`` (the same masks, clips and conventio
 module docstring): checked with ``torch.autograd.gradcheck`` in float64 (finite differences
 of the Taichi outputs themselves) and against ``estimators.torch``'s gradients to 1e-10.
 
-Inputs: T = 9 steps, B = 3 streams, a termination and truncations inside the segment (the
+Inputs: T = 8 steps, B = 2 streams, a termination and truncations inside the segment (the
 truncated step's bootstrap value differs from values[t+1]), NaN next values under
 termination (never read: zero gradient), log-ratios at least 0.1 away from every clip level
 (the ``min`` kinks, where a finite difference is not a derivative).
@@ -21,7 +21,7 @@ pytest.importorskip("taichi")
 X = pytest.importorskip("estimators.taichi")
 from estimators import torch as TB  # noqa: E402
 
-T, B = 9, 3
+T, B = 8, 2
 TOL = 1e-10
 
 
@@ -31,7 +31,7 @@ def _inputs(seed=0):
     term = torch.zeros((T, B), dtype=torch.bool)
     trunc = torch.zeros((T, B), dtype=torch.bool)
     term[3, 0] = True
-    term[6, 2] = True
+    term[6, 1] = True
     trunc[2, 1] = True
     trunc[5, 0] = True
     nv = f()
@@ -83,12 +83,13 @@ def _action_call(name, d, gamma, lam):
     return fn, [d["r"], d["q"], d["nq"], gamma, lam] + ([d[key]] if key else [])
 
 
-def _check(fn, inputs, gradcheck=True):
-    """gradcheck of the Taichi call, and its gradients equal to the torch backend's."""
+def _check(fn, inputs, gradcheck="full"):
+    """gradcheck of the Taichi call ("full": every Jacobian entry; "fast": random projections;
+    None: none), and its gradients equal to the torch backend's."""
     leaves = [x.detach().clone().requires_grad_(True) for x in inputs]
     if gradcheck:
         assert torch.autograd.gradcheck(lambda *xs: fn(X, *xs), leaves, eps=1e-6, atol=1e-7,
-                                        rtol=1e-6)
+                                        rtol=1e-6, fast_mode=gradcheck == "fast")
     outs_x = fn(X, *leaves)
     outs_t = fn(TB, *leaves)
     rng = np.random.default_rng(1)
@@ -117,14 +118,18 @@ def _gamma_lam(d, per_step):
 @pytest.mark.parametrize("name", list(STATE))
 def test_state_value_gradients(name, per_step):
     d = _inputs()
-    _check(*_state_call(name, d, *_gamma_lam(d, per_step)))
+    # every Jacobian entry with per-step gamma/lam; the scalar case projected (its gradients
+    # are still compared entry by entry with the torch backend's)
+    _check(*_state_call(name, d, *_gamma_lam(d, per_step)),
+           gradcheck="full" if per_step else "fast")
 
 
 @pytest.mark.parametrize("per_step", [False, True], ids=["scalar", "per_step"])
 @pytest.mark.parametrize("name", list(ACTION))
 def test_action_value_gradients(name, per_step):
     d = _inputs(2)
-    _check(*_action_call(name, d, *_gamma_lam(d, per_step)))
+    _check(*_action_call(name, d, *_gamma_lam(d, per_step)),
+           gradcheck="full" if per_step else "fast")
 
 
 def test_windowed_gradients():
@@ -145,9 +150,9 @@ def test_every_kernel_form_gives_the_same_gradients(form):
     gamma, lam = d["gamma_t"], torch.tensor(0.9, dtype=torch.float64)
     with X._form(form):
         for name in STATE:
-            _check(*_state_call(name, d, gamma, lam), gradcheck=False)
+            _check(*_state_call(name, d, gamma, lam), gradcheck=None)
         for name in ACTION:
-            _check(*_action_call(name, d, gamma, lam), gradcheck=False)
+            _check(*_action_call(name, d, gamma, lam), gradcheck=None)
 
 
 def test_values_are_the_no_grad_values_byte_for_byte():
