@@ -118,6 +118,8 @@ def summarize(curve: list[dict], tabular: bool, tail: float = 0.1) -> dict:
         "sps": curve[-1]["sps"],
         "env_sps": curve[-1].get("env_sps", float("nan")),
         "final_return": _nanmean([r.get("episodic_return") for r in last]),
+        # the area under the return curve (speed of learning on Gymnasium envs)
+        "mean_return": _nanmean([r.get("episodic_return") for r in curve]),
     }
     if tabular:
         out["final_J"] = _nanmean([r.get("J") for r in last])
