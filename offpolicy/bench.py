@@ -1,26 +1,39 @@
 """Benchmark every estimator on every backend: ``python -m offpolicy.bench``.
 
-For each size (B x T; default 4096x128, 1024x1024, 128x4096, 64x64), float32 inputs, each
-estimator and each backend, the first call is timed on its own (for Taichi: JIT compile, or a
-load from Taichi's offline cache when an earlier process compiled it), then the median of
-``--repeats`` calls after a warm-up call. Columns:
+For each size (B x T, streams x steps; default 4096x128, 1024x1024, 128x4096, 64x64, and the
+small batches of issue 11: 16x128 and 4x128, that is 128 steps of 16 or 4 environments as in
+CleanRL, and 128x16 and 128x4, the same numbers read as B x T), float32 inputs, each estimator
+and each backend, the first call is timed on its own (for Taichi: JIT compile, or a load from
+Taichi's offline cache when an earlier process compiled it; for rlax: the ``jax.jit``
+compile), then the median of ``--repeats`` calls after a warm-up call. Columns:
 
 * ``speedup_vs_numpy``: the numpy reference (``estimators.numpy``, float64, validated) time
   divided by this backend's time, measured in the same process;
 * ``speedup_vs_loop``: the same against ``numpy-loop``, the bare float32 loop over T vectorised
   over B, with no validation or conversion (GAE and V-trace only): the yardstick of issue 7;
 * ``x_copy_floor``: this backend's time divided by the time ``np.copyto`` takes to copy the
-  estimator's input bytes (a memory-traffic floor for a one-pass kernel).
+  estimator's input bytes (a memory-traffic floor for a one-pass kernel);
+* ``speedup_vs_best_peer`` (``best_peer``): the fastest peer's time at that size and estimator
+  divided by this backend's time (above 1: faster than every peer), when a peer ran.
 
 Backends: ``numpy``, ``numpy-loop``, ``torch`` (CPU), ``taichi`` (its automatic kernel form),
 ``taichi-naive`` (one thread per stream walking T, to show why the lockstep form exists), and
-peers when installed (never required): ``torchrl`` (functional GAE and V-trace, batch-major
-inputs prepared outside the timing) and ``rlax`` (GAE-like ``truncated_generalized_advantage_
-estimation`` and ``vtrace``, jitted, per stream vmapped).
+peers when installed (never required; a missing one is skipped): ``torchrl`` (functional
+``generalized_advantage_estimate`` and ``vtrace_advantage_estimate``), ``torchrl-vec``
+(``vec_generalized_advantage_estimate``), both with batch-major inputs prepared outside the
+timing, and ``rlax`` (``truncated_generalized_advantage_estimation`` and ``vtrace`` with
+per-step lambda cut at episode ends, ``jax.vmap`` over streams under ``jax.jit``, timed with
+``block_until_ready``; inputs are JAX arrays made outside the timing).
 
 Writes ``bench.csv`` and ``bench.md`` under ``--out`` (default ``offpolicy-out/bench/``,
 git-ignored; the committed tables change only with ``--out reports/bench``). Exit codes: 0 done,
 2 bad arguments or an unwritable ``--out`` (one line, checked before anything is timed).
+
+The committed tables are one run, with the peers, on a quiet machine, from the repository root,
+in the peers' environment (``/work/peers-venv`` here: torchrl 0.14.1, rlax 0.1.9 with jax, and
+this repository installed editable; elsewhere ``pip install -e .[test] torchrl rlax jax``)::
+
+    /work/peers-venv/bin/python -m offpolicy.bench --repeats 21 --out reports/bench
 """
 
 from __future__ import annotations
@@ -36,11 +49,14 @@ import time
 
 import numpy as np
 
-DEFAULT_SIZES = ((4096, 128), (1024, 1024), (128, 4096), (64, 64))
+DEFAULT_SIZES = ((4096, 128), (1024, 1024), (128, 4096), (64, 64), (16, 128), (4, 128),
+                 (128, 16), (128, 4))
 QUICK_SIZES = ((64, 16), (8, 64))
 ESTIMATORS = ("gae", "vtrace", "puff_advantage", "per_decision_is", "nstep_returns", "q_trace",
               "retrace", "tree_backup", "q_lambda", "importance_sampling_q", "p3o_advantage")
-BACKENDS = ("numpy", "numpy-loop", "torch", "taichi", "taichi-naive", "torchrl", "rlax")
+BACKENDS = ("numpy", "numpy-loop", "torch", "taichi", "taichi-naive", "torchrl", "torchrl-vec",
+            "rlax")
+PEERS = ("torchrl", "torchrl-vec", "rlax")  # other libraries: never required
 STATE = {"gae", "vtrace", "puff_advantage", "per_decision_is"}
 ACTION = {"q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q"}
 GAMMA, LAM, NSTEP, H = 0.99, 0.95, 5, 8
@@ -151,15 +167,15 @@ def backend_call(backend, name, d):
                     return fn(*args, **kwargs)
             return run
         return lambda: fn(*args, **kwargs)
-    if backend == "torchrl":
-        return _torchrl_call(name, d)
+    if backend in ("torchrl", "torchrl-vec"):
+        return _torchrl_call(name, d, vectorised=backend == "torchrl-vec")
     if backend == "rlax":
         return _rlax_call(name, d)
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _torchrl_call(name, d):
-    if name not in ("gae", "vtrace"):
+def _torchrl_call(name, d, vectorised=False):
+    if name not in ("gae", "vtrace") or (vectorised and name != "gae"):
         return None
     try:
         F = importlib.import_module("torchrl.objectives.value.functional")
@@ -171,7 +187,9 @@ def _torchrl_call(name, d):
     term = bm(d["terminated"])
     done = bm(d["terminated"] | d["truncated"])
     if name == "gae":
-        return lambda: F.generalized_advantage_estimate(GAMMA, LAM, v, nv, r, done, term)
+        gae = (F.vec_generalized_advantage_estimate if vectorised
+               else F.generalized_advantage_estimate)
+        return lambda: gae(GAMMA, LAM, v, nv, r, done, term)
     log_pi, log_mu = bm(d["log_rhos"]), torch.zeros_like(r)
     return lambda: F.vtrace_advantage_estimate(GAMMA, log_pi, log_mu, v, nv, r, done, term)
 
@@ -198,8 +216,10 @@ def _rlax_call(name, d):
         return lambda: f(r, disc, lam, values).block_until_ready()
     lr = jnp.asarray(d["log_rhos"].T)
     values = jnp.concatenate([v, nv[:, -1:]], axis=1)
-    f = jax.jit(jax.vmap(lambda v_, r_, d_, rho_: rlax.vtrace(v_[:-1], v_[1:], r_, d_, rho_)))
-    return lambda: f(values, r, disc, jnp.exp(lr)).block_until_ready()
+    # the ratio is taken inside the compiled function (our backends take log-ratios too)
+    f = jax.jit(jax.vmap(lambda v_, r_, d_, lr_, l_: rlax.vtrace(
+        v_[:-1], v_[1:], r_, d_, jnp.exp(lr_), lambda_=l_)))
+    return lambda: f(values, r, disc, lr, lam).block_until_ready()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -252,6 +272,9 @@ def run(sizes, estimators, backends, repeats, log=print):
                 results[backend] = (med, best, n, first_ms)
             ref_ms = results.get("numpy", (None,))[0]
             loop_ms = results.get("numpy-loop", (None,))[0]
+            peers = {b: results[b][0] for b in PEERS if b in results}
+            best_peer = min(peers, key=peers.__getitem__) if peers else None
+            peer_ms = peers.get(best_peer)
             for backend, (med, best, n, first_ms) in results.items():
                 row = dict(
                     estimator=name, backend=backend, B=B, T=T, dtype="float32",
@@ -259,19 +282,28 @@ def run(sizes, estimators, backends, repeats, log=print):
                     first_call_ms=round(first_ms, 2),
                     speedup_vs_numpy=_ratio(ref_ms, med), speedup_vs_loop=_ratio(loop_ms, med),
                     x_copy_floor=_ratio(med, floor_ms), copy_floor_ms=round(floor_ms, 4),
+                    speedup_vs_best_peer=_ratio(peer_ms, med), best_peer=best_peer or "",
                     input_bytes=nbytes,
                 )
                 rows.append(row)
                 log(f"{B:>5}x{T:<5} {name:<22} {backend:<13} {med:9.3f} ms  "
-                    f"(first {first_ms:8.1f} ms)  vs numpy x{row['speedup_vs_numpy'] or '-'}  "
-                    f"vs loop x{row['speedup_vs_loop'] or '-'}  copy floor x{row['x_copy_floor']}")
+                    f"(first {first_ms:8.1f} ms)  vs numpy x{_cell(row['speedup_vs_numpy'])}  "
+                    f"vs loop x{_cell(row['speedup_vs_loop'])}  "
+                    f"copy floor x{_cell(row['x_copy_floor'])}  "
+                    f"vs best peer x{_peer_cell(row)}")
     return rows
 
 
 def _ratio(a, b):
+    """a / b to 2 decimals (2 significant digits below 0.1, so that no ratio reads 0.0)."""
     if a is None or b is None or b <= 0:
         return None
-    return round(a / b, 2)
+    x = a / b
+    return round(x, 2) if x >= 0.1 else float(f"{x:.2g}")
+
+
+def _cell(x):
+    return "-" if x is None else f"{x}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -280,7 +312,7 @@ def _ratio(a, b):
 
 FIELDS = ("estimator", "backend", "B", "T", "dtype", "median_ms", "min_ms", "repeats",
           "first_call_ms", "speedup_vs_numpy", "speedup_vs_loop", "x_copy_floor",
-          "copy_floor_ms", "input_bytes")
+          "copy_floor_ms", "speedup_vs_best_peer", "best_peer", "input_bytes")
 
 
 def write(rows, out, meta):
@@ -294,29 +326,40 @@ def write(rows, out, meta):
              f"{meta['versions']}.", "",
              "Times are medians in ms (float32 inputs). `vs numpy`: speed-up over the numpy "
              "reference (float64, validated); `vs loop`: over the bare float32 numpy loop; "
-             "`x floor`: time / the time to copy the input bytes with `np.copyto`. "
-             "`first`: the first call in the process (Taichi: compile or offline-cache load).",
+             "`x floor`: time / the time to copy the input bytes with `np.copyto`; "
+             "`vs best peer`: speed-up over the fastest peer library at that size and estimator "
+             "(named; above 1 is faster than it). "
+             "`first`: the first call in the process (Taichi: compile or offline-cache load; "
+             "rlax: `jax.jit` compile), kept apart from the median.",
              ""]
     sizes = list(dict.fromkeys((r["B"], r["T"]) for r in rows))
     for B, T in sizes:
         lines += [f"## B x T = {B} x {T}", "",
-                  "| estimator | backend | median ms | first ms | vs numpy | vs loop | x floor |",
-                  "|---|---|---:|---:|---:|---:|---:|"]
+                  "| estimator | backend | median ms | first ms | vs numpy | vs loop | x floor "
+                  "| vs best peer |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if (r["B"], r["T"]) != (B, T):
                 continue
-            fmt = lambda x: "-" if x is None else f"{x}"
+            fmt = _cell
             lines.append(f"| {r['estimator']} | {r['backend']} | {r['median_ms']:.3f} | "
                          f"{r['first_call_ms']:.1f} | {fmt(r['speedup_vs_numpy'])} | "
-                         f"{fmt(r['speedup_vs_loop'])} | {fmt(r['x_copy_floor'])} |")
+                         f"{fmt(r['speedup_vs_loop'])} | {fmt(r['x_copy_floor'])} | "
+                         f"{_peer_cell(r)} |")
         lines.append("")
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write("\n".join(lines))
 
 
+def _peer_cell(row):
+    if row["speedup_vs_best_peer"] is None:
+        return "-"
+    return f"{row['speedup_vs_best_peer']} ({row['best_peer']})"
+
+
 def _versions():
     out = []
-    for mod in ("torch", "taichi", "torchrl", "jax"):
+    for mod in ("torch", "taichi", "torchrl", "jax", "rlax"):
         m = sys.modules.get(mod)
         if m is not None:
             v = getattr(m, "__version__", None)
@@ -345,7 +388,8 @@ def main(argv=None):
 
     p = OneLineParser(prog="python -m offpolicy.bench", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=parse_sizes, default=None,
-                   help="comma-separated BxT list (default 4096x128,1024x1024,128x4096,64x64)")
+                   help="comma-separated BxT list (default: "
+                   + ",".join(f"{b}x{t}" for b, t in DEFAULT_SIZES) + ")")
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 15)")

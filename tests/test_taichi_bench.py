@@ -1,17 +1,18 @@
-"""``python -m offpolicy.bench --quick`` runs and writes its CSV and markdown tables."""
+"""``python -m offpolicy.bench``: it runs and writes its CSV and markdown tables; the ratios
+against the fastest peer; no peer library is needed (peers are stand-ins here)."""
 
 from __future__ import annotations
 
 import csv
+import time
 
 import pytest
 
-pytest.importorskip("taichi")
-
-from offpolicy import bench  # noqa: E402
+from offpolicy import bench
 
 
 def test_quick_benchmark_writes_tables(tmp_path):
+    pytest.importorskip("taichi")
     rows = bench.main(["--quick", "--sizes", "16x8,4x32", "--repeats", "2",
                        "--estimators", "gae,vtrace,retrace,nstep_returns,p3o_advantage",
                        "--backends", "numpy,numpy-loop,taichi,taichi-naive",
@@ -26,11 +27,65 @@ def test_quick_benchmark_writes_tables(tmp_path):
         assert float(r["median_ms"]) > 0 and float(r["copy_floor_ms"]) > 0
         if r["backend"] != "numpy":
             assert r["speedup_vs_numpy"]
+        assert r["speedup_vs_best_peer"] == "" and r["best_peer"] == ""  # no peer ran
     text = (tmp_path / "bench.md").read_text()
     assert "## B x T = 16 x 8" in text and "| gae | taichi |" in text
 
 
-def test_bench_rejects_unknown_names():
-    with pytest.raises(SystemExit):
-        bench.main(["--estimators", "nope", "--quick"])
+def _sleeper(seconds):
+    def run():
+        time.sleep(seconds)
+    return run
+
+
+def test_the_fastest_peer_is_the_yardstick(tmp_path, monkeypatch):
+    """Two stand-in peers (one sleeping 4 ms, one 0.5 ms): every row of GAE is compared with
+    the faster, named, and the ratio is the peer's median over the row's median."""
+    monkeypatch.setattr(bench, "_torchrl_call", lambda name, d, vectorised=False:
+                        _sleeper(0.004) if name == "gae" and not vectorised else None)
+    monkeypatch.setattr(bench, "_rlax_call",
+                        lambda name, d: _sleeper(0.0005) if name == "gae" else None)
+    lines = []
+    rows = bench.run([(8, 16)], ["gae", "nstep_returns"],
+                     ["numpy", "numpy-loop", "torch", "torchrl", "torchrl-vec", "rlax"], 3,
+                     log=lines.append)
+    gae = {r["backend"]: r for r in rows if r["estimator"] == "gae"}
+    assert set(gae) == {"numpy", "numpy-loop", "torch", "torchrl", "rlax"}
+    peer_ms = gae["rlax"]["median_ms"]
+    assert peer_ms < gae["torchrl"]["median_ms"]
+    for backend, r in gae.items():
+        assert r["best_peer"] == "rlax", backend
+        # the row's ratio comes from unrounded medians; the CSV keeps them to 1e-4 ms
+        assert r["speedup_vs_best_peer"] == pytest.approx(peer_ms / r["median_ms"], rel=0.01,
+                                                          abs=0.01), backend
+    assert gae["rlax"]["speedup_vs_best_peer"] == 1.0
+    assert gae["torchrl"]["speedup_vs_best_peer"] < 1.0
+    for r in rows:
+        if r["estimator"] == "nstep_returns":  # no peer computes it
+            assert r["speedup_vs_best_peer"] is None and r["best_peer"] == ""
+    assert any("vs best peer x1.0 (rlax)" in line for line in lines)
+    bench.write(rows, str(tmp_path), dict(command="c", machine="m", python="p", numpy="n",
+                                          versions="v"))
+    text = (tmp_path / "bench.md").read_text()
+    assert "| vs best peer |" in text and "(rlax) |" in text
+
+
+def test_ratios_never_round_to_zero():
+    assert bench._ratio(1.0, 400.0) == 0.0025
+    assert bench._ratio(3.0, 2.0) == 1.5 and bench._ratio(None, 2.0) is None
+
+
+def test_small_batches_are_default_sizes():
+    for size in ((4, 128), (16, 128), (128, 4), (128, 16), (64, 64), (128, 4096)):
+        assert size in bench.DEFAULT_SIZES
+
+
+def test_bench_rejects_bad_arguments_in_one_line(capsys):
+    for argv in (["--estimators", "nope", "--quick"], ["--backends", "jax", "--quick"],
+                 ["--sizes", "4by4"], ["--repeats", "0"]):
+        with pytest.raises(SystemExit) as e:
+            bench.main(argv)
+        assert e.value.code == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, argv
     assert bench.parse_sizes("4096x128,64x64") == ((4096, 128), (64, 64))
