@@ -847,7 +847,31 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     if launcher is None or not launcher.fast:
         return None  # compiled (and the launcher cached) by the general path
     err, err_ptr = _err_buffer()
-    ctx = launcher.t_kernel.make_launch_context()
+    # the launch context is kept per thread and kernel: the arguments that do not change from
+    # call to call (dummies, the error flag, the sizes and parameters) are set only when they
+    # do; the arrays are set on every call
+    contexts = getattr(_ERR, "contexts", None)
+    if contexts is None:
+        contexts = _ERR.contexts = {}
+    key = (ints, gamma, lam, rho_clip, c_clip, pg_clip)
+    entry = contexts.get(id(launcher))
+    if entry is None or entry[1] != key:
+        ctx = launcher.t_kernel.make_launch_context()
+        contexts[id(launcher)] = (ctx, key)
+        arg = ctx.set_arg_external_array_with_shape
+        arg((9,), err_ptr, 4, (1,), 0)
+        for i in (5, 8, 10, 11):  # set again below when lr / pg are real arrays
+            arg((i,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
+        ctx.set_arg_int((12,), ints[0])
+        ctx.set_arg_int((13,), ints[1])
+        ctx.set_arg_int((14,), ints[2])
+        ctx.set_arg_float((15,), gamma)
+        ctx.set_arg_float((16,), lam)
+        ctx.set_arg_float((17,), rho_clip)
+        ctx.set_arg_float((18,), c_clip)
+        ctx.set_arg_float((19,), pg_clip)
+    else:
+        ctx = entry[0]
     arg = ctx.set_arg_external_array_with_shape
     arg((0,), ptrs[0], nbytes, shp, 0)
     arg((1,), ptrs[1], nbytes, shp, 0)
@@ -856,25 +880,10 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     arg((4,), tr.ctypes.data, n, (n,), 0)
     if lr is not None:
         arg((5,), ptrs[5], nbytes, shp, 0)
-    else:
-        arg((5,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
     arg((6,), ptrs[3], nbytes, shp, 0)
     arg((7,), ptrs[4], nbytes, shp, 0)
     if pg is not None:
         arg((8,), ptrs[-1], nbytes, shp, 0)
-    else:
-        arg((8,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
-    arg((9,), err_ptr, 4, (1,), 0)
-    arg((10,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
-    arg((11,), dummy.ptr, dummy.nbytes, dummy.shape, 0)
-    ctx.set_arg_int((12,), ints[0])
-    ctx.set_arg_int((13,), ints[1])
-    ctx.set_arg_int((14,), ints[2])
-    ctx.set_arg_float((15,), gamma)
-    ctx.set_arg_float((16,), lam)
-    ctx.set_arg_float((17,), rho_clip)
-    ctx.set_arg_float((18,), c_clip)
-    ctx.set_arg_float((19,), pg_clip)
     launcher.prog.launch_kernel(launcher.compiled, ctx)
     if err[0] != 0:
         return None  # the general path re-runs the kernel and raises the shared message

@@ -418,3 +418,25 @@ def test_large_outputs_start_on_a_cache_line(threads):
         assert a.ctypes.data % 64 == 0 and b.data_ptr() % 64 == 0
         assert a.tobytes() == b.numpy().tobytes()
         _close(a, w, np.float32)
+
+
+def test_lean_path_reused_launch_context_follows_every_argument():
+    """The lean path keeps a launch context per kernel and sets only what changed: calls that
+    alternate arrays, sizes and parameters (and a failing call in between) give the bytes of
+    a first call with each of them."""
+    a = _big(np.float32, T=12, B=16, seed=6)
+    b = _big(np.float32, T=7, B=8, seed=7)
+    cases = [(a, dict(gamma=0.9, lam=0.8)), (b, dict(gamma=0.5, lam=1.0, rho_clip=2.0)),
+             (a, dict(gamma=0.9, lam=0.8, c_clip=0.5))]
+    first = [b"".join(x.tobytes() for x in X.vtrace(*arrays, **kw)) for arrays, kw in cases]
+    bad = list(a)
+    bad[0] = np.full_like(a[0], np.nan)
+    with pytest.raises(ValueError, match="rewards"):
+        X.vtrace(*bad, gamma=0.9, lam=0.8)
+    for _ in range(2):
+        for (arrays, kw), want in zip(cases, first, strict=True):
+            got = X.vtrace(*arrays, **kw)
+            assert b"".join(x.tobytes() for x in got) == want
+            ref_out = ref.vtrace(*arrays, **kw)
+            for g, w in zip(got, ref_out, strict=True):
+                _close(g, w, np.float32)
