@@ -739,8 +739,8 @@ _F32, _F64, _BOOL = np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.bool
 _ERR = threading.local()
 
 
-class _NumpyOut:
-    """The output side of ``_Context`` for numpy in, numpy out."""
+class _LeanOut:
+    """The output side of ``_Context`` for the lean path (numpy or CPU torch, unchanged)."""
 
     @staticmethod
     def out(flat, shape):
@@ -775,27 +775,69 @@ def _err_buffer():
     return pair
 
 
+def _lean_arrays(r, floats, flags):
+    """(numpy dtype, pointer of, new output of n elements) when ``r``, ``floats`` and ``flags``
+    are all numpy arrays, or all CPU torch tensors, C-contiguous, of ``r``'s shape, the floats
+    of one dtype (float32 or float64) and the flags bool; otherwise None."""
+    if type(r) is np.ndarray:
+        shape = r.shape
+        dt = r.dtype
+        if (dt is not _F32 and dt is not _F64) or not r.flags.c_contiguous:
+            return None
+        for x in floats:
+            if (type(x) is not np.ndarray or x.dtype is not dt or x.shape != shape
+                    or not x.flags.c_contiguous):
+                return None
+        for x in flags:
+            if (type(x) is not np.ndarray or x.dtype is not _BOOL or x.shape != shape
+                    or not x.flags.c_contiguous):
+                return None
+        return dt, _numpy_pointer, _output
+    torch = sys.modules.get("torch")
+    if torch is None or type(r) is not torch.Tensor:
+        return None
+    shape = r.shape
+    tdt = r.dtype
+    if tdt is torch.float32:
+        dt = _F32
+    elif tdt is torch.float64:
+        dt = _F64
+    else:
+        return None
+    # a negative-bit view (torch._neg_view) holds -x in memory: the general path refuses it
+    for x in (r, *floats):
+        if (type(x) is not torch.Tensor or x.dtype is not tdt or not x.is_cpu
+                or x.shape != shape or not x.is_contiguous() or x.is_neg()):
+            return None
+    for x in flags:
+        if (type(x) is not torch.Tensor or x.dtype is not torch.bool or not x.is_cpu
+                or x.shape != shape or not x.is_contiguous()):
+            return None
+    return dt, _torch_pointer, lambda n, _dt: torch.empty(n, dtype=tdt)
+
+
+def _numpy_pointer(x) -> int:
+    return x.ctypes.data
+
+
+def _torch_pointer(x) -> int:
+    return x.data_ptr()
+
+
 def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     """(adv, ret, pg) flat, or None when the lean path does not apply (the general path then
     runs: other array types, dtypes or layouts, per-step gamma/lam, a forced form, a GPU, a
-    kernel not yet compiled in this process, or an input that fails a check)."""
-    nd = np.ndarray
+    kernel not yet compiled in this process, or an input that fails a check). Inputs: numpy
+    arrays (numpy out) or CPU torch tensors (torch out, allocated 64-byte aligned by torch)."""
     if (type(gamma) is not float or type(lam) is not float or not 0.0 <= gamma <= 1.0
-            or not 0.0 <= lam <= 1.0 or type(r) is not nd or type(v) is not nd
-            or type(nv) is not nd or type(te) is not nd or type(tr) is not nd
-            or _state["arch"] != "cpu" or _forced_form["state"] is not None):
+            or not 0.0 <= lam <= 1.0 or _state["arch"] != "cpu"
+            or _forced_form["state"] is not None):
         return None
-    dt = r.dtype
+    lean = _lean_arrays(r, (v, nv) if lr is None else (v, nv, lr), (te, tr))
+    if lean is None:
+        return None
+    dt, pointer, new_output = lean
     shape = r.shape
-    if ((dt is not _F32 and dt is not _F64) or v.dtype is not dt or nv.dtype is not dt
-            or te.dtype is not _BOOL or tr.dtype is not _BOOL or v.shape != shape
-            or nv.shape != shape or te.shape != shape or tr.shape != shape
-            or not (r.flags.c_contiguous and v.flags.c_contiguous and nv.flags.c_contiguous
-                    and te.flags.c_contiguous and tr.flags.c_contiguous)):
-        return None
-    if lr is not None and (type(lr) is not nd or lr.dtype is not dt or lr.shape != shape
-                           or not lr.flags.c_contiguous):
-        return None
     ndim = len(shape)
     if ndim == 2:
         T, B = shape
@@ -819,13 +861,13 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     kern = K.build_state(_ti_dtype(dt), mode, False, serial)
     size = dt.itemsize
     nbytes = n * size
-    adv, ret = _output(n, dt), _output(n, dt)
-    pg = _output(n, dt) if mode == K.VTRACE else None
-    ptrs = [r.ctypes.data, v.ctypes.data, nv.ctypes.data, adv.ctypes.data, ret.ctypes.data]
+    adv, ret = new_output(n, dt), new_output(n, dt)
+    pg = new_output(n, dt) if mode == K.VTRACE else None
+    ptrs = [pointer(r), pointer(v), pointer(nv), pointer(adv), pointer(ret)]
     if lr is not None:
-        ptrs.append(lr.ctypes.data)
+        ptrs.append(pointer(lr))
     if pg is not None:
-        ptrs.append(pg.ctypes.data)
+        ptrs.append(pointer(pg))
     vec = dt is _F32 and B % 4 == 0 and not any(p % 16 for p in ptrs)
     if vec:
         G = B // 4
@@ -876,8 +918,8 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     arg((0,), ptrs[0], nbytes, shp, 0)
     arg((1,), ptrs[1], nbytes, shp, 0)
     arg((2,), ptrs[2], nbytes, shp, 0)
-    arg((3,), te.ctypes.data, n, (n,), 0)
-    arg((4,), tr.ctypes.data, n, (n,), 0)
+    arg((3,), pointer(te), n, (n,), 0)
+    arg((4,), pointer(tr), n, (n,), 0)
     if lr is not None:
         arg((5,), ptrs[5], nbytes, shp, 0)
     arg((6,), ptrs[3], nbytes, shp, 0)
@@ -901,7 +943,7 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     fast = _fast_state(mode, sys.modules[__package__ + "._taichi_kernels"], rewards, values,
                        next_values, terminated, truncated, log_rhos, gamma, lam, clips)
     if fast is not None:
-        return (_NumpyOut, rewards.shape, *fast)
+        return (_LeanOut, tuple(rewards.shape), *fast)
     arrays = [_array(x) for x in (rewards, values, next_values, terminated, truncated)]
     lr = None if log_rhos is None else _array(log_rhos)
     clips = clips or {}

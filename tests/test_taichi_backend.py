@@ -390,18 +390,25 @@ def test_serial_and_parallel_blocks_give_identical_bytes():
 
 
 def test_lean_path_is_taken_and_matches_the_general_path():
-    """numpy inputs of one float dtype with bool flags take the lean path; a tensor input (the
-    general path) gives the same bytes."""
+    """numpy arrays, or CPU tensors, of one float dtype with bool flags take the lean path;
+    0/1 integer flags (the general path) give the same bytes."""
     torch = pytest.importorskip("torch")
-    r, v, nv, te, tr, lr = _big(np.float32, T=16, B=64, seed=4)
-    X.vtrace(r, v, nv, te, tr, lr, gamma=0.9, lam=0.9)  # compiles, caches the launcher
-    K = X._kernels()
-    assert X._fast_state(K.VTRACE, K, r, v, nv, te, tr, lr, 0.9, 0.9,
-                         {"rho_clip": 1.0, "c_clip": 1.0, "pg_rho_clip": 1.0}) is not None
-    lean = X.vtrace(r, v, nv, te, tr, lr, gamma=0.9, lam=0.9)
-    general = X.vtrace(torch.from_numpy(r), v, nv, te, tr, lr, gamma=0.9, lam=0.9)
-    for a, b in zip(lean, general, strict=True):
-        assert a.tobytes() == b.numpy().tobytes()
+    for dtype in (np.float32, np.float64):
+        r, v, nv, te, tr, lr = _big(dtype, T=16, B=64, seed=4)
+        tensors = [torch.from_numpy(x) for x in (r, v, nv, te, tr, lr)]
+        X.vtrace(r, v, nv, te, tr, lr, gamma=0.9, lam=0.9)  # compiles, caches the launcher
+        K = X._kernels()
+        clips = {"rho_clip": 1.0, "c_clip": 1.0, "pg_rho_clip": 1.0}
+        assert X._fast_state(K.VTRACE, K, r, v, nv, te, tr, lr, 0.9, 0.9, clips) is not None
+        assert X._fast_state(K.VTRACE, K, *tensors, 0.9, 0.9, clips) is not None
+        assert X._fast_state(K.VTRACE, K, r, v, nv, te.astype(np.uint8), tr, lr, 0.9, 0.9,
+                             clips) is None
+        lean = X.vtrace(r, v, nv, te, tr, lr, gamma=0.9, lam=0.9)
+        lean_torch = X.vtrace(*tensors, gamma=0.9, lam=0.9)
+        general = X.vtrace(r, v, nv, te.astype(np.uint8), tr, lr, gamma=0.9, lam=0.9)
+        for a, b, c in zip(lean, lean_torch, general, strict=True):
+            assert isinstance(b, torch.Tensor) and b.dtype == tensors[0].dtype
+            assert a.tobytes() == b.numpy().tobytes() == c.tobytes()
 
 
 @pytest.mark.parametrize("threads", ["serial", "parallel"])
@@ -413,6 +420,7 @@ def test_large_outputs_start_on_a_cache_line(threads):
     want = ref.vtrace(r, v, nv, te, tr, lr, gamma=0.99, lam=0.95)
     with X._threads(threads):
         lean = X.vtrace(r, v, nv, te, tr, lr, gamma=0.99, lam=0.95)
+        # mixed numpy and torch inputs: the general path
         general = X.vtrace(torch.from_numpy(r), v, nv, te, tr, lr, gamma=0.99, lam=0.95)
     for a, b, w in zip(lean, general, want, strict=True):
         assert a.ctypes.data % 64 == 0 and b.data_ptr() % 64 == 0
