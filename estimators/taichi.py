@@ -58,7 +58,9 @@ A numpy ``rewards`` with a tensor ``gamma`` that requires grad returns tensors.
 * Threads: at or below ``SERIAL_MAX`` elements (T*B; per family) the CPU forms run on the
   calling thread (a serial build of the same kernel, bit-identical outputs): waking Taichi's
   thread pool costs ~30-80 us per call, more than such a batch takes; above it, one block of
-  streams per core. Outputs of 64 KiB and more start on a cache line.
+  streams per core. With at most 2 CPUs the limit is ``SERIAL_MAX_FEW_THREADS`` (4M elements):
+  on the 2-vCPU dev machine a second thread did not pay at any benchmark size, and lost 5-10x
+  when the other core was busy. Outputs of 64 KiB and more start on a cache line.
 * Lean path: numpy inputs of one float dtype with bool flags, C-contiguous, scalar python-float
   gamma/lam and clips take a one-pass path to the same kernel (same checks; no conversions),
   which is what makes a 64x64 call ~0.04 ms instead of ~0.2.
@@ -113,8 +115,14 @@ _launchers: dict = {}
 # tests and the benchmark pick a kernel form ("state") and serial or parallel blocks ("threads")
 _forced_form: dict[str, str | None] = {"state": None, "threads": None}
 # at or below this many elements (T*B) the CPU forms run on the calling thread: waking Taichi's
-# thread pool costs ~30-80 us per launch on the 2-core dev machine (measured, see _serial)
+# thread pool costs ~30-80 us per launch (measured on the 2-core dev machine, see _serial)
 SERIAL_MAX = {"gae": 65536, "log_ratio": 32768, "action": 16384}
+# with at most 2 threads the pool is used only from this size on: on the 2-vCPU dev machine a
+# second thread did not pay at any benchmark size (best of 60 interleaved calls, loaded
+# machine: GAE 128x4096 serial 0.67 ms / parallel 1.04, V-trace 1.25 / 2.57, GAE 1024x1024
+# 1.28 / 3.11; idle, parallel V-trace 4096x128 took 1.1-1.45 ms against ~1.1-1.3 serial), and
+# when the other core is busy a parallel launch waits for its straggler (medians 5-10x worse)
+SERIAL_MAX_FEW_THREADS = 1 << 22
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,11 +451,17 @@ def _ti_dtype(dtype):
     return ti.f32 if dtype == np.float32 else ti.f64
 
 
+_NTHREADS: list[int] = []
+
+
 def _nthreads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+    """The CPUs this process may run on (read once)."""
+    if not _NTHREADS:
+        try:
+            _NTHREADS.append(max(1, len(os.sched_getaffinity(0))))
+        except AttributeError:  # pragma: no cover - not Linux
+            _NTHREADS.append(max(1, os.cpu_count() or 1))
+    return _NTHREADS[0]
 
 
 def _aligned16(*arrays) -> bool:
@@ -473,7 +487,7 @@ def _serial(n, family) -> bool:
     forced = _forced_form["threads"]
     if forced is not None:
         return forced == "serial"
-    return n <= SERIAL_MAX[family]
+    return n <= (SERIAL_MAX[family] if _nthreads() > 2 else SERIAL_MAX_FEW_THREADS)
 
 
 @contextlib.contextmanager
