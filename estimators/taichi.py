@@ -542,6 +542,7 @@ def _autograd():
     if _AUTOGRAD:
         return _AUTOGRAD["scan"], _AUTOGRAD["replace"]
     import torch
+    from torch.autograd.function import once_differentiable
 
     class Scan(torch.autograd.Function):
         """``Scan.apply(a, c, y)``: y (the kernel's solution of ``y_t = a_t + c_t y_{t+1}``,
@@ -553,6 +554,7 @@ def _autograd():
             return y.clone()
 
         @staticmethod
+        @once_differentiable  # the adjoint kernel has no graph: a double backward raises
         def backward(ctx, grad):
             c, y = ctx.saved_tensors
             u, gc = _scan_backward(grad, c, y)

@@ -186,3 +186,14 @@ def test_gradients_are_not_dropped():
     with torch.no_grad():
         out = X.gae(leaf, d["v"], d["nv"], d["te"], d["tr"], gamma=0.9, lam=0.9)
     assert not out.advantages.requires_grad
+
+
+def test_second_order_gradients_are_refused_not_wrong():
+    """The adjoint scan is a kernel without a graph: asking for a gradient of the gradient
+    raises instead of silently returning a partial one."""
+    d = _inputs(7)
+    lam = torch.tensor(0.9, dtype=torch.float64, requires_grad=True)
+    out = X.gae(d["r"], d["v"], d["nv"], d["te"], d["tr"], gamma=0.9, lam=lam)
+    (g,) = torch.autograd.grad(out.advantages.sum(), lam, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g, lam)
