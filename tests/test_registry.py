@@ -193,9 +193,7 @@ def test_cycle_finder_finds_a_cycle():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
 
-@pytest.mark.parametrize("module", ["offpolicy.report.montecarlo", "offpolicy.report.compute",
-                                    "offpolicy.moments", "offpolicy.registry",
-                                    "offpolicy.sampler"])
+@pytest.mark.parametrize("module", ["offpolicy.report.montecarlo", "offpolicy.report.compute"])
 def test_module_imports_alone_in_a_fresh_interpreter(module):
     proc = subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True,
                           text=True, cwd=ROOT)
