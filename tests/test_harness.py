@@ -121,8 +121,9 @@ def test_dqn_reaches_optimal_J_on_chain():
 
 
 def test_ppo_lag_makes_behaviour_stale():
-    # ppo_clip: the impala loss (vtrace's default) can make the policy deterministic within a
-    # few updates, after which a stale actor's ratios are exactly 1 again
+    # ppo_clip: a loss centred on pi_prox (vtrace's default prox_clip) or with no trust region
+    # (impala) can make the policy deterministic within a few updates, after which a stale
+    # actor's ratios are exactly 1 again
     r = ppo.train(ppo.PPOConfig(total_steps=4_096, lag=3, estimator="vtrace", seed=0,
                                 pg_loss="ppo_clip"))
     rows = r["curve"]

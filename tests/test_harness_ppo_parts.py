@@ -103,13 +103,27 @@ def test_decoupled_surrogate_clips_against_prox_and_weights_by_prox_over_mu():
     assert loss.item() == pytest.approx(float(-(w * surr).mean()), abs=1e-12)
 
 
+def test_prox_clip_clips_against_prox_and_weights_once():
+    logprox = torch.log(torch.tensor([0.4, 0.3, 0.5], dtype=torch.float64))
+    ratio_prox = torch.tensor([1.1, 1.5, 0.7], dtype=torch.float64)
+    adv = torch.tensor([1.0, 2.0, 1.0], dtype=torch.float64)
+    surr = torch.tensor([1.1 * 1.0, 1.2 * 2.0, 0.7 * 1.0], dtype=torch.float64)
+    for est, w in (("vtrace", torch.ones(3, dtype=torch.float64)),  # carried by the advantage
+                   ("gae", torch.tensor([1.0, 0.5, 1.0], dtype=torch.float64))):  # min(1, prox/mu)
+        new_logp = (logprox + ratio_prox.log()).requires_grad_()
+        loss, ratio = ppo.policy_loss(new_logp, LOGMU, adv, kind="prox_clip", estimator=est,
+                                      clip_coef=0.2, pg_rho_clip=1.0, logprox=logprox)
+        assert torch.allclose(ratio.detach(), ratio_prox)
+        assert loss.item() == pytest.approx(float(-(w * surr).mean()), abs=1e-12), est
+
+
 def test_value_loss_and_auto_rule():
     v = torch.tensor([1.0, 2.0, 0.0])
     t = torch.tensor([0.0, 2.0, 3.0])
     assert ppo.value_loss(v, t).item() == pytest.approx(0.5 * (1 + 0 + 9) / 3)
     auto = {e: ppo.resolved_pg_loss(ppo.PPOConfig(estimator=e)) for e in ppo.ESTIMATORS}
-    assert auto == {"gae": "ppo_clip", "decoupled": "ppo_clip", "vtrace": "impala",
-                    "puff": "impala", "pdis": "impala"}
+    assert auto == {"gae": "ppo_clip", "decoupled": "ppo_clip", "vtrace": "prox_clip",
+                    "puff": "prox_clip", "pdis": "prox_clip"}
     assert ppo.resolved_pg_loss(ppo.PPOConfig(estimator="vtrace", pg_loss="ppo_clip")) \
         == "ppo_clip"
 

@@ -58,10 +58,18 @@ Policy loss (``pg_loss``; importance weights counted once)
                For ``vtrace`` (pg advantage min(pg_rho_clip, rho)(q_t - V)), ``puff`` (leading
                min(rho_clip, rho) in delta_t) and ``pdis`` (rho_t in delta_t) the advantage
                already carries it and w = 1; for ``gae`` w = min(pg_rho_clip, rho) with rho =
-               pi/mu under the current parameters, detached.  No trust region.
-    auto       (default) impala for vtrace/puff/pdis, ppo_clip for gae and decoupled: the
-               weight is counted once whatever the estimator; GAE + ppo_clip stays the
-               on-policy default.  ``decoupled`` accepts only ppo_clip/auto.
+               pi/mu under the current parameters, detached.  No trust region: with sample
+               reuse (update_epochs x num_minibatches gradient steps per batch) the policy can
+               collapse (measured on CartPole: reports/harness/README.md).
+    prox_clip  the clipped surrogate of r = pi/pi_prox, pi_prox = the learner's policy at the
+               start of the update (the trust region of decoupled PPO, Hilton et al. 2021),
+               times the advantage: the importance weight appears once, as in impala (w = 1
+               for vtrace/puff/pdis, w = min(pg_rho_clip, pi_prox/mu) for gae).
+    auto       (default) prox_clip for vtrace/puff/pdis, ppo_clip for gae and decoupled: the
+               weight is counted once whatever the estimator, and a trust region is kept;
+               GAE + ppo_clip stays the on-policy default (at lag 0 with no mixing pi_prox =
+               mu, so prox_clip and ppo_clip coincide on the first minibatch).
+               ``decoupled`` accepts auto, ppo_clip or prox_clip (the same loss for it).
 
 Truncation (``truncation``)
     bootstrap  (correct, default) a time-limit cut bootstraps from V(final observation).
@@ -187,11 +195,11 @@ def advantages(cfg: PPOConfig, rewards, values, next_values, terminated, truncat
 
 
 def resolved_pg_loss(cfg: PPOConfig) -> str:
-    """The policy loss a config uses: ``auto`` is impala when the estimator's advantage
+    """The policy loss a config uses: ``auto`` is prox_clip when the estimator's advantage
     already carries the importance weight (vtrace, puff, pdis), else ppo_clip."""
     if cfg.pg_loss != "auto":
         return cfg.pg_loss
-    return "impala" if cfg.estimator in WEIGHTED_ADVANTAGE else "ppo_clip"
+    return "prox_clip" if cfg.estimator in WEIGHTED_ADVANTAGE else "ppo_clip"
 
 
 def policy_loss(new_logp, logmu, adv, *, kind: str, estimator: str, clip_coef: float,
@@ -382,7 +390,7 @@ def check_config(cfg: PPOConfig) -> None:
             f"needs the true model (tabular envs only: {', '.join(TABULAR_ENVS)})")
     if cfg.estimator == "decoupled" and cfg.pg_loss == "impala":
         raise measure.ConfigError("pg_loss", "decoupled PPO has its own clipped surrogate; "
-                                  "use auto or ppo_clip")
+                                  "use auto, ppo_clip or prox_clip")
 
 
 def train(cfg: PPOConfig, progress=None, behaviour_logprob_fn=None) -> dict:
