@@ -913,9 +913,11 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
         contexts = _ERR.contexts = {}
     key = (ints, gamma, lam, rho_clip, c_clip, pg_clip)
     entry = contexts.get(id(launcher))
-    if entry is None or entry[1] != key:
+    # the entry holds its launcher: after a restart of Taichi (configure) a new launcher with a
+    # recycled id() never picks up a context of the old program
+    if entry is None or entry[2] is not launcher or entry[1] != key:
         ctx = launcher.t_kernel.make_launch_context()
-        contexts[id(launcher)] = (ctx, key)
+        contexts[id(launcher)] = (ctx, key, launcher)
         arg = ctx.set_arg_external_array_with_shape
         arg((9,), err_ptr, 4, (1,), 0)
         for i in (5, 8, 10, 11):  # set again below when lr / pg are real arrays
