@@ -759,7 +759,7 @@ def _make_p3o(dt):
 # autograd: the adjoint of the first-order linear scan
 
 
-def build_scan_backward(dt):
+def build_scan_backward(dt, serial=False):
     """The backward pass of ``y_t = a_t + c_t y_{t+1}`` (t = T-1 .. 0, ``y_T = 0``) for float
     dtype ``dt``: given ``g_t = dL/dy_t``, the adjoint ``u_t = g_t + c_{t-1} u_{t-1}`` runs
     forwards in time (``u_0 = g_0``) and gives ``dL/da_t = u_t``, ``dL/dc_t = u_t y_{t+1}``
@@ -767,12 +767,12 @@ def build_scan_backward(dt):
 
     ``rows`` (CPU): blocks of BB streams in parallel, each walking t upwards in lockstep over
     contiguous rows (as the state kernels' ``rows`` form); ``naive`` (GPU): one thread per
-    stream (BB unused).
+    stream (BB unused). ``serial``: ``rows`` on the calling thread (as in ``build_state``).
     """
-    return _memo(("scan_backward", dt), lambda: _make_scan_backward(dt))
+    return _memo(("scan_backward", dt, serial), lambda: _make_scan_backward(dt, serial))
 
 
-def _make_scan_backward(dt):
+def _make_scan_backward(dt, serial):
     @ti.func
     def element(g: ti.template(), c: ti.template(), y: ti.template(), u: ti.template(),
                 gc: ti.template(), i, t, T, B, prev):
@@ -789,7 +789,7 @@ def _make_scan_backward(dt):
     @ti.kernel
     def rows(g: nd1, c: nd1, y: nd1, u: nd1, gc: nd1, T: ti.i32, B: ti.i32, BB: ti.i32):
         nblk = (B + BB - 1) // BB
-        ti.loop_config(block_dim=1)
+        ti.loop_config(block_dim=1, serialize=serial)
         for blk in range(nblk):
             b0 = blk * BB
             b1 = ti.min(b0 + BB, B)

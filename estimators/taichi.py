@@ -596,11 +596,14 @@ def _scan_backward(grad, c, y):
         g, cc, yy = (np.ascontiguousarray(x.detach().to(device="cpu", dtype=dtype).numpy())
                      .reshape(-1) for x in (grad, c, y))
         u, gc = np.empty_like(g), np.empty_like(g)
-    kern = K.build_scan_backward(_ti_dtype(np.float32 if dtype == torch.float32 else np.float64))
+    dt = _ti_dtype(np.float32 if dtype == torch.float32 else np.float64)
     if _state["arch"] == "cpu" and _forced_form["state"] != "naive":
-        _launch(kern["rows"], [g, cc, yy, u, gc, T, B, min(2048, max(32, -(-B // _nthreads())))])
+        serial = _serial(T * B, "gae")
+        kern = K.build_scan_backward(dt, serial)
+        BB = B if serial else min(2048, max(32, -(-B // _nthreads())))
+        _launch(kern["rows"], [g, cc, yy, u, gc, T, B, BB])
     else:
-        _launch(kern["naive"], [g, cc, yy, u, gc, T, B, 1])
+        _launch(K.build_scan_backward(dt)["naive"], [g, cc, yy, u, gc, T, B, 1])
     if not on_device:
         u, gc = (torch.from_numpy(x).to(device) for x in (u, gc))
     return u.reshape(T, B), gc.reshape(T, B)

@@ -142,13 +142,15 @@ def test_windowed_gradients():
            [d["r"], d["mean"], d["std"]])
 
 
-@pytest.mark.parametrize("form", ["vec4", "rows", "naive", "chunked"])
-def test_every_kernel_form_gives_the_same_gradients(form):
-    """The values come from the forced form, the adjoint scan from its matching form
-    (``naive``: the GPU kernel, one thread per stream)."""
+@pytest.mark.parametrize("form, threads", [("vec4", "serial"), ("vec4", "parallel"),
+                                           ("rows", "serial"), ("rows", "parallel"),
+                                           ("naive", None), ("chunked", None)])
+def test_every_kernel_form_gives_the_same_gradients(form, threads):
+    """The values come from the forced form, the adjoint scan from its matching form (serial
+    or on the thread pool; ``naive``: the GPU kernel, one thread per stream)."""
     d = _inputs(4)
     gamma, lam = d["gamma_t"], torch.tensor(0.9, dtype=torch.float64)
-    with X._form(form):
+    with X._form(form), X._threads(threads):
         for name in STATE:
             _check(*_state_call(name, d, gamma, lam), gradcheck=None)
         for name in ACTION:
