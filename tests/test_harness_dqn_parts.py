@@ -335,3 +335,40 @@ def test_seeds_give_different_and_independent_streams(monkeypatch):
     assert torch.equal(actions(a), actions(c)) and torch.equal(states(a), states(c))
     assert not torch.equal(actions(a), actions(b))
     assert not torch.equal(states(a), states(b))
+
+
+# ---- report: intervals over seeds -----------------------------------------------------------
+
+
+def test_t_interval_and_separation():
+    from offpolicy.harness import report
+
+    # t_{0.975, 4} = 2.7764451 (tables); n = 1 has no interval
+    assert report.t_halfwidth(1.0, 5) == pytest.approx(2.7764451 / np.sqrt(5), rel=1e-6)
+    assert np.isnan(report.t_halfwidth(1.0, 1))
+    assert report.intervals_separate((0.0, 1.0), (1.5, 2.0))
+    assert not report.intervals_separate((0.0, 1.0), (1.0, 2.0))  # touching is not separate
+    assert not report.intervals_separate((0.0, float("nan")), (5.0, 6.0))
+
+
+def test_compare_reads_cells_of_an_aggregated_table():
+    import pandas as pd
+
+    from offpolicy.harness import report
+
+    runs = pd.DataFrame({"algo": "dqn", "env": "chain", "estimator": ["a"] * 5 + ["b"] * 5,
+                         "epsilon": [1.0] * 10, "seed": list(range(5)) * 2,
+                         "qtarget_bias": [0.0, 0.1, -0.1, 0.05, -0.05, 1.0, 1.1, 0.9, 1.0, 1.0]})
+    agg = report.aggregate(runs, ["estimator", "epsilon"])
+    sd = np.std([0.0, 0.1, -0.1, 0.05, -0.05], ddof=1)
+    assert agg["qtarget_bias_ci"][0] == pytest.approx(2.7764451 * sd / np.sqrt(5), rel=1e-6)
+    c = report.compare(agg, "qtarget_bias", {"estimator": "a", "epsilon": 1},
+                       {"estimator": "b", "epsilon": 1.0})
+    assert c.separated and c.mean_b == pytest.approx(1.0) and c.seeds_a == 5
+    assert "separate" in c.describe()
+    same = report.compare(agg, "qtarget_bias", {"estimator": "a"}, {"estimator": "a"})
+    assert not same.separated
+    with pytest.raises(ValueError, match="matches 0 rows"):
+        report.compare(agg, "qtarget_bias", {"estimator": "c"}, {"estimator": "a"})
+    md = report.to_markdown(report.summary_table(agg, "dqn", ["estimator", "epsilon"], True))
+    assert f"± {agg['qtarget_bias_ci'][0]:.3f}" in md

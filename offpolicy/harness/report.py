@@ -128,7 +128,13 @@ def _one_row(agg: pd.DataFrame, where: dict) -> pd.Series:
         if k not in agg.columns:
             raise ValueError(f"where: the table has no column {k!r}")
         col = agg[k]
-        mask &= col.isna() if v is None else (col.astype(str) == str(v))
+        if v is None:
+            mask &= col.isna()
+        elif isinstance(v, int | float) and not isinstance(v, bool) \
+                and pd.api.types.is_numeric_dtype(col):
+            mask &= np.isclose(col.to_numpy(dtype=float), float(v))  # 1 matches 1.0
+        else:
+            mask &= col.astype(str) == str(v)
     rows = agg[mask]
     if len(rows) != 1:
         raise ValueError(f"where: {where} matches {len(rows)} rows of the table, expected 1")
