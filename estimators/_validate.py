@@ -201,6 +201,14 @@ def check_flags(name: str, x) -> None:
 
 def check_finite(name: str, x, where=None) -> None:
     """No NaN or inf in ``x`` (only where ``where`` is true, when given)."""
+    if _is_torch(x) and x.dtype.is_floating_point:
+        # a finite sum means every entry is finite (one read, no [T,B] temporaries: a third of
+        # the torch backend's time at 4096x128 went to the exact check); an overflowing sum
+        # of finite entries falls through to it
+        torch = sys.modules["torch"]
+        read = x.detach() if where is None else torch.where(where, x.detach(), 0.0)
+        if bool(torch.isfinite(read.sum())):
+            return
     ok = _isfinite(x)
     if where is not None:
         ok = ok | ~where

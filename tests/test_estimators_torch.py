@@ -303,3 +303,24 @@ def test_large_factors_between_cuts_take_the_scan():
     assert E._products_stay_finite(torch.as_tensor(np.full((300, 1), 1.5)))  # 1.5^299 < max
     for form in FORMS:
         np.testing.assert_allclose(_scan(a, c, form, bounded=False), _loop(a, c), rtol=1e-12)
+
+
+def test_finiteness_checks_on_tensors():
+    """The input check reads a sum first (finite sum: every entry finite); a non-finite entry
+    is still named, NaN under terminated is still fine, and finite entries whose float32 sum
+    overflows are still accepted (the exact check decides)."""
+    b = to_torch(inputs((6, 3), 3, p_done=0.4), torch.float32)
+    term = b["terminated"]
+    args = lambda **kw: [kw.get(k, b[k]) for k in ("rewards", "values", "next_values",
+                                                   "terminated", "truncated")]
+    for name, bad in (("rewards", math.nan), ("values", math.inf), ("next_values", -math.inf)):
+        x = b[name].clone()
+        x[~term] = torch.where(torch.arange(int((~term).sum())) == 2, bad, x[~term])
+        with pytest.raises(ValueError, match=f"^{name}: contains NaN or inf"):
+            E.gae(*args(**{name: x}), gamma=0.9, lam=0.9)
+    nv = torch.where(term, math.nan, b["next_values"])
+    assert torch.isfinite(E.gae(*args(next_values=nv), gamma=0.9, lam=0.9).advantages).all()
+    huge = torch.full((6, 3), 3e38)
+    assert not torch.isfinite(huge.sum())
+    with pytest.raises(ValueError, match="^rewards: the estimator overflows float32"):
+        E.gae(*args(rewards=huge), gamma=0.9, lam=0.9)  # accepted as input; the output is inf
