@@ -219,6 +219,8 @@ def check_finite(name: str, x, where=None) -> None:
 
 def check_log_rhos(name: str, x) -> None:
     """log importance ratios: -inf (rho = 0) is fine; NaN and +inf (behaviour prob 0) are not."""
+    if _is_torch(x) and x.dtype.is_floating_point and bool(x.detach().sum() < math.inf):
+        return  # a NaN or +inf entry makes the sum NaN or +inf (see check_finite)
     if _true_everywhere(~_isnan(x)) and _true_everywhere(x < math.inf):
         return
     raise ValueError(f"{name}: contains NaN or +inf (a behaviour probability of 0)")

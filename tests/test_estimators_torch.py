@@ -324,3 +324,20 @@ def test_finiteness_checks_on_tensors():
     assert not torch.isfinite(huge.sum())
     with pytest.raises(ValueError, match="^rewards: the estimator overflows float32"):
         E.gae(*args(rewards=huge), gamma=0.9, lam=0.9)  # accepted as input; the output is inf
+
+
+def test_log_rho_checks_on_tensors():
+    b = to_torch(inputs((6, 3), 4), torch.float32)
+    state = [b[k] for k in ("rewards", "values", "next_values", "terminated", "truncated")]
+    for bad in (math.nan, math.inf):
+        lr = b["log_rhos"].clone()
+        lr[3, 1] = bad
+        with pytest.raises(ValueError, match="^log_rhos: contains NaN or \\+inf"):
+            E.vtrace(*state, lr, gamma=0.9)
+    lr = b["log_rhos"].clone()
+    lr[3, 1] = -math.inf  # rho = 0: fine
+    assert torch.isfinite(E.vtrace(*state, lr, gamma=0.9).value_targets).all()
+    lr = torch.full((6, 3), 3e38)  # finite, but a float32 sum overflows: the exact check
+    assert lr.sum() == math.inf
+    out = E.vtrace(*state, lr, gamma=0.9)  # exp overflows, but every ratio is clipped: finite
+    assert torch.isfinite(out.value_targets).all() and torch.isfinite(out.pg_advantages).all()
