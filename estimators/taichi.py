@@ -211,10 +211,15 @@ def _cache_dir() -> str:
 
 
 def _kernels():
-    _ensure_init()
-    from . import _taichi_kernels
+    if _state["arch"] is None:
+        _ensure_init()
+    module = sys.modules.get(_KERNELS_MODULE)
+    if module is None:
+        from . import _taichi_kernels as module
+    return module
 
-    return _taichi_kernels
+
+_KERNELS_MODULE = __name__.rsplit(".", 1)[0] + "._taichi_kernels"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -817,7 +822,7 @@ def _lean_arrays(r, floats, flags):
             if (type(x) is not np.ndarray or x.dtype is not _BOOL or x.shape != shape
                     or not x.flags.c_contiguous):
                 return None
-        return dt, _numpy_pointer, _output
+        return dt, None, _output
     torch = sys.modules.get("torch")
     if torch is None or type(r) is not torch.Tensor:
         return None
@@ -838,15 +843,7 @@ def _lean_arrays(r, floats, flags):
         if (type(x) is not torch.Tensor or x.dtype is not torch.bool or not x.is_cpu
                 or x.shape != shape or not x.is_contiguous()):
             return None
-    return dt, _torch_pointer, lambda n, _dt: torch.empty(n, dtype=tdt)
-
-
-def _numpy_pointer(x) -> int:
-    return x.ctypes.data
-
-
-def _torch_pointer(x) -> int:
-    return x.data_ptr()
+    return dt, torch, lambda n, _dt: torch.empty(n, dtype=tdt)
 
 
 def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
@@ -861,7 +858,7 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     lean = _lean_arrays(r, (v, nv) if lr is None else (v, nv, lr), (te, tr))
     if lean is None:
         return None
-    dt, pointer, new_output = lean
+    dt, torch, new_output = lean
     shape = r.shape
     ndim = len(shape)
     if ndim == 2:
@@ -888,12 +885,20 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     nbytes = n * size
     adv, ret = new_output(n, dt), new_output(n, dt)
     pg = new_output(n, dt) if mode == K.VTRACE else None
-    ptrs = [pointer(r), pointer(v), pointer(nv), pointer(adv), pointer(ret)]
+    # data pointers: ptrs[0:5] r, v, nv, adv, ret, then te, tr, then lr and pg when present
+    arrays = [r, v, nv, adv, ret, te, tr]
     if lr is not None:
-        ptrs.append(pointer(lr))
+        arrays.append(lr)
     if pg is not None:
-        ptrs.append(pointer(pg))
-    vec = dt is _F32 and B % 4 == 0 and not any(p % 16 for p in ptrs)
+        arrays.append(pg)
+    if torch is None:
+        ptrs = [x.ctypes.data for x in arrays]
+    else:
+        ptrs = [x.data_ptr() for x in arrays]
+    low = ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]  # the float arrays (not te, tr)
+    for p in ptrs[7:]:
+        low |= p
+    vec = dt is _F32 and B % 4 == 0 and low % 16 == 0
     if vec:
         G = B // 4
         name = "vec4"
@@ -945,10 +950,10 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     arg((0,), ptrs[0], nbytes, shp, 0)
     arg((1,), ptrs[1], nbytes, shp, 0)
     arg((2,), ptrs[2], nbytes, shp, 0)
-    arg((3,), pointer(te), n, (n,), 0)
-    arg((4,), pointer(tr), n, (n,), 0)
+    arg((3,), ptrs[5], n, (n,), 0)
+    arg((4,), ptrs[6], n, (n,), 0)
     if lr is not None:
-        arg((5,), ptrs[5], nbytes, shp, 0)
+        arg((5,), ptrs[7], nbytes, shp, 0)
     arg((6,), ptrs[3], nbytes, shp, 0)
     arg((7,), ptrs[4], nbytes, shp, 0)
     if pg is not None:
