@@ -37,10 +37,10 @@ tensors carrying a graph, with the gradients of ``estimators.torch`` (see its do
 w.r.t. rewards, values, next_values, q_taken, next_expected_q, log_rhos, traces,
 target_probs_taken, reward_mean, reward_std, and ``gamma``/``lam`` given as tensors (0-d or per
 step); through a ``min`` clip the gradient is the selected branch's; entries never read
-(``next_values`` / ``next_expected_q`` under ``terminated``, a trace cut by a done) get a zero
-gradient, even when they hold NaN. The values are those of the no-grad call, byte for byte (the
-same kernels run on the detached inputs, all checks included). The element-wise parts (TD
-errors, clipped ratios, trace coefficients ``c_t = gamma_t lam_t c_t kappa_t``) are torch
+(``next_values`` / ``next_expected_q`` under ``terminated``, a trace coefficient across a done)
+get a zero gradient, even when they hold NaN. The values are those of the no-grad call, byte
+for byte (the same kernels run on the detached inputs, all checks included). The element-wise
+parts (TD errors, clipped ratios, the trace factors ``gamma_t lam_t c_t kappa_t``) are torch
 operations; the scan ``y_t = a_t + c_t y_{t+1}`` is a ``torch.autograd.Function`` whose backward
 is the adjoint scan ``u_t = g_t + c_{t-1} u_{t-1}`` forwards in time (``dL/da_t = u_t``,
 ``dL/dc_t = u_t y_{t+1}``), a Taichi kernel of the same shape. ``nstep_returns`` and
@@ -61,13 +61,14 @@ A numpy ``rewards`` with a tensor ``gamma`` that requires grad returns tensors.
   streams per core. With at most 2 CPUs the limit is ``SERIAL_MAX_FEW_THREADS`` (4M elements):
   on the 2-vCPU dev machine a second thread did not pay at any benchmark size, and lost 5-10x
   when the other core was busy. Outputs of 64 KiB and more start on a cache line.
-* Lean path: numpy inputs of one float dtype with bool flags, C-contiguous, scalar python-float
-  gamma/lam and clips take a one-pass path to the same kernel (same checks; no conversions),
-  which is what makes a 64x64 call ~0.04 ms instead of ~0.2.
+* Lean path: numpy arrays (or CPU torch tensors) of one float dtype with bool flags,
+  C-contiguous, with python-float gamma/lam and clips, take a one-pass path to the same kernel
+  (same checks, no conversions, a launch context kept per kernel): a 64x64 GAE call takes
+  ~0.03 ms instead of ~0.25 (torch tensors: ~0.09 before).
 * GPU: ``naive`` (one thread per stream), or ``chunked`` (T cut into chunks, each reduced to an
   affine map, the maps composed, the chunks re-walked) when B < 2048 and T >= 256.
 
-The per-call floor (2-vCPU dev machine, 128x4 GAE, lean path, ~21 us a call): Taichi's
+The per-call floor (2-vCPU dev machine, 128x4 GAE, lean path, ~20 us a call): Taichi's
 ``launch_kernel`` ~5-7 us, setting the 7 array arguments ~5-7 us, reading 7 numpy data
 pointers (``ndarray.ctypes.data``) ~5-8 us, checks and allocation ~4 us. The bare numpy loop
 over T = 4 takes ~10-18 us with no checks, so at B x T = 128 x 4 a call stays slower than it;
