@@ -152,7 +152,7 @@ def _ratio(log_rhos):
     Where no log-ratio comes near the limit (the usual case: one reduction) exp is taken as
     is."""
     near_limit = math.log(torch.finfo(log_rhos.dtype).max) - 0.01
-    if float(log_rhos.detach().max()) < near_limit:
+    if log_rhos.numel() == 0 or float(log_rhos.detach().max()) < near_limit:
         return torch.exp(log_rhos)
     with torch.no_grad():
         overflows = torch.isinf(torch.exp(log_rhos)) & (log_rhos > 0)
@@ -267,6 +267,8 @@ def _products_stay_finite(c) -> bool:
     """Whether no product of consecutive factors c_s ... c_t can overflow c's dtype (2 bits of
     margin): the largest sum of log2 c over a window of consecutive steps, per stream, is
     below the dtype's exponent range. A factor of 0 (a cut) ends every window through it."""
+    if c.numel() == 0:
+        return True
     with torch.no_grad():
         largest = float(c.max())
         if largest <= 1.0:

@@ -341,3 +341,10 @@ def test_log_rho_checks_on_tensors():
     assert lr.sum() == math.inf
     out = E.vtrace(*state, lr, gamma=0.9)  # exp overflows, but every ratio is clipped: finite
     assert torch.isfinite(out.value_targets).all() and torch.isfinite(out.pg_advantages).all()
+
+
+@pytest.mark.parametrize("shape", [(5, 0), (1, 0)], ids=str)
+def test_no_streams(shape):
+    """B = 0 (an empty batch) gives empty outputs, as in the reference, in every form."""
+    b = inputs(shape, 0)
+    compare(b, to_torch(b, torch.float64), torch.float64, "cpu")
