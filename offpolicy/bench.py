@@ -365,7 +365,8 @@ def _versions():
             v = getattr(m, "__version__", None)
             if isinstance(v, tuple):
                 v = ".".join(map(str, v))
-            out.append(f"{mod} {v}")
+            threads = f" ({m.get_num_threads()} threads)" if mod == "torch" else ""
+            out.append(f"{mod} {v}{threads}")
     return ", ".join(out) or "no optional libraries"
 
 
