@@ -84,7 +84,7 @@ def _as_2d(x: torch.Tensor) -> torch.Tensor:
 
 
 def _floats(dtype, *xs):
-    return [_as_2d(x.to(dtype)) for x in xs]
+    return [_as_2d(x if x.dtype == dtype else x.to(dtype)) for x in xs]
 
 
 def _bools(*xs):
@@ -100,10 +100,19 @@ def _per_step(x, checked, dtype, rewards) -> torch.Tensor | float:
         if isinstance(checked, float):
             # rounded to the compute dtype as a tensor would be, so that every product and
             # difference of scalars below rounds exactly as the tensor operations would
-            return float(torch.tensor(checked, dtype=dtype))
+            return _round_to(checked, dtype)
         x = torch.as_tensor(checked)
     x = torch.as_tensor(x, dtype=dtype, device=rewards.device)
     return _as_2d(torch.broadcast_to(x, tuple(rewards.shape)))
+
+
+_NUMPY_FLOATS = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+
+
+def _round_to(value: float, dtype) -> float:
+    """``value`` rounded to ``dtype`` (a numpy scalar where numpy has the type: no torch call)."""
+    as_numpy = _NUMPY_FLOATS.get(dtype)
+    return float(as_numpy(value) if as_numpy is not None else torch.tensor(value, dtype=dtype))
 
 
 def _where_or_zero(mask, value, like):
