@@ -15,7 +15,8 @@ docs/DESIGN.md section 2). Differences:
   chunked two-level scan); the windowed estimators loop over the window offset k (vectorised
   over T and B); no operation writes into a tensor in place. A scan multiplies trace factors
   together, so where a factor may exceed 1 (per-decision IS, ``q_trace``, ``c_clip > 1``) the
-  products are checked first and the loop is kept where one could overflow (one reduction);
+  largest factor bounds how many may be multiplied (one reduction), which shortens the
+  chunks, down to the loop where even two could overflow;
 * ``gamma`` and ``lam`` may be per-step tensors (or numpy arrays) broadcastable to the rewards'
   shape (see ``estimators.numpy``); a tensor ``gamma``/``lam`` (also 0-d) keeps autograd, so
   gradients flow to it. They are cast to the compute dtype and do not take part in choosing it;
@@ -188,8 +189,8 @@ def _shift(x, k: int):
 # costs T torch calls (~2-3 us of dispatch each on a CPU; one kernel launch each on a GPU);
 # the scans below take O(log T) or O(sqrt T) calls. Unlike the loop they multiply factors
 # together: a product may underflow to 0 (harmless), but it must never overflow to inf (then
-# inf * 0 = NaN, forward or backward), so where a factor may exceed 1 ``_scan`` first checks
-# that no product of consecutive factors can overflow, and keeps the loop where one could.
+# inf * 0 = NaN, forward or backward), so where a factor may exceed 1 ``_scan`` bounds the
+# number of factors a product may hold by the largest factor, and picks its form to match.
 # Every form reads c_t for t < T-1 only where it matters; c_{T-1} must be finite (the masks
 # make it 0). No form writes in place, so autograd sees plain out-of-place operations.
 
@@ -233,7 +234,7 @@ def _scan_chunked(a, c, chunk: int | None = None):
     chunk k); then y = A + C Y_{k+1}."""
     T = a.shape[0]
     rest = tuple(a.shape[1:])
-    L = chunk or math.isqrt(T - 1) + 1  # ceil(sqrt(T))
+    L = chunk or _default_chunk(T)
     n = -(-T // L)
     if n * L > T:
         zeros = a.new_zeros((n * L - T,) + rest)
@@ -272,38 +273,44 @@ def _scan_form(T: int, B: int, device_type: str) -> str:
     return "doubling" if T * B < 32768 else "chunked"
 
 
-def _products_stay_finite(c) -> bool:
-    """Whether no product of consecutive factors c_s ... c_t can overflow c's dtype (2 bits of
-    margin): the largest sum of log2 c over a window of consecutive steps, per stream, is
-    below the dtype's exponent range. A factor of 0 (a cut) ends every window through it."""
+def _safe_span(c) -> int | None:
+    """The most consecutive factors of ``c`` whose product cannot overflow c's dtype (2 bits
+    of margin), from the largest factor alone (one reduction and a device sync); None: any
+    number (every factor <= 1, or no factor at all); 0 where a factor is inf."""
     if c.numel() == 0:
-        return True
-    with torch.no_grad():
-        largest = float(c.max())
-        if largest <= 1.0:
-            return True
-        if not math.isfinite(largest):
-            return False
-        limit = math.log2(torch.finfo(c.dtype).max) - 2.0
-        if (c.shape[0] - 1) * math.log2(largest) < limit:  # not even the longest window
-            return True
-        # S_t = sum_{s<=t} log2 c_s; the window (s, t] sums to S_t - S_s; a cut's -inf is
-        # clamped to a value that no window of finite factors can make up for
-        logs = torch.log2(c.double()).clamp(min=-8.0 * limit)
-        sums = torch.cumsum(logs, dim=0)
-        before = torch.cat([torch.zeros_like(sums[:1]), sums[:-1]])
-        window = sums - torch.cummin(before, dim=0).values
-        return bool(window.max() < limit)
+        return None
+    largest = float(c.detach().max())
+    if largest <= 1.0:
+        return None
+    if not math.isfinite(largest):
+        return 0
+    return int((math.log2(torch.finfo(c.dtype).max) - 2.0) // math.log2(largest))
+
+
+def _default_chunk(T: int) -> int:
+    return math.isqrt(T - 1) + 1  # ceil(sqrt(T))
 
 
 def _scan(a, c, *, bounded: bool, form: str | None = None):
-    """y_t = a_t + c_t y_{t+1} over the rows of [T, B] tensors, y_T = 0. ``bounded``: every
-    c_t is known to be <= 1 (no product can overflow), else it is checked (one reduction and
-    a device sync; see ``_products_stay_finite``). ``form`` forces a form (for the tests)."""
+    """y_t = a_t + c_t y_{t+1} over the rows of [T, B] tensors, y_T = 0, in the form
+    ``_scan_form`` picks (``form`` forces one, for the tests). ``bounded``: every c_t is known
+    to be <= 1. Otherwise the products a form builds must stay finite: doubling multiplies up
+    to T - 1 consecutive factors, the chunked form at most one chunk's L (its carries multiply
+    values, not products), the loop none; so with ``_safe_span`` factors at most, doubling
+    gives way to chunks of at most that length, and chunks shorter than 2 to the loop."""
+    T = a.shape[0]
+    chunk = None
     if form is None:
-        form = _scan_form(a.shape[0], a[0].numel(), a.device.type)
-        if form != "loop" and not bounded and not _products_stay_finite(c):
-            form = "loop"
+        form = _scan_form(T, a[0].numel(), a.device.type)
+        span = None if form == "loop" or bounded else _safe_span(c)
+        if span is not None:
+            if form == "doubling" and T - 1 > span:
+                form = "chunked"
+            if form == "chunked":
+                chunk = min(_default_chunk(T), span)
+                form = "chunked" if chunk >= 2 else "loop"
+    if form == "chunked":
+        return _scan_chunked(a, c, chunk)
     return _SCANS[form](a, c)
 
 

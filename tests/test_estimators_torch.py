@@ -287,22 +287,44 @@ def test_products_that_would_overflow_keep_the_loop(monkeypatch):
     want = N.q_trace(*args, gamma=1.0, lam=1.0)
     assert np.isfinite(want).all() and want[0, 0] == 1.0
     factors = torch.full((T, 1), 1e200, dtype=torch.float64)
-    assert not E._products_stay_finite(factors)
-    assert not np.isfinite(_scan(r, factors.numpy(), "doubling")).all()  # the check can fail
-    for form in ("doubling", "chunked"):
+    assert E._safe_span(factors) == 1
+    for form in ("doubling", "chunked"):  # the check can fail
+        assert not np.isfinite(_scan(r, factors.numpy(), form)).all()
         monkeypatch.setattr(E, "_scan_form", lambda T, B, device_type, f=form: f)
         got = E.q_trace(*(torch.as_tensor(v) for v in args), gamma=1.0, lam=1.0)
         np.testing.assert_array_equal(got.numpy(), want)
 
 
-def test_large_factors_between_cuts_take_the_scan():
-    c = np.tile([[1e200], [0.0]], (32, 1))
-    a = np.random.default_rng(1).normal(size=c.shape)
-    assert E._products_stay_finite(torch.as_tensor(c))
-    assert not E._products_stay_finite(torch.as_tensor(np.full((3, 1), 1e200)))
-    assert E._products_stay_finite(torch.as_tensor(np.full((300, 1), 1.5)))  # 1.5^299 < max
-    for form in FORMS:
-        np.testing.assert_allclose(_scan(a, c, form, bounded=False), _loop(a, c), rtol=1e-12)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_large_factors_shorten_the_chunks(dtype, monkeypatch):
+    """Factors up to 7 (2.8 bits each): products of T - 1 = 199 of them could overflow
+    float32 (128 bits) but not float64 (1024); float32 doubling gives way to chunks (of
+    ceil(sqrt(T)) = 15 < the safe span of 44 factors), float64 doubling runs; the results
+    equal the loop's."""
+    rng = np.random.default_rng(5)
+    T = 200
+    a = rng.normal(size=(T, 3))
+    c = rng.uniform(0.5, 7.0, size=(T, 3)) * (rng.random((T, 3)) > 0.05)
+    a_t, c_t = torch.tensor(a, dtype=dtype), torch.tensor(c, dtype=dtype)
+    span = E._safe_span(c_t)
+    bits, largest_bits = math.log2(torch.finfo(dtype).max) - 2, math.log2(c.max())
+    assert span * largest_bits <= bits < (span + 1) * largest_bits  # the most that are safe
+    assert (span < T - 1) == (dtype == torch.float32)
+    assert E._safe_span(torch.tensor([[0.5], [1.0]], dtype=dtype)) is None
+    assert E._safe_span(torch.tensor([[math.inf]], dtype=dtype)) == 0
+    used = []
+    real_chunked = E._scan_chunked
+    monkeypatch.setattr(E, "_scan_chunked", lambda a, c, chunk=None: used.append(chunk)
+                        or real_chunked(a, c, chunk))
+    for form in ("doubling", "chunked"):
+        monkeypatch.setattr(E, "_scan_form", lambda T, B, device_type, f=form: f)
+        got = E._scan(a_t, c_t, bounded=False).numpy()
+        want = _loop(a_t.numpy(), c_t.numpy())
+        tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-4)
+        np.testing.assert_allclose(got, want, **tol)
+    # float32: doubling (199 factors) gives way to chunks of 15 = ceil(sqrt(200)) <= 45;
+    # float64: doubling is safe (199 <= 364) and runs itself
+    assert used == ([15, 15] if dtype == torch.float32 else [15])
 
 
 def test_finiteness_checks_on_tensors():
