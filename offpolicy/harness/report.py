@@ -247,7 +247,7 @@ def plot_staleness(agg: pd.DataFrame, algo: str, axes: dict[str, list], tabular:
                         label=label or algo)
             if xt:
                 ax.set_xlabel(xt)
-        if col.endswith("bias"):
+        if col.endswith("bias") or col in ("qtarget_lag", "qtarget_corr"):
             ax.axhline(0.0, color="k", lw=0.5)
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
