@@ -23,9 +23,10 @@ Staleness knobs
                            recomputed with the current parameters, then the advantages.
 
 Corrections (``estimator``)
-    gae        uncorrected GAE(gamma, lambda); surrogate ratio pi/mu.
+    gae        uncorrected GAE(gamma, lambda).
     vtrace     V-trace value targets, policy-gradient advantage
-               min(pg_rho_clip, rho)(q_t - V(s_t)); surrogate ratio pi/mu.
+               min(pg_rho_clip, rho)(q_t - V(s_t)).  (The policy loss each advantage feeds
+               is set by ``pg_loss``, below.)
     puff       PufferLib's "puff advantage" A_t = v_t - V(s_t) of V-trace(rho_clip, c_clip).
     pdis       per-decision importance sampling with control variate.
     decoupled  Hilton et al. (2021): proximal policy = the learner's policy at the start of
@@ -68,8 +69,11 @@ Policy loss (``pg_loss``; importance weights counted once)
     auto       (default) prox_clip for vtrace/puff/pdis, ppo_clip for gae and decoupled: the
                weight is counted once whatever the estimator, and a trust region is kept;
                GAE + ppo_clip stays the on-policy default (at lag 0 with no mixing pi_prox =
-               mu, so prox_clip and ppo_clip coincide on the first minibatch).
+               mu bit for bit, so prox_clip and ppo_clip give the same run).
                ``decoupled`` accepts auto, ppo_clip or prox_clip (the same loss for it).
+               Measured (reports/harness/README.md): weight-once beats ppo_clip on the chain
+               at lag 8 and 32, but ppo_clip learns better on CartPole at lag 4 and against a
+               near-deterministic search behaviour; ``--pg-loss ppo_clip`` restores it.
 
 Truncation (``truncation``)
     bootstrap  (correct, default) a time-limit cut bootstraps from V(final observation).
