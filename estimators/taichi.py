@@ -536,10 +536,13 @@ def _needs_grad(*xs) -> bool:
     """Whether a torch input requires grad while grad mode is on (a cheap test: the no-grad
     path pays one dict look-up when torch was never imported)."""
     torch = sys.modules.get("torch")
-    if torch is None or not torch.is_grad_enabled():
+    if torch is None:
         return False
     tensor = torch.Tensor
-    return any(isinstance(x, tensor) and x.requires_grad for x in xs)
+    for x in xs:
+        if isinstance(x, tensor) and x.requires_grad:
+            return torch.is_grad_enabled()
+    return False
 
 
 def _detached(x):
@@ -884,18 +887,33 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
     kern = K.build_state(_ti_dtype(dt), mode, False, serial)
     size = dt.itemsize
     nbytes = n * size
-    adv, ret = new_output(n, dt), new_output(n, dt)
-    pg = new_output(n, dt) if mode == K.VTRACE else None
     # data pointers: ptrs[0:5] r, v, nv, adv, ret, then te, tr, then lr and pg when present
-    arrays = [r, v, nv, adv, ret, te, tr]
-    if lr is not None:
-        arrays.append(lr)
-    if pg is not None:
-        arrays.append(pg)
-    if torch is None:
-        ptrs = [x.ctypes.data for x in arrays]
+    n_out = 3 if mode == K.VTRACE else 2
+    if torch is None and n_out * nbytes < ALIGN_FROM_BYTES:
+        # small numpy outputs: one buffer, one allocation and one pointer for all of them
+        # (each output a view of its own n elements; n % 4 == 0 keeps them 16-byte aligned)
+        buf = np.empty(n_out * n, dt)
+        base = buf.ctypes.data
+        adv, ret = buf[:n], buf[n:2 * n]
+        pg = buf[2 * n:] if n_out == 3 else None
+        ptrs = [r.ctypes.data, v.ctypes.data, nv.ctypes.data, base, base + nbytes,
+                te.ctypes.data, tr.ctypes.data]
+        if lr is not None:
+            ptrs.append(lr.ctypes.data)
+        if pg is not None:
+            ptrs.append(base + 2 * nbytes)
     else:
-        ptrs = [x.data_ptr() for x in arrays]
+        adv, ret = new_output(n, dt), new_output(n, dt)
+        pg = new_output(n, dt) if n_out == 3 else None
+        arrays = [r, v, nv, adv, ret, te, tr]
+        if lr is not None:
+            arrays.append(lr)
+        if pg is not None:
+            arrays.append(pg)
+        if torch is None:
+            ptrs = [x.ctypes.data for x in arrays]
+        else:
+            ptrs = [x.data_ptr() for x in arrays]
     low = ptrs[0] | ptrs[1] | ptrs[2] | ptrs[3] | ptrs[4]  # the float arrays (not te, tr)
     for p in ptrs[7:]:
         low |= p
@@ -973,8 +991,8 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
                clips=None):
     """Validate, run the state-value kernel; returns (ctx, shape, adv, ret, pg) flat.
     ``clips``: {name: level} of the clip levels to check and use (V-trace)."""
-    fast = _fast_state(mode, sys.modules[__package__ + "._taichi_kernels"], rewards, values,
-                       next_values, terminated, truncated, log_rhos, gamma, lam, clips)
+    fast = _fast_state(mode, _kernels(), rewards, values, next_values, terminated, truncated,
+                       log_rhos, gamma, lam, clips)
     if fast is not None:
         return (_LeanOut, tuple(rewards.shape), *fast)
     arrays = [_array(x) for x in (rewards, values, next_values, terminated, truncated)]
