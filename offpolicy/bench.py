@@ -49,16 +49,18 @@ import time
 
 import numpy as np
 
+from offpolicy import registry
+
 DEFAULT_SIZES = ((4096, 128), (1024, 1024), (128, 4096), (64, 64), (16, 128), (4, 128),
                  (128, 16), (128, 4))
 QUICK_SIZES = ((64, 16), (8, 64))
-ESTIMATORS = ("gae", "vtrace", "puff_advantage", "per_decision_is", "nstep_returns", "q_trace",
-              "retrace", "tree_backup", "q_lambda", "importance_sampling_q", "p3o_advantage")
+ESTIMATORS = registry.names()  # every contract estimator (offpolicy.registry)
 BACKENDS = ("numpy", "numpy-loop", "torch", "taichi", "taichi-naive", "torchrl", "torchrl-vec",
             "rlax")
 PEERS = ("torchrl", "torchrl-vec", "rlax")  # other libraries: never required
-STATE = {"gae", "vtrace", "puff_advantage", "per_decision_is"}
-ACTION = {"q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q"}
+# the two trace recursions (docs/DESIGN.md section 2), the estimators taichi-naive covers
+STATE = {n for n in registry.names("state") if "values" in registry.lookup(n).inputs}
+ACTION = set(registry.names("action"))
 GAMMA, LAM, NSTEP, H = 0.99, 0.95, 5, 8
 DEFAULT_OUT = os.path.join("offpolicy-out", "bench")  # git-ignored: never the committed tables
 
@@ -82,25 +84,12 @@ def make_inputs(B, T, seed=0, dtype=np.float32):
 
 
 def call_args(name, d):
-    """(positional arrays, keyword arguments) of estimator ``name``."""
-    s = (d["rewards"], d["values"], d["next_values"], d["terminated"], d["truncated"])
-    a = (d["rewards"], d["q_taken"], d["next_expected_q"], d["terminated"], d["truncated"])
-    gl = dict(gamma=GAMMA, lam=LAM)
-    return {
-        "gae": (s, gl),
-        "vtrace": (s + (d["log_rhos"],), gl),
-        "puff_advantage": (s + (d["log_rhos"],), gl),
-        "per_decision_is": (s + (d["log_rhos"],), gl),
-        "nstep_returns": ((d["rewards"], d["next_values"], d["terminated"], d["truncated"]),
-                          dict(gamma=GAMMA, n=NSTEP)),
-        "q_trace": (a + (d["traces"],), gl),
-        "retrace": (a + (d["log_rhos"],), gl),
-        "tree_backup": (a + (d["target_probs_taken"],), gl),
-        "q_lambda": (a, gl),
-        "importance_sampling_q": (a + (d["log_rhos"],), gl),
-        "p3o_advantage": ((d["rewards"], d["reward_mean"], d["reward_std"], d["terminated"],
-                           d["truncated"]), dict(batch_reward_std=1.0)),
-    }[name]
+    """(positional arrays, keyword arguments) of estimator ``name``: its registry inputs in
+    call order, and the benchmark's gamma, lam, n and P3O batch std where it takes them."""
+    info = registry.lookup(name)
+    given = dict(gamma=GAMMA, lam=LAM, n=NSTEP, batch_reward_std=1.0)
+    return (tuple(d[k] for k in info.inputs),
+            {k: v for k, v in given.items() if k in info.params})
 
 
 def numpy_loop(name, d):
@@ -385,7 +374,7 @@ def parse_sizes(text):
 
 
 def main(argv=None):
-    from offpolicy._cli import OneLineParser, usage_error, writable_dir
+    from offpolicy._cli import OneLineParser, UsageError, parse_names, usage_error, writable_dir
 
     p = OneLineParser(prog="python -m offpolicy.bench", description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=parse_sizes, default=None,
@@ -399,11 +388,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     sizes = a.sizes or (QUICK_SIZES if a.quick else DEFAULT_SIZES)
     repeats = a.repeats or (3 if a.quick else 15)
-    estimators = [e for e in a.estimators.split(",") if e]
+    try:  # contract names, or the registry's aliases (puff, nstep, pdis, p3o, qtrace)
+        estimators = list(parse_names(a.estimators, ESTIMATORS, "--estimators",
+                                      aliases=registry.ALIASES))
+    except UsageError as e:
+        p.error(str(e))
     backends = [b for b in a.backends.split(",") if b]
-    for e in estimators:
-        if e not in ESTIMATORS:
-            p.error(f"--estimators: unknown {e!r}; choose from {', '.join(ESTIMATORS)}")
     for b in backends:
         if b not in BACKENDS:
             p.error(f"--backends: unknown {b!r}; choose from {', '.join(BACKENDS)}")
