@@ -218,3 +218,14 @@ def test_strategies_draw_every_output_with_exact_moments():
             if info.moments_name is not None for q in info.quantities.values()}
     drawn = {moments._resolve(e, o) for e, o in strategies.ESTIMATOR_OUTPUTS}
     assert drawn == want
+
+
+def test_harness_maps_registry_names_to_its_own_values():
+    from offpolicy.harness import __main__ as harness_cli
+
+    assert harness_cli._estimator_value("ppo", "puff_advantage") == "puff"
+    assert harness_cli._estimator_value("ppo", "per_decision_is") == "pdis"
+    assert harness_cli._estimator_value("ppo", "puff") == "puff"
+    assert harness_cli._estimator_value("ppo", "decoupled") == "decoupled"
+    assert harness_cli._estimator_value("dqn", "nstep_returns") == "nstep"
+    assert harness_cli._estimator_value("dqn", "typo") == "typo"  # the config's check names it

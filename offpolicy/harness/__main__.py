@@ -25,8 +25,8 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from offpolicy import parallel
-from offpolicy._cli import OneLineParser, usage_error, writable_dir
+from offpolicy import parallel, registry
+from offpolicy._cli import OneLineParser, positive_int, usage_error, writable_dir
 from offpolicy.harness import grid, report
 from offpolicy.harness.measure import ConfigError
 
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=None,
                    help="with --executor ray: join this cluster (auto or HOST:PORT) instead of "
                    "starting a local Ray instance")
-    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+    p.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 1,
                    help="worker processes, or the CPUs of a local Ray instance")
     p.add_argument("--no-timing", action="store_true",
                    help="leave the wall-clock fields (wall_time, sps, env_sps) out of every file: "
@@ -105,6 +105,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plots")
     p.add_argument("--no-progress", action="store_true")
     return p
+
+
+def _estimator_value(algo: str, name):
+    """The harness's own spelling (``puff``, ``pdis``, ``nstep``) of an estimator given by any
+    :mod:`offpolicy.registry` name (``puff_advantage``); other values pass through to the
+    config's own check."""
+    own = sys.modules[grid.ALGOS[algo][0].__module__].ESTIMATORS
+    if not isinstance(name, str) or name in own:
+        return name
+    try:
+        wanted = registry.canonical(name)
+    except ValueError:
+        return name
+    for value in own:
+        if value in registry.ESTIMATORS or value in registry.ALIASES:
+            if registry.canonical(value) == wanted:
+                return value
+    return name
 
 
 def _option(field_name: str, given: dict) -> str:
@@ -124,8 +142,6 @@ def main(argv=None) -> int:
         parser.error(f"--seeds: must be >= 1, got {args.seeds}")
     if args.seed_offset < 0:
         parser.error(f"--seed-offset: must be >= 0, got {args.seed_offset}")
-    if args.jobs < 1:
-        parser.error(f"--jobs: must be >= 1, got {args.jobs}")
     problem = parallel.check_executor(args.executor, args.address)
     if problem:
         parser.error(problem)
@@ -144,6 +160,8 @@ def main(argv=None) -> int:
                 else [parse_value(text, types[field_name])]
         except ValueError as e:
             parser.error(f"{option}: cannot read {text!r} as {field_name}: {e}")
+        if field_name == "estimator":  # any registry name: puff_advantage means puff here
+            vals = [_estimator_value(args.algo, v) for v in vals]
         given[field_name] = option
         if len(vals) == 1:
             base[field_name] = vals[0]
