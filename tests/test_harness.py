@@ -15,13 +15,8 @@ from offpolicy.harness.envs import GymVecEnv, TabularVecEnv
 TIMING_KEYS = {"wall_time", "sps", "env_sps"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny networks: intra-op threads only add contention (the grid workers do the same)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny networks: intra-op threads only add contention (the grid workers do the same)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _strip_timing(curve):

@@ -14,13 +14,8 @@ from offpolicy.exact import q_pi
 from offpolicy.harness import dqn
 from offpolicy.moments import exact_moments
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny networks: intra-op threads only add contention (the grid workers do the same)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- replay: the age filter ---------------------------------------------------------------

@@ -16,13 +16,8 @@ from offpolicy.harness import measure, ppo
 from offpolicy.harness.__main__ import main as cli_main
 from offpolicy.harness.envs import GymVecEnv, TabularVecEnv
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# tiny networks: intra-op threads only add contention (the grid workers do the same)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- loss terms on a fixed batch ---------------------------------------------------------
