@@ -502,6 +502,12 @@ def _serial(n, family) -> bool:
     return n <= (SERIAL_MAX[family] if _nthreads() > 2 else SERIAL_MAX_FEW_THREADS)
 
 
+def _block(count, serial, low, high) -> int:
+    """Streams (or 4-lane groups) per block of a CPU form: all ``count`` on the calling thread
+    when ``serial``, else an even share per pool thread kept within [``low``, ``high``]."""
+    return count if serial else min(high, max(low, -(-count // _nthreads())))
+
+
 @contextlib.contextmanager
 def _form(form):
     """Force the state-value kernel form: 'vec4', 'rows', 'naive', 'chunked' (None: auto)."""
@@ -609,7 +615,7 @@ def _scan_backward(grad, c, y):
     if _state["arch"] == "cpu" and _forced_form["state"] != "naive":
         serial = _serial(T * B, "gae")
         kern = K.build_scan_backward(dt, serial)
-        BB = B if serial else min(2048, max(32, -(-B // _nthreads())))
+        BB = _block(B, serial, 32, 2048)
         _launch(kern["rows"], [g, cc, yy, u, gc, T, B, BB])
     else:
         _launch(K.build_scan_backward(dt)["naive"], [g, cc, yy, u, gc, T, B, 1])
@@ -922,10 +928,10 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
         G = B // 4
         name = "vec4"
         if mode == K.GAE or G % 2:
-            GB = G if serial else min(512, max(8, -(-G // _nthreads())))
+            GB = _block(G, serial, 8, 512)
         else:
             name = "vec8"
-            GB = G // 2 if serial else min(256, max(4, -(-(G // 2) // _nthreads())))
+            GB = _block(G // 2, serial, 4, 256)
         launcher = _launchers.get((id(kern[name]), True))
         shp = (n // 4,)
         dummy = _dummy(dt, 4)
@@ -934,7 +940,7 @@ def _fast_state(mode, K, r, v, nv, te, tr, lr, gamma, lam, clips):
         launcher = _launchers.get((id(kern["rows"]), False))
         shp = (n,)
         dummy = _dummy(dt)
-        ints = (T, B, B if serial else min(2048, max(32, -(-B // _nthreads()))))
+        ints = (T, B, _block(B, serial, 32, 2048))
     if launcher is None or not launcher.fast:
         return None  # compiled (and the launcher cached) by the general path
     err, err_ptr = _err_buffer()
@@ -1043,7 +1049,7 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         form = "rows"
     if form == "vec4":
         G = B // 4
-        GB = G if serial else min(512, max(8, -(-G // _nthreads())))
+        GB = _block(G, serial, 8, 512)
         v4 = [x.reshape(-1, 4) for x in (r, v, nv)]
         o4 = [x.reshape(-1, 4) for x in (adv, ret)]
         pg4 = pg.reshape(-1, 4) if mode == K.VTRACE else _dummy(ctx.dtype, 4)
@@ -1053,11 +1059,11 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
         if mode != K.GAE and G % 2 == 0:
             # log-ratio modes are compute-bound (exp): 8 lanes per step, GB in groups of 8
             name = "vec8"
-            GB = G // 2 if serial else min(256, max(4, -(-(G // 2) // _nthreads())))
+            GB = _block(G // 2, serial, 4, 256)
         _launch(kern[name], [*v4, te, tr, lr4, *o4, pg4, err, *s4, T, G, GB, *params],
                 vec4=True)
     elif form == "rows":
-        BB = B if serial else min(2048, max(32, -(-B // _nthreads())))
+        BB = _block(B, serial, 32, 2048)
         _launch(kern["rows"], [r, v, nv, te, tr, lrb, adv, ret, pg, err, gam, lm, T, B, BB,
                                *params])
     elif form == "naive":
@@ -1306,7 +1312,7 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
     kern = K.build_action(_ti_dtype(ctx.dtype), mode, per_step, serial)
     scalars = (0.0, 0.0) if per_step else (float(g), float(l))  # unused when per step
     if _state["arch"] == "cpu" and _forced_form["state"] != "naive":
-        BB = B if serial else min(2048, max(32, -(-B // _nthreads())))
+        BB = _block(B, serial, 32, 2048)
         _launch(kern["rows"], [r, q, nq, te, tr, cxb, out, err, gam, lm, T, B, BB, *scalars,
                                0.0, hi])
     else:
