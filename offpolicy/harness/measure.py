@@ -42,14 +42,6 @@ def error_stats(adv, targets, states, actions, exact: dict) -> dict:
     return out
 
 
-def q_error_stats(targets, states, actions, exact: dict) -> dict:
-    """Bias and RMS error of Q targets against the target policy's true Q^pi(s, a)."""
-    t = torch.as_tensor(targets).double().numpy().reshape(-1)
-    s = np.asarray(states).reshape(-1)
-    a = np.asarray(actions).reshape(-1)
-    return _stats(t - exact["Q"][s, a], "qtarget")
-
-
 CLIP_MARGIN = 1e-5  # relative: rho within round-off of the clip level is not "clipped"
 
 
@@ -83,20 +75,6 @@ def behaviour_stats(log_rhos, rho_clip: float, c_clip: float, logpi_full=None,
             "rho_q05": float(q[0]), "rho_q50": float(q[1]), "rho_q95": float(q[2]),
             "rho_clipped_frac": float((rho > rho_clip * (1 + CLIP_MARGIN)).double().mean()),
             "c_clipped_frac": float((rho > c_clip * (1 + CLIP_MARGIN)).double().mean())}
-
-
-def mean_ci95(values) -> tuple[float, float]:
-    """(mean, half-width of the 95% Student-t confidence interval of the mean) of the finite
-    values; the half-width is NaN with fewer than 2 values."""
-    from scipy import stats
-
-    xs = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=float)
-    if xs.size == 0:
-        return float("nan"), float("nan")
-    if xs.size < 2:
-        return float(xs.mean()), float("nan")
-    half = stats.t.ppf(0.975, xs.size - 1) * xs.std(ddof=1) / math.sqrt(xs.size)
-    return float(xs.mean()), float(half)
 
 
 def _nanmean(xs):
