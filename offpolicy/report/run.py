@@ -19,7 +19,8 @@ from .store import CellStore
 # (tests/test_instr_report.py derives the list from what a computation imports)
 _CODE = (
     "offpolicy/_checks.py", "offpolicy/mdp.py", "offpolicy/policies.py", "offpolicy/exact.py",
-    "offpolicy/sampler.py", "offpolicy/moments.py", "offpolicy/registry.py", "offpolicy/report/compute.py",
+    "offpolicy/sampler.py", "offpolicy/moments.py", "offpolicy/registry.py",
+    "offpolicy/report/compute.py",
     "offpolicy/report/montecarlo.py", "offpolicy/report/cell.py", "offpolicy/report/grid.py",
     "estimators/numpy.py", "estimators/_validate.py", "estimators/_types.py",
 )
