@@ -6,24 +6,36 @@ together with the *world* they come from (for action-value estimators the full Q
 policies), so that a layout can rebuild what a library's function takes. Numbers come from a
 grid of one-decimal values so that shrunk counterexamples read as short numbers.
 
-Families (``FAMILIES``), each a property the contract pins down and real code breaks:
+Families (``FAMILIES``), each a property the contract pins down and real code breaks. Each
+*isolates one factor*: it varies only what its name says, on a plain background (no flag
+anywhere else, one-decimal numbers, ratios near 1), so that a failing family is a true
+statement about the function:
 
 * ``no_dones``: no flag anywhere;
-* ``terminations_inside``: a termination before the last step;
-* ``truncations_inside``: a time-limit truncation before the last step, whose bootstrap value
-  (the final observation's) differs from ``values[t+1]`` (the next episode's first state);
-* ``both_flags_one_step``: ``terminated`` and ``truncated`` on the same step;
-* ``done_at_last_step``: termination and/or truncation on the segment's last step;
-* ``T_equals_1``, ``B_equals_1``: degenerate shapes;
+* ``terminations_inside``: terminations only (no time-out anywhere), one before the last step;
+* ``truncations_inside``: time-outs only (no termination anywhere), one before the last step,
+  whose bootstrap value (the final observation's) differs from ``values[t+1]`` (the next
+  episode's first state);
+* ``both_flags_one_step``: one step flagged ``terminated`` and ``truncated`` at once, no other
+  flag;
+* ``terminated_at_last_step``, ``truncated_at_last_step``: that flag on the segment's last step
+  only;
+* ``T_equals_1``, ``B_equals_1``: degenerate shapes, no flags;
 * ``inconsistent_next_values``: ``next_values[t] != values[t+1]`` inside an episode (a target
-  network, a stale or refreshed critic);
-* ``ratios_far_from_1``: some ``|log rho| >= 2``;
-* ``rho_clip_ne_c_clip``: V-trace with different clip levels;
-* ``lambda_0``, ``lambda_0.5``, ``lambda_1``: the trace parameter at its landmarks;
+  network, a stale or refreshed critic), no flags;
+* ``ratios_far_from_1``: some ``|log rho| >= 2``, no flags;
+* ``rho_clip_ne_c_clip``: V-trace with different clip levels, no flags;
+* ``lambda_0``, ``lambda_0.5``, ``lambda_1``: the trace parameter at its landmarks, no flags;
 * ``float64_precision``: values near 1e3 with small rewards, where float32 arithmetic is off;
 * ``nan_under_terminated``: NaN in the value read after a termination (must be ignored);
+  terminations only;
 * ``per_step_gamma_lambda``: ``gamma`` and ``lam`` as ``[T, B]`` arrays (semi-MDP discounts,
   state-dependent lambda; run when the check is told the function takes them).
+
+Mixed families (``MIXED_FAMILIES``, named as mixed) draw every flag combination at once, where
+combinations reach bugs a single factor does not: ``mixed_flags`` (terminations, time-outs and
+both, anywhere, any λ), ``mixed_done_at_last_step`` (any flag on the last step over mixed
+flags), ``mixed_T_equals_1`` and ``mixed_B_equals_1`` (the degenerate shapes with flags).
 """
 
 from __future__ import annotations
@@ -35,14 +47,15 @@ from hypothesis import strategies as st
 
 from .registry import PARAM_CHOICES, EstimatorSpec
 
-__all__ = ["FAMILIES", "Case", "Constraints", "family_strategy", "family_not_applicable"]
+__all__ = ["FAMILIES", "ISOLATED_FAMILIES", "MIXED_FAMILIES", "Case", "Constraints", "family_strategy", "family_not_applicable"]
 
-FAMILIES = (
+ISOLATED_FAMILIES = (
     "no_dones",
     "terminations_inside",
     "truncations_inside",
     "both_flags_one_step",
-    "done_at_last_step",
+    "terminated_at_last_step",
+    "truncated_at_last_step",
     "T_equals_1",
     "B_equals_1",
     "inconsistent_next_values",
@@ -55,6 +68,13 @@ FAMILIES = (
     "nan_under_terminated",
     "per_step_gamma_lambda",
 )
+MIXED_FAMILIES = ("mixed_flags", "mixed_done_at_last_step", "mixed_T_equals_1",
+                  "mixed_B_equals_1")
+FAMILIES = ISOLATED_FAMILIES + MIXED_FAMILIES
+#: the flag codes each family may draw besides its marked step (the plain background: none)
+_BACKGROUND = {"terminations_inside": (0, 0, 0, 1), "nan_under_terminated": (0, 0, 0, 1),
+               "truncations_inside": (0, 0, 0, 2)}
+_MIXED_BACKGROUND = (0, 0, 0, 0, 1, 2, 3)
 _NEEDS_INSIDE = {"terminations_inside", "truncations_inside", "inconsistent_next_values"}
 _FORCED_LAMBDA = {"lambda_0": 0.0, "lambda_0.5": 0.5, "lambda_1": 1.0}
 MAX_T = 6
@@ -63,7 +83,6 @@ NUM_ACTIONS = 2
 
 # flag codes per step: 0 none, 1 terminated, 2 truncated, 3 both; mostly none.
 _NONE, _TERM, _TRUNC, _BOTH = 0, 1, 2, 3
-_FLAG_CODES = st.sampled_from((_NONE, _NONE, _NONE, _NONE, _TERM, _TRUNC, _BOTH))
 _SHORT = st.integers(-20, 20).map(lambda k: k / 10)  # -2.0 .. 2.0, step 0.1
 _NONZERO = st.integers(1, 20).flatmap(lambda k: st.sampled_from((k / 10, -k / 10)))
 _PROB = st.integers(1, 9).map(lambda k: k / 10)  # 0.1 .. 0.9
@@ -115,7 +134,11 @@ def family_not_applicable(family: str, spec: EstimatorSpec, fixed: dict,
                 "final observation, then cut); see its truncation_fold option")
     if family == "no_dones" and constraints.terminal_last:
         return "every row of this layout ends in a termination"
-    if family == "done_at_last_step" and constraints.terminal_last:
+    if family in ("truncated_at_last_step", "T_equals_1", "B_equals_1") \
+            and constraints.terminal_last:
+        return "every row of this layout ends in a termination"
+    if family in ("mixed_done_at_last_step", "terminated_at_last_step") \
+            and constraints.terminal_last:
         return None
     if family == "ratios_far_from_1" and not spec.takes_ratios:
         return f"{spec.name} takes no importance ratios"
@@ -173,11 +196,15 @@ def _params(draw, family, spec: EstimatorSpec, fixed: dict, shape=None) -> dict:
 
 def _flags(draw, family, T, B, constraints: Constraints):
     """terminated, truncated [T, B] for the family, and a marked position (t, b) or None."""
-    if family == "no_dones" or not constraints.flags_inside:
+    background = _MIXED_BACKGROUND if family.startswith("mixed_") else \
+        _BACKGROUND.get(family, (_NONE,))
+    if not constraints.flags_inside or background == (_NONE,):
         codes = np.zeros((T, B), dtype=int)
     else:
-        codes = np.array(draw(st.lists(_FLAG_CODES, min_size=T * B, max_size=T * B)),
-                         dtype=int).reshape(T, B)
+        codes = np.array(draw(st.lists(st.sampled_from(background), min_size=T * B,
+                                       max_size=T * B)), dtype=int).reshape(T, B)
+    if not family.startswith("mixed_") and family not in _BACKGROUND:
+        codes[:] = _NONE
     mark = None
     if family in _NEEDS_INSIDE:
         mark = (draw(st.integers(0, T - 2)), draw(st.integers(0, B - 1)))
@@ -186,7 +213,10 @@ def _flags(draw, family, T, B, constraints: Constraints):
     elif family == "both_flags_one_step":
         mark = (draw(st.integers(0, T - 1)), draw(st.integers(0, B - 1)))
         codes[mark] = _BOTH
-    elif family == "done_at_last_step":
+    elif family in ("terminated_at_last_step", "truncated_at_last_step"):
+        mark = (T - 1, draw(st.integers(0, B - 1)))
+        codes[mark] = _TERM if family == "terminated_at_last_step" else _TRUNC
+    elif family == "mixed_done_at_last_step":
         mark = (T - 1, draw(st.integers(0, B - 1)))
         codes[mark] = draw(st.sampled_from((_TERM, _TRUNC, _BOTH)))
     elif family == "nan_under_terminated" and not ((codes & _TERM) != 0).any():
@@ -201,8 +231,8 @@ def _flags(draw, family, T, B, constraints: Constraints):
 
 def _shape(draw, family) -> tuple[int, int]:
     low_T = 2 if family in _NEEDS_INSIDE else 1
-    T = 1 if family == "T_equals_1" else draw(st.integers(low_T, MAX_T))
-    B = 1 if family == "B_equals_1" else draw(st.integers(1, MAX_B))
+    T = 1 if family in ("T_equals_1", "mixed_T_equals_1") else draw(st.integers(low_T, MAX_T))
+    B = 1 if family in ("B_equals_1", "mixed_B_equals_1") else draw(st.integers(1, MAX_B))
     return T, B
 
 
