@@ -162,3 +162,19 @@ def test_per_step_family_runs_only_when_asked():
     on = conform.check(per_step, "gae", per_step=True, **FAST).case("per_step_gamma_lambda")
     assert off.verdict != "pass" and off.examples == 0
     assert on.verdict == "pass" and on.examples == 5
+
+
+def test_exact_moment_check_catches_a_shifted_mean_and_passes_the_reference():
+    """The exact-moment family compares the enumerated mean at t = 0 with offpolicy.moments':
+    a shift of 1e-3 (far above its 1e-9 relative tolerance) fails it; the reference passes."""
+    def shifted(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        out = gae_adv(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                      lam=lam).copy()
+        out[0] += 1e-3
+        return out
+
+    good = conform.check(gae_adv, "gae", examples=2, output="advantages").case("exact_moments")
+    assert good.verdict == "pass", good.reason
+    bad = conform.check(shifted, "gae", examples=2, output="advantages").case("exact_moments")
+    assert bad.verdict == "fail"
+    assert "(off by 0.001)" in bad.reason
