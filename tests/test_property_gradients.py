@@ -133,7 +133,6 @@ def test_T25_constant_aggregation_is_unbiased_for_the_sequence_objective(batch_s
 def test_T25_per_token_means_are_biased_with_variable_lengths(seed):
     m = layered(3)
     pi = policies.random_policy(m, seed=seed)
-    grad_j = gradients.policy_gradient(m, pi)
     for agg in ("seq_mean", "token_mean"):
         g = gradients.sequence_gradient_moments(m, pi, horizon=3, aggregation=agg)
         # no rescaling of grad J gives it: the direction itself is off
