@@ -505,7 +505,8 @@ def _serial(n, family) -> bool:
 def _block(count, serial, low, high) -> int:
     """Streams (or 4-lane groups) per block of a CPU form: all ``count`` on the calling thread
     when ``serial``, else an even share per pool thread kept within [``low``, ``high``]."""
-    return count if serial else min(high, max(low, -(-count // _nthreads())))
+    # never 0: the kernels divide by it (B = 0 on the calling thread died by SIGFPE)
+    return max(1, count) if serial else min(high, max(low, -(-count // _nthreads())))
 
 
 @contextlib.contextmanager
@@ -612,7 +613,9 @@ def _scan_backward(grad, c, y):
                      .reshape(-1) for x in (grad, c, y))
         u, gc = np.empty_like(g), np.empty_like(g)
     dt = _ti_dtype(np.float32 if dtype == torch.float32 else np.float64)
-    if _state["arch"] == "cpu" and _forced_form["state"] != "naive":
+    if T * B == 0:  # an empty batch: nothing to scan
+        pass
+    elif _state["arch"] == "cpu" and _forced_form["state"] != "naive":
         serial = _serial(T * B, "gae")
         kern = K.build_scan_backward(dt, serial)
         BB = _block(B, serial, 32, 2048)
@@ -1033,6 +1036,8 @@ def _run_state(mode, rewards, values, next_values, terminated, truncated, log_rh
     adv, ret = ctx.empty(n), ctx.empty(n)
     pg = ctx.empty(n) if mode == K.VTRACE else ctx.dummy()
     err = ctx.zeros_err()
+    if n == 0:  # an empty batch (B = 0): empty outputs, as the reference; no kernel launch
+        return ctx, shape, adv, ret, pg
     per_step, gam, lm = ctx.step_buffers(gamma, lam, shape)
     # GPU forms have no serial build (one memo entry, one compile)
     serial = _state["arch"] == "cpu" and _serial(n, "gae" if mode == K.GAE else "log_ratio")
@@ -1247,6 +1252,8 @@ def nstep_returns(rewards: npt.ArrayLike | torch.Tensor, next_values: npt.ArrayL
     r, nv = (ctx.floats(x) for x in arrays[:2])
     te, tr = (ctx.flags(x) for x in arrays[2:])
     out, err = ctx.empty(T * B), ctx.zeros_err()
+    if T * B == 0:  # an empty batch: an empty output, as the reference
+        return ctx.out(out, shape)
     per_step = not isinstance(g, float)
     gam = ctx.per_step(g, shape) if per_step else ctx.dummy()
     _launch(K.build_nstep(_ti_dtype(ctx.dtype), per_step),
@@ -1306,6 +1313,8 @@ def _run_action(mode, rewards, q_taken, next_expected_q, terminated, truncated, 
     te, tr = (ctx.flags(x) for x in arrays[3:])
     cxb = ctx.floats(cx) if cx is not None else ctx.dummy()
     out, err = ctx.empty(T * B), ctx.zeros_err()
+    if T * B == 0:  # an empty batch: an empty output, as the reference
+        return ctx.out(out, shape)
     hi = 1.0 if coefficient_name == "target_probs_taken" else float(np.finfo(ctx.dtype).max)
     per_step, gam, lm = ctx.step_buffers(g, l, shape)
     serial = _state["arch"] == "cpu" and _serial(T * B, "action")
@@ -1440,6 +1449,8 @@ def p3o_advantage(rewards: npt.ArrayLike | torch.Tensor, reward_mean: npt.ArrayL
     r, mean, std = (ctx.floats(x) for x in arrays[:3])
     te, tr = (ctx.flags(x) for x in arrays[3:])
     out, err = ctx.empty(T * B), ctx.zeros_err()
+    if T * B == 0:  # an empty batch: an empty output, as the reference
+        return ctx.out(out, shape)
     _launch(K.build_p3o(_ti_dtype(ctx.dtype)),
             [r, mean, std, te, tr, out, err, T, B, H, float(sigma_r) ** -2.0, _NORM[normalize]])
     if _failed(err):
