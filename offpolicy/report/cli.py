@@ -229,7 +229,7 @@ def _print_tables(records, profile, summ) -> None:
     render.print_table(h, b, f"MSE by staleness k  (lam={grid.fmt_param(s.show_lam)}, "
                        f"n={s.show_n}, rho/c={grid.fmt_param(s.show_clip[0])}/"
                        f"{grid.fmt_param(s.show_clip[1])}, T={s.show_T}, values={s.show_values})")
-    h, b = render.best_table(summ["best_by_staleness"])
+    h, b = render.best_table(summ["best_by_staleness"], long=True)
     render.print_table(h, b, f"Lowest MSE per staleness level, each estimator tuned over its "
                        f"grid (T={s.show_T}, values={s.show_values})")
     if summ["mc_cells"]:
