@@ -9,6 +9,8 @@
 * ``<!-- peers: NAME -->`` in a page becomes the table of ``offpolicy.conform.peers.PEERS`` for
   that estimator.
 * The "Theorems" nav entry is filled with every ``proofs/Tnn_*.md`` after the index.
+* Each estimator page (``docs/estimators/<name>.md``) gets its header from
+  ``offpolicy.registry``: names, inputs, outputs, parameters, theorems, exact counterparts.
 """
 
 from __future__ import annotations
@@ -141,7 +143,37 @@ def _layout_name(layout) -> str:
 _PEERS_MARK = re.compile(r"<!-- peers: (\w+) -->")
 
 
+def _passport(name: str) -> str:
+    """The header of an estimator's page, from its registry entry (links written relative to
+    the page's repository file, as every link here; ``_rewrite_links`` places them)."""
+    from offpolicy import registry
+
+    e = registry.ESTIMATORS[name]
+    theorems = {p.name[:3]: p for p in _proof_pages()}
+    code = lambda names: ", ".join(f"`{n}`" for n in names)
+    lines = [f"`estimators.numpy.{e.name}`" + (f" (also {code(e.aliases)})" if e.aliases else "")
+             + f": inputs {code(e.inputs)}; keyword parameters {code(e.params)}; outputs "
+             + ", ".join(f"`{o}` ({e.quantities[o]})" for o in e.outputs) + ".",
+             "",
+             "**Theorems**:",
+             "",
+             *(f"- [{_title(theorems[t])}](../../proofs/{theorems[t].name})"
+               for t in sorted(e.theorems)),
+             "",
+             "**Exact counterparts**: " + ", ".join(
+                 f"[`{q}`][offpolicy.{q}]" for q in e.exact)
+             + (f"; exact moments: `moments.exact_moments(mdp, \"{e.name}\", ...)`"
+                if e.moments_name else "; no exact moments (its traces are an input)") + "."]
+    return "\n".join(lines)
+
+
+_H1 = re.compile(r"\A(# [^\n]*\n)")
+
+
 def on_page_markdown(markdown, page, config, files):
+    name = page.file.src_uri.removeprefix("estimators/").removesuffix(".md")
+    if page.file.src_uri.startswith("estimators/") and name != "index":
+        markdown = _H1.sub(lambda m: m.group(1) + "\n" + _passport(name) + "\n", markdown, 1)
     markdown = _rewrite_links(markdown, page.file.src_uri)
     return _PEERS_MARK.sub(lambda m: _peers_table(m.group(1)), markdown)
 

@@ -72,3 +72,17 @@ def test_the_api_cross_references_are_links(site):
 def test_theorem_titles_in_the_navigation_are_plain_text(site):
     html = (site / "index.html").read_text()
     assert "T19 — Trace efficiency: η_IS ≤ η_Retrace ≤ η_TB ≤ γ per state-action pair" in html
+
+
+def test_estimator_pages_carry_their_registry_passport(site):
+    """The header of each estimator page is written from offpolicy.registry: tree-backup's
+    links the theorems about its traces (T06, T07, T19), the puff advantage's V-trace's (T04,
+    T05), and the exact counterparts link to their API anchors."""
+    tree = (site / "estimators" / "tree_backup" / "index.html").read_text()
+    for proof in ("T06_retrace_fixed_point", "T07_qtrace_truncated_operator",
+                  "T19_trace_efficiency_order"):
+        assert f'href="../../proofs/{proof}/"' in tree, proof
+    assert 'href="../../api/exact/#offpolicy.exact.tree_backup_traces"' in tree
+    puff = (site / "estimators" / "puff_advantage" / "index.html").read_text()
+    for proof in ("T04_vtrace_on_policy", "T05_vtrace_fixed_point"):
+        assert f'href="../../proofs/{proof}/"' in puff, proof
