@@ -183,6 +183,26 @@ def test_the_passport_names_what_the_proofs_say():
     assert "exact.vtrace_fixed_point" in registry.ESTIMATORS["puff_advantage"].exact
 
 
+def test_one_validation_vocabulary():
+    """The two validation modules (estimator arrays; tabular objects) share no public name, so
+    a check's name has one meaning; the two probability checks mean what they say."""
+    from estimators import _validate
+    from offpolicy import _checks
+
+    def public(module):
+        return {n for n, v in vars(module).items()
+                if not n.startswith("_") and callable(v) and v.__module__ == module.__name__}
+
+    assert public(_validate) & public(_checks) == set()
+    rows = np.array([[0.5, 0.5], [0.2, 0.8]])
+    _checks.check_distribution(rows, "p")
+    with pytest.raises(ValueError, match="^p: probabilities sum to 0.9"):
+        _checks.check_distribution(np.array([0.4, 0.5]), "p")
+    _validate.check_unit_entries("t", np.array([0.4, 0.5]))  # need not sum to one
+    with pytest.raises(ValueError, match=r"^t: must lie in \[0, 1\]"):
+        _validate.check_unit_entries("t", np.array([1.5]))
+
+
 # ---- the import graph ------------------------------------------------------------------------
 
 
