@@ -62,8 +62,9 @@ def test_frontier_is_invariant_under_round_off_perturbation():
     assert _names(frontier.pareto(base)) == expected
     for seed in range(10):
         rng = np.random.default_rng(seed)
-        pert = [(n, b2 * (1 + 1e-13 * rng.standard_normal()), v * (1 + 1e-13 * rng.standard_normal()))
-                for n, b2, v in base]
+        eps = 1e-13 * rng.standard_normal((len(base), 2))
+        pert = [(n, b2 * (1 + e[0]), v * (1 + e[1]))
+                for (n, b2, v), e in zip(base, eps, strict=True)]
         rng.shuffle(pert)
         assert _names(frontier.pareto(pert)) == expected
 
