@@ -70,7 +70,7 @@ def test_contains_zero_counts_every_cell_of_both_sets(tmp_path):
     _table(tmp_path / "g_table.csv", [("a", 0.01, 0.02), ("b", -0.01, 0.02)])
     _table(tmp_path / "g_table_s100.csv", [("a", 0.0, 0.02), ("b", 0.05, 0.02)])
     cells = [F.Cell(x, "g", {"estimator": x}) for x in ("a", "b")]
-    text, conds = F.ContainsZero("m", cells).evaluate(F.Tables(str(tmp_path)))
+    text, conds = F.ContainsZero("m", cells, "a and b").evaluate(F.Tables(str(tmp_path)))
     assert "contains 0 in 3 of 4 cells" in text and "b, seeds 100–104: 0.050 ± 0.020" in text
     assert conds == [("m contains 0 in every cell", False)]
 

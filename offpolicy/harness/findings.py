@@ -184,6 +184,7 @@ class ContainsZero:
 
     metric: str
     cells: list
+    who: str
     expect: bool = True
 
     def evaluate(self, tb: Tables) -> tuple[str, list]:
@@ -202,11 +203,11 @@ class ContainsZero:
         label = LABELS.get(self.metric, self.metric)
         sets = " and ".join(n for _, n in SEED_SETS if n in names)
         if hits == total:
-            text = (f"{label}: the interval contains 0 in every one of the {total} cells "
-                    f"({len(self.cells)} settings × {sets})")
+            text = (f"{label} of {self.who}: the interval contains 0 in every one of the {total} "
+                    f"cells ({len(self.cells)} settings × {sets})")
         else:
-            text = (f"{label}: the interval contains 0 in {hits} of {total} cells ({sets}); not "
-                    f"in e.g. {worst[0]}, {worst[1]}: {pm(*worst[2])}")
+            text = (f"{label} of {self.who}: the interval contains 0 in {hits} of {total} cells "
+                    f"({sets}); not in {worst[0]}, {worst[1]}: {pm(*worst[2])}")
         return text, [(f"{label} contains 0 in every cell", (hits == total) == self.expect)]
 
 
@@ -548,7 +549,8 @@ def _dqn_age() -> list:
     items: list = [Figure("sample_age", [a("nstep", x) for x in (0, 200, 800)])]
     items += [Compare(m, a("nstep", 800), a("nstep", 0))
               for m in ("qtarget_bias", "qtarget_corr", "qtarget_rmse")]
-    items.append(ContainsZero("qtarget_bias", [a("retrace", x) for x in (0, 200, 800)]))
+    items.append(ContainsZero("qtarget_bias", [a("retrace", x) for x in (0, 200, 800)],
+                              "retrace at every age"))
     for x in (0, 200, 800):
         items += [Compare("qtarget_bias", a("nstep", x), a("retrace", x)),
                   Compare("qtarget_rmse", a("nstep", x), a("retrace", x))]
@@ -568,13 +570,14 @@ def _dqn_behaviour() -> list:
     return [
         Compare("qtarget_bias", b("nstep", 1.0), b("nstep", 0.1)),
         Figure("qtarget_corr", [b("nstep", 1.0)]), Figure("qtarget_value", [b("nstep", 1.0)]),
-        ContainsZero("qtarget_bias", [b("retrace", x) for x in eps]),
-        ContainsZero("qtarget_corr", [b("retrace", x) for x in eps]),
+        ContainsZero("qtarget_bias", [b("retrace", x) for x in eps], "retrace at every ε"),
+        ContainsZero("qtarget_corr", [b("retrace", x) for x in eps], "retrace at every ε"),
         Compare("qtarget_rmse", b("retrace", 1.0), b("retrace", 0.1)),
         Compare("qtarget_bias", b("nstep", 0.1), b("retrace", 0.1)),
         Compare("qtarget_rmse", b("nstep", 0.1), b("retrace", 0.1)),
         Compare("mean_J_frac", b("nstep", 1.0), b("retrace", 1.0)),
-        ContainsZero("qtarget_lag", [b(e, x) for e in ("nstep", "retrace") for x in eps]),
+        ContainsZero("qtarget_lag", [b(e, x) for e in ("nstep", "retrace") for x in eps],
+                     "nstep and retrace, target copied every 100 updates"),
     ]
 
 
@@ -583,8 +586,9 @@ def _dqn_tb_ql() -> list:
     b = lambda est, eps: _c(f"{est} ε = {eps:g}", t, estimator=est, epsilon=eps)  # noqa
     eps = (0.1, 0.3, 1.0)
     return [
-        ContainsZero("qtarget_corr", [b(e, x) for e in ("tree_backup", "q_lambda") for x in eps]),
-        ContainsZero("qtarget_bias", [b("tree_backup", 1.0)], expect=False),
+        ContainsZero("qtarget_corr", [b(e, x) for e in ("tree_backup", "q_lambda") for x in eps],
+                     "tree_backup and q_lambda at every ε"),
+        ContainsZero("qtarget_bias", [b("tree_backup", 1.0)], "tree_backup at ε = 1", expect=False),
         Figure("qtarget_lag", [b("tree_backup", 1.0)]),
         Figure("qtarget_value", [b("tree_backup", 1.0)]),
         Compare("qtarget_rmse", b("q_lambda", 1.0), b("tree_backup", 1.0)),
@@ -607,7 +611,8 @@ def _dqn_schedule() -> list:
     a = lambda est, age: _c(f"{est} min_age {age}", t, estimator=est, min_age=age)  # noqa
     return [Compare(m, a("nstep", 800), a("nstep", 0))
             for m in ("qtarget_bias", "qtarget_rmse", "qtarget_corr", "qtarget_value")] + [
-        ContainsZero("qtarget_bias", [a("retrace", x) for x in (0, 200, 800)])]
+        ContainsZero("qtarget_bias", [a("retrace", x) for x in (0, 200, 800)],
+                     "retrace at every age (ε schedule)")]
 
 
 def _dqn_target_lag() -> list:
@@ -615,11 +620,12 @@ def _dqn_target_lag() -> list:
     p = lambda est, k: _c(f"{est} period {k}", t, estimator=est, target_update_period=k)  # noqa
     return [
         Compare("qtarget_bias", p("retrace", 400), p("nstep", 400)),
-        ContainsZero("qtarget_corr", [p("retrace", 100), p("retrace", 400)]),
+        ContainsZero("qtarget_corr", [p("retrace", 100), p("retrace", 400)],
+                     "retrace at both periods"),
         Compare("qtarget_lag", p("retrace", 400), p("retrace", 100)),
         Figure("qtarget_value", [p("retrace", 400)]),
         Figure("qtarget_corr", [p("nstep", 100), p("nstep", 400)]),
-        ContainsZero("qtarget_lag", [p("nstep", 100), p("nstep", 400)]),
+        ContainsZero("qtarget_lag", [p("nstep", 100), p("nstep", 400)], "nstep at both periods"),
         Hypothesis("Retrace's targets read Q values at every step of the sequence, nstep's only "
                    "one bootstrap at the end, so a stale target network weighs more in "
                    "Retrace's target."),
