@@ -362,7 +362,7 @@ def main(argv=None) -> int:
             write(readme, args.dir)
             return 0
         sections, _ = generate(args.dir)
-    except (ValueError, LookupError, KeyError) as e:
+    except (ValueError, LookupError, KeyError, OSError) as e:
         print(f"findings: {e}", file=sys.stderr)
         return 1 if args.check else 2
     for name, body in sections.items():

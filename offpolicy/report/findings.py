@@ -454,7 +454,7 @@ def main(argv=None) -> int:
         else:
             print(render(findings(load(args.table))), end="")
             return 0
-    except (ValueError, LookupError, KeyError) as e:
+    except (ValueError, LookupError, KeyError, OSError) as e:
         print(f"findings: {e}", file=sys.stderr)
         return 1 if args.check else 2
     if args.check:
