@@ -247,7 +247,12 @@ def _f2_nstep(t) -> Finding:
                        if 0 < len(n1_wins[k]) < len(MDPS) else "")
                     for k in ks if k > 0)
         + f"; at k = 4 its bias is {fmt(min(b1.values()))}–{fmt(max(b1.values()))}× V-trace's.")
-    conds = [("nstep is unbiased on-policy (<1e-12)", bool(on["bias_target"].max() < 1e-12)),
+    ns = sorted({int(x) for x in t["n"] if x != "-"})
+    grows = all(cell(t, mdp=m, k=k, estimator="nstep", n=a, **base)["mse"]
+                < cell(t, mdp=m, k=k, estimator="nstep", n=b, **base)["mse"]
+                for m in MDPS for k in ks if k >= 2 for a, b in zip(ns, ns[1:], strict=False))
+    conds = [("longer n has the larger MSE at every MDP and k >= 2", grows),
+             ("nstep is unbiased on-policy (<1e-12)", bool(on["bias_target"].max() < 1e-12)),
              ("n=8 worse than V-trace lam=1 at k=2 on every MDP", all(x > 1 for x in ratios)),
              ("n=32 worse than V-trace at k=8 on every MDP",
               all(r32[m][0]["mse"] > r32[m][1]["mse"] for m in MDPS)),
