@@ -427,6 +427,16 @@ CATALOGUE = (
        "trfl#24); Retrace ported with V-trace's c_t indexing",
        ("q_trace", "retrace", "tree_backup", "importance_sampling_q"),
        ("    next_traces = _next_step(traces)", "    next_traces = traces")),
+    _m("q_segment_end_bootstraps_from_last_state",
+       "the segment end bootstraps from E_pi Q(s_{T-1}, .) of the last stored state instead "
+       "of E_pi Q(s'_{T-1}, .) of the state after it",
+       "seungeunrho/minimalRL acer.py train(): `q_ret = v[-1] * done_mask[-1]` with v = sum "
+       "pi Q over the stored states s_0..s_{T-1} (the next state is never stored)",
+       _ACTION,
+       ("    bootstrap = np.where(beta, next_expected_q, 0.0)  # never read under terminated\n",
+        "    last_state = next_expected_q[-2:-1] if T > 1 else next_expected_q[-1:]  # E Q(s_T-1)\n"
+        "    bootstrap = np.where(beta, np.concatenate([next_expected_q[:-1], last_state]), "
+        "0.0)\n")),
     _m("retrace_ratio_unclipped",
        "Retrace with the unclipped ratio c = rho (that is per-decision IS)",
        "hypothetical: Retrace written without min(1, .) (no public instance found)",

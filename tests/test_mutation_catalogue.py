@@ -304,3 +304,15 @@ def test_the_bug_classes_page_is_generated_from_the_catalogue():
     assert [r.split("`")[1] for r in rows] == [m.name for m in mutation.CATALOGUE]
     for m, row in zip(mutation.CATALOGUE, rows, strict=True):
         assert m.bug.replace("|", "\\|") in row and m.seen_in.replace("|", "\\|") in row
+
+
+def test_q_segment_end_bootstraps_from_last_state():
+    """Retrace, lam = 1, every ratio 1 (c = 1), gamma = 0.5, no flags; r = 1, Q(s_t, a_t) =
+    [0, 2], E_pi Q(s'_t) = [3, 4] (so E_pi Q(s_1) = 3). Reference: G_1 = 1 + 0.5 * 4 = 3,
+    G_0 = 1 + 0.5 * 3 + 0.5 * (3 - 2) = 3. Bootstrapping the end from E_pi Q(s_1) = 3:
+    G_1 = 2.5, G_0 = 1 + 1.5 + 0.5 * (2.5 - 2) = 2.75."""
+    x = [np.array(a, float) for a in ([1, 1], [0, 2], [3, 4])]
+    flags = [np.zeros(2, bool)] * 2
+    m = mutation.load("q_segment_end_bootstraps_from_last_state")
+    assert ref.retrace(*x, *flags, np.zeros(2), gamma=0.5, lam=1.0).tolist() == [3.0, 3.0]
+    assert m.retrace(*x, *flags, np.zeros(2), gamma=0.5, lam=1.0).tolist() == [2.75, 2.5]
