@@ -242,6 +242,14 @@ CATALOGUE = (
        "~terminated); Gymnasium-era loops that fold on `truncated` alone",
        _STATE,
        (_SV_BOOTSTRAP, "    bootstrap = np.where(beta | truncated, next_values, 0.0)\n")),
+    _m("timeout_checked_before_termination",
+       "the loop bootstraps 'if the time limit or the segment end was reached, else 0': a step "
+       "that also terminated there is bootstrapped",
+       "openai/spinningup spinup/algos/pytorch/ppo/ppo.py and vpg/vpg.py main loop "
+       "(`if timeout or epoch_ended:` bootstrap `v`, checked before `d`)",
+       _STATE,
+       (_SV_BOOTSTRAP, "    reached = beta | truncated\n    reached[-1] = True\n"
+                       "    bootstrap = np.where(reached, next_values, 0.0)\n")),
     _m("timeout_folded_without_gamma",
        "at a time-out the bootstrap V(s'_t) is added without the discount (r_t += V(final "
        "obs)); other steps are discounted",

@@ -316,3 +316,13 @@ def test_q_segment_end_bootstraps_from_last_state():
     m = mutation.load("q_segment_end_bootstraps_from_last_state")
     assert ref.retrace(*x, *flags, np.zeros(2), gamma=0.5, lam=1.0).tolist() == [3.0, 3.0]
     assert m.retrace(*x, *flags, np.zeros(2), gamma=0.5, lam=1.0).tolist() == [2.75, 2.5]
+
+
+def test_timeout_checked_before_termination():
+    """r = 1, V = 0, V(s') = [4, 2], gamma = lam = 0.5. Step 0 terminated and truncated,
+    step 1 terminated at the segment end: the contract gives A = [1, 1]; checking the time
+    limit / segment end first bootstraps both: A = [1 + 2, 1 + 1]."""
+    args = ([1.0, 1.0], [0.0, 0.0], [4.0, 2.0], [True, True], [True, False])
+    assert _gae(ref, *args)[0].tolist() == [1.0, 1.0]
+    assert _gae(mutation.load("timeout_checked_before_termination"), *args)[0].tolist() == \
+        [3.0, 2.0]
