@@ -122,11 +122,11 @@ def test_installed_but_not_importable_is_not_run(tmp_path, monkeypatch):
 
 def test_reports_are_written(tmp_path):
     rows = [
-        peers._row(peers.PEERS[0], "1.0", family=f, verdict=v, reason="r", seconds=1.5,
+        peers.row(peers.PEERS[0], "1.0", family=f, verdict=v, reason="r", seconds=1.5,
                    diagnosis="bug" if v == "fail" else "",
                    repro='{"T":1}' if f == "no_dones" else "")
         for f, v in zip(FAMILIES[:3], ("fail", "pass", "n/a"), strict=True)
-    ] + [peers._row(peers.PEERS[-1], None, verdict="not run", reason="why | not")]
+    ] + [peers.row(peers.PEERS[-1], None, verdict="not run", reason="why | not")]
     paths = peers.write_peer_reports(rows, tmp_path / "out")
     assert sorted(p.name for p in paths) == ["peers.csv", "peers.json", "peers.md"]
     with open(tmp_path / "out" / "peers.csv") as f:
@@ -149,10 +149,96 @@ def test_cli_peers_writes_under_offpolicy_out_by_default(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(peers.importlib, "import_module", _fail_import)
-    monkeypatch.setattr(peers, "PEERS", peers.PEERS[-2:])  # the two not-importable entries
+    monkeypatch.setattr(peers.table, "PEERS", peers.PEERS[-2:])  # the two not-importable entries
     assert cli.main(["--peers"]) == 0
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.*"))
     assert written == ["offpolicy-out/peers/peers.csv", "offpolicy-out/peers/peers.json",
                        "offpolicy-out/peers/peers.md"]
     rows = list(csv.DictReader(open(tmp_path / "offpolicy-out/peers/peers.csv")))
     assert [r["verdict"] for r in rows] == ["not run", "not run"]
+
+
+# ---------------------------------------------------------------------------------------------
+# failure classes
+
+
+def test_finding_needs_a_known_kind_and_a_section_only_for_a_convention():
+    assert peers.Finding("bug", "x").design is None
+    with pytest.raises(ValueError, match="kind"):
+        peers.Finding("convention difference", "x")
+    with pytest.raises(ValueError, match="design"):
+        peers.Finding("convention", "x")
+    with pytest.raises(ValueError, match="design"):
+        peers.Finding("bug", "x", design="§1")
+
+
+def test_a_failing_row_takes_its_class_from_the_entry():
+    peer = peers.Peer("L", "l", "m", "f", "gae", findings={
+        "lambda_0": peers.Finding("layout limit", "why"), "*": peers.Finding("bug", "other")})
+    assert peers.row(peer, "1", family="lambda_0", verdict="fail")["failure_class"] == \
+        "layout limit"
+    assert peers.row(peer, "1", family="T_equals_1", verdict="fail")["failure_class"] == "bug"
+    assert peers.row(peer, "1", family="T_equals_1", verdict="pass")["failure_class"] == ""
+    bare = peers.Peer("L", "l", "m", "f", "gae")
+    assert peers.row(bare, "1", family="x", verdict="fail")["failure_class"] == "unclassified"
+
+
+def _design_headings():
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md").read_text()
+    return {line.lstrip("#").strip() for line in text.splitlines() if line.startswith("#")}
+
+
+def test_every_convention_names_a_design_section_that_exists():
+    """A convention finding cites docs/DESIGN.md by the heading of the section that documents
+    it ("§1 X: Y" is heading X, then the bold paragraph title Y under it)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "DESIGN.md").read_text()
+    for section in peers.table.DESIGN_SECTIONS.values():
+        heading, _, paragraph = section.partition(": ")
+        title = heading.split(" ", 1)[1]
+        assert any(h.endswith(title) for h in _design_headings()), section
+        assert f"**{paragraph}.**" in text, section
+    for peer in peers.PEERS:
+        for finding in peer.findings.values():
+            if finding.kind == "convention":
+                assert finding.design in peers.table.DESIGN_SECTIONS.values()
+
+
+def test_committed_table_classifies_every_failing_family():
+    """reports/peers/peers.json (the committed run): every failing family carries a class, and
+    a convention its DESIGN.md section."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "reports" / "peers" / "peers.json"
+    entries = json.loads(path.read_text())["entries"]
+    failing = [(e["function"], c) for e in entries for c in e["cases"] if c["verdict"] == "fail"]
+    assert failing, "the committed run has failures to classify"
+    for function, case in failing:
+        assert case["class"] in peers.FAILURE_CLASSES, (function, case["family"])
+        assert case["why"], (function, case["family"])
+        assert (case["class"] == "convention") == ("design_section" in case)
+
+
+# ---------------------------------------------------------------------------------------------
+# the time-out fold the adapters restate, by hand
+
+def test_timeout_fold_by_hand():
+    """Three steps, gamma 0.5: a time-out alone (step 0), a time-out on a terminal step
+    (step 1), a plain step (step 2); V(s_t) = 1, 2, 3 and V(final obs) = 10, 20, 30."""
+    import numpy as np
+
+    from offpolicy.conform.peers.base import timeout_fold
+
+    r = np.zeros(3)
+    v, nv = np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0])
+    term, trunc = np.array([False, True, False]), np.array([True, True, False])
+    fold = functools.partial(timeout_fold, r, v, nv, term, trunc, 0.5)
+    assert fold(add="gamma_final_value", on="timeout_not_terminated").tolist() == [5, 0, 0]
+    assert fold(add="gamma_final_value", on="every_timeout").tolist() == [5, 10, 0]
+    assert fold(add="gamma_current_value", on="every_timeout").tolist() == [0.5, 1, 0]
+    assert fold(add="gamma_current_value", on="timeout_not_terminated").tolist() == [0.5, 0, 0]
+    with pytest.raises(ValueError, match="add"):
+        fold(add="gamma_next_value", on="every_timeout")
