@@ -1,14 +1,15 @@
-"""skrl adapter: its PPO pipeline as ``record_transition`` and ``_update`` run it, in the
-contract layout (flags of the step itself).
+"""skrl adapter: its PPO pipeline as ``record_transition`` and ``update`` run it (skrl 2.x), in
+the contract layout (flags of the step itself).
 
-``record_transition`` computes ``values`` from the *current* states and, with
-``time_limit_bootstrap``, stores ``rewards + discount_factor * values * truncated``: γ·V(s_t)
-on every step whose ``truncated`` flag is set, terminated or not. The memory keeps
+With ``time_limit_bootstrap``, ``record_transition`` evaluates the value of the *next*
+observations and stores ``rewards + discount_factor * next_values * truncated``: γ·V(final
+observation) on every step whose ``truncated`` flag is set, terminated or not. The memory keeps
 ``terminated`` and ``truncated`` as the environment gave them; ``compute_gae(rewards=,
 terminated=, truncated=, values=, last_values=, discount_factor=, lambda_coefficient=,
 time_limit_bootstrap=)`` reads V(s_{t+1}) from ``values[t+1]`` and ``last_values`` (the value
-of the last step's next states) at the end. Its advantages come back normalised, so the check
-reads ``returns`` (= advantages + values before the normalisation)."""
+of the last step's next observations) at the end, and cuts at ``terminated | truncated``
+(``terminated`` alone without time_limit_bootstrap). Its advantages come back normalised, so
+the check reads ``returns`` (= advantages + values before the normalisation)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from .base import timeout_fold
 __all__ = ["ppo_gae", "FOLD"]
 
 # what record_transition folds into the reward with time_limit_bootstrap=True
-FOLD = dict(add="gamma_current_value", on="every_timeout")
+FOLD = dict(add="gamma_final_value", on="every_timeout")
 
 
 def ppo_gae(time_limit_bootstrap: bool):

@@ -61,6 +61,8 @@ _TRUNCATIONS_DROPPED = Finding("bug", "the time-out flag its pipeline receives i
                                       "its first value")
 _CURRENT_VALUE_FOLD = Finding("bug", "the rollout folds gamma V(s_t), the value before the "
                                      "step, on every time-out, terminated or not")
+_TERMINAL_FOLD = Finding("bug", "the rollout folds gamma V(final obs) on every truncated step, "
+                                "terminated ones too: a terminal step bootstraps")
 
 _TRL = torchrl.MODULE
 _RLAX_X64 = dict(array="jax", setup=rlax.float64)
@@ -189,8 +191,8 @@ PEERS: tuple[Peer, ...] = (
                    "float64_precision": _FLOAT32_GAMMA, "*": _TRUNCATIONS_DROPPED}),
     Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
          "returns", adapter=skrl.ppo_gae(True), array="torch",
-         note="time_limit_bootstrap=True: record_transition adds gamma V(s_t) * truncated",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _CURRENT_VALUE_FOLD}),
+         note="time_limit_bootstrap=True: record_transition adds gamma V(next obs) * truncated",
+         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TERMINAL_FOLD}),
     Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
          "returns", adapter=gamma_tensor(skrl.ppo_gae(False)), array="torch",
          note="default config; discount_factor as a float64 tensor",
@@ -198,7 +200,7 @@ PEERS: tuple[Peer, ...] = (
     Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
          "returns", adapter=gamma_tensor(skrl.ppo_gae(True)), array="torch",
          note="time_limit_bootstrap=True; discount_factor as a float64 tensor",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _CURRENT_VALUE_FOLD}),
+         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TERMINAL_FOLD}),
     # --- rl-games: episode-start flags (mb_fdones); play_steps folds gamma V(s_t) -----------
     Peer("rl-games", "rl-games", "rl_games.common.a2c_common", "A2CBase.discount_values", "gae",
          _done_next("bootstrap_reward"), "advantages", adapter=rl_games.discount_values,
