@@ -389,3 +389,28 @@ def test_estimator_info_refuses_an_inconsistent_entry(change, message):
                   moments_name=None, default_output="a")
     with pytest.raises(ValueError, match=message):
         registry.EstimatorInfo(**{**fields, **change})
+
+
+def test_writable_dir_probes_inside_the_directory_and_names_the_os_error(tmp_path, monkeypatch):
+    seen = []
+    real = _cli.tempfile.TemporaryFile
+
+    def probe(**kw):
+        seen.append(kw.get("dir"))
+        return real(**kw)
+
+    monkeypatch.setattr(_cli.tempfile, "TemporaryFile", probe)
+    assert _cli.writable_dir(str(tmp_path / "d")) is None
+    assert seen == [str(tmp_path / "d")]
+
+    def refuse(err):
+        def fn(**kw):
+            raise err
+        return fn
+
+    monkeypatch.setattr(_cli.tempfile, "TemporaryFile", refuse(PermissionError(13, "Denied")))
+    assert _cli.writable_dir(str(tmp_path), "--out") == \
+        f"--out {tmp_path}: cannot write there (Denied)"
+    monkeypatch.setattr(_cli.tempfile, "TemporaryFile", refuse(OSError()))
+    assert _cli.writable_dir(str(tmp_path), "--out") == \
+        f"--out {tmp_path}: cannot write there (OSError)"
