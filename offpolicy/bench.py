@@ -48,12 +48,10 @@ torchrl tensordict``)::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import importlib
 import os
 import platform
-import signal
 import statistics
 import sys
 import time
@@ -584,13 +582,12 @@ def main(argv=None):
     load_start = _load()
     command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        with _interrupt_on_sigterm():
-            run(sizes, estimators, backends, repeats, rows=rows, rounds=a.rounds)
+        run(sizes, estimators, backends, repeats, rows=rows, rounds=a.rounds)
     except KeyboardInterrupt:
         # one line, no traceback; the cells measured so far are kept
         _write_partial(rows, a.out, command, "interrupted")
         print(f"\n{PROG}: interrupted; {_kept(rows, a.out)}", file=sys.stderr)
-        raise SystemExit(130) from None
+        return 130  # run_main: exit 130, this line kept
     except Exception as e:  # noqa: BLE001 - any failure: one line, and what was measured
         what = f"{type(e).__name__}: {e}".strip().splitlines()[0]
         _write_partial(rows, a.out, command, f"failed ({what})")
@@ -632,26 +629,9 @@ def _kept(rows, out):
     return f"the {len(rows)} rows measured so far are in {os.path.join(out, 'bench.csv')}"
 
 
-@contextlib.contextmanager
-def _interrupt_on_sigterm():
-    """``kill`` stops the benchmark as Ctrl-C does (one line, exit 130, measured rows kept)."""
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # during the imports, before the benchmark's own handler
-        print(f"\n{PROG}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    from offpolicy._cli import run_main
+
+    # Ctrl-C or kill anywhere (the imports included): one line, exit 130; while cells are
+    # measured, main's own handler keeps what was measured and says so
+    run_main(main, PROG)
