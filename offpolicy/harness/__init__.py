@@ -7,6 +7,11 @@ Modules: ``envs`` (tabular vectorised env with exact J/V/Q/A; Gymnasium vector w
 ``ppo`` and ``dqn`` (single-file learners, one config dataclass each), ``measure``,
 ``grid`` (resumable grids over a process pool or Ray), ``report`` (tables and plots).
 """
+from offpolicy._extras import require
+
+require("offpolicy.harness", "harness", "torch", "gymnasium", "pandas", "scipy", "matplotlib",
+        "tqdm")
+
 __all__ = ["PPOConfig", "DQNConfig"]
 
 

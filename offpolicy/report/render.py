@@ -10,6 +10,7 @@ import csv
 import io
 import math
 
+from . import frontier as _frontier
 from . import grid
 from .store import encode, write_atomic
 
@@ -168,7 +169,8 @@ def _describe(cell) -> str:
 
 def frontier(records, profile) -> list[dict]:
     """Bias-variance frontier per (MDP, estimator, staleness): the cells over the estimator's
-    own parameter grid that no other such cell beats on both bias_target^2 and var."""
+    own parameter grid that no other such cell dominates on bias_target^2 and var, compared
+    after rounding, ties ordered by name (the rule: :mod:`offpolicy.report.frontier`)."""
     groups: dict = {}
     for rec in records:
         c = rec["cell"]
@@ -177,19 +179,15 @@ def frontier(records, profile) -> list[dict]:
         b2, var = _m(rec, "bias_target") ** 2, _m(rec, "var")
         if math.isnan(b2) or math.isnan(var):
             continue
-        groups.setdefault((c["mdp"], c["estimator"], c["stale"]), []).append((b2, var, rec))
-    out = []
-    for (mdp, est, k), pts in groups.items():
-        pts.sort(key=lambda p: (p[0], p[1]))
-        best_var = math.inf
-        for b2, var, rec in pts:
-            if var < best_var:
-                best_var = var
-                out.append({"mdp": mdp, "estimator": est, "k": k, "setting": _describe(rec["cell"]),
-                            "bias2": b2, "var": var, "mse": b2 + var})
+        groups.setdefault((c["mdp"], c["estimator"], c["stale"]), []).append(
+            (_describe(c), b2, var))
     order = {m: i for i, m in enumerate(profile.mdps)}
     eorder = {e: i for i, e in enumerate(grid.ESTIMATORS)}
-    out.sort(key=lambda r: (order.get(r["mdp"], 99), eorder[r["estimator"]], r["k"], r["bias2"]))
+    out = []
+    for mdp, est, k in sorted(groups, key=lambda g: (order.get(g[0], 99), eorder[g[1]], g[2])):
+        for setting, b2, var in _frontier.pareto(groups[(mdp, est, k)]):
+            out.append({"mdp": mdp, "estimator": est, "k": k, "setting": setting,
+                        "bias2": b2, "var": var, "mse": b2 + var})
     return out
 
 
