@@ -212,8 +212,13 @@ class Foreground:
         return len(self.lines[name])
 
     def interrupt(self, sig=signal.SIGINT):
+        """Ctrl-C: SIGINT to the whole foreground process group; ``kill`` (SIGTERM): to the
+        command line's process alone."""
         assert self.proc.poll() is None, "finished before it could be interrupted"
-        os.killpg(self.proc.pid, sig)  # Ctrl-C: the whole foreground process group
+        if sig == signal.SIGINT:
+            os.killpg(self.proc.pid, sig)
+        else:
+            os.kill(self.proc.pid, sig)
 
     def finish(self, timeout=120):
         """(exit code, stdout lines, stderr lines) once it exits."""
@@ -305,9 +310,11 @@ def test_waits():
 }
 
 
-def test_mutation_ctrl_c_while_suites_run_exits_130_in_one_line(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_mutation_ctrl_c_while_suites_run_exits_130_in_one_line(sig, tmp_path):
     """The unmutated copy and the first mutant run their suites (here one test that waits):
-    Ctrl-C stops them, starts none of the queued mutants, and leaves no process."""
+    Ctrl-C (or ``kill``, which reaches the driver alone) stops them, starts none of the
+    queued mutants, and leaves no process."""
     tests = tmp_path / "tests"
     tests.mkdir()
     for name, text in SLOW_SUITE.items():
@@ -322,7 +329,7 @@ def test_mutation_ctrl_c_while_suites_run_exits_130_in_one_line(tmp_path):
         del ENV["MARKERS"]
     wait_for(lambda: len(list(markers.iterdir())) >= 2 or fg.proc.poll() is not None, 180,
              "two suites to run")
-    fg.interrupt()
+    fg.interrupt(sig)
     assert_interrupted(fg)
     assert len(list(markers.iterdir())) == 2  # no queued mutant's suite started
 
