@@ -355,7 +355,9 @@ def test_a_pool_left_by_ctrl_c_has_closed_its_wakeup_pipe_when_the_block_ends():
     (``concurrent.futures.process._python_exit``) writes, without a lock, to the wake-up pipe
     of every process pool whose manager thread is alive, and that thread closes the pipe once
     it sees the killed workers. Leaving the block must wait for it: no pipe left to race.
-    (Without the wait this failed in 1 of 3 runs on the 2-core CI kind of machine.)"""
+    Without the wait the pipe was still open in 1 of 13 tries on the shared 2-core machine:
+    a rare race, so this test seldom fails on the bug; the command lines also end with
+    ``os._exit`` after Ctrl-C (``offpolicy._cli.finish``), so the exit hook never runs."""
     from concurrent.futures import process as cf_process
 
     with pytest.raises(KeyboardInterrupt):
