@@ -251,6 +251,27 @@ class Note:
 
 
 @dataclasses.dataclass
+class ZeroEverywhere:
+    """``metric`` is exactly 0 in every row of the listed tables, on every seed set held."""
+
+    metric: str
+    stems: list
+    what: str
+
+    def evaluate(self, tb: Tables) -> tuple[str, list]:
+        rows = bad = 0
+        for stem in self.stems:
+            for suffix, _ in SEED_SETS:
+                t = tb.get(stem, suffix)
+                if t is not None:
+                    rows += len(t)
+                    bad += int((t[self.metric] != 0).sum())
+        text = (f"{self.what}: {self.metric} = 0 in {rows - bad} of {rows} cells of "
+                + ", ".join(f"`{s}`" for s in self.stems))
+        return text, [(f"{self.metric} = 0 in every cell", bad == 0)]
+
+
+@dataclasses.dataclass
 class LowestSeed:
     """A sentence about the worst seed of one cell, read from ``<stem>_runs.csv`` (seeds 0-4):
     its ``metric`` and where its ``other`` column ranks among the cell's seeds."""
@@ -546,7 +567,12 @@ def _refresh() -> list:
 def _dqn_age() -> list:
     t = "dqn_chain_age"
     a = lambda est, age: _c(f"{est} min_age {age}", t, estimator=est, min_age=age)  # noqa
-    items: list = [Figure("sample_age", [a("nstep", x) for x in (0, 200, 800)])]
+    items: list = [
+        ZeroEverywhere("age_relaxed", ["dqn_chain_age", "dqn_chain_behaviour",
+                                       "dqn_chain_behaviour_tb_ql", "dqn_chain_target_lag",
+                                       "dqn_chain_age_schedule"],
+                       "no measured update had its age filter relaxed"),
+        Figure("sample_age", [a("nstep", x) for x in (0, 200, 800)])]
     items += [Compare(m, a("nstep", 800), a("nstep", 0))
               for m in ("qtarget_bias", "qtarget_corr", "qtarget_rmse")]
     items.append(ContainsZero("qtarget_bias", [a("retrace", x) for x in (0, 200, 800)],
