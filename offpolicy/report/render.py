@@ -235,7 +235,19 @@ def staleness_table(records, profile, detail=False):
     return header, body
 
 
-def best_table(best_rows):
+def best_table(best_rows, long=False):
+    """One row per (MDP, staleness level), the best A, V and Q side by side (``long``: one row
+    per quantity, seven columns, for a terminal: the wide form is too wide for 80 columns)."""
+    if long:
+        header = ["mdp", "k", "KL", "TV", "", "best (tuned over its grid)", "MSE"]
+        body = []
+        for r in best_rows:
+            first = [r["mdp"], str(r["k"]), short(r["kl"]), short(r["tv"])]
+            for q in ("A", "V", "Q"):
+                if q in r:
+                    body.append(first + [q, r[q], short(r[q + "_mse"])])
+                    first = ["", "", "", ""]  # the group's MDP, k, KL and TV once
+        return header, body
     header = ["mdp", "k", "KL", "TV", "best A", "MSE", "best V", "MSE", "best Q", "MSE"]
     body = []
     for r in best_rows:
@@ -271,9 +283,13 @@ def print_table(header, body, title, console=None) -> None:
     import sys
 
     t = Table(title=title, header_style="bold", show_lines=False)
-    for h in header:
+    for i, h in enumerate(header):
         numeric = h.startswith(("MSE", "KL", "TV", "k", "MC", "bias", "fp", "modulus"))
-        t.add_column(h, justify="right" if numeric else "left", no_wrap=True)
+        if numeric:  # a number is never cut: its column keeps its full width
+            width = max(len(str(x)) for x in [h, *(r[i] for r in body)])
+            t.add_column(h, justify="right", no_wrap=True, min_width=width)
+        else:  # names and settings fold onto a second line when the terminal is narrow
+            t.add_column(h, justify="left", overflow="fold")
     for r in body:
         t.add_row(*map(str, r))
     if console is None:  # a log file or pipe has no width: do not wrap at 80 columns
