@@ -272,6 +272,20 @@ class ZeroEverywhere:
 
 
 @dataclasses.dataclass
+class SeedSetList:
+    """Which tables of the folder have a second seed set (``*_table_s100.csv``) and which not."""
+
+    def evaluate(self, tb: Tables) -> tuple[str, list]:
+        stems = sorted(f[:-len("_table.csv")] for f in os.listdir(tb.folder)
+                       if f.endswith("_table.csv"))
+        done = [s for s in stems if tb.get(s, "_s100") is not None]
+        todo = [s for s in stems if s not in done]
+        fmt = lambda xs: ", ".join(f"`{x}`" for x in xs) or "none"  # noqa: E731
+        return (f"Rerun with seeds 100–104: {fmt(done)}. Not rerun (their comparisons say "
+                f"\"second seed set not run\"): {fmt(todo)}."), []
+
+
+@dataclasses.dataclass
 class LowestSeed:
     """A sentence about the worst seed of one cell, read from ``<stem>_runs.csv`` (seeds 0-4):
     its ``metric`` and where its ``other`` column ranks among the cell's seeds."""
@@ -659,6 +673,7 @@ def _dqn_target_lag() -> list:
 
 
 SECTIONS = {
+    "seed_sets": [SeedSetList()],
     "pg_loss": _pg_loss(), "behaviour": _behaviour(), "lag_data": _lag_data(),
     "truncation": _truncation(), "lag_correction": _lag_correction(), "refresh": _refresh(),
     "dqn_age": _dqn_age(), "dqn_behaviour": _dqn_behaviour(), "dqn_tb_ql": _dqn_tb_ql(),
