@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 
-import pandas as pd
 import pytest
 
 from offpolicy.report import findings as F
@@ -68,12 +67,11 @@ def table():
 
 
 def _set(t, metric, value, **axes):
-    t = t.copy()
-    sel = pd.Series(True, index=t.index)
-    for a, v in axes.items():
-        sel &= t[a] == str(v)
-    assert sel.sum() == 1
-    t.loc[sel, metric] = value
+    """A copy of the table with ``metric`` of the one matching row set to ``value``."""
+    t = [dict(r) for r in t]
+    hits = [r for r in t if all(r[a] == str(v) for a, v in axes.items())]
+    assert len(hits) == 1
+    hits[0][metric] = value
     return t
 
 
