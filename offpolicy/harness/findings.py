@@ -173,8 +173,7 @@ class Figure:
         for c in self.cells:
             vals = [(name, _interval(tb, c, self.metric, suffix)) for suffix, name in SEED_SETS]
             vals = [(n, v) for n, v in vals if v is not None]
-            parts.append(f"{c.label}: {pm(*vals[0][1])} ({vals[0][0]})" + "".join(
-                f" ({n}: {pm(*v)})" for n, v in vals[1:]))
+            parts.append(f"{c.label}: " + ", ".join(f"{pm(*v)} ({n})" for n, v in vals))
         return f"{LABELS.get(self.metric, self.metric)} — " + "; ".join(parts), []
 
 
