@@ -127,7 +127,7 @@ def read(path: str) -> list[dict]:
 
 def findings(rows: list[dict]) -> list[str]:
     """Sentences derived from the rows (each quotes the figures it rests on)."""
-    out = []
+    out: list[str] = []
     by = {(r["mdp"], int(r["k"]), r["loss"], r["estimator"]): r for r in rows
           if r["behaviour"] == "lag"}
     mdps = list(dict.fromkeys(r["mdp"] for r in rows))
