@@ -47,7 +47,8 @@ from hypothesis import strategies as st
 
 from .registry import PARAM_CHOICES, EstimatorSpec
 
-__all__ = ["FAMILIES", "ISOLATED_FAMILIES", "MIXED_FAMILIES", "Case", "Constraints", "family_strategy", "family_not_applicable"]
+__all__ = ["FAMILIES", "ISOLATED_FAMILIES", "MIXED_FAMILIES", "Case", "Constraints",
+           "family_strategy", "family_not_applicable"]
 
 ISOLATED_FAMILIES = (
     "no_dones",

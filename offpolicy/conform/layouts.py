@@ -45,8 +45,8 @@ from .registry import ConformUsageError, EstimatorSpec
 __all__ = [
     "LayoutProtocol", "Layout", "Contract", "DoneNext", "StoredValues", "Rlax", "TorchRL",
     "PufferRows", "SingleEpisodeRows", "QTables", "LAYOUTS", "get_layout", "ConformUsageError",
-    "ModifiedInput", "WrongReturn", "OutputPick", "Fold", "FOLD_NAMES", "FOLD_ADDS", "FOLD_STEPS", "as_fold",
-    "rollout", "Rollout", "Arrays",
+    "ModifiedInput", "WrongReturn", "OutputPick", "Fold", "FOLD_NAMES", "FOLD_ADDS",
+    "FOLD_STEPS", "as_fold", "rollout", "received", "Rollout", "Arrays",
 ]
 
 
@@ -219,10 +219,23 @@ class LayoutProtocol(Protocol):
     """What the runner needs of a layout (any object with these members is one; subclassing
     :class:`Layout` gives the defaults)."""
 
-    name: str
-    kinds: tuple[str, ...]  # estimator kinds it can express: "state", "action"
-    default_array: str  # numpy | torch | jax
-    folded_params: tuple  # contract parameters put into the arrays, never passed
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Estimator kinds it can express: "state", "action"."""
+        ...
+
+    @property
+    def default_array(self) -> str:
+        """numpy | torch | jax."""
+        ...
+
+    @property
+    def folded_params(self) -> tuple:
+        """Contract parameters put into the arrays, never passed."""
+        ...
 
     def constraints_for(self, spec: EstimatorSpec, fn: Callable[..., Any]) -> Constraints:
         """What the layout cannot hold for ``spec`` and ``fn`` (families outside it: n/a)."""
@@ -803,7 +816,7 @@ class StoredValues(Layout):
     calls: str = "segment"
     bootstrap: str = "last_values"
     next_values: bool = False
-    fold: Fold | str | None = None
+    fold: Fold | None = None  # also a name of FOLD_NAMES or "add[:every_timeout][:not_done]"
 
     def __post_init__(self):
         for field, value, allowed in (("flags", self.flags, _FLAG_FORMS),
@@ -924,9 +937,8 @@ class StoredValues(Layout):
             return y
         columns = []
         for b in range(case.B):
-            col = lambda a: a[:, b]  # noqa: E731
-            rb = Rollout(*map(col, r))
-            xb = {k: col(v) for k, v in x.items()}
+            rb = Rollout(*(a[:, b] for a in r))
+            xb = {k: v[:, b] for k, v in x.items()}
             if self.calls == "stream":
                 kw = self._keywords(rb, xb, last[b], arrays)
                 y = Arrays.back(select_output(call_with_keywords(fn, {**kw, **params}),
