@@ -511,6 +511,16 @@ def test_counterexample_keeps_the_evidence_for_the_current_value_class():
     assert t.size, str(report)
     v, nv = cx.inputs["values"][t[0], 0], cx.inputs["next_values"][t[0], 0]
     assert v != nv and v != 0.0, str(report)
+    # the counterexample is one the named class explains: its patched reference, run on the
+    # counterexample's contract inputs, gives what the function gave
+    from offpolicy import mutation
+
+    patched = mutation.load(mutation.by_name("timeout_bootstrap_from_current_value"))
+    x = cx.inputs
+    got = patched.gae(x["rewards"], x["values"], x["next_values"], x["terminated"],
+                      x["truncated"], **cx.params).advantages
+    np.testing.assert_allclose(got, cx.got, rtol=0, atol=1e-12)
+    assert not np.allclose(got, cx.expected)
 
 
 # every fold a rollout loop gets wrong, through the correct CleanRL loop: the pipeline's bug
