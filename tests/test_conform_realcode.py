@@ -444,18 +444,23 @@ def test_each_isolated_family_varies_only_its_factor():
     assert report.case("truncations_inside").verdict == "fail", str(report)
 
 
-def test_every_time_out_fold_on_terminated_steps_fails_only_both_flags():
-    """Spinning Up's finish_path: last_val = V(o) wherever the time-out flag is set, a step
-    that also terminated included: only the both-flags family (and mixed ones) can see it.
-    By hand, T=1: r = 0, V(s_0) = 0, terminated and timed out, V(final) = x: the contract says
-    A = 0; the function gives gamma x."""
+def test_every_time_out_fold_on_terminated_steps_fails_only_where_it_terminates():
+    """Spinning Up's loop: last_val = V(o) 'if timeout or epoch_ended', checked before
+    'terminated': a step that terminated at a time-out or at the segment's end bootstraps.
+    Only the both-flags and terminated-at-the-last-step families (and mixed ones) can see it.
+    By hand, T=1: r, V(s_0), terminated and timed out, V(final) = x: the contract says
+    A = r - V(s_0); the function gives r - V(s_0) + gamma x."""
+    from offpolicy import mutation
+
     layout = StoredValues(calls="trajectory", fold=Fold("last_value", "every_timeout"))
     report = conform.check(finish_path, "gae", layout=layout, **FAST)
     isolated = [c.name for c in report.cases
                 if c.verdict == "fail" and not c.name.startswith("mixed_")]
-    assert isolated == ["both_flags_one_step"], str(report)
+    assert isolated == ["both_flags_one_step", "terminated_at_last_step"], str(report)
+    if "timeout_checked_before_termination" in {m.name for m in mutation.CATALOGUE}:
+        assert report.diagnosis == "timeout_checked_before_termination", str(report)
     cx = report.counterexample
-    assert cx.family == "both_flags_one_step" and cx.T == 1
+    assert cx.family in ("both_flags_one_step", "terminated_at_last_step") and cx.T == 1
     gamma, x = cx.params["gamma"], cx.call["last_value"]
     assert cx.expected[0, 0] == pytest.approx(cx.inputs["rewards"][0, 0]
                                               - cx.inputs["values"][0, 0])

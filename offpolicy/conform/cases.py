@@ -12,8 +12,8 @@ anywhere else, one-decimal numbers, ratios near 1), so that a failing family is 
 statement about the function:
 
 * ``no_dones``: no flag anywhere;
-* ``terminations_inside``: terminations only (no time-out anywhere), one before the last step;
-* ``truncations_inside``: time-outs only (no termination anywhere), one before the last step,
+* ``terminations_inside``: terminations only (no time-out anywhere), all before the last step;
+* ``truncations_inside``: time-outs only (no termination anywhere), all before the last step,
   whose bootstrap value (the final observation's) differs from ``values[t+1]`` (the next
   episode's first state);
 * ``both_flags_one_step``: one step flagged ``terminated`` and ``truncated`` at once, no other
@@ -207,6 +207,8 @@ def _flags(draw, family, T, B, constraints: Constraints):
         codes = _grid(draw, (T, B), np.array(background, dtype=int))
     if not family.startswith("mixed_") and family not in _BACKGROUND:
         codes[:] = _NONE
+    if family in _NEEDS_INSIDE:  # inside only: the last step is the *_at_last_step families'
+        codes[-1] = _NONE
     mark = None
     if family in _NEEDS_INSIDE:
         mark = (draw(st.integers(0, T - 2)), draw(st.integers(0, B - 1)))

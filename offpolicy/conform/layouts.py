@@ -311,7 +311,9 @@ class Fold:
     (CleanRL) — or, for per-trajectory calls, ``last_value`` (V(final obs) handed to the
     function as the trajectory's last value, no reward change: Spinning Up's ``finish_path``);
     ``on`` says on which steps: ``timeout_not_terminated`` or ``every_timeout`` (the time-out
-    flag alone, so a step both terminated and timed out is folded too); ``done``: the rollout
+    flag alone, so a step both terminated and timed out is folded too; with ``last_value``
+    the segment's end counts as a time-out, as in a loop that checks "time-out or epoch end"
+    before "terminated"); ``done``: the rollout
     stores the time-out step as done (False: it stores terminations only, PufferLib's trainer).
     """
 
@@ -959,9 +961,15 @@ class StoredValues(Layout):
         ends = r.done | (r.time_outs if fold is None else False)
         ends[-1] = True
         out, start = [], 0
+        # Fold("last_value", "every_timeout"): the loop checks 'time-out or segment end' before
+        # 'terminated' (Spinning Up's finish_path call), so both bootstrap even where the
+        # episode terminated
+        timeout_first = fold is not None and fold.add == "last_value" and \
+            fold.on == "every_timeout"
         for end in np.flatnonzero(ends):
-            if r.terminated[end] and not (fold is not None and fold.add == "last_value"
-                                          and r.folded[end]):
+            if timeout_first and (r.time_outs[end] or end == len(ends) - 1):
+                last = x["next_values"][end]
+            elif r.terminated[end]:
                 last = 0.0  # a terminal state has value 0
             elif r.time_outs[end] and (fold is None or fold.add == "last_value"):
                 last = x["next_values"][end]  # V(final observation)
