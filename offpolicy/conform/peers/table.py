@@ -15,11 +15,30 @@ from .base import Finding, Peer, gamma_tensor
 __all__ = ["PEERS", "DESIGN_SECTIONS"]
 
 
+def _fold(fields):
+    from ..layouts import Fold
+
+    return None if fields is None else Fold(**fields)
+
+
 def _done_next(fold):
+    """The done_next layout with a rollout ``fold`` (Fold's fields, or None)."""
+
     def make():
         from ..layouts import DoneNext
 
-        return DoneNext(truncation_fold=fold)
+        return DoneNext(truncation_fold=_fold(fold))
+
+    return make
+
+
+def _stored_values(fold):
+    """values[t+1], last_values, terminated and truncated flags of the step, and ``fold``."""
+
+    def make():
+        from ..layouts import StoredValues
+
+        return StoredValues(flags="terminated_timeouts", fold=_fold(fold))
 
     return make
 
@@ -28,7 +47,7 @@ def _puffer_rows(fold):
     def make():
         from ..layouts import PufferRows
 
-        return PufferRows(truncation_fold=fold)
+        return PufferRows(truncation_fold=_fold(fold))
 
     return make
 
@@ -53,9 +72,6 @@ _LMBDA_0 = Finding("bug", "raises IndexError at lmbda=0 (_custom_conv1d with an 
 _LAMBDA_RETURN = Finding("convention", "lambda-return built from next_state_value alone: "
                                        "equals GAE + V only where next_values[t] = values[t+1]",
                          DESIGN_SECTIONS["lambda_returns"])
-_READS_NEXT_ROW = Finding("layout limit", "reads V(s_{t+1}) from values[t+1]; a step with no "
-                                          "done and next_values[t] != values[t+1] is never "
-                                          "stored by its rollout")
 _TRUNCATIONS_DROPPED = Finding("bug", "the time-out flag its pipeline receives is dropped: the "
                                       "trace runs on into the next episode and bootstraps from "
                                       "its first value")
@@ -63,6 +79,7 @@ _CURRENT_VALUE_FOLD = Finding("bug", "the rollout folds gamma V(s_t), the value 
                                      "step, on every time-out, terminated or not")
 _TERMINAL_FOLD = Finding("bug", "the rollout folds gamma V(final obs) on every truncated step, "
                                 "terminated ones too: a terminal step bootstraps")
+_SKRL_FLOAT32 = "; and discount_factor * not_done (a bool mask) rounds gamma to float32"
 
 _TRL = torchrl.MODULE
 _RLAX_X64 = dict(array="jax", setup=rlax.float64)
@@ -168,11 +185,10 @@ PEERS: tuple[Peer, ...] = (
     # --- Stable-Baselines3: episode-start flags; collect_rollouts folds gamma V(final obs) on
     # TimeLimit.truncated, which its VecEnvs set to `truncated and not terminated` ------------
     Peer("Stable-Baselines3", "stable-baselines3", "stable_baselines3.common.buffers",
-         "RolloutBuffer.compute_returns_and_advantage", "gae",
-         _done_next("bootstrap_reward"), "advantages", adapter=sb3.rollout_buffer,
-         array="torch", note="collect_rollouts adds gamma V(terminal_observation) where "
-                             "TimeLimit.truncated (= truncated and not terminated); float32 "
-                             "buffers"),
+         "RolloutBuffer.compute_returns_and_advantage", "gae", _done_next(sb3.FOLD),
+         "advantages", adapter=sb3.rollout_buffer, array="torch",
+         note="collect_rollouts adds gamma V(terminal_observation) where TimeLimit.truncated "
+              "(= truncated and not terminated); float32 buffers"),
     # --- tianshou: flags of the step itself, V(obs_next), one flat buffer -----------------
     Peer("tianshou", "tianshou", "tianshou.algorithm.algorithm_base",
          "Algorithm.compute_episodic_return", "gae",
@@ -182,46 +198,51 @@ PEERS: tuple[Peer, ...] = (
          "Algorithm.compute_nstep_return", "nstep_returns", _contract_one_stream, "returns",
          adapter=tianshou.nstep_return,
          note="target_q_fn = next_values at the window's last step"),
-    # --- skrl: flags of the step itself, values[t+1]; record_transition's fold; advantages come
-    # back normalised, so returns are read -----------------------------------------------------
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=skrl.ppo_gae(False), array="torch",
-         note="default time_limit_bootstrap=False: not_done = ~terminated, nothing folded",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW,
-                   "float64_precision": _FLOAT32_GAMMA, "*": _TRUNCATIONS_DROPPED}),
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=skrl.ppo_gae(True), array="torch",
-         note="time_limit_bootstrap=True: record_transition adds gamma V(next obs) * truncated",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TERMINAL_FOLD}),
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=gamma_tensor(skrl.ppo_gae(False)), array="torch",
+    # --- skrl: terminated/truncated of the step, values[t+1], last_values; record_transition's
+    # fold; advantages come back normalised, so returns are read -----------------------------
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[False]), "returns", adapter=skrl.ppo_gae(False),
+         array="torch", note="default time_limit_bootstrap=False: not_done = ~terminated, "
+                             "nothing folded",
+         findings={"*": Finding("bug", _TRUNCATIONS_DROPPED.why + _SKRL_FLOAT32)}),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[True]), "returns", adapter=skrl.ppo_gae(True),
+         array="torch", note="time_limit_bootstrap=True: record_transition adds "
+                             "gamma V(next obs) * truncated",
+         findings={"*": Finding("bug", _TERMINAL_FOLD.why + _SKRL_FLOAT32)}),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[False]), "returns",
+         adapter=gamma_tensor(skrl.ppo_gae(False)), array="torch",
          note="default config; discount_factor as a float64 tensor",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TRUNCATIONS_DROPPED}),
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=gamma_tensor(skrl.ppo_gae(True)), array="torch",
-         note="time_limit_bootstrap=True; discount_factor as a float64 tensor",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TERMINAL_FOLD}),
+         findings={"*": _TRUNCATIONS_DROPPED}),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[True]), "returns", adapter=gamma_tensor(skrl.ppo_gae(True)),
+         array="torch", note="time_limit_bootstrap=True; discount_factor as a float64 tensor",
+         findings={"*": _TERMINAL_FOLD}),
     # --- rl-games: episode-start flags (mb_fdones); play_steps folds gamma V(s_t) -----------
     Peer("rl-games", "rl-games", "rl_games.common.a2c_common", "A2CBase.discount_values", "gae",
-         _done_next("bootstrap_reward"), "advantages", adapter=rl_games.discount_values,
-         array="torch", note="the GAE alone, given a loop that folds gamma V(final obs) where "
-                             "truncated and not terminated (not rl-games' own loop)"),
+         _done_next(rl_games.FOLD), "advantages", adapter=rl_games.discount_values,
+         array="torch", note="with play_steps' value_bootstrap fold: gamma * V(s_t) on every "
+                             "time_out",
+         findings={"*": _CURRENT_VALUE_FOLD}),
     Peer("rl-games", "rl-games", "rl_games.common.a2c_common", "A2CBase.discount_values", "gae",
-         "contract", "advantages", adapter=rl_games.play_steps_gae, array="torch",
-         note="with play_steps' value_bootstrap fold: gamma * V(s_t) on every time_out",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _CURRENT_VALUE_FOLD}),
+         _done_next(sb3.FOLD), "advantages", adapter=rl_games.discount_values, array="torch",
+         note="the GAE alone under SB3's fold (gamma V(final obs) where truncated and not "
+              "terminated): not rl-games' own loop"),
     # --- PufferLib: rows [S, T+1], reward/done stored one column later ---------------------
     Peer("PufferLib", "pufferlib-core", "torch", "ops.pufferlib.compute_puff_advantage",
          "puff_advantage", _puffer_rows(None), "advantages", adapter=pufferlib.advantage,
          array="torch", dtype="float32", setup=pufferlib.build_kernel,
          note="the kernel alone (CPU build of the wheel's pufferlib/extensions/pufferlib.cpp)"),
     Peer("PufferLib", "pufferlib-core", "torch", "ops.pufferlib.compute_puff_advantage",
-         "puff_advantage", _puffer_rows("ignored"), "advantages", adapter=pufferlib.advantage,
-         array="torch", dtype="float32", setup=pufferlib.build_kernel,
+         "puff_advantage", _puffer_rows(pufferlib.TRAINER_FOLD), "advantages",
+         adapter=pufferlib.advantage, array="torch", dtype="float32",
+         setup=pufferlib.build_kernel,
          note="as PufferLib's trainer stores it: terminals = d, truncations not stored",
          findings={"*": _TRUNCATIONS_DROPPED}),
     # --- not importable -----------------------------------------------------------------------
-    Peer("CleanRL", "cleanrl", "cleanrl.ppo", "(inline GAE loop)", "gae", _done_next("as_done"),
+    Peer("CleanRL", "cleanrl", "cleanrl.ppo", "(inline GAE loop)", "gae",
+         _done_next(dict(add="nothing")),
          "advantages",
          unavailable="inline, not importable: the GAE loop is in the body of the script "
                      "cleanrl/ppo.py (0.4.8 runs argparse and builds environments at import; "
