@@ -532,3 +532,51 @@ def test_pufferlib_trainer_as_its_pipeline():
                                 Case("worked", inputs, params), ESTIMATORS["puff_advantage"],
                                 params, Arrays("torch", "float32"), "advantages")
     assert y[:, 0].tolist() == pytest.approx([-0.125, -0.5])
+
+
+def test_mushroom_rl_as_its_pipeline():
+    """compute_gae with absorbing = terminated, last = terminated or time limit: the time-out
+    is `last` and not absorbing, so it bootstraps from V(ss_0) = 5 and cuts: A = [1.5, -0.5],
+    v_target = [2.5, 1.5] (the contract); both flags: absorbing, A = -1."""
+    value_functions = pytest.importorskip("mushroom_rl.utils.value_functions")
+    from offpolicy.conform.peers import mushroom_rl
+
+    fn = mushroom_rl.gae(value_functions.compute_gae)
+    x = {k: (v[:, 0] if hasattr(v, "shape") else v) for k, v in
+         _numpy_inputs(_one_stream).items()}
+    got = fn(**x)
+    assert got["advantages"].tolist() == pytest.approx([1.5, -0.5])
+    assert got["returns"].tolist() == pytest.approx([2.5, 1.5])
+    y = {k: (v[:, 0] if hasattr(v, "shape") else v) for k, v in
+         _numpy_inputs(_both_flags).items()}
+    assert fn(**y)["advantages"].tolist() == pytest.approx([-1.0])
+
+
+def test_sample_factory_as_its_pipeline():
+    """gym's done on the time-out, nothing folded, values [1, 2] + bootstrap 3: delta_0 =
+    0 - 1 (no bootstrap after a done), delta_1 = 0.5*3 - 2 = -0.5; A = [-1, -0.5] (the
+    contract: 1.5 at step 0). The APPO learner's fake last value (2 - 0)/0.5 = 4 makes
+    delta_1 = 0.5*4 - 2 = 0: A = [-1, 0]."""
+    algo_utils = pytest.importorskip("sample_factory.algorithms.utils.algo_utils")
+    from offpolicy.conform.peers import sample_factory
+
+    alone, learner = [p for p in peers.PEERS if p.library == "Sample Factory"]
+    x = _numpy_inputs(_one_stream)
+    got = _through(alone, sample_factory.calculate_gae(algo_utils.calculate_gae), x, "numpy")
+    assert got.tolist() == pytest.approx([-1.0, -0.5])
+    got = _through(learner, sample_factory.learner_gae(algo_utils.calculate_gae), x, "numpy")
+    assert got.tolist() == pytest.approx([-1.0, 0.0])
+
+
+def test_rsl_rl_as_its_pipeline():
+    """process_env_step adds 0.5 * V(s_0) = 0.5 on the time-out, dones [1, 0], last value 3:
+    A_1 = 0.5*3 - 2 = -0.5, A_0 = 0.5 - 1 = -0.5 (the contract: 1.5); both flags: 0.7 * 1
+    folded, done: A = -0.3 (contract -1)."""
+    ppo = pytest.importorskip("rsl_rl.algorithms.ppo")
+    from offpolicy.conform.peers import rsl_rl
+
+    (entry,) = [p for p in peers.PEERS if p.library == "rsl_rl"]
+    fn = rsl_rl.compute_returns(ppo.PPO.compute_returns)
+    assert _through(entry, fn, _numpy_inputs(_one_stream)).tolist() == pytest.approx(
+        [-0.5, -0.5])
+    assert _through(entry, fn, _numpy_inputs(_both_flags)).tolist() == pytest.approx([-0.3])

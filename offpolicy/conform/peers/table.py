@@ -9,7 +9,19 @@ from __future__ import annotations
 
 import functools
 
-from . import pufferlib, rl_games, rlax, sb3, skrl, tianshou, torchrl
+from . import (
+    lightning_bolts,
+    mushroom_rl,
+    pufferlib,
+    rl_games,
+    rlax,
+    rsl_rl,
+    sample_factory,
+    sb3,
+    skrl,
+    tianshou,
+    torchrl,
+)
 from .base import Finding, Peer, gamma_tensor
 
 __all__ = ["PEERS", "DESIGN_SECTIONS"]
@@ -39,6 +51,17 @@ def _stored_values(fold):
         from ..layouts import StoredValues
 
         return StoredValues(flags="terminated_timeouts", fold=_fold(fold))
+
+    return make
+
+
+def _stored(fold, **options):
+    """The stored_values layout with ``options`` (flags, calls, bootstrap) and ``fold``."""
+
+    def make():
+        from ..layouts import StoredValues
+
+        return StoredValues(fold=_fold(fold), **options)
 
     return make
 
@@ -79,6 +102,8 @@ _CURRENT_VALUE_FOLD = Finding("bug", "the rollout folds gamma V(s_t), the value 
                                      "step, on every time-out, terminated or not")
 _TERMINAL_FOLD = Finding("bug", "the rollout folds gamma V(final obs) on every truncated step, "
                                 "terminated ones too: a terminal step bootstraps")
+_TIMEOUT_AS_TERMINAL = Finding("bug", "a time-out is stored as a done with nothing folded: the "
+                                       "time-out step never bootstraps from V(final obs)")
 _SKRL_FLOAT32 = "; and discount_factor * not_done (a bool mask) rounds gamma to float32"
 
 _TRL = torchrl.MODULE
@@ -240,6 +265,44 @@ PEERS: tuple[Peer, ...] = (
          setup=pufferlib.build_kernel,
          note="as PufferLib's trainer stores it: terminals = d, truncations not stored",
          findings={"*": _TRUNCATIONS_DROPPED}),
+    # --- MushroomRL: one flat stream, absorbing/last flags of the step, V(s) and V(ss) ------
+    Peer("MushroomRL", "mushroom-rl", "mushroom_rl.utils.value_functions", "compute_gae", "gae",
+         _contract_one_stream, "advantages", adapter=mushroom_rl.gae,
+         note="absorbing = terminated, last = terminated or time limit (Core); V by index"),
+    Peer("MushroomRL", "mushroom-rl", "mushroom_rl.utils.value_functions", "compute_gae", "gae",
+         _contract_one_stream, "returns", adapter=mushroom_rl.gae, note="v_target"),
+    # --- Sample Factory 1.x: dones of the step, values[T+1]; gym's done, nothing folded ----
+    Peer("Sample Factory", "sample-factory", "sample_factory.algorithms.utils.algo_utils",
+         "calculate_gae", "gae",
+         _stored(sample_factory.FOLD, flags="dones", bootstrap="values_plus_one"),
+         "advantages", adapter=sample_factory.calculate_gae, dtype="float32",
+         note="the function alone, given the real bootstrap value; a time-out is gym's done",
+         findings={"*": _TIMEOUT_AS_TERMINAL}),
+    Peer("Sample Factory", "sample-factory", "sample_factory.algorithms.utils.algo_utils",
+         "calculate_gae", "gae",
+         _stored(sample_factory.FOLD, flags="dones", bootstrap="values_plus_one"),
+         "advantages", adapter=sample_factory.learner_gae, dtype="float32",
+         note="as APPOLearner._calculate_gae calls it: fake last value (V - r) / gamma",
+         findings={"*": Finding("bug", _TIMEOUT_AS_TERMINAL.why + "; and the learner's fake "
+                                       "last value (V - r)/gamma zeroes the last step's "
+                                       "advantage: the segment's end never bootstraps")}),
+    # --- rsl_rl: dones of the step, values[t+1]; process_env_step folds gamma V(s_t) --------
+    Peer("rsl_rl", "rsl-rl-lib", "rsl_rl.algorithms.ppo", "PPO.compute_returns", "gae",
+         _stored(rsl_rl.FOLD, flags="dones"), "advantages", adapter=rsl_rl.compute_returns,
+         array="torch", note="with process_env_step's fold: gamma * V(s_t) on every time_out",
+         findings={"*": _CURRENT_VALUE_FOLD}),
+    # --- Lightning Bolts: one call per trajectory with its last value -------------------------
+    Peer("Lightning Bolts", "lightning-bolts", "pl_bolts.models.rl.ppo_model",
+         "PPO.calc_advantage", "gae",
+         _stored(lightning_bolts.GYM_TIME_LIMIT_FOLD, calls="trajectory"), "advantages",
+         adapter=lightning_bolts.calc_advantage,
+         note="a gym TimeLimit time-out is a done: last_value 0",
+         findings={"*": _TIMEOUT_AS_TERMINAL}),
+    Peer("Lightning Bolts", "lightning-bolts", "pl_bolts.models.rl.ppo_model",
+         "PPO.calc_advantage", "gae",
+         _stored(lightning_bolts.MAX_EPISODE_LEN_FOLD, calls="trajectory"), "advantages",
+         adapter=lightning_bolts.calc_advantage,
+         note="its own max_episode_len: last_value = V(next state) unless done"),
     # --- not importable -----------------------------------------------------------------------
     Peer("CleanRL", "cleanrl", "cleanrl.ppo", "(inline GAE loop)", "gae",
          _done_next(dict(add="nothing")),
