@@ -92,6 +92,8 @@ _FLOAT32_GAMMA = Finding("bug", "gamma * (~done).int() with a Python-float gamma
 _FLOAT32_LAMBDA = Finding("bug", "1 - not_done * lmbda with a Python-float lmbda is float32: "
                                  "lambda rounded to float32")
 _LMBDA_0 = Finding("bug", "raises IndexError at lmbda=0 (_custom_conv1d with an empty filter)")
+_VEC_GAMMA = Finding("bug", _FLOAT32_GAMMA.why + "; and it " + _LMBDA_0.why)
+_VEC_LAMBDA = Finding("bug", _FLOAT32_LAMBDA.why + "; and it " + _LMBDA_0.why)
 _LAMBDA_RETURN = Finding("convention", "lambda-return built from next_state_value alone: "
                                        "equals GAE + V only where next_values[t] = values[t+1]",
                          DESIGN_SECTIONS["lambda_returns"])
@@ -120,7 +122,7 @@ PEERS: tuple[Peer, ...] = (
          "returns", note="value_target = advantage + state_value",
          findings={"*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_generalized_advantage_estimate", "gae", "torchrl",
-         "advantages", findings={"*": _FLOAT32_GAMMA}),
+         "advantages", findings={"*": _VEC_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "td0_advantage_estimate", "gae", "torchrl", "advantages",
          params={"lam": 0.0}, note="TD(0) = GAE with lambda 0", findings={"*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "td1_advantage_estimate", "gae", "torchrl", "advantages",
@@ -131,7 +133,7 @@ PEERS: tuple[Peer, ...] = (
          findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", note="lambda-return from next_state_value only",
-         findings={"*": _FLOAT32_GAMMA}),
+         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _VEC_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "td0_return_estimate", "nstep_returns", "torchrl",
          "returns", params={"n": 1}, note="one-step return = n-step with n 1",
          findings={"*": _FLOAT32_GAMMA}),
@@ -152,10 +154,11 @@ PEERS: tuple[Peer, ...] = (
          note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)"),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", adapter=torchrl.gamma_as_tensor(), note=_G64,
-         findings={"*": _FLOAT32_LAMBDA}),
+         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _VEC_LAMBDA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", params={"lam": 0.9}, adapter=torchrl.gamma_as_tensor(),
-         note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)", findings={"*": _FLOAT32_LAMBDA}),
+         note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)",
+         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _FLOAT32_LAMBDA}),
     Peer("TorchRL", "torchrl", _TRL, "td0_advantage_estimate", "gae", "torchrl", "advantages",
          params={"lam": 0.0}, adapter=torchrl.gamma_as_tensor(), note=_G64),
     Peer("TorchRL", "torchrl", _TRL, "td0_return_estimate", "nstep_returns", "torchrl",
@@ -290,7 +293,8 @@ PEERS: tuple[Peer, ...] = (
     Peer("rsl_rl", "rsl-rl-lib", "rsl_rl.algorithms.ppo", "PPO.compute_returns", "gae",
          _stored(rsl_rl.FOLD, flags="dones"), "advantages", adapter=rsl_rl.compute_returns,
          array="torch", note="with process_env_step's fold: gamma * V(s_t) on every time_out",
-         findings={"*": _CURRENT_VALUE_FOLD}),
+         findings={"*": Finding("bug", _CURRENT_VALUE_FOLD.why + "; and (1 - dones.float()) "
+                                       "* gamma is float32: gamma rounded to float32")}),
     # --- Lightning Bolts: one call per trajectory with its last value -------------------------
     Peer("Lightning Bolts", "lightning-bolts", "pl_bolts.models.rl.ppo_model",
          "PPO.calc_advantage", "gae",
