@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -54,13 +56,13 @@ class Peer:
     module: str
     attr: str
     estimator: str
-    layout: object = "contract"
+    layout: Any = "contract"
     output: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
-    adapter: object = None
+    adapter: Callable[[Any], Callable[..., Any]] | None = None
     array: str | None = None
     dtype: str | None = None
-    setup: object = None
+    setup: Callable[[], None] | None = None
     note: str = ""
     unavailable: str | None = None
     findings: dict = dataclasses.field(default_factory=dict)

@@ -8,6 +8,7 @@ documents it; a failing family no finding covers is written ``unclassified``."""
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 from . import (
     lightning_bolts,
@@ -109,7 +110,7 @@ _TIMEOUT_AS_TERMINAL = Finding("bug", "a time-out is stored as a done with nothi
 _SKRL_FLOAT32 = "; and discount_factor * not_done (a bool mask) rounds gamma to float32"
 
 _TRL = torchrl.MODULE
-_RLAX_X64 = dict(array="jax", setup=rlax.float64)
+_RLAX_X64: dict[str, Any] = dict(array="jax", setup=rlax.float64)
 _G64 = "gamma passed as a float64 tensor"
 _TORCHRL_VTRACE_NOTE = ("no lambda (=1); the pg advantage's clip is rho_thresh, so rho_clip and "
                         "pg_rho_clip are fixed equal")
