@@ -258,7 +258,8 @@ def _f2_nstep(t) -> Finding:
     n_values = sorted({int(r["n"]) for r in t if r["n"] != "-"})
     grows = all(cell(t, mdp=m, k=k, estimator="nstep", n=a, **base)["mse"]
                 < cell(t, mdp=m, k=k, estimator="nstep", n=b, **base)["mse"]
-                for m in MDPS for k in ks if k >= 2 for a, b in zip(n_values, n_values[1:], strict=False))
+                for m in MDPS for k in ks if k >= 2
+                for a, b in zip(n_values, n_values[1:], strict=False))
     conds = [("longer n has the larger MSE at every MDP and k >= 2", grows),
              ("nstep is unbiased on-policy (<1e-12)", max(on) < 1e-12),
              ("n=8 worse than V-trace lam=1 at k=2 on every MDP", all(x > 1 for x in ratios)),
