@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def row(mdp, k, loss, est, cos, **kw):
-    r = {"mdp": mdp, "behaviour": "lag", "k": k, "H": 3, "loss": loss, "estimator": est, "weight": "once",
-         "kl": 0.1 * k, "cos_grad_j": cos, "cos_reference": 1.0, "rel_bias": 0.0,
+    r = {"mdp": mdp, "behaviour": "lag", "k": k, "H": 3, "loss": loss, "estimator": est,
+         "weight": "once", "kl": 0.1 * k, "cos_grad_j": cos, "cos_reference": 1.0, "rel_bias": 0.0,
          "total_var": 1.0}
     r.update(kw)
     return r
