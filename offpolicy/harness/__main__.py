@@ -25,12 +25,14 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from offpolicy import parallel, registry
-from offpolicy._cli import OneLineParser, positive_int, usage_error, writable_dir
-from offpolicy.harness import grid, report
-from offpolicy.harness.measure import ConfigError
+from offpolicy import parallel
+from offpolicy._cli import OneLineParser, positive_int, run_main, usage_error, writable_dir
+
+# offpolicy.harness.grid, .report and .measure import torch, pandas and matplotlib (seconds):
+# imported in main once the arguments have passed the checks that need none of them
 
 PROG = "python -m offpolicy.harness"
+ALGOS = ("dqn", "ppo")  # the keys of grid.ALGOS (tests/test_cli_errors.py checks they agree)
 DEFAULT_OUT = os.path.join("offpolicy-out", "harness")  # git-ignored: never the committed tables
 
 # CLI option -> config field (per algorithm); each takes a comma-separated list
@@ -48,6 +50,8 @@ SHORTCUTS = {
 
 
 def _field_types(algo: str) -> dict:
+    from offpolicy.harness import grid
+
     cls, _ = grid.ALGOS[algo]
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
@@ -77,7 +81,7 @@ def parse_value(text: str, typ):
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algo", choices=sorted(grid.ALGOS), required=True)
+    p.add_argument("--algo", choices=ALGOS, required=True)
     p.add_argument("--env", default="chain", help="chain, gridworld, garnet, cartpole, acrobot")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..seeds-1)")
     p.add_argument("--seed-offset", type=int, default=0)
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None,
                    help="file stem of the table and plots (default <algo>_<env>)")
     p.add_argument("--runs-dir", default=None, help="per-run result files (default <out>/runs)")
-    p.add_argument("--executor", choices=grid.EXECUTORS, default="process",
+    p.add_argument("--executor", choices=parallel.EXECUTORS, default="process",
                    help="process (default), serial, or ray (pip install 'offpolicy[ray]')")
     p.add_argument("--address", default=None,
                    help="with --executor ray: join this cluster (auto or HOST:PORT) instead of "
@@ -105,24 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-only", action="store_true", help="only rebuild table and plots")
     p.add_argument("--no-progress", action="store_true")
     return p
-
-
-def _estimator_value(algo: str, name):
-    """The harness's own spelling (``puff``, ``pdis``, ``nstep``) of an estimator given by any
-    :mod:`offpolicy.registry` name (``puff_advantage``); other values pass through to the
-    config's own check."""
-    own = sys.modules[grid.ALGOS[algo][0].__module__].ESTIMATORS
-    if not isinstance(name, str) or name in own:
-        return name
-    try:
-        wanted = registry.canonical(name)
-    except ValueError:
-        return name
-    for value in own:
-        if value in registry.ESTIMATORS or value in registry.ALIASES:
-            if registry.canonical(value) == wanted:
-                return value
-    return name
 
 
 def _option(field_name: str, given: dict) -> str:
@@ -145,6 +131,13 @@ def main(argv=None) -> int:
     problem = parallel.check_executor(args.executor, args.address)
     if problem:
         parser.error(problem)
+    for item in args.set:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            parser.error(f"--set {item!r}: expected FIELD=V1[,V2]")
+    from offpolicy.harness import grid, report  # the checks from here on need the configs
+    from offpolicy.harness.measure import ConfigError
+
     types = _field_types(args.algo)
     axes: dict[str, list] = {}
     base: dict = {"env": args.env}
@@ -161,7 +154,7 @@ def main(argv=None) -> int:
         except ValueError as e:
             parser.error(f"{option}: cannot read {text!r} as {field_name}: {e}")
         if field_name == "estimator":  # any registry name: puff_advantage means puff here
-            vals = [_estimator_value(args.algo, v) for v in vals]
+            vals = [grid.estimator_value(args.algo, v) for v in vals]
         given[field_name] = option
         if len(vals) == 1:
             base[field_name] = vals[0]
@@ -240,4 +233,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main, PROG)
