@@ -213,6 +213,115 @@ CATALOGUE = (
        "(use_proper_time_limits), copied into MAPPO's on-policy buffers",
        _STATE,
        (_SV_DELTA, _SV_DELTA + "        delta = np.where(truncated & ~terminated, 0.0, delta)\n")),
+    # ---- time-outs as rollout loops fold them, and the same on a step flagged terminated
+    # and truncated at once (the *_both_flags variants: the loop applies its time-out handling
+    # wherever the time-out flag is set, the terminal step included) ----------------------------
+    _m("timeout_bootstrap_from_current_value_both_flags",
+       "the time-out fold r_t += gamma V(s_t) (V of the current state) is applied on every "
+       "time-out flag, also where the step terminated",
+       "rsl_rl algorithms/ppo.py process_env_step `rewards += gamma * values * time_outs` with "
+       "legged_gym/IsaacLab time_outs set whatever the termination; skrl agents/torch/ppo "
+       "`rewards += discount_factor * values * truncated` (time_limit_bootstrap); rl-games "
+       "a2c_common.py play_steps value_bootstrap `gamma * values * time_outs`",
+       _STATE,
+       (_SV_BOOTSTRAP,
+        "    bootstrap = np.where(truncated, values, np.where(beta, next_values, 0.0))\n")),
+    _m("truncated_step_advantage_zeroed_both_flags",
+       "the advantage of every step flagged truncated is set to 0, also where the step "
+       "terminated (its value target is V(s_t) instead of r_t)",
+       "ikostrikov/pytorch-a2c-ppo-acktr-gail storage.py `gae = gae * bad_masks[step + 1]` "
+       "with envs.py TimeLimitMask setting bad_transition whenever the time limit is hit, "
+       "terminal or not; marlbenchmark/on-policy utils/shared_buffer.py (same bad_masks)",
+       _STATE,
+       (_SV_DELTA, _SV_DELTA + "        delta = np.where(truncated, 0.0, delta)\n")),
+    _m("bootstrap_at_terminated_and_truncated",
+       "the time-out fold r_t += gamma V(final obs) is applied on every truncated flag, so a "
+       "step that terminated and was truncated at once still bootstraps",
+       "Eclectic-Sheep/sheeprl algos/ppo/ppo.py `truncated_envs = np.nonzero(truncated)` "
+       "then `rewards[truncated_envs] += gamma * vals` (its utils' fold uses truncated & "
+       "~terminated); Gymnasium-era loops that fold on `truncated` alone",
+       _STATE,
+       (_SV_BOOTSTRAP, "    bootstrap = np.where(beta | truncated, next_values, 0.0)\n")),
+    _m("timeout_checked_before_termination",
+       "the loop bootstraps 'if the time limit or the segment end was reached, else 0': a step "
+       "that also terminated there is bootstrapped",
+       "openai/spinningup spinup/algos/pytorch/ppo/ppo.py and vpg/vpg.py main loop "
+       "(`if timeout or epoch_ended:` bootstrap `v`, checked before `d`)",
+       _STATE,
+       (_SV_BOOTSTRAP, "    reached = beta | truncated\n    reached[-1] = True\n"
+                       "    bootstrap = np.where(reached, next_values, 0.0)\n")),
+    _m("timeout_folded_without_gamma",
+       "at a time-out the bootstrap V(s'_t) is added without the discount (r_t += V(final "
+       "obs)); other steps are discounted",
+       "Eclectic-Sheep/sheeprl algos/ppo/ppo_decoupled.py and ppo_recurrent/ppo_recurrent.py "
+       "(older versions) `rewards[truncated_envs] += vals` with no gamma",
+       _STATE,
+       (_SV_DELTA, "        delta = rho_hat * (rewards + np.where(truncated & ~terminated, 1.0, "
+                   "gamma) * bootstrap - values)\n")),
+    _m("timeout_folded_without_gamma_both_flags",
+       "r_t += V(final obs) without the discount on every truncated flag, also where the step "
+       "terminated",
+       "Eclectic-Sheep/sheeprl ppo_decoupled.py (older versions): `np.nonzero(truncated)` "
+       "selects the envs, terminal or not, then `rewards[truncated_envs] += vals`",
+       _STATE,
+       (_SV_DELTA, "        delta = rho_hat * (rewards + np.where(truncated, 1.0, gamma) * "
+                   "np.where(truncated, next_values, bootstrap) - values)\n")),
+    # ---- episode boundaries -----------------------------------------------------------------
+    _m("trace_not_cut_at_termination",
+       "the done mask zeroes the bootstrap but not the trace: the advantage of the next "
+       "episode is carried into the previous one",
+       "seungeunrho/minimalRL ppo.py (`advantage = gamma * lmbda * advantage + delta_t`, no "
+       "mask; its loop trains at each done); boyu-ai/Hands-on-RL rl_utils.py "
+       "compute_advantage (no mask; called per episode)",
+       _STATE,
+       (_SV_READ, "            read = np.full(kappa[t].shape, t < T - 1) & "
+                  "(gamma[t] * lam[t] > 0)\n")),
+    _m("discount_not_reset_at_dones",
+       "an O(T^2) loop sums (gamma lam)^(k-t) delta_k for k >= t without stopping at dones "
+       "(only delta's bootstrap is masked) and never computes the last step",
+       "philtabor/Youtube-Code-Repository ReinforcementLearning/PolicyGradient/PPO/torch/"
+       "ppo_torch.py learn(): `for k in range(t, len(reward_arr)-1)`, `discount *= "
+       "gamma*gae_lambda`",
+       _STATE,
+       (_SV_DELTA, _SV_DELTA + "        delta[-1] = 0.0\n"),
+       (_SV_READ, "            read = np.full(kappa[t].shape, t < T - 1) & "
+                  "(gamma[t] * lam[t] > 0)\n")),
+    _m("dones_ignored",
+       "the episode boundaries are not read: the discounted sum runs on across every done and "
+       "bootstraps from the next row values[t+1] (G_t = r_t + gamma G_{t+1})",
+       "nikhilbarhate99/PPO-PyTorch PPO.py (commit 0c1e9d2: no done flags stored, "
+       "`discounted_reward = reward + gamma * discounted_reward` over the whole buffer)",
+       _STATE,
+       (_SV_MASKS, "    kappa, beta = _masks(np.zeros_like(terminated), "
+                   "np.zeros_like(truncated))\n" + _NEXT_ROW
+        + "    bootstrap = np.where(beta, next_values, 0.0)\n")),
+    _m("trajectory_end_never_bootstrapped",
+       "the last step of every trajectory is not bootstrapped: time-outs and the segment end "
+       "are treated as terminations",
+       "rlworkgroup/garage torch/_functions.py compute_advantages (`F.pad(baselines, (0, 1))`: "
+       "value 0 after every path); rll/rllab sampler/base.py (`np.append(path_baselines, 0)`)",
+       _STATE + ("nstep_returns",) + _ACTION,
+       (_BETA, "    beta = ~(terminated | truncated)\n    beta[-1] = False\n")),
+    # ---- value targets -----------------------------------------------------------------------
+    _m("value_target_lambda_1",
+       "GAE's returns (value targets) are the lambda = 1 discounted reward-to-go, not V + A "
+       "with the advantages' lambda",
+       "openai/spinningup spinup/algos/pytorch/ppo/ppo.py and vpg/vpg.py finish_path "
+       "(`ret_buf = discount_cumsum(rews, gamma)[:-1]`, advantages GAE-lambda); "
+       "nikhilbarhate99/PPO-PyTorch (Monte Carlo returns)",
+       ("gae",),
+       ("    adv, ret = _finite((adv, v + adv))\n",
+        "    ret = v + _state_value_trace(r, v, nv, term, trunc, ones, ones, gamma, "
+        "np.ones_like(lam))\n    adv, ret = _finite((adv, ret))\n")),
+    _m("value_target_one_step_td",
+       "GAE's returns (value targets) are the one-step TD target r_t + gamma V(s'_t), not "
+       "V + A",
+       "seungeunrho/minimalRL ppo.py (`td_target = r + gamma * v(s_prime) * done_mask` is the "
+       "value loss target); boyu-ai/Hands-on-RL PPO (critic loss on td_target)",
+       ("gae",),
+       ("    adv, ret = _finite((adv, v + adv))\n",
+        "    ret = v + _state_value_trace(r, v, nv, term, trunc, ones, ones, gamma, "
+        "np.zeros_like(lam))\n    adv, ret = _finite((adv, ret))\n")),
     _m("last_step_advantage_zero",
        "the last row of a segment is a state, not a transition: its advantage is 0",
        "PufferLib 3 trainer: advantages[:, -1] always 0 (PufferAI/PufferLib#363)",
@@ -326,6 +435,16 @@ CATALOGUE = (
        "trfl#24); Retrace ported with V-trace's c_t indexing",
        ("q_trace", "retrace", "tree_backup", "importance_sampling_q"),
        ("    next_traces = _next_step(traces)", "    next_traces = traces")),
+    _m("q_segment_end_bootstraps_from_last_state",
+       "the segment end bootstraps from E_pi Q(s_{T-1}, .) of the last stored state instead "
+       "of E_pi Q(s'_{T-1}, .) of the state after it",
+       "seungeunrho/minimalRL acer.py train(): `q_ret = v[-1] * done_mask[-1]` with v = sum "
+       "pi Q over the stored states s_0..s_{T-1} (the next state is never stored)",
+       _ACTION,
+       ("    bootstrap = np.where(beta, next_expected_q, 0.0)  # never read under terminated\n",
+        "    last_state = next_expected_q[-2:-1] if T > 1 else next_expected_q[-1:]  # E Q(s_T-1)\n"
+        "    bootstrap = np.where(beta, np.concatenate([next_expected_q[:-1], last_state]), "
+        "0.0)\n")),
     _m("retrace_ratio_unclipped",
        "Retrace with the unclipped ratio c = rho (that is per-decision IS)",
        "hypothetical: Retrace written without min(1, .) (no public instance found)",
@@ -403,6 +522,40 @@ def by_name(name: str) -> Mutant:
         return _BY_NAME[name]
     except KeyError:
         raise KeyError(f"no mutant {name!r}; known: {', '.join(_BY_NAME)}") from None
+
+
+def catalogue_markdown() -> str:
+    """The bug-class page (``docs/bug-classes.md``), generated from :data:`CATALOGUE`: one row
+    per class with what it does, the estimators it changes and where it is seen. A test keeps
+    the page equal to this text; regenerate it with ``python -c "from offpolicy import mutation;
+    print(mutation.catalogue_markdown(), end='')" > docs/bug-classes.md``."""
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    lines = [
+        "# Bug classes",
+        "",
+        "The catalogue of `offpolicy.mutation`: bugs that real return/advantage code ships, each "
+        "written as a patch of the reference (`estimators/numpy.py`). `python -m "
+        "offpolicy.mutation` checks that the property suite kills every one; "
+        "`offpolicy.conform` runs them as implementations to name the bug of a failing "
+        "function (see [Conformance](conformance.md)). Classes ending in `_both_flags` are the "
+        "time-out classes applied also on a step flagged terminated and truncated at once, as "
+        "rollout loops that read the time-out flag alone do.",
+        "",
+        "This page is generated from the catalogue (`offpolicy.mutation.catalogue_markdown`); "
+        "a test keeps it in step.",
+        "",
+        f"{len(CATALOGUE)} classes.",
+        "",
+        "| class | what it does | estimators it changes | where it is seen |",
+        "|---|---|---|---|",
+    ]
+    for m in CATALOGUE:
+        estimators = ("every estimator" if set(m.estimators) == set(ESTIMATORS)
+                      else ", ".join(f"`{e}`" for e in m.estimators))
+        lines.append(f"| `{m.name}` | {cell(m.bug)} | {estimators} | {cell(m.seen_in)} |")
+    return "\n".join(lines) + "\n"
 
 
 class StalePatch(Exception):
@@ -605,4 +758,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from offpolicy._cli import run_main
+
+    run_main(main, PROG)

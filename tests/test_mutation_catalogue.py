@@ -182,3 +182,147 @@ def test_cli_without_a_tests_directory_exits_2(tmp_path):
     assert proc.returncode == 2, proc.stdout + proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "tests" in lines[0], proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# the classes added from the survey of public implementations (docs/bug-classes.md): each
+# patched reference against the reference on a tiny input worked out by hand. gamma = lam = 0.5
+# throughout, so the trace weight gamma * lam is 0.25.
+
+def _gae(module, r, v, nv, term, trunc, gamma=0.5, lam=0.5):
+    out = module.gae(np.array(r, float), np.array(v, float), np.array(nv, float),
+                     np.array(term, bool), np.array(trunc, bool), gamma=gamma, lam=lam)
+    return out.advantages, out.returns
+
+
+# one step r = 1, V(s) = 2, V(s') = 4, flagged terminated and truncated at once: the contract
+# does not bootstrap (A = r - V = -1); each both-flags class applies its time-out handling there
+_BOTH = dict(r=[1.0], v=[2.0], nv=[4.0], term=[True], trunc=[True])
+
+
+@pytest.mark.parametrize("name, advantage", [
+    ("timeout_bootstrap_from_current_value_both_flags", 1 + 0.5 * 2 - 2),  # gamma V(s_t) added
+    ("truncated_step_advantage_zeroed_both_flags", 0.0),
+    ("bootstrap_at_terminated_and_truncated", 1 + 0.5 * 4 - 2),
+    ("timeout_folded_without_gamma_both_flags", 1 + 4 - 2),
+])
+def test_both_flags_classes_act_on_a_terminated_and_truncated_step(name, advantage):
+    ref_adv, _ = _gae(ref, **_BOTH)
+    assert ref_adv.tolist() == [-1.0]
+    adv, ret = _gae(mutation.load(name), **_BOTH)
+    assert adv.tolist() == [advantage]
+    assert ret.tolist() == [2.0 + advantage]
+
+
+@pytest.mark.parametrize("name, plain", [
+    ("timeout_bootstrap_from_current_value_both_flags", "timeout_bootstrap_from_current_value"),
+    ("truncated_step_advantage_zeroed_both_flags", "truncated_step_advantage_zeroed"),
+    ("timeout_folded_without_gamma_both_flags", "timeout_folded_without_gamma"),
+])
+def test_both_flags_classes_equal_their_plain_class_where_the_flags_never_coincide(name, plain):
+    """Columns 0-2 of the case have no step flagged twice: there the two variants agree."""
+    x = {k: v[:, :3] for k, v in CASE.items()}
+    for gamma in (0.9, GAMMAS[1][:, :3]):
+        assert _same(_call(mutation.load(name), "gae", gamma, x),
+                     _call(mutation.load(plain), "gae", gamma, x)), name
+
+
+def test_the_plain_timeout_classes_leave_a_terminated_and_truncated_step_alone():
+    for plain in ("timeout_bootstrap_from_current_value", "truncated_step_advantage_zeroed"):
+        adv, _ = _gae(mutation.load(plain), **_BOTH)
+        assert adv.tolist() == [-1.0], plain
+
+
+def test_timeout_folded_without_gamma():
+    """Truncated (not terminated) step: r + V(s') - V = 1 + 4 - 2 = 3 instead of
+    1 + 0.5 * 4 - 2 = 1; an unflagged segment end is still discounted (1 both ways)."""
+    m = mutation.load("timeout_folded_without_gamma")
+    assert _gae(ref, [1.0], [2.0], [4.0], [False], [True])[0].tolist() == [1.0]
+    assert _gae(m, [1.0], [2.0], [4.0], [False], [True])[0].tolist() == [3.0]
+    assert _gae(m, [1.0], [2.0], [4.0], [False], [False])[0].tolist() == [1.0]
+
+
+def test_trace_not_cut_at_termination():
+    """Terminated at step 0; r = [1, 1], V = 0, V(s'_1) = 2. Reference: A_1 = 1 + 0.5 * 2 = 2,
+    A_0 = 1 (cut). Mutant: A_0 = 1 + 0.25 * 2 = 1.5."""
+    args = ([1.0, 1.0], [0.0, 0.0], [5.0, 2.0], [True, False], [False, False])
+    assert _gae(ref, *args)[0].tolist() == [1.0, 2.0]
+    assert _gae(mutation.load("trace_not_cut_at_termination"), *args)[0].tolist() == [1.5, 2.0]
+
+
+def test_discount_not_reset_at_dones():
+    """Terminated at step 0; r = 1, V = 0, V(s'_1) = V(s'_2) = 2. Reference: A_2 = 2,
+    A_1 = 2 + 0.25 * 2 = 2.5, A_0 = 1. The O(T^2) loop: the last step is never computed
+    (A_2 = 0), A_1 = 2, and A_0 = 1 + 0.25 * 2 = 1.5 runs across the termination."""
+    args = ([1.0] * 3, [0.0] * 3, [5.0, 2.0, 2.0], [True, False, False], [False] * 3)
+    assert _gae(ref, *args)[0].tolist() == [1.0, 2.5, 2.0]
+    assert _gae(mutation.load("discount_not_reset_at_dones"), *args)[0].tolist() == \
+        [1.5, 2.0, 0.0]
+
+
+def test_dones_ignored():
+    """Terminated at step 0; r = [1, 1], V = [0, 3], V(s'_1) = 2. Reference: A_0 = 1,
+    A_1 = 1 + 1 - 3 = -1. Ignoring the done: delta_0 = 1 + 0.5 * 3 = 2.5 (the next row) and
+    A_0 = 2.5 + 0.25 * (-1) = 2.25; with lam = 1 the return is G_0 = 1 + 0.5 * G_1 = 2."""
+    args = ([1.0, 1.0], [0.0, 3.0], [5.0, 2.0], [True, False], [False, False])
+    m = mutation.load("dones_ignored")
+    assert _gae(ref, *args)[0].tolist() == [1.0, -1.0]
+    assert _gae(m, *args)[0].tolist() == [2.25, -1.0]
+    assert _gae(m, *args, lam=1.0)[1].tolist() == [2.0, 2.0]
+
+
+def test_trajectory_end_never_bootstrapped():
+    """Truncated at step 0; r = 1, V = 0, V(s') = [4, 2]. Reference: A = [1 + 2, 1 + 1];
+    mutant: neither the time-out nor the segment end bootstraps, A = [1, 1]."""
+    args = ([1.0, 1.0], [0.0, 0.0], [4.0, 2.0], [False, False], [True, False])
+    assert _gae(ref, *args)[0].tolist() == [3.0, 2.0]
+    assert _gae(mutation.load("trajectory_end_never_bootstrapped"), *args)[0].tolist() == \
+        [1.0, 1.0]
+
+
+# no flags; r = 1, V = [0, 1], V(s') = [1, 2]: delta = [1.5, 1], A = [1.5 + 0.25, 1]
+_TARGETS = ([1.0, 1.0], [0.0, 1.0], [1.0, 2.0], [False, False], [False, False])
+
+
+@pytest.mark.parametrize("name, returns", [
+    ("value_target_lambda_1", [1 + 0.5 * 1 + 0.25 * 2, 1 + 0.5 * 2]),  # reward-to-go
+    ("value_target_one_step_td", [1 + 0.5 * 1, 1 + 0.5 * 2]),  # r + gamma V(s')
+])
+def test_value_target_classes_change_the_returns_only(name, returns):
+    assert [a.tolist() for a in _gae(ref, *_TARGETS)] == [[1.75, 1.0], [1.75, 2.0]]
+    adv, ret = _gae(mutation.load(name), *_TARGETS)
+    assert adv.tolist() == [1.75, 1.0]
+    assert ret.tolist() == returns
+
+
+def test_the_bug_classes_page_is_generated_from_the_catalogue():
+    """docs/bug-classes.md is catalogue_markdown()'s text: one row per class, its bug and
+    where it is seen (regenerate the page after changing the catalogue)."""
+    page = (ROOT / "docs" / "bug-classes.md").read_text()
+    assert page == mutation.catalogue_markdown()
+    rows = [ln for ln in page.splitlines() if ln.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == [m.name for m in mutation.CATALOGUE]
+    for m, row in zip(mutation.CATALOGUE, rows, strict=True):
+        assert m.bug.replace("|", "\\|") in row and m.seen_in.replace("|", "\\|") in row
+
+
+def test_q_segment_end_bootstraps_from_last_state():
+    """Retrace, lam = 1, every ratio 1 (c = 1), gamma = 0.5, no flags; r = 1, Q(s_t, a_t) =
+    [0, 2], E_pi Q(s'_t) = [3, 4] (so E_pi Q(s_1) = 3). Reference: G_1 = 1 + 0.5 * 4 = 3,
+    G_0 = 1 + 0.5 * 3 + 0.5 * (3 - 2) = 3. Bootstrapping the end from E_pi Q(s_1) = 3:
+    G_1 = 2.5, G_0 = 1 + 1.5 + 0.5 * (2.5 - 2) = 2.75."""
+    x = [np.array(a, float) for a in ([1, 1], [0, 2], [3, 4])]
+    flags = [np.zeros(2, bool)] * 2
+    m = mutation.load("q_segment_end_bootstraps_from_last_state")
+    assert ref.retrace(*x, *flags, np.zeros(2), gamma=0.5, lam=1.0).tolist() == [3.0, 3.0]
+    assert m.retrace(*x, *flags, np.zeros(2), gamma=0.5, lam=1.0).tolist() == [2.75, 2.5]
+
+
+def test_timeout_checked_before_termination():
+    """r = 1, V = 0, V(s') = [4, 2], gamma = lam = 0.5. Step 0 terminated and truncated,
+    step 1 terminated at the segment end: the contract gives A = [1, 1]; checking the time
+    limit / segment end first bootstraps both: A = [1 + 2, 1 + 1]."""
+    args = ([1.0, 1.0], [0.0, 0.0], [4.0, 2.0], [True, True], [True, False])
+    assert _gae(ref, *args)[0].tolist() == [1.0, 1.0]
+    assert _gae(mutation.load("timeout_checked_before_termination"), *args)[0].tolist() == \
+        [3.0, 2.0]

@@ -26,7 +26,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from offpolicy import parallel
-from offpolicy._cli import OneLineParser, positive_int, usage_error, writable_dir
+from offpolicy._cli import OneLineParser, positive_int, run_main, usage_error, writable_dir
 from offpolicy.harness import grid, report
 from offpolicy.harness.measure import ConfigError
 
@@ -222,4 +222,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main, PROG)
