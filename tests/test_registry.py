@@ -142,18 +142,11 @@ def _theorem_files() -> dict[str, pathlib.Path]:
     return {p.name[:3]: p for p in sorted((ROOT / "proofs").glob("T[0-9][0-9]_*.md"))}
 
 
-# theorems about the policy losses (estimators.losses), not about an estimator of the registry
-_ABOUT_THE_LOSSES = {"T25"}
-
-
 def test_every_theorem_is_linked_from_an_estimator():
     """A theorem of proofs/ that no registry entry names is missing from every estimator's
-    page; the index of proofs is the set of files, read independently of the registry. The
-    only exemptions are theorems about the losses, and each must say so in its text."""
+    page; the index of proofs is the set of files, read independently of the registry."""
     linked = {t for e in registry.ESTIMATORS.values() for t in e.theorems}
-    assert set(_theorem_files()) - linked == _ABOUT_THE_LOSSES
-    for t in _ABOUT_THE_LOSSES:
-        assert "estimators.losses" in _theorem_files()[t].read_text(), t
+    assert set(_theorem_files()) - linked == set()
     assert len(_theorem_files()) >= 22  # T01..T22 at least: the glob found the proofs
 
 
