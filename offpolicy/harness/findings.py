@@ -205,6 +205,7 @@ class ContainsZero:
             text = (f"{label} of {self.who}: the interval contains 0 in every one of the {total} "
                     f"cells ({len(self.cells)} settings × {sets})")
         else:
+            assert worst is not None  # hits < total: some cell's interval excludes 0
             text = (f"{label} of {self.who}: the interval contains 0 in {hits} of {total} cells "
                     f"({sets}); not in {worst[0]}, {worst[1]}: {pm(*worst[2])}")
         return text, [(f"{label} contains 0 in every cell", (hits == total) == self.expect)]
@@ -307,7 +308,8 @@ class LowestSeed:
 
 def render_section(items: list, tb: Tables) -> tuple[str, list]:
     """The bullets of one section and the failed conditions."""
-    lines, failed = [], []
+    lines: list[str] = []
+    failed: list = []
     for it in items:
         text, conds = it.evaluate(tb)
         if isinstance(it, Note):  # a lead-in line between bullet lists

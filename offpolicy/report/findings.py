@@ -72,7 +72,8 @@ def _indexed(t: list):
     cell instead of a scan of 28 890 rows."""
     if _index[0] is not t:
         rows = t
-        cells, groups = {}, {}
+        cells: dict = {}
+        groups: dict = {}
         for r in rows:
             cells.setdefault(tuple(r[a] for a in _KEY), []).append(r)
             groups.setdefault((r["mdp"], r["k"], r["quantity"], r["T"], r["V"]), []).append(r)
@@ -254,10 +255,11 @@ def _f2_nstep(t) -> Finding:
                        if 0 < len(n1_wins[k]) < len(MDPS) else "")
                     for k in ks if k > 0)
         + f"; at k = 4 its bias is {fmt(min(b1.values()))}–{fmt(max(b1.values()))}× V-trace's.")
-    ns = sorted({int(r["n"]) for r in t if r["n"] != "-"})
+    n_values = sorted({int(r["n"]) for r in t if r["n"] != "-"})
     grows = all(cell(t, mdp=m, k=k, estimator="nstep", n=a, **base)["mse"]
                 < cell(t, mdp=m, k=k, estimator="nstep", n=b, **base)["mse"]
-                for m in MDPS for k in ks if k >= 2 for a, b in zip(ns, ns[1:], strict=False))
+                for m in MDPS for k in ks if k >= 2
+                for a, b in zip(n_values, n_values[1:], strict=False))
     conds = [("longer n has the larger MSE at every MDP and k >= 2", grows),
              ("nstep is unbiased on-policy (<1e-12)", max(on) < 1e-12),
              ("n=8 worse than V-trace lam=1 at k=2 on every MDP", all(x > 1 for x in ratios)),
