@@ -235,3 +235,8 @@ def test_stored_forms_by_hand():
     spinning = _record(StoredValues(calls="trajectory",
                                     fold=Fold("last_value", "every_timeout")))
     assert [c["last_value"] for c in spinning] == [3.0, 7.0]
+
+
+def test_every_layout_satisfies_the_public_protocol():
+    for name, cls in conform.LAYOUTS.items():
+        assert isinstance(cls(), conform.LayoutProtocol), name

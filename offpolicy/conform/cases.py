@@ -12,8 +12,8 @@ anywhere else, one-decimal numbers, ratios near 1), so that a failing family is 
 statement about the function:
 
 * ``no_dones``: no flag anywhere;
-* ``terminations_inside``: terminations only (no time-out anywhere), one before the last step;
-* ``truncations_inside``: time-outs only (no termination anywhere), one before the last step,
+* ``terminations_inside``: terminations only (no time-out anywhere), all before the last step;
+* ``truncations_inside``: time-outs only (no termination anywhere), all before the last step,
   whose bootstrap value (the final observation's) differs from ``values[t+1]`` (the next
   episode's first state);
 * ``both_flags_one_step``: one step flagged ``terminated`` and ``truncated`` at once, no other
@@ -47,7 +47,8 @@ from hypothesis import strategies as st
 
 from .registry import PARAM_CHOICES, EstimatorSpec
 
-__all__ = ["FAMILIES", "ISOLATED_FAMILIES", "MIXED_FAMILIES", "Case", "Constraints", "family_strategy", "family_not_applicable"]
+__all__ = ["FAMILIES", "ISOLATED_FAMILIES", "MIXED_FAMILIES", "Case", "Constraints",
+           "family_strategy", "family_not_applicable"]
 
 ISOLATED_FAMILIES = (
     "no_dones",
@@ -83,9 +84,9 @@ NUM_ACTIONS = 2
 
 # flag codes per step: 0 none, 1 terminated, 2 truncated, 3 both; mostly none.
 _NONE, _TERM, _TRUNC, _BOTH = 0, 1, 2, 3
-_SHORT = st.integers(-20, 20).map(lambda k: k / 10)  # -2.0 .. 2.0, step 0.1
+_SHORT = np.arange(-20, 21) / 10  # -2.0 .. 2.0, step 0.1
 _NONZERO = st.integers(1, 20).flatmap(lambda k: st.sampled_from((k / 10, -k / 10)))
-_PROB = st.integers(1, 9).map(lambda k: k / 10)  # 0.1 .. 0.9
+_PROB = np.arange(1, 10) / 10  # 0.1 .. 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,9 +166,11 @@ def family_not_applicable(family: str, spec: EstimatorSpec, fixed: dict,
 
 
 def _grid(draw, shape, elements=_SHORT) -> np.ndarray:
-    size = int(np.prod(shape))
-    return np.array(draw(st.lists(elements, min_size=size, max_size=size)),
-                    dtype=np.float64).reshape(shape)
+    """An array of ``shape`` with entries from ``elements`` (a sequence of values): one draw
+    of a seed, the entries from numpy's generator. Drawing each entry through hypothesis
+    cost most of a check's time; hypothesis's shrinker is not used (the runner shrinks)."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    return np.random.default_rng(seed).choice(np.asarray(elements), size=shape)
 
 
 def _params(draw, family, spec: EstimatorSpec, fixed: dict, shape=None) -> dict:
@@ -183,7 +186,7 @@ def _params(draw, family, spec: EstimatorSpec, fixed: dict, shape=None) -> dict:
         T, B = shape
         for name, choices in (("gamma", (0.5, 1.0, 0.9, 0.0)), ("lam", (0.5, 1.0, 0.0, 0.9))):
             if name in spec.params and name not in fixed:
-                params[name] = _grid(draw, (T, B), st.sampled_from(choices))
+                params[name] = _grid(draw, (T, B), np.array(choices, dtype=np.float64))
     if family == "rho_clip_ne_c_clip":
         pairs = [(r, c) for r in (0.5, 1.0, 2.0) for c in (0.5, 1.0, 2.0) if r != c]
         if "rho_clip" in fixed:
@@ -201,10 +204,11 @@ def _flags(draw, family, T, B, constraints: Constraints):
     if not constraints.flags_inside or background == (_NONE,):
         codes = np.zeros((T, B), dtype=int)
     else:
-        codes = np.array(draw(st.lists(st.sampled_from(background), min_size=T * B,
-                                       max_size=T * B)), dtype=int).reshape(T, B)
+        codes = _grid(draw, (T, B), np.array(background, dtype=int))
     if not family.startswith("mixed_") and family not in _BACKGROUND:
         codes[:] = _NONE
+    if family in _NEEDS_INSIDE:  # inside only: the last step is the *_at_last_step families'
+        codes[-1] = _NONE
     mark = None
     if family in _NEEDS_INSIDE:
         mark = (draw(st.integers(0, T - 2)), draw(st.integers(0, B - 1)))
@@ -274,8 +278,8 @@ def _state_case(draw, family, spec: EstimatorSpec, fixed, constraints) -> Case:
 
 def _log_rhos(draw, family, T, B) -> np.ndarray:
     if family not in ("ratios_far_from_1", "rho_clip_ne_c_clip"):
-        return _grid(draw, (T, B), st.integers(-10, 10).map(lambda k: k / 10))
-    log_rhos = _grid(draw, (T, B), st.integers(-30, 30).map(lambda k: k / 10))
+        return _grid(draw, (T, B), np.arange(-10, 11) / 10)
+    log_rhos = _grid(draw, (T, B), np.arange(-30, 31) / 10)
     t, b = draw(st.integers(0, T - 1)), draw(st.integers(0, B - 1))
     log_rhos[t, b] = draw(st.integers(20, 30).flatmap(lambda k: st.sampled_from((k / 10,
                                                                                   -k / 10))))
@@ -284,7 +288,7 @@ def _log_rhos(draw, family, T, B) -> np.ndarray:
 
 def _policy_rows(draw, shape, far=False) -> np.ndarray:
     """[..., 2] probability rows (p, 1 - p)."""
-    p = _grid(draw, shape, st.sampled_from((0.1, 0.9)) if far else _PROB)
+    p = _grid(draw, shape, np.array([0.1, 0.9]) if far else _PROB)
     return np.stack([p, 1.0 - p], axis=-1)
 
 
@@ -303,14 +307,12 @@ def _action_case(draw, family, spec: EstimatorSpec, fixed, constraints) -> Case:
     if far:  # the taken action's ratio is 9 or 1/9 somewhere: |log rho| = 2.2
         t, b = draw(st.integers(0, T - 1)), draw(st.integers(0, B - 1))
         behaviour_probs[t, b] = 1.0 - target_probs[t, b]
-    actions = np.array(draw(st.lists(st.integers(0, A - 1), min_size=T * B, max_size=T * B)),
-                       dtype=np.int64).reshape(T, B)
+    actions = _grid(draw, (T, B), np.arange(A, dtype=np.int64))
     # the tables after each step: those of s_{t+1} where the episode goes on
     cont = _continuing(terminated, truncated)
     after_q = _grid(draw, (T, B, A)) + offset
     after_pi = _policy_rows(draw, (T, B))
-    after_a = np.array(draw(st.lists(st.integers(0, A - 1), min_size=T * B, max_size=T * B)),
-                       dtype=np.int64).reshape(T, B)
+    after_a = _grid(draw, (T, B), np.arange(A, dtype=np.int64))
     roll = lambda x: np.concatenate([x[1:], x[:1]])  # noqa: E731  x_{t+1} at t
     next_q_values = np.where(cont[..., None], roll(q_values), after_q)
     next_target_probs = np.where(cont[..., None], roll(target_probs), after_pi)

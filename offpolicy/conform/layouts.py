@@ -45,8 +45,8 @@ from .registry import ConformUsageError, EstimatorSpec
 __all__ = [
     "LayoutProtocol", "Layout", "Contract", "DoneNext", "StoredValues", "Rlax", "TorchRL",
     "PufferRows", "SingleEpisodeRows", "QTables", "LAYOUTS", "get_layout", "ConformUsageError",
-    "ModifiedInput", "WrongReturn", "OutputPick", "Fold", "FOLD_NAMES", "FOLD_ADDS", "FOLD_STEPS", "as_fold",
-    "rollout", "Rollout", "Arrays",
+    "ModifiedInput", "WrongReturn", "OutputPick", "Fold", "FOLD_NAMES", "FOLD_ADDS",
+    "FOLD_STEPS", "as_fold", "rollout", "received", "Rollout", "Arrays",
 ]
 
 
@@ -219,10 +219,23 @@ class LayoutProtocol(Protocol):
     """What the runner needs of a layout (any object with these members is one; subclassing
     :class:`Layout` gives the defaults)."""
 
-    name: str
-    kinds: tuple[str, ...]  # estimator kinds it can express: "state", "action"
-    default_array: str  # numpy | torch | jax
-    folded_params: tuple  # contract parameters put into the arrays, never passed
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Estimator kinds it can express: "state", "action"."""
+        ...
+
+    @property
+    def default_array(self) -> str:
+        """numpy | torch | jax."""
+        ...
+
+    @property
+    def folded_params(self) -> tuple:
+        """Contract parameters put into the arrays, never passed."""
+        ...
 
     def constraints_for(self, spec: EstimatorSpec, fn: Callable[..., Any]) -> Constraints:
         """What the layout cannot hold for ``spec`` and ``fn`` (families outside it: n/a)."""
@@ -298,7 +311,9 @@ class Fold:
     (CleanRL) — or, for per-trajectory calls, ``last_value`` (V(final obs) handed to the
     function as the trajectory's last value, no reward change: Spinning Up's ``finish_path``);
     ``on`` says on which steps: ``timeout_not_terminated`` or ``every_timeout`` (the time-out
-    flag alone, so a step both terminated and timed out is folded too); ``done``: the rollout
+    flag alone, so a step both terminated and timed out is folded too; with ``last_value``
+    the segment's end counts as a time-out, as in a loop that checks "time-out or epoch end"
+    before "terminated"); ``done``: the rollout
     stores the time-out step as done (False: it stores terminations only, PufferLib's trainer).
     """
 
@@ -803,7 +818,7 @@ class StoredValues(Layout):
     calls: str = "segment"
     bootstrap: str = "last_values"
     next_values: bool = False
-    fold: Fold | str | None = None
+    fold: Fold | None = None  # also a name of FOLD_NAMES or "add[:every_timeout][:not_done]"
 
     def __post_init__(self):
         for field, value, allowed in (("flags", self.flags, _FLAG_FORMS),
@@ -924,9 +939,8 @@ class StoredValues(Layout):
             return y
         columns = []
         for b in range(case.B):
-            col = lambda a: a[:, b]  # noqa: E731
-            rb = Rollout(*map(col, r))
-            xb = {k: col(v) for k, v in x.items()}
+            rb = Rollout(*(a[:, b] for a in r))
+            xb = {k: v[:, b] for k, v in x.items()}
             if self.calls == "stream":
                 kw = self._keywords(rb, xb, last[b], arrays)
                 y = Arrays.back(select_output(call_with_keywords(fn, {**kw, **params}),
@@ -947,9 +961,15 @@ class StoredValues(Layout):
         ends = r.done | (r.time_outs if fold is None else False)
         ends[-1] = True
         out, start = [], 0
+        # Fold("last_value", "every_timeout"): the loop checks 'time-out or segment end' before
+        # 'terminated' (Spinning Up's finish_path call), so both bootstrap even where the
+        # episode terminated
+        timeout_first = fold is not None and fold.add == "last_value" and \
+            fold.on == "every_timeout"
         for end in np.flatnonzero(ends):
-            if r.terminated[end] and not (fold is not None and fold.add == "last_value"
-                                          and r.folded[end]):
+            if timeout_first and (r.time_outs[end] or end == len(ends) - 1):
+                last = x["next_values"][end]
+            elif r.terminated[end]:
                 last = 0.0  # a terminal state has value 0
             elif r.time_outs[end] and (fold is None or fold.add == "last_value"):
                 last = x["next_values"][end]  # V(final observation)
