@@ -172,7 +172,6 @@ def _computing_modules() -> list[str]:
 # loaded while computing but not computing figures: package re-exports, argument parsing, the
 # optional-dependency check, the worker pool and its thread settings, the report's command line
 NOT_COMPUTING = {"estimators/__init__.py", "offpolicy/__init__.py", "offpolicy/_cli.py",
-                 "offpolicy/_extras.py",
                  "offpolicy/parallel.py", "offpolicy/report/__init__.py",
                  "offpolicy/report/_blas.py", "offpolicy/report/cli.py",
                  "offpolicy/_extras.py"}  # names the install extra of a missing import
