@@ -275,7 +275,7 @@ class Layout:
         """What it cannot hold for ``spec`` (and, where the form depends on it, ``fn``)."""
         return self.constraints(spec)
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         """This layout with the rollout's time-out ``fold`` (layouts that store a rollout)."""
         raise ConformUsageError(f"fold: the {self.name} layout receives its flags as they "
                                 f"are; a fold is for stored_values, done_next, puffer_rows")
@@ -347,7 +347,7 @@ FOLD_NAMES = {
 TRUNCATION_FOLDS = (None, *FOLD_NAMES)
 
 
-def as_fold(fold) -> Fold | None:
+def as_fold(fold: Fold | str | dict | None) -> Fold | None:
     """A :class:`Fold` from a Fold, None, a name of :data:`FOLD_NAMES`, a dict of Fold's
     fields, or ``"add[:every_timeout][:not_done]"``; ``ConformUsageError`` naming ``fold``."""
     if fold is None or isinstance(fold, Fold):
@@ -512,7 +512,7 @@ class _RolloutFold(Layout):
         """The contract case the function effectively receives (see :func:`received`)."""
         return received(case, self.fold)
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         return dataclasses.replace(self, truncation_fold=as_fold(fold))
 
     def describe(self) -> str:
@@ -836,7 +836,7 @@ class StoredValues(Layout):
             raise ConformUsageError("fold: add='last_value' needs calls='trajectory' (a "
                                     "function called once per trajectory with its last value)")
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         return dataclasses.replace(self, fold=as_fold(fold))
 
     def received(self, case: Case) -> Case | None:
