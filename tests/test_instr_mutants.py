@@ -45,3 +45,16 @@ def test_torch_losses_name_the_bad_argument():
     with pytest.raises(ValueError, match=r"^advantages: normalising needs at least 2 counted"):
         losses_t.impala_pg(torch.zeros(1, dtype=torch.float64),
                            torch.ones(1, dtype=torch.float64), normalize=True)
+
+
+def test_harness_check_gamma_rejects_a_discount_outside_the_unit_interval():
+    # offpolicy.harness.measure.x_check_gamma__mutmut_1 (g = None: nothing is checked)
+    from types import SimpleNamespace
+
+    from offpolicy.harness import measure
+
+    measure.check_gamma(SimpleNamespace(gamma=None))  # None: the MDP's own discount
+    measure.check_gamma(SimpleNamespace(gamma=1.0))
+    for bad in (0.0, 1.5, -0.1, "0.9"):
+        with pytest.raises(ValueError, match="gamma"):
+            measure.check_gamma(SimpleNamespace(gamma=bad))
