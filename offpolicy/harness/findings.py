@@ -512,8 +512,9 @@ def _lag_data() -> list:
               Figure("final_J_frac", [_c(f"uniform:0-32, {n} steps", sp, num_steps=n)
                                       for n in (16, 64)]),
               LowestSeed(ld, {"lag": 32, "num_steps": 16}, "final_J_frac", "rho_q95",
-                         "At lag 32 with 16 steps the lowest seed, {seed}, ends at {value} of "
-                         "J* (`ppo_chain_lag_data_runs.csv`); why is not known. The earlier "
+                         "At lag 32 with 16 steps the lowest of seeds 0–4, seed {seed}, ends "
+                         "at {value} of J* (`ppo_chain_lag_data_runs.csv`); why is not known. "
+                         "The earlier "
                          "explanation (large unclipped weights "
                          "π_prox/μ from sharpened old policies) is not supported by the logged "
                          "ratios: that seed's 95% ratio quantile, {other}, ranks {rank} of {n} "
