@@ -9,6 +9,8 @@
 * ``<!-- peers: NAME -->`` in a page becomes the table of ``offpolicy.conform.peers.PEERS`` for
   that estimator.
 * The "Theorems" nav entry is filled with every ``proofs/Tnn_*.md`` after the index.
+* Each estimator page (``docs/estimators/<name>.md``) gets its header from
+  ``offpolicy.registry``: names, inputs, outputs, parameters, theorems, exact counterparts.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import posixpath
 import re
 from pathlib import Path
 
+from mkdocs.plugins import event_priority
 from mkdocs.structure.files import File
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +57,8 @@ def on_config(config):
     for i, entry in enumerate(nav):
         if isinstance(entry, dict) and entry.get("Theorems") == "proofs/README.md":
             pages = [{"Index": "proofs/README.md"}]
-            pages += [{_title(p): f"proofs/{p.name}"} for p in _proof_pages()]
+            # nav titles are plain text: a code span would show its backticks
+            pages += [{_title(p).replace("`", ""): f"proofs/{p.name}"} for p in _proof_pages()]
             nav[i] = {"Theorems": pages}
     return config
 
@@ -139,6 +143,87 @@ def _layout_name(layout) -> str:
 _PEERS_MARK = re.compile(r"<!-- peers: (\w+) -->")
 
 
+def _passport(name: str) -> str:
+    """The header of an estimator's page, from its registry entry (links written relative to
+    the page's repository file, as every link here; ``_rewrite_links`` places them)."""
+    from offpolicy import registry
+
+    e = registry.ESTIMATORS[name]
+    theorems = {p.name[:3]: p for p in _proof_pages()}
+    code = lambda names: ", ".join(f"`{n}`" for n in names)
+    lines = [f"`estimators.numpy.{e.name}`" + (f" (also {code(e.aliases)})" if e.aliases else "")
+             + f": inputs {code(e.inputs)}; keyword parameters {code(e.params)}; outputs "
+             + ", ".join(f"`{o}` ({e.quantities[o]})" for o in e.outputs) + ".",
+             "",
+             "**Theorems**:",
+             "",
+             *(f"- [{_title(theorems[t])}](../../proofs/{theorems[t].name})"
+               for t in sorted(e.theorems)),
+             "",
+             "**Exact counterparts**: " + ", ".join(
+                 f"[`{q}`][offpolicy.{q}]" for q in e.exact)
+             + (f"; exact moments: `moments.exact_moments(mdp, \"{e.name}\", ...)`"
+                if e.moments_name else "; no exact moments (its traces are an input)") + "."]
+    return "\n".join(lines)
+
+
+_H1 = re.compile(r"\A(# [^\n]*\n)")
+
+
 def on_page_markdown(markdown, page, config, files):
+    name = page.file.src_uri.removeprefix("estimators/").removesuffix(".md")
+    if page.file.src_uri.startswith("estimators/") and name != "index":
+        markdown = _H1.sub(lambda m: m.group(1) + "\n" + _passport(name) + "\n", markdown, 1)
     markdown = _rewrite_links(markdown, page.file.src_uri)
     return _PEERS_MARK.sub(lambda m: _peers_table(m.group(1)), markdown)
+
+
+# --- Sphinx roles in docstrings ---------------------------------------------------------------
+# The docstrings cross-reference with Sphinx roles (:func:`exact_moments`, :class:`~x.Y`), which
+# mkdocstrings leaves as text. Every page's content is rendered before any page is written, so
+# the anchors of every documented object are known by on_page_context: there a role becomes a
+# link to the object's anchor (a full name, or the one documented name ending with it), else code
+# (before the search plugin indexes the page, so its results show no roles either).
+
+_ANCHORS: dict[str, str] = {}  # documented object's full name -> its page's URL
+_ANCHOR = re.compile(r'id="((?:offpolicy|estimators)(?:\.\w+)+)"')
+_ROLE = re.compile(r":(?:func|class|mod|meth|data|attr|exc|obj):<code>([^<]+)</code>")
+
+
+def on_pre_build(config):
+    _ANCHORS.clear()
+
+
+def on_page_content(html, page, config, files):
+    for name in _ANCHOR.findall(html):
+        _ANCHORS.setdefault(name, page.url)
+    return html
+
+
+def _target(name: str) -> str | None:
+    """The documented full name ``name`` refers to: itself, or the one anchor ending with it
+    (a name relative to its module, ``exact_moments`` or ``.grid``)."""
+    if name in _ANCHORS:
+        return name
+    tail = "." + name.lstrip(".")
+    found = [a for a in _ANCHORS if a.endswith(tail)]
+    return found[0] if len(found) == 1 else None
+
+
+def _render_role(match: re.Match, page_url: str) -> str:
+    from mkdocs.utils import get_relative_url
+
+    written = match.group(1).strip()
+    name = written.lstrip("~").removesuffix("()")
+    shown = name.rsplit(".", 1)[-1] if written.startswith("~") else name.lstrip(".")
+    target = _target(name)
+    if target is None:
+        return f"<code>{shown}</code>"
+    href = get_relative_url(_ANCHORS[target], page_url or ".") + "#" + target
+    return f'<a href="{href}"><code>{shown}</code></a>'
+
+
+@event_priority(100)
+def on_page_context(context, page, config, nav):
+    page.content = _ROLE.sub(lambda m: _render_role(m, page.url), page.content)
+    return context

@@ -12,6 +12,9 @@ they return the scalars as python numbers (a numpy scalar or 0-d tensor ``gamma`
 float), which the backends then use. ``gamma`` and ``lam`` may also be per-step arrays
 broadcastable to the rewards' shape (``check_unit_interval``); those are returned unchanged.
 
+The vocabulary is shared with ``offpolicy._checks`` (the tabular objects: MDPs, policies, numpy
+only): no name is defined in both, so one name has one meaning (tests/test_registry.py).
+
 ``check_outputs_finite`` runs after the computation: with every input valid, a non-finite output
 can only come from an overflow (``exp(log_rhos)`` too large where the ratio is read, or a product
 of ratios), which raises instead of returning a silent NaN or inf.
@@ -226,7 +229,9 @@ def check_log_rhos(name: str, x) -> None:
     raise ValueError(f"{name}: contains NaN or +inf (a behaviour probability of 0)")
 
 
-def check_probabilities(name: str, x) -> None:
+def check_unit_entries(name: str, x) -> None:
+    """Every entry finite and in [0, 1] (``target_probs_taken``: one probability per step;
+    a distribution whose rows sum to one is ``offpolicy._checks.check_distribution``)."""
     check_finite(name, x)
     if not _true_everywhere((x >= 0) & (x <= 1)):
         raise ValueError(f"{name}: must lie in [0, 1]")
@@ -296,7 +301,7 @@ def action_inputs(rewards, q_taken, next_expected_q, terminated, truncated, *, g
     if log_rhos is not None:
         check_log_rhos("log_rhos", log_rhos)
     if target_probs_taken is not None:
-        check_probabilities("target_probs_taken", target_probs_taken)
+        check_unit_entries("target_probs_taken", target_probs_taken)
     return _gamma_lam(gamma, lam, rewards)
 
 

@@ -2,6 +2,10 @@
 
 Every helper takes the argument's *name* and raises ``ValueError`` (or ``TypeError``)
 with a message that starts with that name, so a caller always learns which argument was bad.
+These check the tabular objects (MDPs, policies: numpy); the estimators' array arguments (numpy
+or torch) are ``estimators._validate``'s, and no name is defined in both modules, so one name has
+one meaning (``check_distribution``: rows sum to one; ``_validate.check_unit_entries``: every
+entry in [0, 1]).
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ def as_float_array(x, name: str, *, ndim: int | None = None, shape=None) -> np.n
     return arr
 
 
-def check_probabilities(arr: np.ndarray, name: str, *, atol: float = PROB_ATOL) -> None:
+def check_distribution(arr: np.ndarray, name: str, *, atol: float = PROB_ATOL) -> None:
     """Raise unless ``arr`` is non-negative and sums to one along its last axis."""
     if np.any(arr < 0):
         idx = tuple(int(i) for i in np.argwhere(arr < 0)[0])
@@ -89,7 +93,7 @@ def check_int(x, name: str, *, low: int | None = None, high: int | None = None) 
 def check_policy(policy, name: str, num_states: int, num_actions: int) -> np.ndarray:
     """A policy ``[S, A]``: finite, non-negative, rows summing to one. Returns float64."""
     arr = as_float_array(policy, name, shape=(num_states, num_actions))
-    check_probabilities(arr, name)
+    check_distribution(arr, name)
     return arr
 
 

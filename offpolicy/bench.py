@@ -27,7 +27,10 @@ per-step lambda cut at episode ends, ``jax.vmap`` over streams under ``jax.jit``
 
 Writes ``bench.csv`` and ``bench.md`` under ``--out`` (default ``offpolicy-out/bench/``,
 git-ignored; the committed tables change only with ``--out reports/bench``). Exit codes: 0 done,
-2 bad arguments or an unwritable ``--out`` (one line, checked before anything is timed).
+1 a cell failed (one line; the rows measured before it are written, marked partial), 2 bad
+arguments, an unwritable ``--out`` or a size whose estimated memory (``BYTES_PER_ELEMENT`` per
+element) exceeds what is available (one line, checked before anything is timed), 130
+interrupted by Ctrl-C or SIGTERM (one line; the rows measured so far are written).
 
 The committed tables are one run, with the peers, on a quiet machine, from the repository root,
 in the peers' environment (``/work/peers-venv`` here: torchrl 0.14.1, rlax 0.1.9 with jax, and
@@ -39,10 +42,12 @@ this repository installed editable; elsewhere ``pip install -e .[test] torchrl r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import importlib
 import os
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -239,8 +244,11 @@ def _median_ms(fn, repeats, budget_s=3.0):
     return statistics.median(times), min(times), len(times)
 
 
-def run(sizes, estimators, backends, repeats, log=print):
-    rows = []
+def run(sizes, estimators, backends, repeats, log=print, rows=None):
+    """The rows of every (size, estimator, backend) cell, appended to ``rows`` (a new list by
+    default) as each cell is measured: when a later size fails, the caller still holds the
+    cells measured before it."""
+    rows = [] if rows is None else rows
     for B, T in sizes:
         d = make_inputs(B, T)
         for name in estimators:
@@ -310,7 +318,10 @@ def write(rows, out, meta):
         w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
-    lines = ["# Estimator benchmark", "", f"Command: `{meta['command']}`", "",
+    note = meta.get("status") or ""
+    status = [f"**{note[:1].upper() + note[1:]}**: the rows below are what was measured.", ""] \
+        if note else []
+    lines = ["# Estimator benchmark", "", f"Command: `{meta['command']}`", "", *status,
              f"Machine: {meta['machine']}; Python {meta['python']}; numpy {meta['numpy']}; "
              f"{meta['versions']}.", "",
              "Times are medians in ms (float32 inputs). `vs numpy`: speed-up over the numpy "
@@ -359,6 +370,59 @@ def _versions():
     return ", ".join(out) or "no optional libraries"
 
 
+# bytes of memory one element (one step of one stream) of a size may take at the peak: the
+# float32 inputs (8 [T, B] arrays, 2 bool flags, P3O's two [T, B, H] predictions: ~98 bytes),
+# numpy's float64 temporaries while making them, the reference's float64 copies (P3O's [T, B, H]
+# weights dominate, ~260 bytes), and the outputs and peer copies of the fastest backends
+BYTES_PER_ELEMENT = 512
+
+
+def available_memory():
+    """Bytes of memory this process may still use (MemAvailable, capped by a cgroup v2 limit),
+    or None when the platform does not say."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        pass
+    if avail is None:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.current") as f:
+            used = int(f.read().strip())
+        if limit != "max":
+            avail = min(avail, int(limit) - used)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+def memory_problem(sizes, available):
+    """One line naming the first size whose estimated peak memory exceeds ``available`` bytes
+    (``BYTES_PER_ELEMENT`` per element), or None (also when ``available`` is unknown)."""
+    if available is None:
+        return None
+    for B, T in sizes:
+        need = B * T * BYTES_PER_ELEMENT
+        if need > available:
+            return (f"--sizes: {B}x{T} needs about {_gib(need)} of memory "
+                    f"({BYTES_PER_ELEMENT} bytes per element), {_gib(available)} available")
+    return None
+
+
+def _gib(nbytes):
+    return f"{nbytes / 2**30:.3g} GiB"
+
+
 def parse_sizes(text):
     sizes = []
     for part in text.split(","):
@@ -376,7 +440,7 @@ def parse_sizes(text):
 def main(argv=None):
     from offpolicy._cli import OneLineParser, UsageError, parse_names, usage_error, writable_dir
 
-    p = OneLineParser(prog="python -m offpolicy.bench", description=__doc__.split("\n")[0])
+    p = OneLineParser(prog=PROG, description=__doc__.split("\n")[0])
     p.add_argument("--sizes", type=parse_sizes, default=None,
                    help="comma-separated BxT list (default: "
                    + ",".join(f"{b}x{t}" for b, t in DEFAULT_SIZES) + ")")
@@ -401,18 +465,72 @@ def main(argv=None):
         p.error(f"--repeats: must be >= 1, got {a.repeats}")
     if not estimators or not backends:
         p.error("--estimators/--backends: empty")
-    problem = writable_dir(a.out)
+    problem = memory_problem(sizes, available_memory()) or writable_dir(a.out)
     if problem:  # before the benchmark runs, not after
-        raise SystemExit(usage_error("python -m offpolicy.bench", problem))
-    rows = run(sizes, estimators, backends, repeats)
-    meta = dict(command="python -m offpolicy.bench " + " ".join(argv if argv is not None
-                                                               else sys.argv[1:]),
-                machine=f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor()})",
-                python=platform.python_version(), numpy=np.__version__, versions=_versions())
-    write(rows, a.out, meta)
+        raise SystemExit(usage_error(PROG, problem))
+    rows: list = []
+    command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
+    try:
+        with _interrupt_on_sigterm():
+            run(sizes, estimators, backends, repeats, rows=rows)
+    except KeyboardInterrupt:
+        # one line, no traceback; the cells measured so far are kept
+        _write_partial(rows, a.out, command, "interrupted")
+        print(f"\n{PROG}: interrupted; {_kept(rows, a.out)}", file=sys.stderr)
+        raise SystemExit(130) from None
+    except Exception as e:  # noqa: BLE001 - any failure: one line, and what was measured
+        what = f"{type(e).__name__}: {e}".strip().splitlines()[0]
+        _write_partial(rows, a.out, command, f"failed ({what})")
+        print(f"{PROG}: error: {what}; {_kept(rows, a.out)}", file=sys.stderr)
+        raise SystemExit(1) from None
+    write(rows, a.out, _meta(command))
     print(f"wrote {os.path.join(a.out, 'bench.csv')} and bench.md")
     return rows
 
 
+PROG = "python -m offpolicy.bench"
+
+
+def _meta(command, status=None):
+    meta = dict(command=command,
+                machine=f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor()})",
+                python=platform.python_version(), numpy=np.__version__, versions=_versions())
+    if status:
+        meta["status"] = status
+    return meta
+
+
+def _write_partial(rows, out, command, status):
+    if rows:
+        write(rows, out, _meta(command, f"partial run, {status}"))
+
+
+def _kept(rows, out):
+    if not rows:
+        return "nothing was measured, nothing written"
+    return f"the {len(rows)} rows measured so far are in {os.path.join(out, 'bench.csv')}"
+
+
+@contextlib.contextmanager
+def _interrupt_on_sigterm():
+    """``kill`` stops the benchmark as Ctrl-C does (one line, exit 130, measured rows kept)."""
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: leave SIGTERM alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:  # during the imports, before the benchmark's own handler
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._checks import PROB_ATOL, as_float_array, check_int, check_probabilities, check_scalar
+from ._checks import PROB_ATOL, as_float_array, check_distribution, check_int, check_scalar
 
 __all__ = [
     "TabularMDP",
@@ -119,7 +119,7 @@ class TabularMDP:
             raise ValueError(f"P: expected shape (S, A, S), got {P.shape}")
         if S < 1 or A < 1:
             raise ValueError(f"P: needs at least one state and one action, got shape {P.shape}")
-        check_probabilities(P, "P")
+        check_distribution(P, "P")
 
         R = as_float_array(R, "R")
         if R.shape == (S, A):
@@ -168,7 +168,7 @@ class TabularMDP:
             init = (~term).astype(np.float64) / float((~term).sum())
         else:
             init = as_float_array(initial, "initial", shape=(S,))
-            check_probabilities(init, "initial")
+            check_distribution(init, "initial")
             if np.any(init[term] > 0):
                 raise ValueError("initial: puts mass on a terminal state")
 

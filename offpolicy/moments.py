@@ -126,35 +126,17 @@ class MDPArrays:
         return np.einsum("ijk,ijk->ij", self.P, self.R)
 
 
-def _first_attr(obj, names):
-    for name in names:
-        value = getattr(obj, name, None)
-        if value is not None:
-            return value
-    return None
-
-
 def mdp_arrays(mdp: TabularMDP | MDPArrays) -> MDPArrays:
-    """Read P, R, reward noise, terminal states and gamma from an ``offpolicy.mdp`` MDP."""
-    P = np.asarray(mdp.P, dtype=np.float64)
-    S, A, _ = P.shape
-    R = np.asarray(_first_attr(mdp, ("R_sas", "R")), dtype=np.float64)
-    if R.shape == (S, A):
-        R = np.broadcast_to(R[:, :, None], (S, A, S))
-    std = getattr(mdp, "reward_std", None)
-    std = np.zeros((S, A)) if std is None else np.asarray(std, dtype=np.float64)
-    if std.ndim == 0:
-        std = np.full((S, A), float(std))
-    if std.shape == (S, A):
-        std = np.broadcast_to(std[:, :, None], (S, A, S))
-    terminal = getattr(mdp, "terminal", None)
-    terminal = np.zeros(S, bool) if terminal is None else np.asarray(terminal)
-    if terminal.dtype != bool:  # a list of terminal state indices
-        mask = np.zeros(S, bool)
-        mask[terminal.astype(int)] = True
-        terminal = mask
-    return MDPArrays(P, np.asarray(R, float), np.asarray(std, float) ** 2, terminal,
-                     float(mdp.gamma))
+    """P, the reward per transition and its variance, terminal states and gamma of a
+    :class:`~offpolicy.mdp.TabularMDP` (one attribute per quantity; an ``MDPArrays`` is
+    returned as is)."""
+    if isinstance(mdp, MDPArrays):
+        return mdp
+    if not isinstance(mdp, TabularMDP):
+        raise TypeError(f"mdp: expected an offpolicy.mdp.TabularMDP, got {type(mdp).__name__}")
+    S, A = mdp.shape
+    var = np.broadcast_to((mdp.reward_std ** 2)[:, :, None], (S, A, S))
+    return MDPArrays(mdp.P, mdp.R_sas, var, mdp.terminal, mdp.gamma)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +171,7 @@ def _vtrace_policy(behaviour: np.ndarray, target: np.ndarray, rho_clip: float) -
 def p3o_exact_means(mdp: TabularMDP | MDPArrays, policy: np.ndarray, p3o_horizon: int,
                     gamma: float | None = None) -> np.ndarray:
     """means [S,H]: E[r_k | s_0 = s] under ``policy``, zero after a termination."""
-    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    m = mdp_arrays(mdp)
     Pn = m.P * (~m.terminal)[None, None, :]
     out = np.zeros((m.S, p3o_horizon))
     dist = np.eye(m.S)  # row s0: distribution over s_k (alive mass only)
@@ -460,7 +442,7 @@ def exact_moments(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: np.
     parameters (lam, rho_clip, c_clip, pg_rho_clip, n, p3o_horizon, weights [H] or [S,H],
     means [S,H], next_q, gamma).
     """
-    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    m = mdp_arrays(mdp)
     base, output = _resolve(estimator, output)
     spec = _SPECS[base]
     behaviour = np.asarray(behaviour, float)
@@ -547,7 +529,7 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
     """
     if which not in ("fixed_point", "target"):
         raise ValueError(f"which: 'fixed_point' or 'target', got {which!r}")
-    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    m = mdp_arrays(mdp)
     base, output = _resolve(estimator, output)
     mu = np.asarray(behaviour, float)
     pi = np.asarray(target, float)
@@ -607,7 +589,7 @@ def enumerate_segments(mdp: TabularMDP | MDPArrays, behaviour: np.ndarray, horiz
     trajectory branches into "truncated after it" and "not", independently of the transition,
     so a step may carry both flags (a termination that also hit the time limit).
     """
-    m = mdp if isinstance(mdp, MDPArrays) else mdp_arrays(mdp)
+    m = mdp_arrays(mdp)
     mu = np.asarray(behaviour, float)
     cut_probs = _cut_probs(truncation_prob, time_limit, horizon)
     noisy = m.R_var > 0

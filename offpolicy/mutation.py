@@ -766,4 +766,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from offpolicy._cli import run_main
+
+    run_main(main, PROG)

@@ -208,9 +208,16 @@ class Pool:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self.executor == "process" and self._pool is not None:
+            manager = getattr(self._pool, "_executor_manager_thread", None)
             if exc_type is not None:
                 self._kill_process_workers()
             self._pool.shutdown(wait=exc_type is None, cancel_futures=True)
+            if manager is not None and exc_type is not None:
+                # The pool's manager thread closes its wake-up pipe once it sees the killed
+                # workers; the interpreter's exit hook writes to that pipe without a lock, so
+                # an exit while it closes printed "Exception ignored ... OSError: Bad file
+                # descriptor" (issue 21). Let it finish first.
+                manager.join(timeout=10)
             self._pool = None
         elif self.executor == "ray":
             self._ray_stop(abort=exc_type is not None)

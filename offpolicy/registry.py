@@ -22,7 +22,14 @@ for an estimator of docs/DESIGN.md section 2 (the functions of ``estimators.nump
   (``puff_advantage`` is an output of ``vtrace``'s; None: no exact moments, the general
   ``q_trace`` takes arbitrary traces);
 - ``default_output``: the output meant when only the estimator is named (V-trace and
-  per-decision IS: the value target).
+  per-decision IS: the value target);
+- ``theorems``: the ``proofs/`` theorems about it (``"T03"`` is ``proofs/T03_*.md``);
+- ``exact``: its exact counterparts (the quantity it estimates, its operator, fixed point,
+  modulus, bias or variance in closed form), as ``exact.NAME`` (:mod:`offpolicy.exact`) or
+  ``moments.NAME`` (:mod:`offpolicy.moments`); with ``moments_name``, its passport to the
+  ground truth;
+- ``docs_page``: its page of the documentation site (``docs/estimators/<name>.md``), whose
+  header ``docs/hooks.py`` writes from this entry.
 
 :data:`OUTPUT_ALIASES` names single outputs (``td_lambda`` is GAE's ``returns``).
 :func:`lookup` and :func:`resolve` accept a contract name, an alias or an output alias, and
@@ -75,7 +82,8 @@ class EstimatorInfo:
     moments_name: str | None
     default_output: str
     aliases: tuple[str, ...] = ()
-    label: str = ""
+    theorems: tuple[str, ...] = ()
+    exact: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -87,6 +95,11 @@ class EstimatorInfo:
     def takes_ratios(self) -> bool:
         """Whether it reads ``log_rhos`` (an off-policy correction by importance ratios)."""
         return "log_rhos" in self.inputs
+
+    @property
+    def docs_page(self) -> str:
+        """Its documentation page, relative to the repository root."""
+        return f"docs/estimators/{self.name}.md"
 
     @property
     def all_names(self) -> tuple[str, ...]:
@@ -112,48 +125,76 @@ class EstimatorInfo:
 
 
 def _info(name, kind, inputs, outputs, params, quantities, moments_name, default_output=None,
-          aliases=(), label=""):
+          aliases=(), theorems=(), exact=()):
     return EstimatorInfo(name, kind, tuple(inputs), tuple(outputs), tuple(params),
                          types.MappingProxyType(dict(zip(outputs, quantities, strict=True))),
-                         moments_name, default_output or outputs[0], tuple(aliases), label)
+                         moments_name, default_output or outputs[0], tuple(aliases),
+                         tuple(theorems), tuple(exact))
 
 
 _S, _A = STATE_INPUTS, ACTION_INPUTS
 _Q_PARAMS = ("gamma", "lam")
+# every estimator: T02 (splitting at dones), T12 (backends agree); with exact moments, T14
+_ALL, _MOM = ("T02", "T12"), ("T14",)
+
+
+def _exact(*names: str) -> tuple[str, ...]:
+    return tuple(f"exact.{n}" for n in names)
+
+
+_VTRACE_EXACT = _exact("vtrace_operator", "vtrace_fixed_point", "vtrace_policy",
+                       "vtrace_linear_part", "vtrace_modulus", "vtrace_modulus_bound",
+                       "vtrace_truncation_mass", "vtrace_bias_bound")
+# the Q-trace operator with traces c (Retrace's, Tree-backup's, IS's: T06, T07, T19)
+_Q_TRACE_EXACT = _exact("q_pi", "retrace_operator", "retrace_linear_part", "retrace_modulus",
+                        "retrace_eta")
 
 #: every contract estimator, in the order of ``estimators.numpy.__all__``
 ESTIMATORS: Mapping[str, EstimatorInfo] = types.MappingProxyType({
     e.name: e for e in (
         _info("gae", "state", _S, ("advantages", "returns"), ("gamma", "lam"),
-              ("advantage", "value"), "gae", label="GAE(gamma, lam) and TD(lam) returns"),
+              ("advantage", "value"), "gae",
+              theorems=("T01", *_ALL, "T03", *_MOM, "T15", "T16"),
+              exact=_exact("a_pi", "v_pi", "lambda_operator", "lambda_modulus", "gae_bias",
+                           "gae_variance_on_policy")),
         _info("vtrace", "state", _S + ("log_rhos",),
               ("advantages", "value_targets", "pg_advantages"),
               ("gamma", "lam", "rho_clip", "c_clip", "pg_rho_clip"),
               ("advantage", "value", "pg_advantage"), "vtrace", "value_targets",
-              label="V-trace (IMPALA)"),
+              theorems=(*_ALL, "T04", "T05", "T09", "T13", *_MOM, "T17", "T20", "T21"),
+              exact=(*_VTRACE_EXACT, *_exact("vtrace_pg_fixed_point"))),
         _info("puff_advantage", "state", _S + ("log_rhos",), ("advantages",),
               ("gamma", "lam", "rho_clip", "c_clip"), ("advantage",), "vtrace",
-              aliases=("puff",), label="V-trace advantage v_s - V(s) (PufferLib)"),
+              aliases=("puff",),
+              theorems=(*_ALL, "T04", "T05", "T09", *_MOM, "T17", "T20"), exact=_VTRACE_EXACT),
         _info("per_decision_is", "state", _S + ("log_rhos",), ("advantages", "value_targets"),
               ("gamma", "lam"), ("advantage", "value"), "per_decision_is", "value_targets",
-              aliases=("pdis",), label="per-decision IS with control variate"),
+              aliases=("pdis",), theorems=(*_ALL, "T08", "T13", *_MOM),
+              exact=_exact("v_pi", "a_pi")),
         _info("nstep_returns", "state", ("rewards", "next_values", "terminated", "truncated"),
               ("returns",), ("gamma", "n"), ("value",), "nstep", aliases=("nstep",),
-              label="uncorrected n-step return"),
+              theorems=(*_ALL, "T10", *_MOM, "T16"), exact=_exact("v_pi", "bellman_v")),
         _info("q_trace", "action", _A + ("traces",), ("targets",), _Q_PARAMS, ("target",),
-              None, aliases=("qtrace",), label="general Q-trace, given c_t"),
+              None, aliases=("qtrace",), theorems=(*_ALL, "T06", "T07"), exact=_Q_TRACE_EXACT),
         _info("retrace", "action", _A + ("log_rhos",), ("targets",), _Q_PARAMS, ("target",),
-              "retrace", label="Retrace(lam), c = min(1, rho)"),
+              "retrace", theorems=(*_ALL, "T06", "T07", *_MOM, "T19", "T22"),
+              exact=(*_Q_TRACE_EXACT, *_exact("retrace_traces", "optimal_q"))),
         _info("tree_backup", "action", _A + ("target_probs_taken",), ("targets",), _Q_PARAMS,
-              ("target",), "tree_backup", label="Tree-backup(lam), c = pi"),
+              ("target",), "tree_backup", theorems=(*_ALL, "T06", "T07", *_MOM, "T19"),
+              exact=(*_Q_TRACE_EXACT, *_exact("tree_backup_traces"))),
         _info("q_lambda", "action", _A, ("targets",), _Q_PARAMS, ("target",), "q_lambda",
-              label="Q^pi(lam), c = 1"),
+              theorems=(*_ALL, "T06", "T07", *_MOM, "T18"),
+              exact=(*_Q_TRACE_EXACT, *_exact("q_lambda_traces", "q_lambda_threshold",
+                                             "spectral_radius"))),
         _info("importance_sampling_q", "action", _A + ("log_rhos",), ("targets",), _Q_PARAMS,
-              ("target",), "importance_sampling_q", label="per-decision IS for Q, c = rho"),
+              ("target",), "importance_sampling_q",
+              theorems=(*_ALL, "T06", "T07", *_MOM, "T19"),
+              exact=(*_Q_TRACE_EXACT, *_exact("is_traces"))),
         _info("p3o_advantage", "reward",
               ("rewards", "reward_mean", "reward_std", "terminated", "truncated"),
               ("advantages",), ("batch_reward_std", "normalize"), ("advantage",), "p3o",
-              aliases=("p3o",), label="P3O variance-weighted advantage"),
+              aliases=("p3o",), theorems=(*_ALL, "T11", *_MOM),
+              exact=("moments.p3o_exact_means",)),
     )
 })
 

@@ -27,7 +27,7 @@ import time
 
 import numpy as np
 
-from ._checks import as_float_array, check_int, check_policy, check_probabilities
+from ._checks import as_float_array, check_distribution, check_int, check_policy
 from .mdp import TabularMDP
 
 __all__ = ["VecEnv", "StepResult", "Batch", "Segments", "sample", "sample_segments", "throughput"]
@@ -118,7 +118,7 @@ class VecEnv:
             init = mdp.initial
         else:
             init = as_float_array(initial, "initial", shape=(mdp.num_states,))
-            check_probabilities(init, "initial")
+            check_distribution(init, "initial")
             if np.any(init[mdp.terminal] > 0):
                 raise ValueError("initial: puts mass on a terminal state")
         self.rng = _rng(seed, rng)

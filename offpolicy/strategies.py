@@ -226,17 +226,10 @@ def _trajectory_batches(draw: st.DrawFn, *, min_T: int = 1, max_T: int = 8, max_
     return out
 
 
-#: every (estimator, output) of offpolicy.moments, with the parameters it reads
-ESTIMATOR_OUTPUTS = (
-    ("gae", "advantage"), ("gae", "value"),
-    ("vtrace", "value"), ("vtrace", "advantage"), ("vtrace", "pg_advantage"),
-    ("puff_advantage", "advantage"),
-    ("per_decision_is", "value"), ("per_decision_is", "advantage"),
-    ("nstep", "value"),
-    ("retrace", "target"), ("tree_backup", "target"), ("q_lambda", "target"),
-    ("importance_sampling_q", "target"),
-    ("p3o", "advantage"),
-)
+#: every (estimator, output quantity) with exact moments (:mod:`offpolicy.moments`), in registry
+#: order: contract names and the quantities :func:`offpolicy.moments.exact_moments` takes
+ESTIMATOR_OUTPUTS = tuple((e.name, e.quantities[out]) for e in _registry.ESTIMATORS.values()
+                          if e.moments_name is not None for out in e.outputs)
 
 
 @st.composite
@@ -427,7 +420,8 @@ def estimator_configs(estimators: Collection[str] | None = None, p3o_states: int
     ``estimators`` / ``outputs``: restrict the draw to these estimator / output names (e.g.
     ``estimators=("vtrace",), outputs=("pg_advantage",)`` for one entry of
     :data:`ESTIMATOR_OUTPUTS`, to give it a test's whole example budget). Estimator names
-    are :mod:`offpolicy.registry`'s (``"nstep_returns"`` selects the ``"nstep"`` entries)."""
+    are :mod:`offpolicy.registry`'s (an alias selects its estimator: ``"nstep"``,
+    ``"nstep_returns"``)."""
     wanted = _names(estimators, "estimators")
     outs = _names(outputs, "outputs")
     p3o_states = _int(p3o_states, "p3o_states", 1)

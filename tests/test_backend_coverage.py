@@ -26,7 +26,7 @@ import estimators.torch as E
 from estimators import layout
 
 X = pytest.importorskip("estimators.taichi")
-K = None  # estimators._taichi_kernels, imported once Taichi runs
+K = None  # estimators.taichi._kernels, imported once Taichi runs
 
 T0, B0, H = 7, 8, 3
 SIG = {
@@ -192,10 +192,10 @@ def test_integer_inputs_and_flag_encodings(backend):
 
 def _kernel_names():
     global K
-    from estimators import _taichi_kernels
-    K = _taichi_kernels
+    from estimators.taichi import _kernels
+    K = _kernels
     names = {}
-    for built in K._cache.values():
+    for built in K.CACHE.values():
         if isinstance(built, dict):
             names.update({id(kernel): form for form, kernel in built.items()})
     return names

@@ -36,6 +36,9 @@ NOT_RUN = {
     ("README.md", "report = conform.check(my_gae.gae"):
         "covered by tests/test_conform.py::test_the_readme_conformance_example_prints_what_it_says "
         "(it writes my_gae.py from the README first)",
+    ("docs/getting-started.md", "from my_gae import my_gae"):
+        "a test file importing the page's loop from my_gae.py; .ci/bare_wheel runs the fixture "
+        "on a numpy GAE the same way, from a fresh environment",
     ("docs/conformance.md", 'report = conform.check(fn, "vtrace", layout="rlax"'):
         "an API sketch: `fn` is the reader's function and `...` stands for its parameters",
 }

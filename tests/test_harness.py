@@ -26,6 +26,22 @@ def _strip_timing(curve):
 # ---- environments -----------------------------------------------------------------------
 
 
+def test_tabular_env_reads_the_mdps_own_attributes():
+    """One attribute per quantity (offpolicy.mdp.TabularMDP): a start distribution that is not
+    state 0, terminal states and reward noise come through as given; anything else is refused
+    with the argument's name instead of being guessed at."""
+    base = M.chain(4, slip=0.0)
+    noise = np.array([[0.5, 0.5], [0.5, 0.5], [0.5, 0.5], [0.0, 0.0]])  # none once terminal
+    m = base.replace(initial=[0.0, 0.25, 0.75, 0.0], reward_std=noise)
+    env = TabularVecEnv(m, num_envs=2, seed=0)
+    np.testing.assert_array_equal(env.init, [0.0, 0.25, 0.75, 0.0])
+    np.testing.assert_array_equal(env.terminal, [False, False, False, True])
+    np.testing.assert_array_equal(env.reward_std, noise)
+    assert TabularVecEnv(base, num_envs=2).reward_std is None  # noiseless: no draw at all
+    with pytest.raises(TypeError, match="^mdp: expected an offpolicy.mdp.TabularMDP"):
+        TabularVecEnv(object(), num_envs=2)
+
+
 def test_tabular_env_separates_termination_and_truncation():
     env = TabularVecEnv(M.chain(4, slip=0.0), num_envs=3, max_steps=5, seed=0)
     obs = env.reset(seed=0)

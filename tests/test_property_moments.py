@@ -46,7 +46,7 @@ def enumerated(m, mu, pi, values, q, h, est, out, params, s, a=None, cuts=None,
 
 def _exact(m, mu, pi, values, q, h, est, out, params, cuts=None):
     kw = dict(params, **(cuts or {}))
-    if est == "p3o":
+    if registry.lookup(est).kind == "reward":  # P3O: weights and means per start state
         kw["p3o_horizon"] = len(params["weights"])
         kw["means"] = params["means"][: m.shape[0]]
     return moments.exact_moments(m, est, behaviour=mu, target=pi, horizon=h, values=values,

@@ -278,7 +278,7 @@ def test_estimator_configs_accept_registry_names():
     """A contract name or alias selects the entries of the estimator it names."""
     for name in ("nstep_returns", "nstep"):
         examples = draws(strategies.estimator_configs(estimators=(name,)), n=5)
-        assert {(e, o) for e, o, _ in examples} == {("nstep", "value")}
+        assert {(e, o) for e, o, _ in examples} == {("nstep_returns", "value")}
         assert all(p["n"] >= 1 for _, _, p in examples)
 
 

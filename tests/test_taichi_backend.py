@@ -27,6 +27,7 @@ from estimators import numpy as ref
 
 X = pytest.importorskip("estimators.taichi")
 pytest.importorskip("taichi")
+from estimators.taichi import _runtime  # noqa: E402 (after the import checks)
 
 FORMS = ("vec4", "rows", "naive", "chunked")
 # (form, threads): None picks by size (the automatic choice, and the lean path for numpy
@@ -306,7 +307,7 @@ def test_bad_arch_name_is_rejected(monkeypatch):
     monkeypatch.setenv(X.ENV_ARCH, "tpu")
     monkeypatch.setitem(X._state, "requested", None)
     with pytest.raises(ValueError, match="OFFPOLICY_TAICHI_ARCH"):
-        X._requested_arch()
+        _runtime.requested_arch()
     with pytest.raises(ValueError, match="arch"):
         X.configure(arch="tpu")
 
@@ -397,7 +398,7 @@ def test_lean_path_is_taken_and_matches_the_general_path():
         r, v, nv, te, tr, lr = _big(dtype, T=16, B=64, seed=4)
         tensors = [torch.from_numpy(x) for x in (r, v, nv, te, tr, lr)]
         X.vtrace(r, v, nv, te, tr, lr, gamma=0.9, lam=0.9)  # compiles, caches the launcher
-        K = X._kernels()
+        K = _runtime.kernels()
         clips = {"rho_clip": 1.0, "c_clip": 1.0, "pg_rho_clip": 1.0}
         assert X._fast_state(K.VTRACE, K, r, v, nv, te, tr, lr, 0.9, 0.9, clips) is not None
         assert X._fast_state(K.VTRACE, K, *tensors, 0.9, 0.9, clips) is not None

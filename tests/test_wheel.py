@@ -107,3 +107,69 @@ def test_the_annotation_check_can_fail():
         return x
 
     assert _unannotated(f) == ["x", "return"]
+
+
+# --- the bare install's footprint -------------------------------------------------------------
+
+# the extras' packages: none may be imported by the bare install's modules
+_EXTRAS_ONLY = ("torch", "taichi", "pandas", "matplotlib", "tqdm", "gymnasium", "scipy", "ray")
+
+
+def _imported_after(code: str) -> set[str]:
+    """Top-level modules a fresh interpreter has imported after running ``code``."""
+    probe = f"{code}\nimport sys\nprint(' '.join(sorted({{m.split('.')[0] for m in sys.modules}})))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    return set(out.split())
+
+
+def test_the_bare_modules_import_no_extra():
+    """The conformance runner, the reference, the exact ground truth and the strategies are the
+    bare install (numpy, hypothesis): importing them imports no extra's package."""
+    code = ("import offpolicy.conform, offpolicy.exact, offpolicy.moments, offpolicy.strategies, "
+            "offpolicy.registry, offpolicy.mdp, offpolicy.policies, estimators.numpy")
+    assert not _imported_after(code) & set(_EXTRAS_ONLY)
+
+
+def test_the_pytest_plugin_imports_nothing_until_the_fixture_is_used():
+    """pytest imports the plugin at every start wherever offpolicy is installed: it must not
+    import the runner (hypothesis, numpy); ``offpolicy`` itself holds only the version."""
+    imported = _imported_after("import pytest\nimport offpolicy._pytest_plugin")
+    assert not imported & {"hypothesis", "numpy", *_EXTRAS_ONLY}, imported
+    baseline = _imported_after("import pytest")
+    assert imported - baseline == {"offpolicy"}
+
+
+def test_the_pytest_entry_point_names_the_light_plugin():
+    text = (ROOT / "pyproject.toml").read_text()
+    match = re.search(r'^\[project\.entry-points\.pytest11\]\n[\w-]+ = "([\w.]+)"', text, re.M)
+    assert match and match.group(1) == "offpolicy._pytest_plugin"
+
+
+def test_a_missing_extra_is_one_line_naming_it(tmp_path):
+    """Imported from code: ``MissingExtra`` (a ``ModuleNotFoundError``) naming the extra. Under
+    ``python -m``: that line on stderr, exit 2, no traceback."""
+    import pytest
+
+    from offpolicy._extras import MissingExtra, require
+
+    require("x", "report", "numpy")  # present: nothing happens
+    with pytest.raises(MissingExtra) as info:
+        require("offpolicy.report", "report", "numpy", "no_such_module_offpolicy_test")
+    assert str(info.value) == ('offpolicy.report needs the [report] extra: pip install '
+                               '"offpolicy[report]" (not installed: no_such_module_offpolicy_test)')
+    assert isinstance(info.value, ModuleNotFoundError)
+
+    package = tmp_path / "needs_extra"
+    package.mkdir()
+    (package / "__init__.py").write_text(
+        "from offpolicy._extras import require\n"
+        "require('needs_extra', 'harness', 'no_such_module_offpolicy_test')\n")
+    (package / "__main__.py").write_text("print('ran')\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(ROOT)])}
+    child = subprocess.run([sys.executable, "-m", "needs_extra"], cwd=tmp_path, env=env,
+                           capture_output=True, text=True)
+    assert child.returncode == 2
+    assert child.stdout == ""
+    assert child.stderr == ('error: needs_extra needs the [harness] extra: pip install '
+                            '"offpolicy[harness]" (not installed: no_such_module_offpolicy_test)\n')

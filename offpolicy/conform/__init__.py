@@ -20,11 +20,14 @@ from .layouts import (
     ConformUsageError,
     Contract,
     DoneNext,
+    Fold,
+    LayoutProtocol,
     OutputPick,
     PufferRows,
     QTables,
     Rlax,
     SingleEpisodeRows,
+    StoredValues,
     TorchRL,
 )
 from .registry import ESTIMATORS
@@ -34,5 +37,6 @@ from .runner import assert_conforms, check
 __all__ = [
     "check", "assert_conforms", "Report", "CaseResult", "Counterexample", "ConformUsageError",
     "FAMILIES", "ESTIMATORS", "LAYOUTS", "Contract", "DoneNext", "Rlax", "TorchRL",
-    "PufferRows", "SingleEpisodeRows", "QTables", "OutputPick",
+    "PufferRows", "SingleEpisodeRows", "QTables", "OutputPick", "StoredValues", "Fold",
+    "LayoutProtocol",
 ]

@@ -18,7 +18,7 @@ from offpolicy._cli import RaisingParser, writable_dir, writable_file
 from offpolicy._cli import UsageError as _Usage
 
 from .cases import FAMILIES  # noqa: F401  (imported for --help completeness)
-from .layouts import LAYOUTS, TRUNCATION_FOLDS, ConformUsageError
+from .layouts import FOLD_ADDS, FOLD_NAMES, FOLD_STEPS, LAYOUTS, ConformUsageError
 from .registry import ESTIMATORS
 
 _ESTIMATOR_NAMES = sorted(ESTIMATORS) + sorted(a for a, n in _registry.ALIASES.items()
@@ -34,8 +34,24 @@ def _parser() -> argparse.ArgumentParser:
                    "offpolicy.registry: puff, pdis, nstep)")
     p.add_argument("--layout", default="contract", choices=sorted(LAYOUTS), metavar="L",
                    help=f"the function's layout: {', '.join(LAYOUTS)}")
-    p.add_argument("--truncation-fold", choices=[f for f in TRUNCATION_FOLDS if f],
-                   help="done_next/puffer_rows: what the rollout loop does with truncations")
+    p.add_argument("--truncation-fold", choices=sorted(FOLD_NAMES), metavar="NAME",
+                   help="done_next/puffer_rows/stored_values: a named fold of time-outs: "
+                        f"{', '.join(FOLD_NAMES)}")
+    p.add_argument("--fold", choices=FOLD_ADDS, metavar="ADD",
+                   help="what the rollout adds on a time-out step: " + ", ".join(FOLD_ADDS))
+    p.add_argument("--fold-on", choices=FOLD_STEPS, metavar="STEPS",
+                   help="on which steps the fold acts: " + ", ".join(FOLD_STEPS))
+    p.add_argument("--fold-not-done", action="store_true",
+                   help="the rollout does not store a time-out as done")
+    p.add_argument("--flags", choices=("terminated_timeouts", "dones", "masks",
+                                       "episode_starts", "indices"), metavar="FORM",
+                   help="stored_values: how terminations and time-outs are passed")
+    p.add_argument("--calls", choices=("segment", "stream", "trajectory"), metavar="CALLS",
+                   help="stored_values: one call per segment, per column or per trajectory")
+    p.add_argument("--bootstrap", choices=("last_values", "values_plus_one"), metavar="FORM",
+                   help="stored_values: last_values [B] or values with T+1 rows")
+    p.add_argument("--next-values", action="store_true",
+                   help="stored_values: also pass per-step next_values (V of the next obs)")
     p.add_argument("--values-form", choices=("auto", "v_t", "values"),
                    help="rlax: v_tm1/v_t arrays or one values[T+1] array")
     p.add_argument("--output", help="which contract output is checked (default: the first)")
@@ -95,17 +111,42 @@ def _writable_file(path: str) -> Path:
     return Path(path)
 
 
+def _fold(args):
+    if args.truncation_fold and (args.fold or args.fold_on or args.fold_not_done):
+        raise _Usage("--fold: give either --truncation-fold NAME or --fold/--fold-on/"
+                     "--fold-not-done")
+    if args.truncation_fold:
+        return args.truncation_fold
+    if args.fold_on or args.fold_not_done:
+        if not args.fold:
+            raise _Usage("--fold: required with --fold-on or --fold-not-done")
+    if not args.fold:
+        return None
+    from .layouts import Fold
+
+    return Fold(args.fold, args.fold_on or "timeout_not_terminated", not args.fold_not_done)
+
+
 def _layout(args):
     from . import layouts
 
-    if args.truncation_fold and args.layout not in ("done_next", "puffer_rows"):
-        raise _Usage("--truncation-fold: only for --layout done_next or puffer_rows")
+    fold = _fold(args)
+    if fold is not None and args.layout not in ("done_next", "puffer_rows", "stored_values"):
+        raise _Usage("--fold: only for --layout stored_values, done_next or puffer_rows")
+    stored = dict(flags=args.flags, calls=args.calls, bootstrap=args.bootstrap,
+                  next_values=args.next_values or None)
+    for option, value in stored.items():
+        if value is not None and args.layout != "stored_values":
+            raise _Usage(f"--{option.replace('_', '-')}: only for --layout stored_values")
     if args.values_form and args.layout != "rlax":
         raise _Usage("--values-form: only for --layout rlax")
     if args.layout == "done_next":
-        return layouts.DoneNext(truncation_fold=args.truncation_fold)
+        return layouts.DoneNext(truncation_fold=fold)
     if args.layout == "puffer_rows":
-        return layouts.PufferRows(truncation_fold=args.truncation_fold)
+        return layouts.PufferRows(truncation_fold=fold)
+    if args.layout == "stored_values":
+        return layouts.StoredValues(fold=fold, **{k: v for k, v in stored.items()
+                                                  if v is not None})
     if args.layout == "rlax" and args.values_form:
         return layouts.Rlax(values_form=args.values_form)
     return args.layout
@@ -156,4 +197,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from offpolicy._cli import run_main
+
+    run_main(main, "python -m offpolicy.conform")

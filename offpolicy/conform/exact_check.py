@@ -81,11 +81,11 @@ def run(runner) -> CaseResult:
     for s0 in range(3):  # the non-terminal start states
         segments = moments.enumerate_segments(mdp, mu, HORIZON, start_state=s0,
                                               truncation_prob=cut)
-        case = runner._round_inputs(_case(segments, mdp, mu, pi, values, q))
+        case = runner.round_inputs(_case(segments, mdp, mu, pi, values, q))
         case.params = dict(params)
         trajectories += segments.weight.size
         try:
-            got = runner._call(case)
+            got = runner.call(case)
         except Exception as e:
             return CaseResult(NAME, "fail", f"raised {type(e).__name__} on the enumerated "
                                             f"segments: {str(e).splitlines()[0] if str(e) else ''}")

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -43,11 +43,11 @@ from .cases import Case, Constraints
 from .registry import ConformUsageError, EstimatorSpec
 
 __all__ = [
-    "Layout", "Contract", "DoneNext", "Rlax", "TorchRL", "PufferRows", "SingleEpisodeRows",
-    "QTables", "LAYOUTS", "get_layout", "ConformUsageError", "ModifiedInput", "OutputPick",
+    "LayoutProtocol", "Layout", "Contract", "DoneNext", "StoredValues", "Rlax", "TorchRL",
+    "PufferRows", "SingleEpisodeRows", "QTables", "LAYOUTS", "get_layout", "ConformUsageError",
+    "ModifiedInput", "OutputPick", "Fold", "FOLD_NAMES", "FOLD_ADDS", "FOLD_STEPS", "as_fold",
+    "rollout", "Rollout", "Arrays",
 ]
-
-TRUNCATION_FOLDS = (None, "bootstrap_reward", "as_done", "ignored")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,6 +190,37 @@ def call_with_keywords(fn, kwargs: dict):
 # layouts
 
 
+@runtime_checkable
+class LayoutProtocol(Protocol):
+    """What the runner needs of a layout (any object with these members is one; subclassing
+    :class:`Layout` gives the defaults)."""
+
+    name: str
+    kinds: tuple[str, ...]  # estimator kinds it can express: "state", "action"
+    default_array: str  # numpy | torch | jax
+    folded_params: tuple  # contract parameters put into the arrays, never passed
+
+    def constraints_for(self, spec: EstimatorSpec, fn: Callable[..., Any]) -> Constraints:
+        """What the layout cannot hold for ``spec`` and ``fn`` (families outside it: n/a)."""
+        ...
+
+    def provided(self, spec: EstimatorSpec) -> set[str]:
+        """Input keywords this layout offers for ``spec``."""
+        ...
+
+    def keyword_for(self, param: str) -> str:
+        """The keyword under which contract parameter ``param`` is passed."""
+        ...
+
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
+        """Call ``fn`` on ``case``; the selected output as numpy ``[T, B]``."""
+        ...
+
+    def describe(self) -> str:
+        ...
+
+
 @dataclasses.dataclass(frozen=True)
 class Layout:
     """Base: a name, what it can hold, the parameter names its functions use."""
@@ -202,6 +233,15 @@ class Layout:
 
     def constraints(self, spec: EstimatorSpec) -> Constraints:
         return Constraints()
+
+    def constraints_for(self, spec: EstimatorSpec, fn: Callable[..., Any]) -> Constraints:
+        """What it cannot hold for ``spec`` (and, where the form depends on it, ``fn``)."""
+        return self.constraints(spec)
+
+    def with_fold(self, fold) -> Layout:
+        """This layout with the rollout's time-out ``fold`` (layouts that store a rollout)."""
+        raise ConformUsageError(f"fold: the {self.name} layout receives its flags as they "
+                                f"are; a fold is for stored_values, done_next, puffer_rows")
 
     def provided(self, spec: EstimatorSpec) -> set[str]:
         """Input keywords this layout offers for ``spec``."""
@@ -220,22 +260,116 @@ class Layout:
         return self.name
 
 
+FOLD_ADDS = ("gamma_final_value", "final_value", "gamma_current_value", "current_value",
+             "nothing", "last_value")
+FOLD_STEPS = ("timeout_not_terminated", "every_timeout")
+
+
+@dataclasses.dataclass(frozen=True)
+class Fold:
+    """What a rollout loop does with a time-out (a time-limit truncation) before the estimator
+    sees the data: ``add`` is added to the time-out step's reward — ``gamma_final_value``
+    (γ·V(final observation): SB3), ``final_value`` (V(final obs), no γ),
+    ``gamma_current_value`` (γ·V(s_t): rsl_rl), ``current_value`` (V(s_t)), ``nothing``
+    (CleanRL) — or, for per-trajectory calls, ``last_value`` (V(final obs) handed to the
+    function as the trajectory's last value, no reward change: Spinning Up's ``finish_path``);
+    ``on`` says on which steps: ``timeout_not_terminated`` or ``every_timeout`` (the time-out
+    flag alone, so a step both terminated and timed out is folded too); ``done``: the rollout
+    stores the time-out step as done (False: it stores terminations only, PufferLib's trainer).
+    """
+
+    add: str = "gamma_final_value"
+    on: str = "timeout_not_terminated"
+    done: bool = True
+
+    def __post_init__(self):
+        if self.add not in FOLD_ADDS:
+            raise ConformUsageError(f"fold: add must be one of {', '.join(FOLD_ADDS)}; "
+                                    f"got {self.add!r}")
+        if self.on not in FOLD_STEPS:
+            raise ConformUsageError(f"fold: on must be one of {', '.join(FOLD_STEPS)}; "
+                                    f"got {self.on!r}")
+        if not isinstance(self.done, bool):
+            raise ConformUsageError(f"fold: done must be True or False, got {self.done!r}")
+
+    def describe(self) -> str:
+        parts = [self.add] + ([] if self.on == "timeout_not_terminated" else [self.on]) + \
+            ([] if self.done else ["not_done"])
+        return ":".join(parts)
+
+
+#: the historical names of folds (``truncation_fold=``), by what they do
+FOLD_NAMES = {
+    "bootstrap_reward": Fold("gamma_final_value"),  # SB3
+    "as_done": Fold("nothing"),  # CleanRL
+    "ignored": Fold("nothing", done=False),  # PufferLib's trainer
+    "current_value_reward": Fold("gamma_current_value"),  # rsl_rl
+}
+TRUNCATION_FOLDS = (None, *FOLD_NAMES)
+
+
+def as_fold(fold) -> Fold | None:
+    """A :class:`Fold` from a Fold, None, a name of :data:`FOLD_NAMES`, a dict of Fold's
+    fields, or ``"add[:every_timeout][:not_done]"``; ``ConformUsageError`` naming ``fold``."""
+    if fold is None or isinstance(fold, Fold):
+        return fold
+    if isinstance(fold, dict):
+        try:
+            return Fold(**fold)
+        except TypeError as e:
+            raise ConformUsageError(f"fold: {e}") from None
+    if isinstance(fold, str):
+        if fold in FOLD_NAMES:
+            return FOLD_NAMES[fold]
+        add, *rest = fold.split(":")
+        on = "every_timeout" if "every_timeout" in rest else "timeout_not_terminated"
+        unknown = set(rest) - {"every_timeout", "timeout_not_terminated", "not_done"}
+        if unknown or add not in FOLD_ADDS:
+            raise ConformUsageError(
+                f"fold: expected one of {', '.join(FOLD_NAMES)} or ADD[:every_timeout]"
+                f"[:not_done] with ADD in {', '.join(FOLD_ADDS)}; got {fold!r}")
+        return Fold(add, on, "not_done" not in rest)
+    raise ConformUsageError(f"fold: expected a Fold, a name or None, got {type(fold).__name__}")
+
+
+class Rollout(NamedTuple):
+    """A segment as a rollout loop stores it (every array ``[T, B]``)."""
+
+    rewards: np.ndarray  # with the fold's additions
+    done: np.ndarray  # the stored done flag (terminations, and time-outs the fold marks done)
+    terminated: np.ndarray  # the environment's termination flag
+    time_outs: np.ndarray  # the environment's time-out flag (terminated or not)
+    folded: np.ndarray  # the steps the fold added to
+
+
+def rollout(case: Case, fold: Fold | None) -> Rollout:
+    """What a rollout loop stores under ``fold`` (None: nothing is folded; a time-out is
+    stored as a time-out flag only, and the segment's last step bootstraps from its last
+    value)."""
+    x = case.inputs
+    term, trunc = x["terminated"], x["truncated"]
+    rewards = x["rewards"].copy()
+    if fold is None or fold.add == "last_value":
+        folded = np.zeros_like(term) if fold is None else (
+            trunc & ~term if fold.on == "timeout_not_terminated" else trunc.copy())
+        done = term | (trunc if fold is not None and fold.done else False)
+        return Rollout(rewards, done, term.copy(), trunc.copy(), folded)
+    folded = trunc & ~term if fold.on == "timeout_not_terminated" else trunc.copy()
+    gamma = case.params.get("gamma", 1.0)
+    gamma = gamma if np.ndim(gamma) == 0 else np.asarray(gamma)
+    final = np.where(folded, x["next_values"], 0.0)  # never read elsewhere: NaN stays out
+    add = {"gamma_final_value": gamma * final, "final_value": final,
+           "gamma_current_value": gamma * x["values"], "current_value": x["values"],
+           "nothing": np.zeros_like(rewards)}[fold.add]
+    rewards = rewards + np.where(folded, add, 0.0)
+    done = term | trunc if fold.done else term.copy()
+    return Rollout(rewards, done, term.copy(), trunc.copy(), folded)
+
+
 def _done_flags(case: Case, fold):
     """The done flags a rollout loop stores under ``fold``, and the rewards it stores."""
-    x = case.inputs
-    term, trunc = x["terminated"], x["truncated"] & ~x["terminated"]
-    rewards = x["rewards"].copy()
-    if fold == "bootstrap_reward":  # SB3: r_t += gamma V(final obs), then treated as terminal
-        gamma = case.params.get("gamma")
-        rewards = rewards + np.where(trunc, gamma * np.where(trunc, x["next_values"], 0.0), 0.0)
-        done = term | trunc
-    elif fold == "as_done":  # CleanRL: done = terminated or truncated, nothing folded
-        done = term | trunc
-    elif fold == "ignored":  # PufferLib's trainer: only terminations are stored
-        done = term.copy()
-    else:  # no fold: only a truncation at the last step, i.e. the segment's end bootstrap
-        done = term.copy()
-    return done, rewards
+    r = rollout(case, as_fold(fold))
+    return r.done, r.rewards
 
 
 @dataclasses.dataclass(frozen=True)
@@ -294,18 +428,32 @@ _CONSISTENT = "this layout reads V(s_{t+1}) from values[t+1]: it cannot hold nex
 class _RolloutFold(Layout):
     """What the layouts that store a rollout the way a trainer does share: V(s_{t+1}) is the
     next stored value, and ``truncation_fold`` says what the rollout loop did with a
-    time-limit truncation (see :class:`DoneNext`)."""
+    time-limit truncation (a :class:`Fold`, one of :data:`FOLD_NAMES`, or None; see
+    :class:`DoneNext`)."""
 
     kinds = ("state",)
-    truncation_fold: str | None = None
+    truncation_fold: Fold | str | None = None
 
     def __post_init__(self):
-        if self.truncation_fold not in TRUNCATION_FOLDS:
-            raise ConformUsageError(f"truncation_fold: expected one of {TRUNCATION_FOLDS}, "
-                                    f"got {self.truncation_fold!r}")
+        if self.truncation_fold is not None and not isinstance(self.truncation_fold, Fold) \
+                and self.truncation_fold not in FOLD_NAMES:
+            raise ConformUsageError(f"truncation_fold: expected a Fold or one of "
+                                    f"{TRUNCATION_FOLDS}, got {self.truncation_fold!r}")
+        if as_fold(self.truncation_fold) is not None and \
+                as_fold(self.truncation_fold).add == "last_value":
+            raise ConformUsageError("truncation_fold: 'last_value' is for per-trajectory calls "
+                                    "(StoredValues(calls='trajectory'))")
+
+    @property
+    def fold(self) -> Fold | None:
+        return as_fold(self.truncation_fold)
+
+    def with_fold(self, fold) -> Layout:
+        return dataclasses.replace(self, truncation_fold=as_fold(fold))
 
     def describe(self) -> str:
-        return f"{self.name}(truncation_fold={self.truncation_fold})"
+        f = self.truncation_fold
+        return f"{self.name}(truncation_fold={f.describe() if isinstance(f, Fold) else f})"
 
     def constraints(self, spec: EstimatorSpec) -> Constraints:
         return Constraints(truncations_inside=self.truncation_fold is not None,
@@ -555,13 +703,232 @@ class QTables(Layout):
         return Arrays.back(select_output(raw, output, spec))
 
 
-LAYOUTS = {cls.name: cls for cls in (Contract, DoneNext, Rlax, TorchRL, PufferRows,
-                                     SingleEpisodeRows, QTables)}
+_FLAG_FORMS = ("terminated_timeouts", "dones", "masks", "episode_starts", "indices")
+_CALLS = ("segment", "stream", "trajectory")
+_BOOTSTRAPS = ("last_values", "values_plus_one")
 
 
-def get_layout(layout) -> Layout:
+@dataclasses.dataclass(frozen=True)
+class StoredValues(Layout):
+    """A rollout buffer as trainers store it: ``values[t]`` = V(s_t) of each stored step, and
+    V(s_{t+1}) read from ``values[t+1]``, with one bootstrap value per segment end (and, with
+    ``calls="trajectory"``, per finished trajectory).
+
+    ``flags`` — how terminations and time-outs reach the function (every form gets
+    ``rewards``, ``values`` and the bootstrap as ``last_values``, ``last_value`` or
+    ``next_value``):
+
+    * ``"terminated_timeouts"``: per-step ``terminated`` (also ``terminations``,
+      ``terminals``) and ``time_outs`` (also ``timeouts``, ``truncated``, ``truncations``)
+      kept apart, plus ``dones`` (either);
+    * ``"dones"``: one per-step ``dones`` flag: the steps the rollout stores as done;
+    * ``"masks"``: pytorch-a2c-ppo-acktr's ``masks`` and ``bad_masks`` ``[T+1, B]``
+      (``masks[t+1] = 0`` after any done of step t, ``bad_masks[t+1] = 0`` after a time-out);
+    * ``"episode_starts"``: SB3/CleanRL's ``episode_starts`` (also ``dones``) ``[T, B]``, the
+      done of step t-1, with ``last_dones`` (also ``next_done``) ``[B]`` for the last step;
+    * ``"indices"``: ``terminal_indices`` and ``timeout_indices``: the steps as index lists
+      (``[K, 2]`` rows ``(t, b)``; ``[K]`` step indices with ``calls="stream"``).
+
+    ``calls``: ``"segment"`` (one call, ``[T, B]``), ``"stream"`` (one call per column,
+    ``[T]`` arrays and a scalar ``last_value``/``last_values``), ``"trajectory"`` (one call
+    per finished trajectory and per unfinished piece at the segment's end: ``rewards``,
+    ``values`` ``[L]`` and the scalar ``last_value``: 0 after a termination, V(final
+    observation) after a time-out, the bootstrap value at the segment's end; no flags).
+    ``bootstrap``: ``"last_values"`` (a separate ``[B]`` array) or ``"values_plus_one"``
+    (``values`` has ``T+1`` rows, the last the bootstrap). ``next_values=True``: the per-step
+    form: ``next_values[t]`` = V(s'_t) is passed too (the value of the observation after
+    step t, also after a time-out), so inconsistent critics and NaN after a termination can
+    be checked. ``fold``: what the rollout loop did with time-outs (:class:`Fold`, a name of
+    :data:`FOLD_NAMES`, or None).
+
+    What it cannot receive is n/a: ``next_values[t] != values[t+1]`` without
+    ``next_values``; a time-out before the last step where nothing carries V(final
+    observation) (no fold, no ``next_values`` with separate time-out flags, not per
+    trajectory).
+    """
+
+    name = "stored_values"
+    kinds = ("state",)
+    flags: str = "terminated_timeouts"
+    calls: str = "segment"
+    bootstrap: str = "last_values"
+    next_values: bool = False
+    fold: Fold | str | None = None
+
+    def __post_init__(self):
+        for field, value, allowed in (("flags", self.flags, _FLAG_FORMS),
+                                      ("calls", self.calls, _CALLS),
+                                      ("bootstrap", self.bootstrap, _BOOTSTRAPS)):
+            if value not in allowed:
+                raise ConformUsageError(f"{field}: expected one of {', '.join(allowed)}, "
+                                        f"got {value!r}")
+        if not isinstance(self.next_values, bool):
+            raise ConformUsageError(f"next_values: expected True or False, "
+                                    f"got {self.next_values!r}")
+        fold = as_fold(self.fold)
+        object.__setattr__(self, "fold", fold)
+        if fold is not None and fold.add == "last_value" and self.calls != "trajectory":
+            raise ConformUsageError("fold: add='last_value' needs calls='trajectory' (a "
+                                    "function called once per trajectory with its last value)")
+
+    def with_fold(self, fold) -> Layout:
+        return dataclasses.replace(self, fold=as_fold(fold))
+
+    def describe(self) -> str:
+        default = StoredValues()
+        options = [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)
+                   if f.name in ("flags", "calls", "bootstrap", "next_values")
+                   and getattr(self, f.name) != getattr(default, f.name)]
+        if self.fold is not None:
+            options.append(f"fold={self.fold.describe()}")
+        return f"{self.name}({', '.join(options)})" if options else self.name
+
+    def _carries_timeouts(self) -> bool:
+        """Whether a time-out before the segment's end can be said (and its V(final obs)
+        received) in this form."""
+        if self.fold is not None or self.calls == "trajectory":
+            return True
+        return self.next_values and self.flags != "dones"
+
+    def constraints(self, spec: EstimatorSpec) -> Constraints:
+        return Constraints(
+            truncations_inside=self._carries_timeouts(),
+            inconsistent_next_values=None if self.next_values else _CONSISTENT,
+            nan_slot=None if self.next_values else (
+                "no slot holds the value after a termination inside the segment (values[t+1] "
+                "is the next episode's start)"))
+
+    def provided(self, spec: EstimatorSpec) -> set[str]:
+        names = {"rewards", "values", "last_values", "last_value", "next_value", "log_rhos"}
+        if self.next_values:
+            names.add("next_values")
+        if self.calls == "trajectory":
+            return names
+        names |= {
+            "terminated_timeouts": {"terminated", "terminations", "terminals", "time_outs",
+                                    "timeouts", "truncated", "truncations", "dones"},
+            "dones": {"dones"},
+            "masks": {"masks", "bad_masks"},
+            "episode_starts": {"episode_starts", "dones", "last_dones", "next_done"},
+            "indices": {"terminal_indices", "timeout_indices"},
+        }[self.flags]
+        return names
+
+    # the arrays of one call: every input [T, B] (or [T] for one stream)
+    def _keywords(self, r: Rollout, x: dict, last_values, arrays: Arrays) -> dict:
+        values = x["values"]
+        if self.bootstrap == "values_plus_one":
+            values = np.concatenate([values, np.asarray(last_values)[None]], axis=0)
+        kw = dict(rewards=arrays.floats(r.rewards), values=arrays.floats(values),
+                  last_values=arrays.floats(last_values), last_value=arrays.floats(last_values),
+                  next_value=arrays.floats(last_values), log_rhos=arrays.floats(x["log_rhos"]))
+        if self.next_values:
+            kw["next_values"] = arrays.floats(x["next_values"])
+        if self.flags == "terminated_timeouts":
+            terminal = r.done & ~(r.time_outs & ~r.terminated) if self.fold is None else r.done
+            # a folded time-out the rollout stores as done reads as a terminal step
+            for k in ("terminated", "terminations", "terminals"):
+                kw[k] = arrays.flags(terminal)
+            for k in ("time_outs", "timeouts", "truncated", "truncations"):
+                kw[k] = arrays.flags(r.time_outs)
+            kw["dones"] = arrays.flags(terminal | r.time_outs)
+        elif self.flags == "dones":
+            kw["dones"] = arrays.flags(r.done)
+        elif self.flags == "masks":
+            ones = np.ones_like(r.done[:1], dtype=float)
+            any_done = r.done | (r.time_outs if self.fold is None else False)
+            kw["masks"] = arrays.floats(np.concatenate([ones, 1.0 - any_done], axis=0))
+            kw["bad_masks"] = arrays.floats(np.concatenate([ones, 1.0 - r.time_outs], axis=0))
+        elif self.flags == "episode_starts":
+            starts = np.concatenate([np.zeros_like(r.done[:1]), r.done[:-1]], axis=0)
+            kw["episode_starts"] = kw["dones"] = arrays.flags(starts, as_float=True)
+            kw["last_dones"] = kw["next_done"] = arrays.flags(r.done[-1], as_float=True)
+        else:
+            only_timeout = r.time_outs & ~r.done
+            kw["terminal_indices"] = arrays.ints(np.argwhere(r.done).reshape(-1, r.done.ndim))
+            kw["timeout_indices"] = arrays.ints(
+                np.argwhere(only_timeout if self.fold is None else r.time_outs & ~r.done)
+                .reshape(-1, r.done.ndim))
+            if r.done.ndim == 1:
+                kw["terminal_indices"] = arrays.ints(np.flatnonzero(r.done))
+                kw["timeout_indices"] = arrays.ints(np.flatnonzero(only_timeout))
+        return kw
+
+    def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
+            arrays: Arrays, output: str | OutputPick) -> np.ndarray:
+        x, r = case.inputs, rollout(case, self.fold)
+        last = x["next_values"][-1]
+        if self.calls == "segment":
+            kw = self._keywords(r, x, last, arrays)
+            y = Arrays.back(select_output(call_with_keywords(fn, {**kw, **params}), output,
+                                          spec))
+            if self.bootstrap == "values_plus_one" and y.shape == (case.T + 1, case.B):
+                y = y[:-1]  # a result in the values' shape: its last row is no step
+            return y
+        columns = []
+        for b in range(case.B):
+            col = lambda a: a[:, b]  # noqa: E731
+            rb = Rollout(*map(col, r))
+            xb = {k: col(v) for k, v in x.items()}
+            if self.calls == "stream":
+                kw = self._keywords(rb, xb, last[b], arrays)
+                y = Arrays.back(select_output(call_with_keywords(fn, {**kw, **params}),
+                                              output, spec))
+                if self.bootstrap == "values_plus_one" and y.shape == (case.T + 1,):
+                    y = y[:-1]
+                if y.shape != (case.T,):
+                    raise TypeError(f"returned shape {y.shape} for one stream, expected "
+                                    f"({case.T},)")
+                columns.append(y)
+            else:
+                columns.append(self._trajectories(fn, rb, xb, spec, params, arrays, output))
+        return np.stack(columns, axis=1)
+
+    def _trajectories(self, fn, r: Rollout, x: dict, spec, params, arrays, output):
+        """One column, one call per trajectory: split after every step stored as done."""
+        fold = self.fold
+        ends = r.done | (r.time_outs if fold is None else False)
+        ends[-1] = True
+        out, start = [], 0
+        for end in np.flatnonzero(ends):
+            if r.terminated[end] and not (fold is not None and fold.add == "last_value"
+                                          and r.folded[end]):
+                last = 0.0  # a terminal state has value 0
+            elif r.time_outs[end] and (fold is None or fold.add == "last_value"):
+                last = x["next_values"][end]  # V(final observation)
+            elif r.done[end]:
+                last = 0.0  # the fold put what it adds into the reward
+            else:
+                last = x["next_values"][end]  # the segment's end: bootstrap
+            piece = slice(start, end + 1)
+            values = x["values"][piece]
+            if self.bootstrap == "values_plus_one":
+                values = np.append(values, last)
+            kw = dict(rewards=arrays.floats(r.rewards[piece]), values=arrays.floats(values),
+                      last_value=arrays.floats(last), last_values=arrays.floats(last),
+                      next_value=arrays.floats(last), log_rhos=arrays.floats(x["log_rhos"][piece]))
+            if self.next_values:
+                kw["next_values"] = arrays.floats(x["next_values"][piece])
+            y = Arrays.back(select_output(call_with_keywords(fn, {**kw, **params}), output,
+                                          spec))
+            n = end + 1 - start
+            if self.bootstrap == "values_plus_one" and y.shape == (n + 1,):
+                y = y[:-1]
+            if y.shape != (n,):
+                raise TypeError(f"returned shape {y.shape} for a trajectory of {n} steps, "
+                                f"expected ({n},)")
+            out.append(y)
+            start = end + 1
+        return np.concatenate(out)
+
+
+LAYOUTS = {cls.name: cls for cls in (Contract, DoneNext, StoredValues, Rlax, TorchRL,
+                                     PufferRows, SingleEpisodeRows, QTables)}
+
+
+def get_layout(layout) -> LayoutProtocol:
     """A layout instance from a name or an instance; ``ConformUsageError`` naming ``layout``."""
-    if isinstance(layout, Layout):
+    if isinstance(layout, (Layout, LayoutProtocol)):
         return layout
     if isinstance(layout, str) and layout in LAYOUTS:
         return LAYOUTS[layout]()

@@ -1,27 +1,7 @@
-"""pytest plugin: the ``conform_check`` fixture.
+"""The former ``pytest11`` entry point, for environments installed before it moved to the light
+:mod:`offpolicy._pytest_plugin` (their metadata still names this module until reinstalled).
+Delete once no editable install predates the move."""
 
-Loaded automatically when offpolicy is installed (entry point ``pytest11``). One test checks a
-whole estimator::
+from offpolicy._pytest_plugin import conform_check
 
-    def test_my_gae_conforms(conform_check):
-        conform_check(my_package.gae, "gae", layout="done_next", gamma=0.99)
-
-The fixture calls :func:`offpolicy.conform.assert_conforms` (seeded, deterministic) and fails
-the test with the report: verdict per case family, minimal counterexample, diagnosis.
-"""
-
-from __future__ import annotations
-
-import pytest
-
-
-@pytest.fixture
-def conform_check():
-    """``conform_check(fn, estimator, **kw)``: assert that ``fn`` conforms; returns the report."""
-    from offpolicy.conform import assert_conforms
-
-    def run(fn, estimator, **kw):
-        __tracebackhide__ = True
-        return assert_conforms(fn, estimator, **kw)
-
-    return run
+__all__ = ["conform_check"]

@@ -24,7 +24,7 @@ from .layouts import (
     Arrays,
     ConformUsageError,
     Contract,
-    Layout,
+    LayoutProtocol,
     ModifiedInput,
     OutputPick,
     accepted_names,
@@ -118,17 +118,17 @@ def _function_name(fn) -> str:
 class _Runner:
     """One check: the function, the spec, the layout, and what was seen."""
 
-    def __init__(self, fn, spec: EstimatorSpec, layout: Layout, output: str, arrays: Arrays,
-                 fixed: dict, passed: tuple[str, ...], timeout, strict_nan: bool,
-                 examples: int, seed: int):
+    def __init__(self, fn, spec: EstimatorSpec, layout: LayoutProtocol, output: str,
+                 arrays: Arrays, fixed: dict, passed: tuple[str, ...], timeout,
+                 strict_nan: bool, examples: int, seed: int, *, per_step: bool = False,
+                 pick: str | int | None = None):
         self.fn, self.spec, self.layout, self.output = fn, spec, layout, output
-        self.selector = OutputPick(output)  # where the output is in what fn returns
+        self.selector = OutputPick(output, pick)  # where the output is in what fn returns
         self.arrays, self.fixed, self.passed = arrays, fixed, passed
         self.timeout, self.strict_nan = timeout, strict_nan
         self.examples, self.seed = examples, seed
-        self.per_step = False
-        self.constraints = (layout.constraints_for(spec, fn) if hasattr(layout, "constraints_for")
-                            else layout.constraints(spec))
+        self.per_step = bool(per_step)
+        self.constraints = layout.constraints_for(spec, fn)
         self.records: dict[str, list] = {}
         self.hung_case: Case | None = None
         self.dtypes_seen: set[str] = set()
@@ -138,7 +138,7 @@ class _Runner:
         result = self.spec.reference()(*case.contract_args(self.spec), **case.params)
         return select_reference_output(self.spec, result, self.output)
 
-    def _round_inputs(self, case: Case) -> Case:
+    def round_inputs(self, case: Case) -> Case:
         """float32 checks: the reference sees the same rounded inputs as the function."""
         if self.arrays.dtype != "float32":
             return case
@@ -146,7 +146,9 @@ class _Runner:
         return dataclasses.replace(case, inputs={k: f32(v) for k, v in case.inputs.items()},
                                    world={k: f32(v) for k, v in case.world.items()})
 
-    def _call(self, case: Case) -> np.ndarray:
+    def call(self, case: Case) -> np.ndarray:
+        """The function's output on ``case`` through the layout (its exceptions propagate;
+        ``timeout`` applies)."""
         params = {self.layout.keyword_for(p): self.arrays.floats(case.params[p])
                   if isinstance(case.params[p], np.ndarray) else case.params[p]
                   for p in self.passed}
@@ -157,10 +159,10 @@ class _Runner:
     def evaluate(self, case: Case) -> Outcome:
         if self.hung_case is not None:
             raise _Hung()
-        case = self._round_inputs(case)
+        case = self.round_inputs(case)
         expected = self.expected(case)
         try:
-            got = self._call(case)
+            got = self.call(case)
         except _Hung:
             self.hung_case = case
             raise
@@ -410,11 +412,12 @@ def _smallest(failures):
     return min(enumerate(failures), key=key)[1]
 
 
-def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "contract",
-          output: str | None = None, dtype: npt.DTypeLike | None = None,
-          examples: int | None = None, seed: int = 0, strict_nan: bool = False,
-          array: str | None = None, timeout: float | None = 10.0, moments: bool = True,
-          per_step: bool = False, pick: str | int | None = None, **params: Any) -> Report:
+def check(fn: Callable[..., Any], estimator: str, *,
+          layout: str | LayoutProtocol = "contract", output: str | None = None,
+          dtype: npt.DTypeLike | None = None, examples: int | None = None, seed: int = 0,
+          strict_nan: bool = False, array: str | None = None, timeout: float | None = 10.0,
+          moments: bool = True, per_step: bool = False, pick: str | int | None = None,
+          fold: Any = None, **params: Any) -> Report:
     """Check ``fn`` against the contract of ``estimator`` (docs/DESIGN.md) in ``layout``.
 
     ``estimator``: a contract name (``gae``, ``vtrace``, ``puff_advantage``, ``per_decision_is``,
@@ -430,7 +433,10 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
     ``per_step``: the function takes ``gamma``/``lam`` as ``[T, B]`` arrays too (runs the
     ``per_step_gamma_lambda`` family). ``pick``: where ``output`` is in what ``fn`` returns
     (a dict key, namedtuple field or tuple index; default: ``output``'s own name or its
-    singular/plural twin, else the contract's position in a plain tuple).
+    singular/plural twin, else the contract's position in a plain tuple). ``fold``: what the
+    rollout loop did with time-outs, for the layouts that store a rollout (``stored_values``,
+    ``done_next``, ``puffer_rows``): a :class:`~offpolicy.conform.layouts.Fold`, one of
+    ``layouts.FOLD_NAMES``, or ``"add[:every_timeout][:not_done]"``.
 
     Returns a :class:`Report`; raises ``ConformUsageError`` (a ``ValueError``) for bad
     arguments, never for what ``fn`` does.
@@ -439,7 +445,11 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
     if not callable(fn):
         raise ConformUsageError(f"fn: expected a callable, got {type(fn).__name__}")
     spec = spec_for(estimator)
-    lay: Layout = get_layout(layout)
+    lay: LayoutProtocol = get_layout(layout)
+    if fold is not None:
+        if not hasattr(lay, "with_fold"):
+            raise ConformUsageError(f"fold: the {lay.name} layout takes no fold")
+        lay = lay.with_fold(fold)
     if spec.kind not in lay.kinds:
         raise ConformUsageError(f"layout: {lay.name} cannot express the {spec.kind}-value "
                                 f"estimator {spec.name}")
@@ -470,9 +480,7 @@ def check(fn: Callable[..., Any], estimator: str, *, layout: str | Layout = "con
                               fixed, passed, timeout, notes)
 
     runner = _Runner(fn, spec, lay, output, Arrays(array, dtype), fixed, passed, timeout,
-                     strict_nan, examples, seed)
-    runner.per_step = bool(per_step)
-    runner.selector = OutputPick(output, pick)
+                     strict_nan, examples, seed, per_step=per_step, pick=pick)
     results, failures = [], []
     for i, family in enumerate(FAMILIES):
         result, case = runner.run_family(i, family)

@@ -7,7 +7,12 @@ Modules: ``envs`` (tabular vectorised env with exact J/V/Q/A; Gymnasium vector w
 ``ppo`` and ``dqn`` (single-file learners, one config dataclass each), ``measure``,
 ``grid`` (resumable grids over a process pool or Ray), ``report`` (tables and plots).
 """
-from offpolicy.harness.dqn import DQNConfig
-from offpolicy.harness.ppo import PPOConfig
+from offpolicy._extras import require
+
+require("offpolicy.harness", "harness", "torch", "gymnasium", "pandas", "scipy", "matplotlib",
+        "tqdm")
+
+from offpolicy.harness.dqn import DQNConfig  # noqa: E402  (after the extra is checked)
+from offpolicy.harness.ppo import PPOConfig  # noqa: E402
 
 __all__ = ["PPOConfig", "DQNConfig"]

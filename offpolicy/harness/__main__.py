@@ -25,8 +25,8 @@ import typing
 from dataclasses import fields
 from pathlib import Path
 
-from offpolicy import parallel, registry
-from offpolicy._cli import OneLineParser, positive_int, usage_error, writable_dir
+from offpolicy import parallel
+from offpolicy._cli import OneLineParser, positive_int, run_main, usage_error, writable_dir
 from offpolicy.harness import grid, report
 from offpolicy.harness.measure import ConfigError
 
@@ -107,24 +107,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _estimator_value(algo: str, name):
-    """The harness's own spelling (``puff``, ``pdis``, ``nstep``) of an estimator given by any
-    :mod:`offpolicy.registry` name (``puff_advantage``); other values pass through to the
-    config's own check."""
-    own = sys.modules[grid.ALGOS[algo][0].__module__].ESTIMATORS
-    if not isinstance(name, str) or name in own:
-        return name
-    try:
-        wanted = registry.canonical(name)
-    except ValueError:
-        return name
-    for value in own:
-        if value in registry.ESTIMATORS or value in registry.ALIASES:
-            if registry.canonical(value) == wanted:
-                return value
-    return name
-
-
 def _option(field_name: str, given: dict) -> str:
     """The command-line spelling of a config field (as the user gave it, if they did)."""
     if field_name in given:
@@ -161,7 +143,7 @@ def main(argv=None) -> int:
         except ValueError as e:
             parser.error(f"{option}: cannot read {text!r} as {field_name}: {e}")
         if field_name == "estimator":  # any registry name: puff_advantage means puff here
-            vals = [_estimator_value(args.algo, v) for v in vals]
+            vals = [grid.estimator_value(args.algo, v) for v in vals]
         given[field_name] = option
         if len(vals) == 1:
             base[field_name] = vals[0]
@@ -240,4 +222,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_main(main, PROG)

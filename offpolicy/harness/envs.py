@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from offpolicy.mdp import TabularMDP
+
 __all__ = ["Step", "TabularVecEnv", "GymVecEnv", "make_env", "TABULAR_ENVS", "GYM_ENVS"]
 
 
@@ -62,17 +64,16 @@ class TabularVecEnv:
     ``mdp.reward_std[s, a]`` (the exact values use their mean ``R[s, a]``).
     """
 
-    def __init__(self, mdp, num_envs: int, max_steps: int = 100, seed: int = 0):
+    def __init__(self, mdp: TabularMDP, num_envs: int, max_steps: int = 100, seed: int = 0):
+        if not isinstance(mdp, TabularMDP):  # one attribute per quantity: nothing to guess
+            raise TypeError(f"mdp: expected an offpolicy.mdp.TabularMDP, got {type(mdp).__name__}")
         self.mdp = mdp
-        self.P = np.asarray(mdp.P, dtype=np.float64)
-        self.R = np.asarray(mdp.R, dtype=np.float64)
-        self.R_sas = np.asarray(getattr(mdp, "R_sas", None) if hasattr(mdp, "R_sas")
-                                else np.broadcast_to(self.R[:, :, None], self.P.shape))
-        self.S, self.A = self.R.shape
-        self.gamma = float(mdp.gamma)
-        self.init = np.asarray(_mdp_initial(mdp), dtype=np.float64)
-        self.terminal = np.asarray(_mdp_terminal(mdp, self.S), dtype=bool)
-        self.reward_std = _mdp_reward_std(mdp, self.S, self.A)
+        self.P, self.R, self.R_sas = mdp.P, mdp.R, mdp.R_sas
+        self.S, self.A = mdp.shape
+        self.gamma = mdp.gamma
+        self.init = mdp.initial
+        self.terminal = mdp.terminal
+        self.reward_std = mdp.reward_std if np.any(mdp.reward_std > 0) else None
         self.num_envs = int(num_envs)
         self.max_steps = int(max_steps)
         self.obs_dim = self.S
@@ -165,36 +166,6 @@ def _q_pi(mdp, pi):
     from offpolicy.exact import q_pi
 
     return q_pi(mdp, pi)
-
-
-def _mdp_initial(mdp):
-    for name in ("initial", "init", "mu0", "rho0", "d0", "initial_distribution", "p0"):
-        if hasattr(mdp, name):
-            return getattr(mdp, name)
-    S = np.asarray(mdp.R).shape[0]
-    d = np.zeros(S)
-    d[0] = 1.0
-    return d
-
-
-def _mdp_terminal(mdp, S):
-    for name in ("terminal", "terminals", "terminal_mask", "absorbing"):
-        if hasattr(mdp, name):
-            t = np.asarray(getattr(mdp, name))
-            if t.dtype == bool and t.shape == (S,):
-                return t
-            mask = np.zeros(S, dtype=bool)
-            mask[t.astype(np.int64)] = True
-            return mask
-    return np.zeros(S, dtype=bool)
-
-
-def _mdp_reward_std(mdp, S, A):
-    for name in ("reward_std", "reward_noise", "noise_std"):
-        if hasattr(mdp, name) and getattr(mdp, name) is not None:
-            std = np.broadcast_to(np.asarray(getattr(mdp, name), dtype=np.float64), (S, A))
-            return std if np.any(std > 0) else None
-    return None
 
 
 # --------------------------------------------------------------------------------------

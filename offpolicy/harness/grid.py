@@ -26,12 +26,31 @@ import tempfile
 from dataclasses import asdict, fields
 from pathlib import Path
 
-from offpolicy import parallel
+from offpolicy import parallel, registry
 from offpolicy.harness import dqn, ppo
 
 ALGOS = {"ppo": (ppo.PPOConfig, ppo.train), "dqn": (dqn.DQNConfig, dqn.train)}
 CHECKS = {"ppo": ppo.check_config, "dqn": dqn.check_config}
 EXECUTORS = parallel.EXECUTORS
+#: each learner's ``estimator`` values: registry names (the aliases ``puff``, ``pdis``, ``nstep``
+#: key the committed results), and PPO's ``decoupled`` (a loss, not a contract estimator)
+ESTIMATORS = {"ppo": ppo.ESTIMATORS, "dqn": dqn.ESTIMATORS}
+
+
+def estimator_value(algo: str, name):
+    """The learner's value for an estimator given by any :mod:`offpolicy.registry` name
+    (``puff_advantage`` -> ``puff``); other values pass through to the config's own check."""
+    own = ESTIMATORS[algo]
+    if not isinstance(name, str) or name in own:
+        return name
+    try:
+        wanted = registry.canonical(name)
+    except ValueError:
+        return name
+    for value in own:
+        if value != "decoupled" and registry.canonical(value) == wanted:
+            return value
+    return name
 
 
 def make_config(algo: str, overrides: dict):

@@ -42,6 +42,26 @@ def error_stats(adv, targets, states, actions, exact: dict) -> dict:
     return out
 
 
+def tabular_gradient(logits, actions, states, loss_fn, num_states: int) -> np.ndarray:
+    """``-dL/dtheta [S, A]`` of a policy loss as if the policy were the table of its logits:
+    the gradient w.r.t. each sample's logits, summed over the samples of each state.
+
+    ``logits [M, A]`` (detached; the policy's logits at the samples' states), ``actions``,
+    ``states [M]``; ``loss_fn(logp [M]) -> scalar`` closes over everything else."""
+    lg = torch.as_tensor(logits).detach().double().requires_grad_(True)
+    a = torch.as_tensor(np.asarray(actions).reshape(-1), dtype=torch.long)
+    logp = torch.log_softmax(lg, dim=-1).gather(1, a[:, None]).squeeze(1)
+    (g,) = torch.autograd.grad(-loss_fn(logp), lg)
+    out = np.zeros((num_states, lg.shape[1]))
+    np.add.at(out, np.asarray(states).reshape(-1), g.numpy())
+    return out
+
+
+def cosine(x: np.ndarray, y: np.ndarray) -> float:
+    nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+    return float((x * y).sum() / (nx * ny)) if nx > 0 and ny > 0 else float("nan")
+
+
 CLIP_MARGIN = 1e-5  # relative: rho within round-off of the clip level is not "clipped"
 
 
@@ -108,7 +128,8 @@ def summarize(curve: list[dict], tabular: bool, tail: float = 0.1) -> dict:
             out["mean_J_frac"] = out["mean_J"] / out["J_opt"]
     for key in ("adv_bias", "adv_rmse", "vtarget_bias", "vtarget_rmse", "qtarget_bias",
                 "qtarget_rmse", "sample_age", "kl_pi_mu", "kl_mu_pi", "rho_q05", "rho_q50",
-                "rho_q95", "rho_clipped_frac", "c_clipped_frac", "J_mu"):
+                "rho_q95", "rho_clipped_frac", "c_clipped_frac", "J_mu", "grad_cos",
+                "grad_cos_exact_adv"):
         vals = [r.get(key) for r in curve if key in r]
         if vals:
             out[key] = _nanmean(vals)

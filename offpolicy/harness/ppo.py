@@ -249,6 +249,40 @@ def value_loss(new_value, targets):
     return 0.5 * ((new_value - targets) ** 2).mean()
 
 
+def update_gradient_stats(cfg: PPOConfig, pg_kind: str, agent, env, pi, ex, obs_buf, act_buf,
+                          state_buf, logmu_buf, logp_prox, adv) -> dict:
+    """How far this update points from grad J (tabular envs; docs/DESIGN.md section 6).
+
+    The policy loss of the whole batch at the parameters the update starts from (the first
+    minibatch's expectation; advantages normalised over the batch when ``norm_adv``),
+    differentiated w.r.t. the policy's logits per state (``measure.tabular_gradient``), against
+    the exact ``grad J`` of the current policy (``offpolicy.gradients.policy_gradient``):
+    ``grad_cos`` with the estimator's advantages, ``grad_cos_exact_adv`` with the exact
+    ``A^pi(s_t, a_t)`` in their place (what the loss form alone costs)."""
+    from offpolicy.gradients import policy_gradient
+
+    grad_j = policy_gradient(env.mdp, pi)
+    with torch.no_grad():
+        logits = agent.logits(obs_buf).reshape(-1, env.n_actions)
+    exact_adv = torch.as_tensor(ex["A"][state_buf, act_buf.numpy()])
+    out = {}
+    for key, a in (("grad_cos", adv), ("grad_cos_exact_adv", exact_adv)):
+        a = a.reshape(-1).double()
+        if cfg.norm_adv and a.numel() > 1:
+            a = (a - a.mean()) / (a.std() + 1e-8)
+
+        def loss_fn(logp, a=a):
+            return policy_loss(logp, logmu_buf.reshape(-1).double(), a, kind=pg_kind,
+                               estimator=cfg.estimator, clip_coef=cfg.clip_coef,
+                               pg_rho_clip=cfg.pg_rho_clip,
+                               logprox=logp_prox.reshape(-1).double(),
+                               decoupled_weight_clip=cfg.decoupled_weight_clip)[0]
+
+        g = measure.tabular_gradient(logits, act_buf, state_buf, loss_fn, env.S)
+        out[key] = measure.cosine(g, grad_j)
+    return out
+
+
 def learner_flags(cfg: PPOConfig, terminated, truncated):
     """(terminated, truncated) as the learner sees them: with ``truncation="terminate"`` a
     time-limit cut is treated as termination (no bootstrap), the common bug."""
@@ -503,6 +537,8 @@ def train(cfg: PPOConfig, progress=None, behaviour_logprob_fn=None) -> dict:
             row["log_rho_abs"] = float(log_rhos.abs().mean())
             per_actor = actors.tabular()
             row["J_mu"] = float(sum(n * env.exact(m)["J"] for n, m in per_actor) / N)
+            row.update(update_gradient_stats(cfg, pg_kind, agent, env, pi, ex, obs_buf, act_buf,
+                                             state_buf, logmu_buf, logp_prox, adv))
 
         flat = lambda x: x.reshape(batch, *x.shape[2:])
         b_obs, b_act = flat(obs_buf), flat(act_buf)

@@ -7,6 +7,10 @@ estimator), :mod:`.run` (pool, resume), :mod:`.store` (append-only cell store, a
 :mod:`.cli` (the command line).
 """
 
-from .cli import main
+from offpolicy._extras import require
+
+require("offpolicy.report", "report", "matplotlib", "tqdm")
+
+from .cli import main  # noqa: E402  (after the extra is checked)
 
 __all__ = ["main"]

@@ -1,7 +1,6 @@
 """``python -m offpolicy.report``: see :mod:`offpolicy.report.cli`."""
 
-import sys
-
+from .._cli import run_main
 from .cli import main
 
-sys.exit(main())
+run_main(main, "python -m offpolicy.report")

@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     records = _records_with_cells(records, cells)
     meta = _meta(args, profile, cells)
     if args.update_baseline:
-        return _write_baseline(args.update_baseline, records, profile, meta)
+        return _write_baseline(args.update_baseline, records, profile, meta, args)
     return _publish(args, out_dir, records, profile, meta)
 
 
@@ -205,6 +205,11 @@ def _publish(args, out_dir, records, profile, meta) -> int:
 
     summ = render.write_outputs(out_dir, records, profile, meta)
     written = ["results.csv", "results.json", "results.md"]
+    if _with_gradients(args, profile):
+        from . import gradients
+
+        written += [os.path.basename(p) for p in gradients.write(out_dir,
+                                                                 gradients.compute(profile.name))]
     if not args.no_plots:
         from .plots import plot_all
 
@@ -224,7 +229,7 @@ def _print_tables(records, profile, summ) -> None:
     render.print_table(h, b, f"MSE by staleness k  (lam={grid.fmt_param(s.show_lam)}, "
                        f"n={s.show_n}, rho/c={grid.fmt_param(s.show_clip[0])}/"
                        f"{grid.fmt_param(s.show_clip[1])}, T={s.show_T}, values={s.show_values})")
-    h, b = render.best_table(summ["best_by_staleness"])
+    h, b = render.best_table(summ["best_by_staleness"], long=True)
     render.print_table(h, b, f"Lowest MSE per staleness level, each estimator tuned over its "
                        f"grid (T={s.show_T}, values={s.show_values})")
     if summ["mc_cells"]:
@@ -232,7 +237,15 @@ def _print_tables(records, profile, summ) -> None:
               f"against the exact figures: {render.short(summ['mc_max_abs_z'], 3)}")
 
 
-def _write_baseline(directory, records, profile, meta) -> int:
+def _with_gradients(args, profile) -> bool:
+    """The gradient section (offpolicy/report/gradients.py) runs with its profile's whole
+    grid only: not for a subset of MDPs or estimators."""
+    from .gradients import GRIDS
+
+    return profile.name in GRIDS and not (args.mdps or args.estimators)
+
+
+def _write_baseline(directory, records, profile, meta, args) -> int:
     from . import render
     from .check import format_regressions, self_consistency
 
@@ -242,6 +255,10 @@ def _write_baseline(directory, records, profile, meta) -> int:
         print(f"baseline NOT rewritten: {directory}")
         return 1
     render.write_outputs(directory, records, profile, meta)
+    if _with_gradients(args, profile):
+        from . import gradients
+
+        gradients.write(directory, gradients.compute(profile.name))
     print(f"baseline rewritten: {directory}/results.json ({len(records)} cells)")
     return 0
 
@@ -259,6 +276,19 @@ def _check(args, profile, cells, tag, progress, baseline) -> int:
     regs = compare(records, baseline, expected)
     text = format_regressions(regs, args.check, len(records))
     print(text, end="" if text.endswith("\n") else "\n")
-    return 1 if regs else 0
+    grad_problems = []
+    if _with_gradients(args, profile):
+        from . import gradients
+
+        rows = gradients.compute(profile.name)
+        grad_problems = gradients.compare(rows, args.check)
+        if grad_problems:
+            print(f"check FAILED: gradients: {len(grad_problems)} regression(s) against "
+                  f"{args.check}/{gradients.CSV}")
+        for line in grad_problems:
+            print(f"  {line}")
+        if not grad_problems:
+            print(f"gradients: {len(rows)} rows match {args.check}/{gradients.CSV}")
+    return 1 if regs or grad_problems else 0
 
 

@@ -36,8 +36,7 @@ _QUANTITY = {"advantage": "A", "pg_advantage": "A", "value": "V", "target": "Q"}
 
 @dataclass(frozen=True)
 class EstimatorSpec:
-    """How the report treats one estimator; everything but the label is read from
-    :mod:`offpolicy.registry`.
+    """How the report treats one estimator; everything is read from :mod:`offpolicy.registry`.
 
     ``name``: the report's name, a registry name (contract name, alias or output alias: the
     committed reports key their cells by it). ``quantity``: what one sample estimates at the
@@ -47,7 +46,6 @@ class EstimatorSpec:
     """
 
     name: str
-    label: str = ""
 
     @property
     def info(self) -> registry.EstimatorInfo:
@@ -77,20 +75,9 @@ class EstimatorSpec:
 
 
 ESTIMATORS: dict[str, EstimatorSpec] = {
-    s.name: s
-    for s in (
-        EstimatorSpec("gae", "GAE(lam) advantage"),
-        EstimatorSpec("td_lambda", "TD(lam) return (GAE returns)"),
-        EstimatorSpec("nstep", "uncorrected n-step return"),
-        EstimatorSpec("vtrace", "V-trace value target v_s"),
-        EstimatorSpec("puff_advantage", "V-trace advantage v_s - V(s) (PufferLib)"),
-        EstimatorSpec("per_decision_is", "per-decision IS with control variate"),
-        EstimatorSpec("retrace", "Retrace(lam), c = min(1, rho)"),
-        EstimatorSpec("tree_backup", "Tree-backup(lam), c = pi"),
-        EstimatorSpec("q_lambda", "Q^pi(lam), c = 1 (no correction)"),
-        EstimatorSpec("importance_sampling_q", "per-decision IS for Q, c = rho"),
-        EstimatorSpec("p3o", "P3O advantage, weights gamma^k, horizon T"),
-    )
+    name: EstimatorSpec(name)
+    for name in ("gae", "td_lambda", "nstep", "vtrace", "puff_advantage", "per_decision_is",
+                 "retrace", "tree_backup", "q_lambda", "importance_sampling_q", "p3o")
 }
 
 #: other registry names of the report's estimators (``--estimators nstep_returns``), each

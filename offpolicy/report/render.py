@@ -10,6 +10,7 @@ import csv
 import io
 import math
 
+from . import frontier as _frontier
 from . import grid
 from .store import encode, write_atomic
 
@@ -168,7 +169,8 @@ def _describe(cell) -> str:
 
 def frontier(records, profile) -> list[dict]:
     """Bias-variance frontier per (MDP, estimator, staleness): the cells over the estimator's
-    own parameter grid that no other such cell beats on both bias_target^2 and var."""
+    own parameter grid that no other such cell dominates on bias_target^2 and var, compared
+    after rounding, ties ordered by name (the rule: :mod:`offpolicy.report.frontier`)."""
     groups: dict = {}
     for rec in records:
         c = rec["cell"]
@@ -177,19 +179,15 @@ def frontier(records, profile) -> list[dict]:
         b2, var = _m(rec, "bias_target") ** 2, _m(rec, "var")
         if math.isnan(b2) or math.isnan(var):
             continue
-        groups.setdefault((c["mdp"], c["estimator"], c["stale"]), []).append((b2, var, rec))
-    out = []
-    for (mdp, est, k), pts in groups.items():
-        pts.sort(key=lambda p: (p[0], p[1]))
-        best_var = math.inf
-        for b2, var, rec in pts:
-            if var < best_var:
-                best_var = var
-                out.append({"mdp": mdp, "estimator": est, "k": k, "setting": _describe(rec["cell"]),
-                            "bias2": b2, "var": var, "mse": b2 + var})
+        groups.setdefault((c["mdp"], c["estimator"], c["stale"]), []).append(
+            (_describe(c), b2, var))
     order = {m: i for i, m in enumerate(profile.mdps)}
     eorder = {e: i for i, e in enumerate(grid.ESTIMATORS)}
-    out.sort(key=lambda r: (order.get(r["mdp"], 99), eorder[r["estimator"]], r["k"], r["bias2"]))
+    out = []
+    for mdp, est, k in sorted(groups, key=lambda g: (order.get(g[0], 99), eorder[g[1]], g[2])):
+        for setting, b2, var in _frontier.pareto(groups[(mdp, est, k)]):
+            out.append({"mdp": mdp, "estimator": est, "k": k, "setting": setting,
+                        "bias2": b2, "var": var, "mse": b2 + var})
     return out
 
 
@@ -237,7 +235,19 @@ def staleness_table(records, profile, detail=False):
     return header, body
 
 
-def best_table(best_rows):
+def best_table(best_rows, long=False):
+    """One row per (MDP, staleness level), the best A, V and Q side by side (``long``: one row
+    per quantity, seven columns, for a terminal: the wide form is too wide for 80 columns)."""
+    if long:
+        header = ["mdp", "k", "KL", "TV", "", "best (tuned over its grid)", "MSE"]
+        body = []
+        for r in best_rows:
+            first = [r["mdp"], str(r["k"]), short(r["kl"]), short(r["tv"])]
+            for q in ("A", "V", "Q"):
+                if q in r:
+                    body.append(first + [q, r[q], short(r[q + "_mse"])])
+                    first = ["", "", "", ""]  # the group's MDP, k, KL and TV once
+        return header, body
     header = ["mdp", "k", "KL", "TV", "best A", "MSE", "best V", "MSE", "best Q", "MSE"]
     body = []
     for r in best_rows:
@@ -273,9 +283,13 @@ def print_table(header, body, title, console=None) -> None:
     import sys
 
     t = Table(title=title, header_style="bold", show_lines=False)
-    for h in header:
+    for i, h in enumerate(header):
         numeric = h.startswith(("MSE", "KL", "TV", "k", "MC", "bias", "fp", "modulus"))
-        t.add_column(h, justify="right" if numeric else "left", no_wrap=True)
+        if numeric:  # a number is never cut: its column keeps its full width
+            width = max(len(str(x)) for x in [h, *(r[i] for r in body)])
+            t.add_column(h, justify="right", no_wrap=True, min_width=width)
+        else:  # names and settings fold onto a second line when the terminal is narrow
+            t.add_column(h, justify="left", overflow="fold")
     for r in body:
         t.add_row(*map(str, r))
     if console is None:  # a log file or pipe has no width: do not wrap at 80 columns

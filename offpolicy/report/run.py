@@ -14,12 +14,15 @@ from . import grid
 from ._blas import single_thread
 from .store import CellStore
 
-# the code whose change invalidates stored cells (a changed file starts a fresh run directory)
+# the code whose change invalidates stored cells (a changed file starts a fresh run directory):
+# every module the computation of a cell loads, except re-exports, argument parsing and the pool
+# (tests/test_instr_report.py derives the list from what a computation imports)
 _CODE = (
-    "offpolicy/mdp.py", "offpolicy/policies.py", "offpolicy/exact.py", "offpolicy/sampler.py",
-    "offpolicy/moments.py", "offpolicy/registry.py", "offpolicy/report/compute.py",
+    "offpolicy/_checks.py", "offpolicy/mdp.py", "offpolicy/policies.py", "offpolicy/exact.py",
+    "offpolicy/sampler.py", "offpolicy/moments.py", "offpolicy/registry.py",
+    "offpolicy/report/compute.py",
     "offpolicy/report/montecarlo.py", "offpolicy/report/cell.py", "offpolicy/report/grid.py",
-    "estimators/numpy.py",
+    "estimators/numpy.py", "estimators/_validate.py", "estimators/_types.py",
 )
 
 
