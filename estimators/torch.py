@@ -26,11 +26,22 @@ docs/DESIGN.md section 2). Differences:
   (``exp`` is evaluated on a masked input there, so its backward never computes 0 * inf).
 
 Validation is ``estimators._validate``, shared with every backend (one device sync per check).
+
+**CPU threads.** A call on CPU tensors runs single-threaded (``torch.set_num_threads(1)`` for
+the call, restored after it) when this process may use at most 2 CPUs or the batch has at most
+``SINGLE_THREAD_MAX`` elements (T*B), and otherwise on at most as many threads as the 1-minute
+load average leaves idle: the scan's operations are small, and an intra-op parallel operation
+waits at its barrier for a thread the scheduler has parked, so on a busy machine more threads
+made a call many times slower. Elementwise operations give the same bytes on any number of
+threads. (``torch.set_num_threads`` is process-wide: calls from several Python threads at once
+may see the lower count.)
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 
 import numpy as np
 import numpy.typing as npt
@@ -52,6 +63,59 @@ __all__ = [
     "importance_sampling_q",
     "p3o_advantage",
 ]
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU threads
+
+# at or below this many elements (T*B) a CPU call runs on one thread
+SINGLE_THREAD_MAX = 1 << 16
+_CPUS: list[int] = []
+
+
+def _usable_cpus() -> int:
+    if not _CPUS:
+        try:
+            _CPUS.append(max(1, len(os.sched_getaffinity(0))))
+        except AttributeError:  # pragma: no cover - not Linux
+            _CPUS.append(max(1, os.cpu_count() or 1))
+    return _CPUS[0]
+
+
+def _cpu_threads(n: int, have: int) -> int:
+    """Threads for a CPU call on ``n`` elements when torch is set to ``have``."""
+    cpus = _usable_cpus()
+    if cpus <= 2 or n <= SINGLE_THREAD_MAX:
+        return 1
+    try:
+        idle = int(cpus - os.getloadavg()[0])
+    except OSError:  # pragma: no cover - no load average on this platform
+        idle = cpus
+    return max(1, min(have, idle))
+
+
+def _threads_chosen(fn):
+    """Run ``fn`` (an estimator; its first argument the rewards) with the CPU threads of
+    ``_cpu_threads``; a call on a GPU, or nested in another, keeps torch's setting."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        r = args[0] if args else kwargs.get("rewards")
+        if isinstance(r, torch.Tensor):
+            if r.device.type != "cpu":
+                return fn(*args, **kwargs)
+            n = r.numel()
+        else:
+            n = int(np.size(r))
+        have = torch.get_num_threads()
+        want = _cpu_threads(n, have)
+        if want >= have:
+            return fn(*args, **kwargs)
+        torch.set_num_threads(want)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(have)
+    return wrapper
 
 
 # ---------------------------------------------------------------------------------------------
@@ -384,6 +448,7 @@ def _state_arrays(rewards, values, next_values, terminated, truncated, log_rhos,
     return xs[0].shape, r, v, nv, term, trunc, lr, gamma, lam
 
 
+@_threads_chosen
 def gae(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
         next_values: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
         truncated: torch.Tensor | npt.ArrayLike, *, gamma: torch.Tensor | npt.ArrayLike,
@@ -419,6 +484,7 @@ def _vtrace(rewards, values, next_values, terminated, truncated, log_rhos, gamma
     return VTraceOutput(adv.reshape(shape), value_targets.reshape(shape), pg.reshape(shape))
 
 
+@_threads_chosen
 def vtrace(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
            next_values: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
            truncated: torch.Tensor | npt.ArrayLike, log_rhos: torch.Tensor | npt.ArrayLike, *,
@@ -433,6 +499,7 @@ def vtrace(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.Arr
                    rho_clip, c_clip, pg_rho_clip)
 
 
+@_threads_chosen
 def puff_advantage(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
                    next_values: torch.Tensor | npt.ArrayLike,
                    terminated: torch.Tensor | npt.ArrayLike,
@@ -444,6 +511,7 @@ def puff_advantage(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor |
                    rho_clip, c_clip, 1.0).advantages
 
 
+@_threads_chosen
 def per_decision_is(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor | npt.ArrayLike,
                     next_values: torch.Tensor | npt.ArrayLike,
                     terminated: torch.Tensor | npt.ArrayLike,
@@ -465,6 +533,7 @@ def per_decision_is(rewards: torch.Tensor | npt.ArrayLike, values: torch.Tensor 
 # n-step returns
 
 
+@_threads_chosen
 def nstep_returns(rewards: torch.Tensor | npt.ArrayLike, next_values: torch.Tensor | npt.ArrayLike,
                   terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike,
                   *, gamma: torch.Tensor | npt.ArrayLike, n: int) -> torch.Tensor:
@@ -520,6 +589,7 @@ def _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, la
     return targets.reshape(xs[0].shape)
 
 
+@_threads_chosen
 def q_trace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
             next_expected_q: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
             truncated: torch.Tensor | npt.ArrayLike, traces: torch.Tensor | npt.ArrayLike, *,
@@ -530,6 +600,7 @@ def q_trace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.A
                     "traces", traces, lambda c: c, c_at_most_1=False)
 
 
+@_threads_chosen
 def retrace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
             next_expected_q: torch.Tensor | npt.ArrayLike, terminated: torch.Tensor | npt.ArrayLike,
             truncated: torch.Tensor | npt.ArrayLike, log_rhos: torch.Tensor | npt.ArrayLike, *,
@@ -539,6 +610,7 @@ def retrace(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.A
                     "log_rhos", log_rhos, lambda lr: _clip(_ratio(lr), 1.0))
 
 
+@_threads_chosen
 def tree_backup(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
                 next_expected_q: torch.Tensor | npt.ArrayLike,
                 terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike,
@@ -550,6 +622,7 @@ def tree_backup(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | n
                     "target_probs_taken", target_probs_taken, lambda p: p)
 
 
+@_threads_chosen
 def q_lambda(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.ArrayLike,
              next_expected_q: torch.Tensor | npt.ArrayLike,
              terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike, *,
@@ -559,6 +632,7 @@ def q_lambda(rewards: torch.Tensor | npt.ArrayLike, q_taken: torch.Tensor | npt.
     return _q_trace(rewards, q_taken, next_expected_q, terminated, truncated, gamma, lam)
 
 
+@_threads_chosen
 def importance_sampling_q(rewards: torch.Tensor | npt.ArrayLike,
                           q_taken: torch.Tensor | npt.ArrayLike,
                           next_expected_q: torch.Tensor | npt.ArrayLike,
@@ -588,6 +662,7 @@ def _p3o_weights(reward_std, batch_reward_std, normalize):
     return weights / torch.where(scale > 0, scale, 1.0)
 
 
+@_threads_chosen
 def p3o_advantage(rewards: torch.Tensor | npt.ArrayLike, reward_mean: torch.Tensor | npt.ArrayLike,
                   reward_std: torch.Tensor | npt.ArrayLike,
                   terminated: torch.Tensor | npt.ArrayLike, truncated: torch.Tensor | npt.ArrayLike,

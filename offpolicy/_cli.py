@@ -31,11 +31,17 @@ class UsageError(ValueError):
     """A bad command-line argument; the message is one line and names it."""
 
 
+def one_line(message: str) -> str:
+    """``message`` with its control characters escaped (``\\r``, ``\\n``, ``\\x00``): an
+    argument that holds one still gives a one-line error."""
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in message)
+
+
 class OneLineParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors are one line (``prog: error: ...``) and exit 2."""
 
     def error(self, message: str):  # noqa: D401 (argparse's signature)
-        self.exit(USAGE_ERROR, f"{self.prog}: error: {message} (--help for usage)\n")
+        self.exit(USAGE_ERROR, f"{self.prog}: error: {one_line(message)} (--help for usage)\n")
 
 
 class RaisingParser(argparse.ArgumentParser):
@@ -43,7 +49,7 @@ class RaisingParser(argparse.ArgumentParser):
     for a ``main`` that reports every usage error in one place."""
 
     def error(self, message: str):  # noqa: D401 (argparse's signature)
-        raise UsageError(message)
+        raise UsageError(one_line(message))
 
 
 def positive_int(text: str) -> int:
@@ -102,7 +108,7 @@ def writable_dir(path: str, flag: str = "--out") -> str | None:
 
 def usage_error(prog: str, message: str) -> int:
     """Print ``prog: error: message`` on stderr; the usage exit code."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
     return USAGE_ERROR
 
 

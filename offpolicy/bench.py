@@ -2,10 +2,13 @@
 
 For each size (B x T, streams x steps; default 4096x128, 1024x1024, 128x4096, 64x64, and the
 small batches of issue 11: 16x128 and 4x128, that is 128 steps of 16 or 4 environments as in
-CleanRL, and 128x16 and 128x4, the same numbers read as B x T), float32 inputs, each estimator
-and each backend, the first call is timed on its own (for Taichi: JIT compile, or a load from
-Taichi's offline cache when an earlier process compiled it; for rlax: the ``jax.jit``
-compile), then the median of ``--repeats`` calls after a warm-up call. Columns:
+CleanRL, and 128x16 and 128x4, the same numbers read as B x T), float32 inputs, and each
+estimator: every backend's first call is timed on its own (for Taichi: JIT compile, or a load
+from Taichi's offline cache when an earlier process compiled it; for rlax: the ``jax.jit``
+compile), then, after a warm-up call, all backends and the copy floor are timed in ``--rounds``
+interleaved rounds (the order rotating), ``--repeats`` calls each in all, and the median is
+reported; the 1-minute load average is recorded before and after each cell's rounds, and the
+number of CPUs with the table, so that a ratio measured on a busy machine says so. Columns:
 
 * ``speedup_vs_numpy``: the numpy reference (``estimators.numpy``, float64, validated) time
   divided by this backend's time, measured in the same process;
@@ -18,12 +21,15 @@ compile), then the median of ``--repeats`` calls after a warm-up call. Columns:
 
 Backends: ``numpy``, ``numpy-loop``, ``torch`` (CPU), ``taichi`` (its automatic kernel form),
 ``taichi-naive`` (one thread per stream walking T, to show why the lockstep form exists), and
-peers when installed (never required; a missing one is skipped): ``torchrl`` (functional
-``generalized_advantage_estimate`` and ``vtrace_advantage_estimate``), ``torchrl-vec``
-(``vec_generalized_advantage_estimate``), both with batch-major inputs prepared outside the
-timing, and ``rlax`` (``truncated_generalized_advantage_estimation`` and ``vtrace`` with
-per-step lambda cut at episode ends, ``jax.vmap`` over streams under ``jax.jit``, timed with
-``block_until_ready``; inputs are JAX arrays made outside the timing).
+peers when installed (never required; a missing one is skipped), each in every layout its users
+call it in, the fastest of them the yardstick: ``torchrl-bm`` / ``torchrl-tm`` (functional
+``generalized_advantage_estimate`` and ``vtrace_advantage_estimate`` on ``[B, T, 1]`` with
+``time_dim=-2``, or ``[T, B, 1]`` with ``time_dim=0``), ``torchrl-vec-bm`` / ``torchrl-vec-tm``
+(``vec_generalized_advantage_estimate``), and ``rlax-tm`` / ``rlax-bm``
+(``truncated_generalized_advantage_estimation`` and ``vtrace`` with per-step lambda cut at
+episode ends, under ``jax.jit``, ``jax.vmap``-ed over axis 1 of ``[T, B]`` arrays, as
+acme-style learners call them, or over axis 0 of ``[B, T]``; timed with
+``block_until_ready``). Peer inputs are made outside the timing, in the peer's layout.
 
 Writes ``bench.csv`` and ``bench.md`` under ``--out`` (default ``offpolicy-out/bench/``,
 git-ignored; the committed tables change only with ``--out reports/bench``). Exit codes: 0 done,
@@ -32,22 +38,20 @@ arguments, an unwritable ``--out`` or a size whose estimated memory (``BYTES_PER
 element) exceeds what is available (one line, checked before anything is timed), 130
 interrupted by Ctrl-C or SIGTERM (one line; the rows measured so far are written).
 
-The committed tables are one run, with the peers, on a quiet machine, from the repository root,
-in the peers' environment (``/work/peers-venv`` here: torchrl 0.14.1, rlax 0.1.9 with jax, and
-this repository installed editable; elsewhere ``pip install -e .[test] torchrl rlax jax``)::
+The committed tables are one run, with the peers, from the repository root, in a peers'
+environment (torch pinned to the CPU build, then ``pip install -e .[test] jax jaxlib rlax
+torchrl tensordict``)::
 
-    /work/peers-venv/bin/python -m offpolicy.bench --repeats 21 --out reports/bench
+    /work/venv-bench/bin/python -m offpolicy.bench --repeats 30 --rounds 6 --out reports/bench
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import importlib
 import os
 import platform
-import signal
 import statistics
 import sys
 import time
@@ -60,9 +64,10 @@ DEFAULT_SIZES = ((4096, 128), (1024, 1024), (128, 4096), (64, 64), (16, 128), (4
                  (128, 16), (128, 4))
 QUICK_SIZES = ((64, 16), (8, 64))
 ESTIMATORS = registry.names()  # every contract estimator (offpolicy.registry)
-BACKENDS = ("numpy", "numpy-loop", "torch", "taichi", "taichi-naive", "torchrl", "torchrl-vec",
-            "rlax")
-PEERS = ("torchrl", "torchrl-vec", "rlax")  # other libraries: never required
+# peers in each layout their users call them in: ``-bm`` batch-major ([B, T]), ``-tm``
+# time-major ([T, B]); "vs best peer" is against the fastest of them, named
+PEERS = ("torchrl-bm", "torchrl-tm", "torchrl-vec-bm", "torchrl-vec-tm", "rlax-tm", "rlax-bm")
+BACKENDS = ("numpy", "numpy-loop", "torch", "taichi", "taichi-naive") + PEERS
 # the two trace recursions (docs/DESIGN.md section 2), the estimators taichi-naive covers
 STATE = {n for n in registry.names("state") if "values" in registry.lookup(n).inputs}
 ACTION = set(registry.names("action"))
@@ -161,14 +166,18 @@ def backend_call(backend, name, d):
                     return fn(*args, **kwargs)
             return run
         return lambda: fn(*args, **kwargs)
-    if backend in ("torchrl", "torchrl-vec"):
-        return _torchrl_call(name, d, vectorised=backend == "torchrl-vec")
-    if backend == "rlax":
-        return _rlax_call(name, d)
+    if backend.startswith("torchrl"):
+        return _torchrl_call(name, d, vectorised="-vec" in backend,
+                             time_major=backend.endswith("-tm"))
+    if backend.startswith("rlax"):
+        return _rlax_call(name, d, time_major=backend.endswith("-tm"))
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def _torchrl_call(name, d, vectorised=False):
+def _torchrl_call(name, d, vectorised=False, time_major=False):
+    """TorchRL's functional estimators on ``[B, T, 1]`` tensors with ``time_dim=-2`` (the layout
+    of its tensordicts and value modules), or ``[T, B, 1]`` with ``time_dim=0``; the inputs are
+    prepared outside the timing."""
     if name not in ("gae", "vtrace") or (vectorised and name != "gae"):
         return None
     try:
@@ -176,19 +185,28 @@ def _torchrl_call(name, d, vectorised=False):
         torch = importlib.import_module("torch")
     except ImportError:
         return None
-    bm = lambda x: torch.from_numpy(np.ascontiguousarray(x.T)).unsqueeze(-1)  # [B, T, 1]
-    r, v, nv = bm(d["rewards"]), bm(d["values"]), bm(d["next_values"])
-    term = bm(d["terminated"])
-    done = bm(d["terminated"] | d["truncated"])
+    if time_major:
+        lay = lambda x: torch.from_numpy(np.ascontiguousarray(x)).unsqueeze(-1)  # [T, B, 1]
+        time_dim = 0
+    else:
+        lay = lambda x: torch.from_numpy(np.ascontiguousarray(x.T)).unsqueeze(-1)  # [B, T, 1]
+        time_dim = -2
+    r, v, nv = lay(d["rewards"]), lay(d["values"]), lay(d["next_values"])
+    term = lay(d["terminated"])
+    done = lay(d["terminated"] | d["truncated"])
     if name == "gae":
         gae = (F.vec_generalized_advantage_estimate if vectorised
                else F.generalized_advantage_estimate)
-        return lambda: gae(GAMMA, LAM, v, nv, r, done, term)
-    log_pi, log_mu = bm(d["log_rhos"]), torch.zeros_like(r)
-    return lambda: F.vtrace_advantage_estimate(GAMMA, log_pi, log_mu, v, nv, r, done, term)
+        return lambda: gae(GAMMA, LAM, v, nv, r, done, term, time_dim=time_dim)
+    log_pi, log_mu = lay(d["log_rhos"]), torch.zeros_like(r)
+    return lambda: F.vtrace_advantage_estimate(GAMMA, log_pi, log_mu, v, nv, r, done, term,
+                                               time_dim=time_dim)
 
 
-def _rlax_call(name, d):
+def _rlax_call(name, d, time_major=False):
+    """rlax's per-stream functions under ``jax.jit``, ``jax.vmap``-ed over the streams: over
+    axis 1 of ``[T, B]`` arrays (time-major, as acme-style learners call them) or axis 0 of
+    ``[B, T]`` arrays (batch-major); JAX arrays made outside the timing."""
     if name not in ("gae", "vtrace"):
         return None
     try:
@@ -198,21 +216,24 @@ def _rlax_call(name, d):
     except ImportError:
         return None
     # rlax works per stream [T]; discount_t = gamma * not terminated, and lambda_t = 0 at cuts
-    r = jnp.asarray(d["rewards"].T)
-    v = jnp.asarray(d["values"].T)
-    nv = jnp.asarray(d["next_values"].T)
-    disc = jnp.asarray((GAMMA * ~d["terminated"]).T.astype(np.float32))
-    lam = jnp.asarray((LAM * ~(d["terminated"] | d["truncated"])).T.astype(np.float32))
+    lay = (lambda x: jnp.asarray(np.ascontiguousarray(x))) if time_major else \
+        (lambda x: jnp.asarray(np.ascontiguousarray(x.T)))
+    axis = 1 if time_major else 0
+    cat = lambda a, b: jnp.concatenate([a, b], axis=1 - axis)  # along T
+    last = (lambda x: x[-1:]) if time_major else (lambda x: x[:, -1:])
+    r, v, nv = lay(d["rewards"]), lay(d["values"]), lay(d["next_values"])
+    disc = lay((GAMMA * ~d["terminated"]).astype(np.float32))
+    lam = lay((LAM * ~(d["terminated"] | d["truncated"])).astype(np.float32))
+    values = cat(v, last(nv))
+    vmap = lambda f: jax.jit(jax.vmap(f, in_axes=axis, out_axes=axis))
     if name == "gae":
-        values = jnp.concatenate([v, nv[:, -1:]], axis=1)
         gae_fn = rlax.truncated_generalized_advantage_estimation
-        f = jax.jit(jax.vmap(lambda r_, d_, l_, vals: gae_fn(r_, d_, l_, vals)))
+        f = vmap(lambda r_, d_, l_, vals: gae_fn(r_, d_, l_, vals))
         return lambda: f(r, disc, lam, values).block_until_ready()
-    lr = jnp.asarray(d["log_rhos"].T)
-    values = jnp.concatenate([v, nv[:, -1:]], axis=1)
+    lr = lay(d["log_rhos"])
     # the ratio is taken inside the compiled function (our backends take log-ratios too)
-    f = jax.jit(jax.vmap(lambda v_, r_, d_, lr_, l_: rlax.vtrace(
-        v_[:-1], v_[1:], r_, d_, jnp.exp(lr_), lambda_=l_)))
+    f = vmap(lambda v_, r_, d_, lr_, l_: rlax.vtrace(v_[:-1], v_[1:], r_, d_, jnp.exp(lr_),
+                                                     lambda_=l_))
     return lambda: f(values, r, disc, lr, lam).block_until_ready()
 
 
@@ -225,36 +246,56 @@ def input_bytes(name, d):
     return int(sum(np.asarray(x).nbytes for x in args))
 
 
-def copy_floor(nbytes, repeats):
+def copy_floor_call(nbytes):
+    """``np.copyto`` of ``nbytes`` bytes: the memory-traffic floor of a one-pass kernel."""
     src = np.ones(max(nbytes, 1), dtype=np.uint8)
     dst = np.empty_like(src)
-    return _median_ms(lambda: np.copyto(dst, src), max(repeats, 5))[0]
+    return lambda: np.copyto(dst, src)
 
 
-def _median_ms(fn, repeats, budget_s=3.0):
-    fn()  # warm-up
-    times = []
-    start = time.perf_counter()
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-        if i >= 2 and time.perf_counter() - start > budget_s:
-            break
-    return statistics.median(times), min(times), len(times)
+def interleaved(fns, repeats, rounds, budget_s=3.0):
+    """Time every callable of ``fns`` in ``rounds`` interleaved rounds (each round runs every
+    callable in turn, the order rotating from round to round, about ``repeats / rounds`` calls
+    each, at most ``budget_s / rounds`` seconds per callable and round), so that a slow window
+    of a busy machine falls on every backend alike. Returns {key: (median, min, calls)} in ms;
+    every callable has been called once (warm-up) before."""
+    keys = list(fns)
+    per_round = max(1, -(-repeats // rounds))
+    times: dict = {k: [] for k in keys}
+    for rnd in range(rounds):
+        shift = rnd % len(keys) if keys else 0
+        for k in keys[shift:] + keys[:shift]:
+            fn = fns[k]
+            start = time.perf_counter()
+            for i in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                t1 = time.perf_counter()
+                times[k].append((t1 - t0) * 1e3)
+                if i >= 1 and t1 - start > budget_s / rounds:
+                    break
+    return {k: (statistics.median(v), min(v), len(v)) for k, v in times.items()}
 
 
-def run(sizes, estimators, backends, repeats, log=print, rows=None):
+def _load():
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # pragma: no cover - not available on this platform
+        return None
+
+
+def run(sizes, estimators, backends, repeats, log=print, rows=None, rounds=5):
     """The rows of every (size, estimator, backend) cell, appended to ``rows`` (a new list by
     default) as each cell is measured: when a later size fails, the caller still holds the
-    cells measured before it."""
+    cells measured before it. Per size and estimator: every backend's first call timed alone
+    (compile), one warm-up call, then ``interleaved`` rounds with the copy floor among them;
+    the 1-minute load average is recorded before and after."""
     rows = [] if rows is None else rows
     for B, T in sizes:
         d = make_inputs(B, T)
         for name in estimators:
             nbytes = input_bytes(name, d)
-            floor_ms = copy_floor(nbytes, repeats)
-            results = {}
+            fns, first = {}, {}
             for backend in backends:
                 try:
                     fn = backend_call(backend, name, d)
@@ -264,9 +305,17 @@ def run(sizes, estimators, backends, repeats, log=print, rows=None):
                     continue
                 t0 = time.perf_counter()
                 fn()
-                first_ms = (time.perf_counter() - t0) * 1e3
-                med, best, n = _median_ms(fn, repeats)
-                results[backend] = (med, best, n, first_ms)
+                first[backend] = (time.perf_counter() - t0) * 1e3
+                fn()  # warm-up
+                fns[backend] = fn
+            floor = copy_floor_call(nbytes)
+            floor()
+            fns[_FLOOR] = floor
+            load_before = _load()
+            timed = interleaved(fns, repeats, rounds)
+            load_after = _load()
+            floor_ms = timed.pop(_FLOOR)[0]
+            results = {b: (*timed[b], first[b]) for b in timed}
             ref_ms = results.get("numpy", (None,))[0]
             loop_ms = results.get("numpy-loop", (None,))[0]
             peers = {b: results[b][0] for b in PEERS if b in results}
@@ -280,15 +329,18 @@ def run(sizes, estimators, backends, repeats, log=print, rows=None):
                     speedup_vs_numpy=_ratio(ref_ms, med), speedup_vs_loop=_ratio(loop_ms, med),
                     x_copy_floor=_ratio(med, floor_ms), copy_floor_ms=round(floor_ms, 4),
                     speedup_vs_best_peer=_ratio(peer_ms, med), best_peer=best_peer or "",
-                    input_bytes=nbytes,
+                    input_bytes=nbytes, load_before=load_before, load_after=load_after,
                 )
                 rows.append(row)
-                log(f"{B:>5}x{T:<5} {name:<22} {backend:<13} {med:9.3f} ms  "
+                log(f"{B:>5}x{T:<5} {name:<22} {backend:<14} {med:9.3f} ms  "
                     f"(first {first_ms:8.1f} ms)  vs numpy x{_cell(row['speedup_vs_numpy'])}  "
                     f"vs loop x{_cell(row['speedup_vs_loop'])}  "
                     f"copy floor x{_cell(row['x_copy_floor'])}  "
-                    f"vs best peer x{_peer_cell(row)}")
+                    f"vs best peer x{_peer_cell(row)}  load {load_before}->{load_after}")
     return rows
+
+
+_FLOOR = object()  # the copy floor's key among the interleaved callables
 
 
 def _ratio(a, b):
@@ -309,7 +361,8 @@ def _cell(x):
 
 FIELDS = ("estimator", "backend", "B", "T", "dtype", "median_ms", "min_ms", "repeats",
           "first_call_ms", "speedup_vs_numpy", "speedup_vs_loop", "x_copy_floor",
-          "copy_floor_ms", "speedup_vs_best_peer", "best_peer", "input_bytes")
+          "copy_floor_ms", "speedup_vs_best_peer", "best_peer", "input_bytes", "load_before",
+          "load_after")
 
 
 def write(rows, out, meta):
@@ -330,14 +383,20 @@ def write(rows, out, meta):
              "`vs best peer`: speed-up over the fastest peer library at that size and estimator "
              "(named; above 1 is faster than it). "
              "`first`: the first call in the process (Taichi: compile or offline-cache load; "
-             "rlax: `jax.jit` compile), kept apart from the median.",
-             ""]
+             "rlax: `jax.jit` compile), kept apart from the median. "
+             "Peers run in each layout their users call them in: `-bm` batch-major "
+             "(`[B, T]`), `-tm` time-major (`[T, B]`; rlax `jax.vmap(in_axes=1)`, TorchRL "
+             "`time_dim=0`); `-vec`: TorchRL's vectorised GAE. "
+             f"Every cell's backends (and the copy floor) ran in {meta.get('rounds', '?')} "
+             "interleaved rounds; `load` is the 1-minute load average before and after the "
+             "cell's rounds.",
+             "", f"Load: {meta.get('load', '?')}.", "", *targets(rows), ""]
     sizes = list(dict.fromkeys((r["B"], r["T"]) for r in rows))
     for B, T in sizes:
         lines += [f"## B x T = {B} x {T}", "",
                   "| estimator | backend | median ms | first ms | vs numpy | vs loop | x floor "
-                  "| vs best peer |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+                  "| vs best peer | load |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for r in rows:
             if (r["B"], r["T"]) != (B, T):
                 continue
@@ -345,10 +404,57 @@ def write(rows, out, meta):
             lines.append(f"| {r['estimator']} | {r['backend']} | {r['median_ms']:.3f} | "
                          f"{r['first_call_ms']:.1f} | {fmt(r['speedup_vs_numpy'])} | "
                          f"{fmt(r['speedup_vs_loop'])} | {fmt(r['x_copy_floor'])} | "
-                         f"{_peer_cell(r)} |")
+                         f"{_peer_cell(r)} | {r['load_before']}-{r['load_after']} |")
         lines.append("")
     with open(os.path.join(out, "bench.md"), "w") as f:
         f.write("\n".join(lines))
+
+
+def _row(rows, name, backend, size):
+    return next((r for r in rows if r["estimator"] == name and r["backend"] == backend
+                 and (r["B"], r["T"]) == size), None)
+
+
+def targets(rows):
+    """The issue-24 targets, read off ``rows`` (markdown lines; a cell not measured says so)."""
+    out = ["## Targets (issue 24)", "",
+           "| target | size | estimator | measured | met |", "|---|---|---|---:|---|"]
+
+    def line(target, size, name, value, ok):
+        out.append(f"| {target} | {size[0]}x{size[1]} | {name} | {value} | "
+                   f"{'-' if ok is None else 'yes' if ok else 'NO'} |")
+
+    sizes = list(dict.fromkeys((r["B"], r["T"]) for r in rows))
+    for size in sizes:
+        for name in ("gae", "vtrace"):
+            r = _row(rows, name, "taichi", size)
+            if r is None or r["best_peer"] == "":
+                continue
+            rlax = [p for p in rows if p["estimator"] == name and (p["B"], p["T"]) == size
+                    and p["backend"].startswith("rlax")]
+            if not rlax:
+                continue
+            fast = min(rlax, key=lambda p: p["median_ms"])
+            x = _ratio(fast["median_ms"], r["median_ms"])
+            want = 1.5 if size in ((4096, 128), (1024, 1024)) else 1.0
+            line(f"taichi >= {want}x rlax's best layout", size, name,
+                 f"{x}x ({fast['backend']})", x is not None and x >= want)
+    r = _row(rows, "gae", "taichi", (4096, 128))
+    if r is not None:
+        line("taichi <= 1.3x copy floor", (4096, 128), "gae", f"{r['x_copy_floor']}x",
+             r["x_copy_floor"] is not None and r["x_copy_floor"] <= 1.3)
+    r = _row(rows, "vtrace", "taichi", (128, 4096))
+    if r is not None:
+        line("taichi >= 8x numpy loop", (128, 4096), "vtrace", f"{r['speedup_vs_loop']}x",
+             r["speedup_vs_loop"] is not None and r["speedup_vs_loop"] >= 8)
+    for size in sizes:
+        for name in ("gae", "vtrace"):
+            slow = [r for r in rows if r["estimator"] == name and (r["B"], r["T"]) == size
+                    and r["backend"] in ("torch", "taichi") and r["speedup_vs_loop"] is not None]
+            for r in slow:
+                line(f"{r['backend']} no slower than numpy loop", size, name,
+                     f"{r['speedup_vs_loop']}x", r["speedup_vs_loop"] >= 1.0)
+    return out
 
 
 def _peer_cell(row):
@@ -447,6 +553,8 @@ def main(argv=None):
     p.add_argument("--estimators", default=",".join(ESTIMATORS))
     p.add_argument("--backends", default=",".join(BACKENDS))
     p.add_argument("--repeats", type=int, default=None, help="timed calls per cell (default 15)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds per cell (default 5; the repeats are split over them)")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output directory (default {DEFAULT_OUT})")
     p.add_argument("--quick", action="store_true", help="tiny sizes, 3 repeats (a smoke run)")
     a = p.parse_args(argv)
@@ -463,27 +571,32 @@ def main(argv=None):
             p.error(f"--backends: unknown {b!r}; choose from {', '.join(BACKENDS)}")
     if a.repeats is not None and a.repeats < 1:
         p.error(f"--repeats: must be >= 1, got {a.repeats}")
+    if a.rounds < 1:
+        p.error(f"--rounds: must be >= 1, got {a.rounds}")
     if not estimators or not backends:
         p.error("--estimators/--backends: empty")
     problem = memory_problem(sizes, available_memory()) or writable_dir(a.out)
     if problem:  # before the benchmark runs, not after
         raise SystemExit(usage_error(PROG, problem))
     rows: list = []
+    load_start = _load()
     command = f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:])
     try:
-        with _interrupt_on_sigterm():
-            run(sizes, estimators, backends, repeats, rows=rows)
+        run(sizes, estimators, backends, repeats, rows=rows, rounds=a.rounds)
     except KeyboardInterrupt:
         # one line, no traceback; the cells measured so far are kept
         _write_partial(rows, a.out, command, "interrupted")
         print(f"\n{PROG}: interrupted; {_kept(rows, a.out)}", file=sys.stderr)
-        raise SystemExit(130) from None
+        return 130  # run_main: exit 130, this line kept
     except Exception as e:  # noqa: BLE001 - any failure: one line, and what was measured
         what = f"{type(e).__name__}: {e}".strip().splitlines()[0]
         _write_partial(rows, a.out, command, f"failed ({what})")
         print(f"{PROG}: error: {what}; {_kept(rows, a.out)}", file=sys.stderr)
         raise SystemExit(1) from None
-    write(rows, a.out, _meta(command))
+    meta = _meta(command)
+    meta["rounds"] = a.rounds
+    meta["load"] = f"1-minute load average {load_start} at the start, {_load()} at the end"
+    write(rows, a.out, meta)
     print(f"wrote {os.path.join(a.out, 'bench.csv')} and bench.md")
     return rows
 
@@ -492,8 +605,13 @@ PROG = "python -m offpolicy.bench"
 
 
 def _meta(command, status=None):
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        usable = os.cpu_count()
     meta = dict(command=command,
-                machine=f"{platform.machine()}, {os.cpu_count()} CPUs ({platform.processor()})",
+                machine=f"{platform.machine()}, {os.cpu_count()} CPUs, {usable} usable by this "
+                f"process ({platform.processor()})",
                 python=platform.python_version(), numpy=np.__version__, versions=_versions())
     if status:
         meta["status"] = status
@@ -511,26 +629,9 @@ def _kept(rows, out):
     return f"the {len(rows)} rows measured so far are in {os.path.join(out, 'bench.csv')}"
 
 
-@contextlib.contextmanager
-def _interrupt_on_sigterm():
-    """``kill`` stops the benchmark as Ctrl-C does (one line, exit 130, measured rows kept)."""
-    def stop(signum, frame):
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, stop)
-    except ValueError:  # not the main thread: leave SIGTERM alone
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:  # during the imports, before the benchmark's own handler
-        print(f"\n{PROG}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
+    from offpolicy._cli import run_main
+
+    # Ctrl-C or kill anywhere (the imports included): one line, exit 130; while cells are
+    # measured, main's own handler keeps what was measured and says so
+    run_main(main, PROG)

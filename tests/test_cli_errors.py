@@ -216,3 +216,44 @@ def test_unreachable_ray_address_fails_fast_with_one_line(main, argv, tmp_path, 
                                     "--out", str(tmp_path)], capsys)
     assert_usage_error(rc, err, "--address", address, "nothing answers")
     assert time.monotonic() - start < 30  # ray.init alone would wait for minutes
+
+
+# ---- usage errors come before the heavy imports (issue 21) -------------------------------------
+
+HEAVY = ("torch", "gymnasium", "pandas", "matplotlib", "scipy")
+# run the command line in a fresh interpreter; report its exit code, what it printed and which
+# heavy packages it had imported when it exited
+PROBE = """
+import json, runpy, sys
+sys.argv = ["offpolicy.harness", *json.loads(sys.argv[1])]
+try:
+    runpy.run_module("offpolicy.harness", run_name="__main__", alter_sys=True)
+    code = 0
+except SystemExit as e:
+    code = e.code
+print(json.dumps({"rc": code, "heavy": sorted(m for m in HEAVY if m in sys.modules)}))
+""".replace("HEAVY", repr(HEAVY))
+
+
+@pytest.mark.parametrize("argv, words", [
+    ([], ["--algo"]),
+    (["--algo", "sac"], ["--algo", "sac"]),
+    (["--algo", "ppo", "--seeds", "0"], ["--seeds", ">= 1"]),
+    (["--algo", "ppo", "--jobs", "0"], ["--jobs"]),
+    (["--algo", "ppo", "--executor", "threads"], ["--executor", "threads"]),
+    (["--algo", "ppo", "--address", "auto"], ["--address", "--executor ray"]),
+    (["--algo", "ppo", "--set", "lag"], ["--set", "FIELD=V1"]),
+    (["--algo", "ppo", "--no-such-flag"], ["--no-such-flag"]),
+])
+def test_harness_usage_errors_exit_before_importing_torch(argv, words, tmp_path):
+    import json
+
+    p = subprocess.run([sys.executable, "-c", PROBE, json.dumps(argv)], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    got = json.loads(p.stdout.splitlines()[-1])
+    assert_usage_error(got["rc"], p.stderr, *words)
+    assert got["heavy"] == [], f"imported before the usage error: {got['heavy']}"
+
+
+def test_harness_algo_names_are_the_grids():
+    assert sorted(harness_cli.ALGOS) == sorted(harness_grid.ALGOS)

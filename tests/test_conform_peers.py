@@ -223,28 +223,6 @@ def test_committed_table_classifies_every_failing_family():
 
 
 # ---------------------------------------------------------------------------------------------
-# the time-out fold the adapters restate, by hand
-
-def test_timeout_fold_by_hand():
-    """Three steps, gamma 0.5: a time-out alone (step 0), a time-out on a terminal step
-    (step 1), a plain step (step 2); V(s_t) = 1, 2, 3 and V(final obs) = 10, 20, 30."""
-    import numpy as np
-
-    from offpolicy.conform.peers.base import timeout_fold
-
-    r = np.zeros(3)
-    v, nv = np.array([1.0, 2.0, 3.0]), np.array([10.0, 20.0, 30.0])
-    term, trunc = np.array([False, True, False]), np.array([True, True, False])
-    fold = functools.partial(timeout_fold, r, v, nv, term, trunc, 0.5)
-    assert fold(add="gamma_final_value", on="timeout_not_terminated").tolist() == [5, 0, 0]
-    assert fold(add="gamma_final_value", on="every_timeout").tolist() == [5, 10, 0]
-    assert fold(add="gamma_current_value", on="every_timeout").tolist() == [0.5, 1, 0]
-    assert fold(add="gamma_current_value", on="timeout_not_terminated").tolist() == [0.5, 0, 0]
-    with pytest.raises(ValueError, match="add"):
-        fold(add="gamma_next_value", on="every_timeout")
-
-
-# ---------------------------------------------------------------------------------------------
 # each adapter against its library's own pipeline, worked by hand. These run where the library
 # is installed (the [peers] extra; CI does not install it) and skip otherwise.
 #
@@ -290,81 +268,87 @@ def test_contract_on_the_worked_inputs():
     assert np.allclose(adv, [[-1.0]]) and np.allclose(ret, [[0.0]])
 
 
+def _through(peer_entry, fn, x, array="torch"):
+    """Run ``fn`` in ``peer_entry``'s layout (its fold included) on the contract inputs ``x``
+    (numpy, one column), as the runner does; the output as numpy [T]."""
+    import numpy as np
+
+    from offpolicy.conform.cases import Case
+    from offpolicy.conform.layouts import Arrays
+
+    inputs = {k: np.asarray(v) for k, v in x.items() if k not in ("gamma", "lam")}
+    inputs["log_rhos"] = np.zeros_like(inputs["rewards"])
+    params = {"gamma": x["gamma"], "lam": x["lam"]}
+    layout = peer_entry.make_layout()
+    y = layout.run(fn, Case("worked", inputs, params), ESTIMATORS["gae"], params,
+                   Arrays(array), peer_entry.output)
+    return np.asarray(y, dtype=float)[:, 0]
+
+
+def _numpy_inputs(make):
+    torch = pytest.importorskip("torch")
+    return {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in make(torch).items()}
+
+
+def _entry(library, note_start):
+    (entry,) = [p for p in peers.PEERS if p.library == library and p.note.startswith(note_start)]
+    return entry
+
+
 def test_skrl_time_limit_bootstrap_as_its_pipeline():
     """skrl, time_limit_bootstrap=True: record_transition stores r_0 + gamma * V(next obs) =
     0 + 0.5 * 5 = 2.5 on the time-out; compute_gae cuts there (not_done = ~(terminated |
     truncated)): A_1 = 0.5*3 - 2 = -0.5, A_0 = 2.5 - 1 = 1.5; returns 2.5 and 1.5 (the
-    contract's). Both flags: 0 + 0.7 * 5 = 3.5 stored, A = 3.5 - 1, return 3.5 (the contract:
-    0, no bootstrap after a termination: the bug)."""
-    torch = pytest.importorskip("torch")
+    contract's). Both flags: 0 + 0.7 * 5 = 3.5 stored, return 3.5 (the contract: 0, no
+    bootstrap after a termination: the bug)."""
     ppo = pytest.importorskip("skrl.agents.torch.ppo.ppo")
     from offpolicy.conform.peers import skrl
 
+    entry = _entry("skrl", "time_limit_bootstrap=True:")
     fn = skrl.ppo_gae(True)(ppo.compute_gae)
-    got = fn(**_one_stream(torch))["returns"]
-    assert torch.allclose(got[:, 0], torch.tensor([2.5, 1.5], dtype=torch.float64))
-    got = fn(**_both_flags(torch))["returns"]
-    assert torch.allclose(got, torch.tensor([[3.5]], dtype=torch.float64))
+    assert _through(entry, fn, _numpy_inputs(_one_stream)).tolist() == pytest.approx([2.5, 1.5])
+    assert _through(entry, fn, _numpy_inputs(_both_flags)).tolist() == pytest.approx([3.5])
 
 
 def test_skrl_default_as_its_pipeline():
     """skrl's default (time_limit_bootstrap=False): nothing folded, not_done = ~terminated, so
     the time-out runs on: A_1 = -0.5, A_0 = 0 - 1 + 0.5 * (2 + 0.5 * -0.5) = -0.125; returns
-    0.875 and 1.5. Both flags: terminated, A = -1, return 0 (as the contract)."""
-    torch = pytest.importorskip("torch")
+    0.875 and 1.5. Both flags: terminated, return 0 (as the contract)."""
     ppo = pytest.importorskip("skrl.agents.torch.ppo.ppo")
     from offpolicy.conform.peers import skrl
 
+    entry = _entry("skrl", "default time_limit_bootstrap=False")
     fn = skrl.ppo_gae(False)(ppo.compute_gae)
-    got = fn(**_one_stream(torch))["returns"]
-    assert torch.allclose(got[:, 0], torch.tensor([0.875, 1.5], dtype=torch.float64))
-    assert torch.allclose(fn(**_both_flags(torch))["returns"],
-                          torch.zeros(1, 1, dtype=torch.float64))
+    assert _through(entry, fn, _numpy_inputs(_one_stream)).tolist() == pytest.approx(
+        [0.875, 1.5])
+    assert _through(entry, fn, _numpy_inputs(_both_flags)).tolist() == pytest.approx([0.0])
 
 
 def test_rl_games_play_steps_as_its_pipeline():
     """rl-games: play_steps stores 0 + 0.5 * V(s_0) = 0.5 on the time-out and the episode-start
     flags [0, 1]; discount_values: A_1 = 0.5*3 - 2 = -0.5, A_0 = 0.5 - 1 = -0.5 (the contract:
     1.5). Both flags: 0.7 * 1 folded, done: A = 0.7 - 1 = -0.3 (contract -1)."""
-    torch = pytest.importorskip("torch")
     a2c = pytest.importorskip("rl_games.common.a2c_common")
     from offpolicy.conform.peers import rl_games
 
-    fn = rl_games.play_steps_gae(a2c.A2CBase.discount_values)
-    got = fn(**_one_stream(torch))
-    assert torch.allclose(got[:, 0], torch.tensor([-0.5, -0.5], dtype=torch.float64))
-    assert torch.allclose(fn(**_both_flags(torch)), torch.tensor([[-0.3]], dtype=torch.float64))
-
-
-def test_rl_games_discount_values_alone():
-    """The GAE alone on a stored segment: rewards [0.5, 0], values [1, 2], episode starts
-    [0, 1], last value 3, last done 0: A_1 = 0.5*3 - 2 = -0.5, A_0 = 0.5 - 1 = -0.5."""
-    torch = pytest.importorskip("torch")
-    a2c = pytest.importorskip("rl_games.common.a2c_common")
-    from offpolicy.conform.peers import rl_games
-
+    entry = _entry("rl-games", "with play_steps")
     fn = rl_games.discount_values(a2c.A2CBase.discount_values)
-    f64 = dict(dtype=torch.float64)
-    got = fn(torch.tensor([[0.5], [0.0]], **f64), torch.tensor([[1.0], [2.0]], **f64),
-             torch.tensor([[0.0], [1.0]], **f64), torch.tensor([3.0], **f64),
-             torch.tensor([0.0], **f64), 0.5, 0.5)
-    assert torch.allclose(got[:, 0], torch.tensor([-0.5, -0.5], **f64))
+    assert _through(entry, fn, _numpy_inputs(_one_stream)).tolist() == pytest.approx(
+        [-0.5, -0.5])
+    assert _through(entry, fn, _numpy_inputs(_both_flags)).tolist() == pytest.approx([-0.3])
 
 
-def _done_next_run(fn, x, fold):
-    """Run ``fn`` through the done_next layout on contract inputs ``x`` (numpy), as the runner
-    does."""
-    import numpy as np
+def test_rl_games_discount_values_under_sb3s_fold():
+    """The GAE alone given SB3's fold: 0 + 0.5 * 5 = 2.5 stored on the time-out, cut there:
+    A_0 = 1.5, A_1 = -0.5 (the contract); both flags: nothing folded, A = -1."""
+    a2c = pytest.importorskip("rl_games.common.a2c_common")
+    from offpolicy.conform.peers import rl_games
 
-    from offpolicy.conform.cases import Case
-    from offpolicy.conform.layouts import Arrays, DoneNext
-
-    inputs = {k: np.asarray(v) for k, v in x.items() if k not in ("gamma", "lam")}
-    inputs["log_rhos"] = np.zeros_like(inputs["rewards"])
-    params = {"gamma": x["gamma"], "lam": x["lam"]}
-    case = Case("worked", inputs, params)
-    return DoneNext(truncation_fold=fold).run(fn, case, ESTIMATORS["gae"], params,
-                                              Arrays("torch"), "advantages")
+    entry = _entry("rl-games", "the GAE alone")
+    fn = rl_games.discount_values(a2c.A2CBase.discount_values)
+    assert _through(entry, fn, _numpy_inputs(_one_stream)).tolist() == pytest.approx(
+        [1.5, -0.5])
+    assert _through(entry, fn, _numpy_inputs(_both_flags)).tolist() == pytest.approx([-1.0])
 
 
 def test_sb3_as_its_pipeline():
@@ -372,16 +356,14 @@ def test_sb3_as_its_pipeline():
     which its VecEnvs set to `truncated and not terminated`; the buffer's GAE then cuts at the
     done. Time-out: 0 + 0.5*5 = 2.5 stored, A_0 = 2.5 - 1 = 1.5, A_1 = -0.5 (the contract).
     Both flags: nothing folded (terminated), A = -1 (the contract). float32 buffers."""
-    torch = pytest.importorskip("torch")
     buffers = pytest.importorskip("stable_baselines3.common.buffers")
     from offpolicy.conform.peers import sb3
 
+    (entry,) = [p for p in peers.PEERS if p.library == "Stable-Baselines3"]
     fn = sb3.rollout_buffer(buffers.RolloutBuffer.compute_returns_and_advantage)
-    x = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in _one_stream(torch).items()}
-    got = _done_next_run(fn, x, "bootstrap_reward")
-    assert got[:, 0].tolist() == pytest.approx([1.5, -0.5], abs=1e-6)
-    y = {k: (v.numpy() if hasattr(v, "numpy") else v) for k, v in _both_flags(torch).items()}
-    assert _done_next_run(fn, y, "bootstrap_reward").ravel().tolist() == pytest.approx(
+    assert _through(entry, fn, _numpy_inputs(_one_stream)).tolist() == pytest.approx(
+        [1.5, -0.5], abs=1e-6)
+    assert _through(entry, fn, _numpy_inputs(_both_flags)).tolist() == pytest.approx(
         [-1.0], abs=1e-6)
 
 
@@ -523,3 +505,78 @@ def test_pufferlib_kernel_adapter():
     fn(row([1.0, 2.0, 3.0]), row([0.0, 0.0, 0.0]), row([0.0, 0.0, 0.0]), row([1.0, 1.0, 1.0]),
        out, 0.5, 0.5, 1.0, 1.0)
     assert out[0, :2].tolist() == pytest.approx([-0.125, -0.5])
+
+
+def test_pufferlib_trainer_as_its_pipeline():
+    """The trainer stores terminals only: the time-out at step 0 is not stored, so the kernel
+    sees rows values [1, 2, 3], no dones, and gives the figures of the kernel test above,
+    A = [-0.125, -0.5] (the contract: [1.5, -0.5])."""
+    import numpy as np
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("pufferlib")
+    from offpolicy.conform.cases import Case
+    from offpolicy.conform.layouts import Arrays
+    from offpolicy.conform.peers import pufferlib
+
+    try:
+        pufferlib.build_kernel()
+    except Exception as e:  # no compiler here: say so, do not pass
+        pytest.skip(f"the PufferLib CPU kernel does not build here: {e}")
+    (entry,) = [p for p in peers.PEERS if p.note.startswith("as PufferLib's trainer")]
+    x = _numpy_inputs(_one_stream)
+    inputs = {k: np.asarray(v) for k, v in x.items() if k not in ("gamma", "lam")}
+    inputs["log_rhos"] = np.zeros_like(inputs["rewards"])
+    params = {"gamma": 0.5, "lam": 0.5, "rho_clip": 1.0, "c_clip": 1.0}
+    y = entry.make_layout().run(pufferlib.advantage(torch.ops.pufferlib.compute_puff_advantage),
+                                Case("worked", inputs, params), ESTIMATORS["puff_advantage"],
+                                params, Arrays("torch", "float32"), "advantages")
+    assert y[:, 0].tolist() == pytest.approx([-0.125, -0.5])
+
+
+def test_mushroom_rl_as_its_pipeline():
+    """compute_gae with absorbing = terminated, last = terminated or time limit: the time-out
+    is `last` and not absorbing, so it bootstraps from V(ss_0) = 5 and cuts: A = [1.5, -0.5],
+    v_target = [2.5, 1.5] (the contract); both flags: absorbing, A = -1."""
+    value_functions = pytest.importorskip("mushroom_rl.utils.value_functions")
+    from offpolicy.conform.peers import mushroom_rl
+
+    fn = mushroom_rl.gae(value_functions.compute_gae)
+    x = {k: (v[:, 0] if hasattr(v, "shape") else v) for k, v in
+         _numpy_inputs(_one_stream).items()}
+    got = fn(**x)
+    assert got["advantages"].tolist() == pytest.approx([1.5, -0.5])
+    assert got["returns"].tolist() == pytest.approx([2.5, 1.5])
+    y = {k: (v[:, 0] if hasattr(v, "shape") else v) for k, v in
+         _numpy_inputs(_both_flags).items()}
+    assert fn(**y)["advantages"].tolist() == pytest.approx([-1.0])
+
+
+def test_sample_factory_as_its_pipeline():
+    """gym's done on the time-out, nothing folded, values [1, 2] + bootstrap 3: delta_0 =
+    0 - 1 (no bootstrap after a done), delta_1 = 0.5*3 - 2 = -0.5; A = [-1, -0.5] (the
+    contract: 1.5 at step 0). The APPO learner's fake last value (2 - 0)/0.5 = 4 makes
+    delta_1 = 0.5*4 - 2 = 0: A = [-1, 0]."""
+    algo_utils = pytest.importorskip("sample_factory.algorithms.utils.algo_utils")
+    from offpolicy.conform.peers import sample_factory
+
+    alone, learner = [p for p in peers.PEERS if p.library == "Sample Factory"]
+    x = _numpy_inputs(_one_stream)
+    got = _through(alone, sample_factory.calculate_gae(algo_utils.calculate_gae), x, "numpy")
+    assert got.tolist() == pytest.approx([-1.0, -0.5])
+    got = _through(learner, sample_factory.learner_gae(algo_utils.calculate_gae), x, "numpy")
+    assert got.tolist() == pytest.approx([-1.0, 0.0])
+
+
+def test_rsl_rl_as_its_pipeline():
+    """process_env_step adds 0.5 * V(s_0) = 0.5 on the time-out, dones [1, 0], last value 3:
+    A_1 = 0.5*3 - 2 = -0.5, A_0 = 0.5 - 1 = -0.5 (the contract: 1.5); both flags: 0.7 * 1
+    folded, done: A = -0.3 (contract -1)."""
+    ppo = pytest.importorskip("rsl_rl.algorithms.ppo")
+    from offpolicy.conform.peers import rsl_rl
+
+    (entry,) = [p for p in peers.PEERS if p.library == "rsl_rl"]
+    fn = rsl_rl.compute_returns(ppo.PPO.compute_returns)
+    assert _through(entry, fn, _numpy_inputs(_one_stream)).tolist() == pytest.approx(
+        [-0.5, -0.5])
+    assert _through(entry, fn, _numpy_inputs(_both_flags)).tolist() == pytest.approx([-0.3])

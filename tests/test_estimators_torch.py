@@ -370,3 +370,43 @@ def test_no_streams(shape):
     """B = 0 (an empty batch) gives empty outputs, as in the reference, in every form."""
     b = inputs(shape, 0)
     compare(b, to_torch(b, torch.float64), torch.float64, "cpu")
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU threads: a busy machine must not make a call collapse (issue 24)
+
+
+def test_cpu_thread_choice(monkeypatch):
+    monkeypatch.setattr(E, "_usable_cpus", lambda: 2)
+    assert E._cpu_threads(10**7, 8) == 1  # at most 2 CPUs: always one thread
+    monkeypatch.setattr(E, "_usable_cpus", lambda: 16)
+    monkeypatch.setattr(E.os, "getloadavg", lambda: (4.0, 0.0, 0.0))
+    assert E._cpu_threads(E.SINGLE_THREAD_MAX, 8) == 1  # small batch
+    assert E._cpu_threads(E.SINGLE_THREAD_MAX + 1, 8) == 8  # 12 idle CPUs, torch set to 8
+    monkeypatch.setattr(E.os, "getloadavg", lambda: (13.5, 0.0, 0.0))
+    assert E._cpu_threads(10**7, 8) == 2  # 16 - 13.5 leaves 2 idle
+    monkeypatch.setattr(E.os, "getloadavg", lambda: (40.0, 0.0, 0.0))
+    assert E._cpu_threads(10**7, 8) == 1
+
+
+def test_a_call_restores_torch_threads_and_runs_with_the_chosen_count(monkeypatch):
+    seen = []
+    real = E._state_value_trace
+
+    def spy(*a, **kw):
+        seen.append(torch.get_num_threads())
+        return real(*a, **kw)
+
+    monkeypatch.setattr(E, "_state_value_trace", spy)
+    monkeypatch.setattr(E, "_cpu_threads", lambda n, have: 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        r = torch.ones(5, 3)
+        f = torch.zeros(5, 3, dtype=torch.bool)
+        out = E.gae(r, r, r, f, f, gamma=0.5, lam=1.0)
+        assert seen == [1] and torch.get_num_threads() == 2
+        # A_4 = 1 + 0.5 - 1 = 0.5 (the segment end), A_t = 0.5 + 0.5 A_{t+1}
+        assert out.advantages[:, 0].tolist() == [0.96875, 0.9375, 0.875, 0.75, 0.5]
+    finally:
+        torch.set_num_threads(before)

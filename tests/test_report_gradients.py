@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def row(mdp, k, loss, est, cos, **kw):
-    r = {"mdp": mdp, "k": k, "H": 3, "loss": loss, "estimator": est, "weight": "once",
-         "kl": 0.1 * k, "cos_grad_j": cos, "cos_reference": 1.0, "rel_bias": 0.0,
+    r = {"mdp": mdp, "behaviour": "lag", "k": k, "H": 3, "loss": loss, "estimator": est,
+         "weight": "once", "kl": 0.1 * k, "cos_grad_j": cos, "cos_reference": 1.0, "rel_bias": 0.0,
          "total_var": 1.0}
     r.update(kw)
     return r
@@ -51,7 +51,7 @@ def test_compare_reports_moved_missing_and_extra_rows(tmp_path):
     moved = [dict(r) for r in rows]
     moved[4]["cos_grad_j"] += 1e-5
     problems = RG.compare(moved, str(tmp_path))
-    assert len(problems) == 1 and "cos_grad_j" in problems[0] and "'m', 1," in problems[0]
+    assert len(problems) == 1 and "cos_grad_j" in problems[0] and "'lag', 1.0," in problems[0]
     assert any("not produced" in p for p in RG.compare(rows[:-1], str(tmp_path)))
     extra = rows + [row("m2", 0, "impala", "vtrace", 1.0)]
     assert any("not in the baseline" in p for p in RG.compare(extra, str(tmp_path)))
@@ -68,7 +68,7 @@ def test_report_check_fails_on_a_gradient_regression(tmp_path):
     shutil.copytree(ROOT / "reports" / "baseline", base)
     lines = (base / RG.CSV).read_text().splitlines()
     cells = lines[7].split(",")
-    cells[7] = repr(float(cells[7]) + 0.01)  # cos_grad_j
+    cells[8] = repr(float(cells[8]) + 0.01)  # cos_grad_j
     lines[7] = ",".join(cells)
     del lines[12]
     (base / RG.CSV).write_text("\n".join(lines) + "\n")
@@ -77,3 +77,14 @@ def test_report_check_fails_on_a_gradient_regression(tmp_path):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "check FAILED: gradients: 2 regression(s)" in proc.stdout
     assert "cos_grad_j" in proc.stdout and "not in the baseline" in proc.stdout
+
+
+def test_value_findings_say_every_only_when_every_stale_row_is_one():
+    rows = [row("m", k, "value", "gae", float("nan"), rel_bias=1.0) for k in (1, 4)]
+    rows += [row("m", 0, "value", "gae", float("nan"), rel_bias=7.0)]  # lag 0: not a stale row
+    rows += [row("m", k, "value", "vtrace", 0.9, rel_bias=b) for k, b in ((1, 0.5), (4, 1.0))]
+    text = RG.findings(rows)
+    assert any(t.startswith("gae (value loss)") and "every one of the 2 stale rows" in t
+               for t in text)
+    assert any(t.startswith("vtrace (value loss)") and "relative bias 0.500-1.000 over the 2"
+               in t for t in text)

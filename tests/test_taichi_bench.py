@@ -39,35 +39,65 @@ def _sleeper(seconds):
 
 
 def test_the_fastest_peer_is_the_yardstick(tmp_path, monkeypatch):
-    """Two stand-in peers (one sleeping 4 ms, one 0.5 ms): every row of GAE is compared with
-    the faster, named, and the ratio is the peer's median over the row's median."""
-    monkeypatch.setattr(bench, "_torchrl_call", lambda name, d, vectorised=False:
-                        _sleeper(0.004) if name == "gae" and not vectorised else None)
-    monkeypatch.setattr(bench, "_rlax_call",
-                        lambda name, d: _sleeper(0.0005) if name == "gae" else None)
+    """Stand-in peers (TorchRL batch-major sleeping 4 ms, rlax time-major 0.5 ms, rlax
+    batch-major 2 ms): every row of GAE is compared with the fastest, named with its layout,
+    and the ratio is the peer's median over the row's median."""
+    monkeypatch.setattr(bench, "_torchrl_call",
+                        lambda name, d, vectorised=False, time_major=False:
+                        _sleeper(0.004) if name == "gae" and not vectorised and not time_major
+                        else None)
+    monkeypatch.setattr(bench, "_rlax_call", lambda name, d, time_major=False:
+                        (_sleeper(0.0005 if time_major else 0.002) if name == "gae" else None))
     lines = []
     rows = bench.run([(8, 16)], ["gae", "nstep_returns"],
-                     ["numpy", "numpy-loop", "torch", "torchrl", "torchrl-vec", "rlax"], 3,
-                     log=lines.append)
+                     ["numpy", "numpy-loop", "torch", "torchrl-bm", "torchrl-vec-bm", "rlax-tm",
+                      "rlax-bm"], 6, log=lines.append, rounds=3)
     gae = {r["backend"]: r for r in rows if r["estimator"] == "gae"}
-    assert set(gae) == {"numpy", "numpy-loop", "torch", "torchrl", "rlax"}
-    peer_ms = gae["rlax"]["median_ms"]
-    assert peer_ms < gae["torchrl"]["median_ms"]
+    assert set(gae) == {"numpy", "numpy-loop", "torch", "torchrl-bm", "rlax-tm", "rlax-bm"}
+    peer_ms = gae["rlax-tm"]["median_ms"]
+    assert peer_ms < gae["rlax-bm"]["median_ms"] < gae["torchrl-bm"]["median_ms"]
     for backend, r in gae.items():
-        assert r["best_peer"] == "rlax", backend
+        assert r["best_peer"] == "rlax-tm", backend
         # the row's ratio comes from unrounded medians; the CSV keeps them to 1e-4 ms
         assert r["speedup_vs_best_peer"] == pytest.approx(peer_ms / r["median_ms"], rel=0.01,
                                                           abs=0.01), backend
-    assert gae["rlax"]["speedup_vs_best_peer"] == 1.0
-    assert gae["torchrl"]["speedup_vs_best_peer"] < 1.0
+        assert r["repeats"] == 6  # 3 rounds of 2 calls
+    assert gae["rlax-tm"]["speedup_vs_best_peer"] == 1.0
+    assert gae["torchrl-bm"]["speedup_vs_best_peer"] < 1.0
     for r in rows:
         if r["estimator"] == "nstep_returns":  # no peer computes it
             assert r["speedup_vs_best_peer"] is None and r["best_peer"] == ""
-    assert any("vs best peer x1.0 (rlax)" in line for line in lines)
+    assert any("vs best peer x1.0 (rlax-tm)" in line for line in lines)
     bench.write(rows, str(tmp_path), dict(command="c", machine="m", python="p", numpy="n",
-                                          versions="v"))
+                                          versions="v", rounds=3, load="l"))
     text = (tmp_path / "bench.md").read_text()
-    assert "| vs best peer |" in text and "(rlax) |" in text
+    assert "| vs best peer | load |" in text and "(rlax-tm) |" in text
+
+
+def test_rounds_interleave_the_backends():
+    """Each round calls every backend in turn, the order rotating: with 3 backends and 3 rounds
+    of 2 calls the call sequence is a a b b c c | b b c c a a | c c a a b b."""
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    timed = bench.interleaved(fns, repeats=6, rounds=3)
+    assert "".join(calls) == "aabbcc" "bbccaa" "ccaabb"
+    assert {k: v[2] for k, v in timed.items()} == {"a": 6, "b": 6, "c": 6}
+
+
+def test_targets_table_reads_the_rows():
+    def row(name, backend, size, ms, **kw):
+        base = dict(estimator=name, backend=backend, B=size[0], T=size[1], median_ms=ms,
+                    best_peer="rlax-tm", x_copy_floor=None, speedup_vs_loop=None)
+        return dict(base, **kw)
+
+    rows = [row("gae", "taichi", (4096, 128), 1.0, x_copy_floor=1.2, speedup_vs_loop=9.0),
+            row("gae", "rlax-tm", (4096, 128), 1.4), row("gae", "rlax-bm", (4096, 128), 5.0),
+            row("gae", "torch", (4096, 128), 3.0, speedup_vs_loop=0.5)]
+    text = "\n".join(bench.targets(rows))
+    # 1.4 / 1.0 against the faster rlax layout: below 1.5, missed, and named
+    assert "| taichi >= 1.5x rlax's best layout | 4096x128 | gae | 1.4x (rlax-tm) | NO |" in text
+    assert "| taichi <= 1.3x copy floor | 4096x128 | gae | 1.2x | yes |" in text
+    assert "| torch no slower than numpy loop | 4096x128 | gae | 0.5x | NO |" in text
 
 
 def test_ratios_never_round_to_zero():

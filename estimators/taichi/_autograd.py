@@ -79,7 +79,7 @@ def _autograd():
 
 
 def _scan_backward(grad, c, y):
-    """(u, dL/dc) of the adjoint scan (``_taichi_kernels.build_scan_backward``), [T, B]."""
+    """(u, dL/dc) of the adjoint scan (``_kernels.build_scan_backward``), [T, B]."""
     torch = sys.modules["torch"]
     T, B = c.shape
     device, dtype = c.device, c.dtype

@@ -12,7 +12,18 @@ from offpolicy._extras import require
 require("offpolicy.harness", "harness", "torch", "gymnasium", "pandas", "scipy", "matplotlib",
         "tqdm")
 
-from offpolicy.harness.dqn import DQNConfig  # noqa: E402  (after the extra is checked)
-from offpolicy.harness.ppo import PPOConfig  # noqa: E402
-
 __all__ = ["PPOConfig", "DQNConfig"]
+
+
+def __getattr__(name: str):
+    # imported on first use: they import torch, which a usage error of
+    # `python -m offpolicy.harness` (this package is imported first) should not wait for
+    if name == "PPOConfig":
+        from offpolicy.harness.ppo import PPOConfig
+
+        return PPOConfig
+    if name == "DQNConfig":
+        from offpolicy.harness.dqn import DQNConfig
+
+        return DQNConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,10 +27,12 @@ from pathlib import Path
 
 from offpolicy import parallel
 from offpolicy._cli import OneLineParser, positive_int, run_main, usage_error, writable_dir
-from offpolicy.harness import grid, report
-from offpolicy.harness.measure import ConfigError
+
+# offpolicy.harness.grid, .report and .measure import torch, pandas and matplotlib (seconds):
+# imported in main once the arguments have passed the checks that need none of them
 
 PROG = "python -m offpolicy.harness"
+ALGOS = ("dqn", "ppo")  # the keys of grid.ALGOS (tests/test_cli_errors.py checks they agree)
 DEFAULT_OUT = os.path.join("offpolicy-out", "harness")  # git-ignored: never the committed tables
 
 # CLI option -> config field (per algorithm); each takes a comma-separated list
@@ -48,6 +50,8 @@ SHORTCUTS = {
 
 
 def _field_types(algo: str) -> dict:
+    from offpolicy.harness import grid
+
     cls, _ = grid.ALGOS[algo]
     hints = typing.get_type_hints(cls)
     return {f.name: hints[f.name] for f in fields(cls)}
@@ -77,7 +81,7 @@ def parse_value(text: str, typ):
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--algo", choices=sorted(grid.ALGOS), required=True)
+    p.add_argument("--algo", choices=ALGOS, required=True)
     p.add_argument("--env", default="chain", help="chain, gridworld, garnet, cartpole, acrobot")
     p.add_argument("--seeds", type=int, default=3, help="number of seeds (0..seeds-1)")
     p.add_argument("--seed-offset", type=int, default=0)
@@ -91,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None,
                    help="file stem of the table and plots (default <algo>_<env>)")
     p.add_argument("--runs-dir", default=None, help="per-run result files (default <out>/runs)")
-    p.add_argument("--executor", choices=grid.EXECUTORS, default="process",
+    p.add_argument("--executor", choices=parallel.EXECUTORS, default="process",
                    help="process (default), serial, or ray (pip install 'offpolicy[ray]')")
     p.add_argument("--address", default=None,
                    help="with --executor ray: join this cluster (auto or HOST:PORT) instead of "
@@ -127,6 +131,13 @@ def main(argv=None) -> int:
     problem = parallel.check_executor(args.executor, args.address)
     if problem:
         parser.error(problem)
+    for item in args.set:
+        key, eq, _ = item.partition("=")
+        if not eq or not key.strip():
+            parser.error(f"--set {item!r}: expected FIELD=V1[,V2]")
+    from offpolicy.harness import grid, report  # the checks from here on need the configs
+    from offpolicy.harness.measure import ConfigError
+
     types = _field_types(args.algo)
     axes: dict[str, list] = {}
     base: dict = {"env": args.env}

@@ -173,8 +173,7 @@ class Figure:
         for c in self.cells:
             vals = [(name, _interval(tb, c, self.metric, suffix)) for suffix, name in SEED_SETS]
             vals = [(n, v) for n, v in vals if v is not None]
-            parts.append(f"{c.label}: {pm(*vals[0][1])} ({vals[0][0]})" + "".join(
-                f" ({n}: {pm(*v)})" for n, v in vals[1:]))
+            parts.append(f"{c.label}: " + ", ".join(f"{pm(*v)} ({n})" for n, v in vals))
         return f"{LABELS.get(self.metric, self.metric)} — " + "; ".join(parts), []
 
 
@@ -206,6 +205,7 @@ class ContainsZero:
             text = (f"{label} of {self.who}: the interval contains 0 in every one of the {total} "
                     f"cells ({len(self.cells)} settings × {sets})")
         else:
+            assert worst is not None  # hits < total: some cell's interval excludes 0
             text = (f"{label} of {self.who}: the interval contains 0 in {hits} of {total} cells "
                     f"({sets}); not in {worst[0]}, {worst[1]}: {pm(*worst[2])}")
         return text, [(f"{label} contains 0 in every cell", (hits == total) == self.expect)]
@@ -251,6 +251,41 @@ class Note:
 
 
 @dataclasses.dataclass
+class ZeroEverywhere:
+    """``metric`` is exactly 0 in every row of the listed tables, on every seed set held."""
+
+    metric: str
+    stems: list
+    what: str
+
+    def evaluate(self, tb: Tables) -> tuple[str, list]:
+        rows = bad = 0
+        for stem in self.stems:
+            for suffix, _ in SEED_SETS:
+                t = tb.get(stem, suffix)
+                if t is not None:
+                    rows += len(t)
+                    bad += int((t[self.metric] != 0).sum())
+        text = (f"{self.what}: {self.metric} = 0 in {rows - bad} of {rows} cells of "
+                + ", ".join(f"`{s}`" for s in self.stems))
+        return text, [(f"{self.metric} = 0 in every cell", bad == 0)]
+
+
+@dataclasses.dataclass
+class SeedSetList:
+    """Which tables of the folder have a second seed set (``*_table_s100.csv``) and which not."""
+
+    def evaluate(self, tb: Tables) -> tuple[str, list]:
+        stems = sorted(f[:-len("_table.csv")] for f in os.listdir(tb.folder)
+                       if f.endswith("_table.csv"))
+        done = [s for s in stems if tb.get(s, "_s100") is not None]
+        todo = [s for s in stems if s not in done]
+        fmt = lambda xs: ", ".join(f"`{x}`" for x in xs) or "none"  # noqa: E731
+        return (f"Rerun with seeds 100–104: {fmt(done)}. Not rerun (their comparisons say "
+                f"\"second seed set not run\"): {fmt(todo)}."), []
+
+
+@dataclasses.dataclass
 class LowestSeed:
     """A sentence about the worst seed of one cell, read from ``<stem>_runs.csv`` (seeds 0-4):
     its ``metric`` and where its ``other`` column ranks among the cell's seeds."""
@@ -273,7 +308,8 @@ class LowestSeed:
 
 def render_section(items: list, tb: Tables) -> tuple[str, list]:
     """The bullets of one section and the failed conditions."""
-    lines, failed = [], []
+    lines: list[str] = []
+    failed: list = []
     for it in items:
         text, conds = it.evaluate(tb)
         if isinstance(it, Note):  # a lead-in line between bullet lists
@@ -546,7 +582,12 @@ def _refresh() -> list:
 def _dqn_age() -> list:
     t = "dqn_chain_age"
     a = lambda est, age: _c(f"{est} min_age {age}", t, estimator=est, min_age=age)  # noqa
-    items: list = [Figure("sample_age", [a("nstep", x) for x in (0, 200, 800)])]
+    items: list = [
+        ZeroEverywhere("age_relaxed", ["dqn_chain_age", "dqn_chain_behaviour",
+                                       "dqn_chain_behaviour_tb_ql", "dqn_chain_target_lag",
+                                       "dqn_chain_age_schedule"],
+                       "no measured update had its age filter relaxed"),
+        Figure("sample_age", [a("nstep", x) for x in (0, 200, 800)])]
     items += [Compare(m, a("nstep", 800), a("nstep", 0))
               for m in ("qtarget_bias", "qtarget_corr", "qtarget_rmse")]
     items.append(ContainsZero("qtarget_bias", [a("retrace", x) for x in (0, 200, 800)],
@@ -633,6 +674,7 @@ def _dqn_target_lag() -> list:
 
 
 SECTIONS = {
+    "seed_sets": [SeedSetList()],
     "pg_loss": _pg_loss(), "behaviour": _behaviour(), "lag_data": _lag_data(),
     "truncation": _truncation(), "lag_correction": _lag_correction(), "refresh": _refresh(),
     "dqn_age": _dqn_age(), "dqn_behaviour": _dqn_behaviour(), "dqn_tb_ql": _dqn_tb_ql(),

@@ -11,6 +11,14 @@ from offpolicy._extras import require
 
 require("offpolicy.report", "report", "matplotlib", "tqdm")
 
-from .cli import main  # noqa: E402  (after the extra is checked)
-
 __all__ = ["main"]
+
+
+def __getattr__(name: str):
+    # imported on first use: ``python -m offpolicy.report`` imports this package before its
+    # __main__ can take Ctrl-C over, and the command line's modules take a second to import
+    if name == "main":
+        from .cli import main
+
+        return main
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

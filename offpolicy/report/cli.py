@@ -270,7 +270,16 @@ def _check(args, profile, cells, tag, progress, baseline) -> int:
         records = compute(args, profile, cells, os.path.join(tmp, tag), progress)
     records = _records_with_cells(records, cells)
     if args.mdps or args.estimators:
-        expected = {grid.cell_id(c) for c in cells}
+        # the baseline's cells of the selected MDPs and estimators, produced or not: one the
+        # grid no longer produces is a regression, as in a full check
+        mdps, ests = {c["mdp"] for c in cells}, {c["estimator"] for c in cells}
+
+        def selected(cid: str) -> bool:
+            axes = dict(t.split("=", 1) for t in cid.split() if "=" in t)
+            return axes.get("mdp") in mdps and axes.get("estimator") in ests
+
+        expected = {grid.cell_id(c) for c in cells} | {
+            cid for cid in baseline["cells"] if selected(cid)}
     else:
         expected = set(baseline["cells"])
     regs = compare(records, baseline, expected)

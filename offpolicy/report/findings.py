@@ -17,13 +17,12 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import csv
 import dataclasses
 import math
 import os
 import sys
 import textwrap
-
-import pandas as pd
 
 from .frontier import key
 
@@ -48,12 +47,19 @@ class Finding:
     conditions: list = dataclasses.field(default_factory=list)  # (description, bool)
 
 
-def load(path: str = DEFAULT_TABLE) -> pd.DataFrame:
-    """``results.csv`` with the axes as text (``-`` where unused) and the metrics as floats."""
-    t = pd.read_csv(path, dtype=str, keep_default_na=False)
-    for m in METRICS:
-        t[m] = pd.to_numeric(t[m], errors="coerce")
-    return t
+def _float(text: str) -> float:
+    return float(text) if text else math.nan
+
+
+def load(path: str = DEFAULT_TABLE) -> list[dict]:
+    """``results.csv`` as rows: the axes as text (``-`` where unused), the metrics as floats
+    (nan where empty). Plain ``csv``: the report's install extra has no pandas."""
+    with open(path, newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        for m in METRICS:
+            r[m] = _float(r[m])
+    return rows
 
 
 _KEY = ("mdp", "estimator", "lam", "n", "rho", "c", "k", "T", "V")
@@ -61,12 +67,13 @@ _KEY = ("mdp", "estimator", "lam", "n", "rho", "c", "k", "T", "V")
 _index: list = [None, {}, {}]
 
 
-def _indexed(t: pd.DataFrame):
+def _indexed(t: list):
     """Dictionaries of the table's rows (rebuilt when another table is passed): a lookup per
     cell instead of a scan of 28 890 rows."""
     if _index[0] is not t:
-        rows = t.to_dict("records")
-        cells, groups = {}, {}
+        rows = t
+        cells: dict = {}
+        groups: dict = {}
         for r in rows:
             cells.setdefault(tuple(r[a] for a in _KEY), []).append(r)
             groups.setdefault((r["mdp"], r["k"], r["quantity"], r["T"], r["V"]), []).append(r)
@@ -74,7 +81,7 @@ def _indexed(t: pd.DataFrame):
     return _index[1], _index[2]
 
 
-def cell(t: pd.DataFrame, **axes) -> dict:
+def cell(t: list, **axes) -> dict:
     """The one row with these axis values (``k=8`` or ``k="8"``; an unnamed ``lam``, ``n``,
     ``rho`` or ``c`` is ``-``, unused); an error if not exactly one."""
     cells, _ = _indexed(t)
@@ -118,7 +125,7 @@ def from_k(ks: list[int], holds: dict) -> int | None:
 
 
 def _ks(t) -> list[int]:
-    return sorted({int(k) for k in t["k"]})
+    return sorted({int(r["k"]) for r in t})
 
 
 def _setting(row) -> str:
@@ -148,12 +155,12 @@ def best(t, mdp, k, quantity, T="16", V="stale") -> list[dict]:
 
 
 def _f0_montecarlo(t) -> Finding:
-    mc = t[t["mc_mse"].notna()]
-    zs = pd.concat([mc["z_mse"], mc["z_bias"]]).dropna().abs()
+    mc = [r for r in t if not math.isnan(r["mc_mse"])]
+    zs = [abs(r[z]) for r in mc for z in ("z_mse", "z_bias") if not math.isnan(r[z])]
     text = (f"All {len(mc)} Monte Carlo cells agree with the exact figures (largest |z| = "
-            f"{zs.max():.2f} over {len(zs)} comparisons); every other figure below is exact "
+            f"{max(zs):.2f} over {len(zs)} comparisons); every other figure below is exact "
             "(computed by `moments`/`exact`, no sampling).")
-    return Finding("", text, [("every |z| <= 5 (the --check tolerance)", bool(zs.max() <= 5))])
+    return Finding("", text, [("every |z| <= 5 (the --check tolerance)", max(zs) <= 5)])
 
 
 def _f1_fixed_point(t) -> Finding:
@@ -206,7 +213,8 @@ def _f1_fixed_point(t) -> Finding:
 def _f2_nstep(t) -> Finding:
     base = dict(T="64", V="exact")
     vt1 = dict(estimator="vtrace", lam="1", rho="1", c="1")
-    on = t[(t.estimator == "nstep") & (t.k == "0") & (t["T"] == "64") & (t.V == "exact")]
+    on = [r["bias_target"] for r in t if r["estimator"] == "nstep" and r["k"] == "0"
+          and r["T"] == "64" and r["V"] == "exact"]
     kl2 = [cell(t, mdp=m, k=2, estimator="nstep", n="8", **base)["kl"] for m in MDPS]
     r8 = {}
     for m in MDPS:
@@ -247,12 +255,13 @@ def _f2_nstep(t) -> Finding:
                        if 0 < len(n1_wins[k]) < len(MDPS) else "")
                     for k in ks if k > 0)
         + f"; at k = 4 its bias is {fmt(min(b1.values()))}–{fmt(max(b1.values()))}× V-trace's.")
-    ns = sorted({int(x) for x in t["n"] if x != "-"})
+    n_values = sorted({int(r["n"]) for r in t if r["n"] != "-"})
     grows = all(cell(t, mdp=m, k=k, estimator="nstep", n=a, **base)["mse"]
                 < cell(t, mdp=m, k=k, estimator="nstep", n=b, **base)["mse"]
-                for m in MDPS for k in ks if k >= 2 for a, b in zip(ns, ns[1:], strict=False))
+                for m in MDPS for k in ks if k >= 2
+                for a, b in zip(n_values, n_values[1:], strict=False))
     conds = [("longer n has the larger MSE at every MDP and k >= 2", grows),
-             ("nstep is unbiased on-policy (<1e-12)", bool(on["bias_target"].max() < 1e-12)),
+             ("nstep is unbiased on-policy (<1e-12)", max(on) < 1e-12),
              ("n=8 worse than V-trace lam=1 at k=2 on every MDP", all(x > 1 for x in ratios)),
              ("n=32 worse than V-trace at k=8 on every MDP",
               all(r32[m][0]["mse"] > r32[m][1]["mse"] for m in MDPS)),
@@ -266,7 +275,7 @@ def _f3_clipping(t) -> Finding:
     p_ch = cell(t, mdp="chain", estimator="per_decision_is", **sl)
     v_gs = cell(t, mdp="garnet_small", estimator="vtrace", rho="1", c="1", **sl)
     v_ch = cell(t, mdp="chain", estimator="vtrace", rho="1", c="1", **sl)
-    Ts = sorted({int(x) for x in t["T"]})
+    Ts = sorted({int(r["T"]) for r in t})
     q = {e: [cell(t, mdp="chain", estimator=e, lam="1", k="8", T=T, V="exact") for T in Ts]
          for e in ("importance_sampling_q", "retrace", "tree_backup")}
     sb = [cell(t, mdp="sb_loop", estimator="per_decision_is", lam="1", k="8", T=T, V="exact")
@@ -390,7 +399,7 @@ def _f4_best(t) -> Finding:
     return Finding("4", text, conds)
 
 
-def findings(t: pd.DataFrame) -> list[Finding]:
+def findings(t: list) -> list[Finding]:
     return [_f0_montecarlo(t), _f1_fixed_point(t), _f2_nstep(t), _f3_clipping(t), _f4_best(t)]
 
 

@@ -1,15 +1,25 @@
 """The report's gradient section: how far the update each policy loss takes on stale data is
 from the exact policy gradient (issue 25; docs/DESIGN.md section 6).
 
-One row per (MDP, staleness k, loss, estimator): the target is the report's
-(``compute.policies_for``), the behaviour ``k`` softmax-improvement steps behind it, the critic
-the exact ``V^pi``; the figures are exact (:func:`offpolicy.gradients.exact_gradient_moments`,
+One row per (MDP, behaviour, loss, estimator): the target is the report's
+(``compute.policies_for``); the behaviour is ``lag k`` (``k`` softmax-improvement steps behind
+the target, the report's staleness), ``eps e`` (``(1 - e) pi + e uniform``) or ``temp T``
+(``pi^(1/T)`` renormalised: the target's logits divided by T); the critic is the exact
+``V^pi``; the figures are exact (:func:`offpolicy.gradients.exact_gradient_moments`,
 enumeration, no sampling), so the gate compares them to round-off.
 
 Columns: ``cos_grad_j`` = cos(E g_hat, grad J); ``cos_reference`` = cos(E g_hat, the on-policy
 update of T23); ``rel_bias`` = ||E g_hat - reference|| / ||reference||; ``total_var`` =
 E||g_hat - E g_hat||^2; ``weight`` = how often the behaviour correction enters the update
 (``once``, ``twice``: PPO's ratio on an advantage that already carries a clipped ratio).
+
+Value rows (``loss`` = ``value`` or ``td``,
+:func:`offpolicy.gradients.exact_value_gradient_moments`; not at lag 0, where there is nothing
+to learn): the critic is the behaviour's own ``V^mu`` / ``Q^mu`` (fitted to the stale data); the
+reference (and ``cos_grad_j``'s direction) is the regression onto the exact ``V^pi`` /
+``Q^pi`` on the same states, so ``rel_bias`` = 1 means the update does not move the critic
+towards the target's values at all. A cosine is NaN where the expected update is zero up to
+round-off (its direction would be the machine's).
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import math
 import os
 from dataclasses import dataclass
 
+import numpy as np
+
 # (loss, estimator, how often the importance weight enters)
 FORMS = (
     ("ppo_clip", "gae", "once"),
@@ -27,8 +39,18 @@ FORMS = (
     ("impala", "vtrace", "once"),
     ("ppo_clip", "vtrace", "twice"),
 )
-COLUMNS = ("mdp", "k", "H", "loss", "estimator", "weight", "kl", "cos_grad_j", "cos_reference",
-           "rel_bias", "total_var")
+LOSS_NAMES = tuple(dict.fromkeys(f[0] for f in FORMS))
+# value and TD updates (the squared loss on the estimator's value target, the critic the
+# behaviour's own V^mu / Q^mu: a critic fitted to the stale data): (loss, estimator)
+VALUE_FORMS = (
+    ("value", "gae"),
+    ("value", "vtrace"),
+    ("td", "retrace"),
+    ("td", "tree_backup"),
+    ("td", "q_lambda"),
+)
+COLUMNS = ("mdp", "behaviour", "k", "H", "loss", "estimator", "weight", "kl", "cos_grad_j",
+           "cos_reference", "rel_bias", "total_var")
 FIGURES = ("kl", "cos_grad_j", "cos_reference", "rel_bias", "total_var")
 LAM = 0.95
 CSV = "gradients.csv"
@@ -39,6 +61,7 @@ MD = "gradients.md"
 class GradientGrid:
     mdps: tuple  # (name, horizon): the horizon keeps the enumeration small
     stales: tuple
+    others: tuple = (("eps", 0.2), ("temp", 2.0))  # (behaviour, level) beside the lags
 
 
 GRIDS = {
@@ -48,9 +71,23 @@ GRIDS = {
 }
 
 
+def behaviour(m, pi, eta: float, kind: str, level: float):
+    """The behaviour policy of a row (module docstring)."""
+    from offpolicy import policies
+
+    if kind == "lag":
+        return policies.stale_policy(m, pi, int(level), step_size=eta)
+    if kind == "eps":
+        return policies.mixture(pi, policies.uniform_policy(m), level)
+    if kind == "temp":
+        with np.errstate(divide="ignore"):
+            return policies.softmax(np.log(pi), temperature=level)
+    raise ValueError(f"behaviour: unknown {kind!r}")
+
+
 def compute(profile: str) -> list[dict]:
     """Every row of the profile's gradient grid, in grid order."""
-    from offpolicy import gradients, policies
+    from offpolicy import exact, gradients, policies
 
     from .compute import build_mdp, policies_for
 
@@ -59,23 +96,34 @@ def compute(profile: str) -> list[dict]:
     for name, horizon in g.mdps:
         m = build_mdp(name)
         pi, eta = policies_for(m)
-        for k in g.stales:
-            mu = policies.stale_policy(m, pi, k, step_size=eta)
-            from offpolicy import exact
-
+        for kind, k in [("lag", k) for k in g.stales] + list(g.others):
+            mu = behaviour(m, pi, eta, kind, k)
             kl = float(policies.kl_divergence(pi, mu, weights=exact.state_distribution(m, mu)))
             for loss, est, weight in FORMS:
                 mom = gradients.exact_gradient_moments(m, loss, est, target=pi, behaviour=mu,
                                                        horizon=horizon, lam=LAM)
-                rows.append({"mdp": name, "k": k, "H": horizon, "loss": loss, "estimator": est,
+                rows.append({"mdp": name, "behaviour": kind, "k": k, "H": horizon,
+                             "loss": loss, "estimator": est,
                              "weight": weight, "kl": kl, "cos_grad_j": mom.cosine,
                              "cos_reference": mom.cosine_reference,
+                             "rel_bias": mom.relative_bias, "total_var": mom.total_variance})
+            for loss, est in VALUE_FORMS if (kind, k) != ("lag", 0) else ():
+                mom = gradients.exact_value_gradient_moments(
+                    m, est, target=pi, behaviour=mu, horizon=horizon, lam=LAM,
+                    values=exact.v_pi(m, mu), q=exact.q_pi(m, mu))
+                rows.append({"mdp": name, "behaviour": kind, "k": k, "H": horizon,
+                             "loss": loss, "estimator": est, "weight": "-", "kl": kl,
+                             "cos_grad_j": mom.cosine, "cos_reference": mom.cosine_reference,
                              "rel_bias": mom.relative_bias, "total_var": mom.total_variance})
     return rows
 
 
 def _fmt(x) -> str:
     return f"{x:.12g}" if isinstance(x, float) else str(x)
+
+
+def _key(r: dict) -> tuple:
+    return (r["mdp"], r["behaviour"], float(r["k"]), r["loss"], r["estimator"])
 
 
 def write(out_dir: str, rows: list[dict]) -> list[str]:
@@ -98,20 +146,20 @@ def read(path: str) -> list[dict]:
     with open(path, newline="") as f:
         out = []
         for r in csv.DictReader(f):
-            out.append({c: (float(r[c]) if c in FIGURES else int(r[c]) if c in ("k", "H")
-                            else r[c]) for c in COLUMNS})
+            out.append({c: (float(r[c]) if c in FIGURES or c == "k" else int(r[c])
+                            if c == "H" else r[c]) for c in COLUMNS})
     return out
 
 
 def findings(rows: list[dict]) -> list[str]:
     """Sentences derived from the rows (each quotes the figures it rests on)."""
-    out = []
-    by = {(r["mdp"], r["k"], r["loss"], r["estimator"]): r for r in rows}
+    out: list[str] = []
+    by = {(r["mdp"], int(r["k"]), r["loss"], r["estimator"]): r for r in rows
+          if r["behaviour"] == "lag"}
     mdps = list(dict.fromkeys(r["mdp"] for r in rows))
-    lags = sorted({r["k"] for r in rows if r["k"] > 0})
-    if not lags:
-        return out
-    for name in mdps:
+    lags = sorted({int(r["k"]) for r in rows if r["behaviour"] == "lag" and r["k"] > 0
+                   and r["loss"] in LOSS_NAMES})
+    for name in mdps if lags else ():
         once = [by[(name, k, "impala", "vtrace")]["cos_grad_j"] for k in lags]
         twice = [by[(name, k, "ppo_clip", "vtrace")]["cos_grad_j"] for k in lags]
         flips = [k for k, a, b in zip(lags, once, twice, strict=True) if a <= b]
@@ -134,6 +182,21 @@ def findings(rows: list[dict]) -> list[str]:
                            "." if all(by[(name, k, 'ppo_clip', 'gae')]['cos_grad_j'] < 0
                                       for k in lags if k >= neg[0])
                            else ", though not at every larger lag."))
+    stale = [r for r in rows if r["loss"] in ("value", "td")
+             and not (r["behaviour"] == "lag" and r["k"] == 0)]
+    for loss, est in VALUE_FORMS:
+        rb = [r["rel_bias"] for r in stale if (r["loss"], r["estimator"]) == (loss, est)]
+        if not rb:
+            continue
+        if all(abs(x - 1.0) < 1e-9 for x in rb):
+            out.append(f"{est} ({loss} loss) with a critic fitted to the behaviour: the expected "
+                       f"update is zero up to round-off in every one of the {len(rb)} stale rows "
+                       f"(relative bias 1): its target is the behaviour's value, so the critic "
+                       f"never moves towards the target policy's.")
+        else:
+            out.append(f"{est} ({loss} loss) with a critic fitted to the behaviour: relative "
+                       f"bias {min(rb):.3f}-{max(rb):.3f} over the {len(rb)} stale rows "
+                       f"(1 = no movement towards the target policy's values).")
     return out
 
 
@@ -144,11 +207,12 @@ def render(rows: list[dict]) -> str:
              "docstring.", "", "## Findings (computed from the table)", ""]
     lines += [f"- {s}" for s in findings(rows)] or ["- (no stale rows)"]
     lines += ["", "## Table", "",
-              "| mdp | k | H | loss | estimator | weight | KL | cos(Eg, grad J) | "
+              "| mdp | behaviour | H | loss | estimator | weight | KL | cos(Eg, grad J) | "
               "cos(Eg, on-policy) | rel. bias | total var |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['mdp']} | {r['k']} | {r['H']} | {r['loss']} | {r['estimator']} | "
+        lines.append(f"| {r['mdp']} | {r['behaviour']} {r['k']:g} | {r['H']} | {r['loss']} | "
+                     f"{r['estimator']} | "
                      f"{r['weight']} | {r['kl']:.3g} | {r['cos_grad_j']:.4f} | "
                      f"{r['cos_reference']:.4f} | {r['rel_bias']:.4f} | "
                      f"{r['total_var']:.3g} |")
@@ -162,8 +226,8 @@ def compare(rows: list[dict], baseline_dir: str, *, rtol: float = 1e-7,
     path = os.path.join(baseline_dir, CSV)
     if not os.path.exists(path):
         return [f"{path}: missing (the gradient rows have no baseline)"]
-    base = {(r["mdp"], r["k"], r["loss"], r["estimator"]): r for r in read(path)}
-    got = {(r["mdp"], r["k"], r["loss"], r["estimator"]): r for r in rows}
+    base = {_key(r): r for r in read(path)}
+    got = {_key(r): r for r in rows}
     problems = [f"gradients {key}: in the baseline, not produced" for key in base
                 if key not in got]
     problems += [f"gradients {key}: produced, not in the baseline" for key in got

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
 __all__ = ["Peer", "Finding", "FAILURE_CLASSES", "pick_field", "gamma_tensor", "as_torch",
-           "as_numpy", "timeout_fold", "TIMEOUT_ADDS", "TIMEOUT_STEPS"]
+           "as_numpy"]
 
 # what a failing case family of a peer is (peers.json's ``failure_class``)
 FAILURE_CLASSES = ("bug", "convention", "layout limit")
@@ -54,13 +56,13 @@ class Peer:
     module: str
     attr: str
     estimator: str
-    layout: object = "contract"
+    layout: Any = "contract"
     output: str | None = None
     params: dict = dataclasses.field(default_factory=dict)
-    adapter: object = None
+    adapter: Callable[[Any], Callable[..., Any]] | None = None
     array: str | None = None
     dtype: str | None = None
-    setup: object = None
+    setup: Callable[[], None] | None = None
     note: str = ""
     unavailable: str | None = None
     findings: dict = dataclasses.field(default_factory=dict)
@@ -123,36 +125,3 @@ def as_torch(x, like=None):
 
 def as_numpy(x) -> np.ndarray:
     return x.detach().cpu().numpy() if hasattr(x, "detach") else np.asarray(x)
-
-
-# What a rollout loop adds to the reward of a time-out step, and on which steps. These are the
-# two choices the libraries' loops differ in (issue 19, "folds as parameters"); each adapter that
-# restates its library's loop names its pair here instead of writing the line itself.
-TIMEOUT_ADDS = {
-    "gamma_final_value": "gamma * V(final observation) = gamma * next_values[t]",
-    "gamma_current_value": "gamma * V(s_t) = gamma * values[t] (the observation before the step)",
-}
-TIMEOUT_STEPS = {
-    "timeout_not_terminated": "steps flagged truncated and not terminated",
-    "every_timeout": "every step whose time-out flag is set, terminated or not",
-}
-
-
-def timeout_fold(rewards, values, next_values, terminated, truncated, gamma, *, add: str,
-                 on: str):
-    """The rewards a rollout loop stores after folding a time-out bootstrap into them:
-    ``rewards[t] + gamma * X[t]`` on the steps ``on`` selects, ``X`` = ``next_values``
-    (``add="gamma_final_value"``) or ``values`` (``"gamma_current_value"``). Arrays (numpy or
-    torch) of one shape; ``terminated``/``truncated`` bool."""
-    if add not in TIMEOUT_ADDS:
-        raise ValueError(f"add: expected one of {sorted(TIMEOUT_ADDS)}, got {add!r}")
-    if on not in TIMEOUT_STEPS:
-        raise ValueError(f"on: expected one of {sorted(TIMEOUT_STEPS)}, got {on!r}")
-    steps = truncated & ~terminated if on == "timeout_not_terminated" else truncated
-    added = next_values if add == "gamma_final_value" else values
-    # where() and not a product: next_values may hold NaN under terminated (DESIGN §1)
-    if hasattr(rewards, "detach"):
-        import torch
-
-        return rewards + torch.where(steps, gamma * added, torch.zeros_like(rewards))
-    return rewards + np.where(steps, gamma * added, 0.0)

@@ -10,7 +10,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["build_kernel", "advantage"]
+__all__ = ["build_kernel", "advantage", "TRAINER_FOLD"]
 
 _BUILD = os.environ.get("OFFPOLICY_PEERS_BUILD") or os.path.join(
     tempfile.gettempdir(), "offpolicy-peers-build")
@@ -60,3 +60,8 @@ def advantage(op):
            float(rho_clip), float(c_clip))
 
     return puff_advantage
+
+
+# what PufferLib's trainer stores (Fold's fields): terminals = d, truncations not stored,
+# nothing added to the reward
+TRAINER_FOLD = dict(add="nothing", done=False)

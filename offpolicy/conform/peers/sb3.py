@@ -9,7 +9,7 @@ import numpy as np
 
 from .base import as_numpy
 
-__all__ = ["rollout_buffer"]
+__all__ = ["rollout_buffer", "FOLD"]
 
 
 def rollout_buffer(compute_returns_and_advantage):
@@ -36,3 +36,8 @@ def rollout_buffer(compute_returns_and_advantage):
         return {"advantages": buffer.advantages, "returns": buffer.returns}
 
     return sb3_gae
+
+
+# what collect_rollouts does with a time-out (Fold's fields): gamma V(terminal_observation)
+# where TimeLimit.truncated, i.e. truncated and not terminated
+FOLD = dict(add="gamma_final_value", on="timeout_not_terminated")

@@ -8,18 +8,61 @@ documents it; a failing family no finding covers is written ``unclassified``."""
 from __future__ import annotations
 
 import functools
+from typing import Any
 
-from . import pufferlib, rl_games, rlax, sb3, skrl, tianshou, torchrl
+from . import (
+    lightning_bolts,
+    mushroom_rl,
+    pufferlib,
+    rl_games,
+    rlax,
+    rsl_rl,
+    sample_factory,
+    sb3,
+    skrl,
+    tianshou,
+    torchrl,
+)
 from .base import Finding, Peer, gamma_tensor
 
 __all__ = ["PEERS", "DESIGN_SECTIONS"]
 
 
+def _fold(fields):
+    from ..layouts import Fold
+
+    return None if fields is None else Fold(**fields)
+
+
 def _done_next(fold):
+    """The done_next layout with a rollout ``fold`` (Fold's fields, or None)."""
+
     def make():
         from ..layouts import DoneNext
 
-        return DoneNext(truncation_fold=fold)
+        return DoneNext(truncation_fold=_fold(fold))
+
+    return make
+
+
+def _stored_values(fold):
+    """values[t+1], last_values, terminated and truncated flags of the step, and ``fold``."""
+
+    def make():
+        from ..layouts import StoredValues
+
+        return StoredValues(flags="terminated_timeouts", fold=_fold(fold))
+
+    return make
+
+
+def _stored(fold, **options):
+    """The stored_values layout with ``options`` (flags, calls, bootstrap) and ``fold``."""
+
+    def make():
+        from ..layouts import StoredValues
+
+        return StoredValues(fold=_fold(fold), **options)
 
     return make
 
@@ -28,7 +71,7 @@ def _puffer_rows(fold):
     def make():
         from ..layouts import PufferRows
 
-        return PufferRows(truncation_fold=fold)
+        return PufferRows(truncation_fold=_fold(fold))
 
     return make
 
@@ -50,12 +93,11 @@ _FLOAT32_GAMMA = Finding("bug", "gamma * (~done).int() with a Python-float gamma
 _FLOAT32_LAMBDA = Finding("bug", "1 - not_done * lmbda with a Python-float lmbda is float32: "
                                  "lambda rounded to float32")
 _LMBDA_0 = Finding("bug", "raises IndexError at lmbda=0 (_custom_conv1d with an empty filter)")
+_VEC_GAMMA = Finding("bug", _FLOAT32_GAMMA.why + "; and it " + _LMBDA_0.why)
+_VEC_LAMBDA = Finding("bug", _FLOAT32_LAMBDA.why + "; and it " + _LMBDA_0.why)
 _LAMBDA_RETURN = Finding("convention", "lambda-return built from next_state_value alone: "
                                        "equals GAE + V only where next_values[t] = values[t+1]",
                          DESIGN_SECTIONS["lambda_returns"])
-_READS_NEXT_ROW = Finding("layout limit", "reads V(s_{t+1}) from values[t+1]; a step with no "
-                                          "done and next_values[t] != values[t+1] is never "
-                                          "stored by its rollout")
 _TRUNCATIONS_DROPPED = Finding("bug", "the time-out flag its pipeline receives is dropped: the "
                                       "trace runs on into the next episode and bootstraps from "
                                       "its first value")
@@ -63,9 +105,12 @@ _CURRENT_VALUE_FOLD = Finding("bug", "the rollout folds gamma V(s_t), the value 
                                      "step, on every time-out, terminated or not")
 _TERMINAL_FOLD = Finding("bug", "the rollout folds gamma V(final obs) on every truncated step, "
                                 "terminated ones too: a terminal step bootstraps")
+_TIMEOUT_AS_TERMINAL = Finding("bug", "a time-out is stored as a done with nothing folded: the "
+                                       "time-out step never bootstraps from V(final obs)")
+_SKRL_FLOAT32 = "; and discount_factor * not_done (a bool mask) rounds gamma to float32"
 
 _TRL = torchrl.MODULE
-_RLAX_X64 = dict(array="jax", setup=rlax.float64)
+_RLAX_X64: dict[str, Any] = dict(array="jax", setup=rlax.float64)
 _G64 = "gamma passed as a float64 tensor"
 _TORCHRL_VTRACE_NOTE = ("no lambda (=1); the pg advantage's clip is rho_thresh, so rho_clip and "
                         "pg_rho_clip are fixed equal")
@@ -78,7 +123,7 @@ PEERS: tuple[Peer, ...] = (
          "returns", note="value_target = advantage + state_value",
          findings={"*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_generalized_advantage_estimate", "gae", "torchrl",
-         "advantages", findings={"*": _FLOAT32_GAMMA}),
+         "advantages", findings={"*": _VEC_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "td0_advantage_estimate", "gae", "torchrl", "advantages",
          params={"lam": 0.0}, note="TD(0) = GAE with lambda 0", findings={"*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "td1_advantage_estimate", "gae", "torchrl", "advantages",
@@ -89,7 +134,7 @@ PEERS: tuple[Peer, ...] = (
          findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", note="lambda-return from next_state_value only",
-         findings={"*": _FLOAT32_GAMMA}),
+         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _VEC_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "td0_return_estimate", "nstep_returns", "torchrl",
          "returns", params={"n": 1}, note="one-step return = n-step with n 1",
          findings={"*": _FLOAT32_GAMMA}),
@@ -110,10 +155,11 @@ PEERS: tuple[Peer, ...] = (
          note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)"),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", adapter=torchrl.gamma_as_tensor(), note=_G64,
-         findings={"*": _FLOAT32_LAMBDA}),
+         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _VEC_LAMBDA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", params={"lam": 0.9}, adapter=torchrl.gamma_as_tensor(),
-         note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)", findings={"*": _FLOAT32_LAMBDA}),
+         note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)",
+         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _FLOAT32_LAMBDA}),
     Peer("TorchRL", "torchrl", _TRL, "td0_advantage_estimate", "gae", "torchrl", "advantages",
          params={"lam": 0.0}, adapter=torchrl.gamma_as_tensor(), note=_G64),
     Peer("TorchRL", "torchrl", _TRL, "td0_return_estimate", "nstep_returns", "torchrl",
@@ -168,11 +214,10 @@ PEERS: tuple[Peer, ...] = (
     # --- Stable-Baselines3: episode-start flags; collect_rollouts folds gamma V(final obs) on
     # TimeLimit.truncated, which its VecEnvs set to `truncated and not terminated` ------------
     Peer("Stable-Baselines3", "stable-baselines3", "stable_baselines3.common.buffers",
-         "RolloutBuffer.compute_returns_and_advantage", "gae",
-         _done_next("bootstrap_reward"), "advantages", adapter=sb3.rollout_buffer,
-         array="torch", note="collect_rollouts adds gamma V(terminal_observation) where "
-                             "TimeLimit.truncated (= truncated and not terminated); float32 "
-                             "buffers"),
+         "RolloutBuffer.compute_returns_and_advantage", "gae", _done_next(sb3.FOLD),
+         "advantages", adapter=sb3.rollout_buffer, array="torch",
+         note="collect_rollouts adds gamma V(terminal_observation) where TimeLimit.truncated "
+              "(= truncated and not terminated); float32 buffers"),
     # --- tianshou: flags of the step itself, V(obs_next), one flat buffer -----------------
     Peer("tianshou", "tianshou", "tianshou.algorithm.algorithm_base",
          "Algorithm.compute_episodic_return", "gae",
@@ -182,46 +227,90 @@ PEERS: tuple[Peer, ...] = (
          "Algorithm.compute_nstep_return", "nstep_returns", _contract_one_stream, "returns",
          adapter=tianshou.nstep_return,
          note="target_q_fn = next_values at the window's last step"),
-    # --- skrl: flags of the step itself, values[t+1]; record_transition's fold; advantages come
-    # back normalised, so returns are read -----------------------------------------------------
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=skrl.ppo_gae(False), array="torch",
-         note="default time_limit_bootstrap=False: not_done = ~terminated, nothing folded",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW,
-                   "float64_precision": _FLOAT32_GAMMA, "*": _TRUNCATIONS_DROPPED}),
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=skrl.ppo_gae(True), array="torch",
-         note="time_limit_bootstrap=True: record_transition adds gamma V(next obs) * truncated",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TERMINAL_FOLD}),
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=gamma_tensor(skrl.ppo_gae(False)), array="torch",
+    # --- skrl: terminated/truncated of the step, values[t+1], last_values; record_transition's
+    # fold; advantages come back normalised, so returns are read -----------------------------
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[False]), "returns", adapter=skrl.ppo_gae(False),
+         array="torch", note="default time_limit_bootstrap=False: not_done = ~terminated, "
+                             "nothing folded",
+         findings={"*": Finding("bug", _TRUNCATIONS_DROPPED.why + _SKRL_FLOAT32)}),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[True]), "returns", adapter=skrl.ppo_gae(True),
+         array="torch", note="time_limit_bootstrap=True: record_transition adds "
+                             "gamma V(next obs) * truncated",
+         findings={"*": Finding("bug", _TERMINAL_FOLD.why + _SKRL_FLOAT32)}),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[False]), "returns",
+         adapter=gamma_tensor(skrl.ppo_gae(False)), array="torch",
          note="default config; discount_factor as a float64 tensor",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TRUNCATIONS_DROPPED}),
-    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae", "contract",
-         "returns", adapter=gamma_tensor(skrl.ppo_gae(True)), array="torch",
-         note="time_limit_bootstrap=True; discount_factor as a float64 tensor",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _TERMINAL_FOLD}),
+         findings={"*": _TRUNCATIONS_DROPPED}),
+    Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
+         _stored_values(skrl.FOLDS[True]), "returns", adapter=gamma_tensor(skrl.ppo_gae(True)),
+         array="torch", note="time_limit_bootstrap=True; discount_factor as a float64 tensor",
+         findings={"*": _TERMINAL_FOLD}),
     # --- rl-games: episode-start flags (mb_fdones); play_steps folds gamma V(s_t) -----------
     Peer("rl-games", "rl-games", "rl_games.common.a2c_common", "A2CBase.discount_values", "gae",
-         _done_next("bootstrap_reward"), "advantages", adapter=rl_games.discount_values,
-         array="torch", note="the GAE alone, given a loop that folds gamma V(final obs) where "
-                             "truncated and not terminated (not rl-games' own loop)"),
+         _done_next(rl_games.FOLD), "advantages", adapter=rl_games.discount_values,
+         array="torch", note="with play_steps' value_bootstrap fold: gamma * V(s_t) on every "
+                             "time_out",
+         findings={"*": _CURRENT_VALUE_FOLD}),
     Peer("rl-games", "rl-games", "rl_games.common.a2c_common", "A2CBase.discount_values", "gae",
-         "contract", "advantages", adapter=rl_games.play_steps_gae, array="torch",
-         note="with play_steps' value_bootstrap fold: gamma * V(s_t) on every time_out",
-         findings={"inconsistent_next_values": _READS_NEXT_ROW, "*": _CURRENT_VALUE_FOLD}),
+         _done_next(sb3.FOLD), "advantages", adapter=rl_games.discount_values, array="torch",
+         note="the GAE alone under SB3's fold (gamma V(final obs) where truncated and not "
+              "terminated): not rl-games' own loop"),
     # --- PufferLib: rows [S, T+1], reward/done stored one column later ---------------------
     Peer("PufferLib", "pufferlib-core", "torch", "ops.pufferlib.compute_puff_advantage",
          "puff_advantage", _puffer_rows(None), "advantages", adapter=pufferlib.advantage,
          array="torch", dtype="float32", setup=pufferlib.build_kernel,
          note="the kernel alone (CPU build of the wheel's pufferlib/extensions/pufferlib.cpp)"),
     Peer("PufferLib", "pufferlib-core", "torch", "ops.pufferlib.compute_puff_advantage",
-         "puff_advantage", _puffer_rows("ignored"), "advantages", adapter=pufferlib.advantage,
-         array="torch", dtype="float32", setup=pufferlib.build_kernel,
+         "puff_advantage", _puffer_rows(pufferlib.TRAINER_FOLD), "advantages",
+         adapter=pufferlib.advantage, array="torch", dtype="float32",
+         setup=pufferlib.build_kernel,
          note="as PufferLib's trainer stores it: terminals = d, truncations not stored",
          findings={"*": _TRUNCATIONS_DROPPED}),
+    # --- MushroomRL: one flat stream, absorbing/last flags of the step, V(s) and V(ss) ------
+    Peer("MushroomRL", "mushroom-rl", "mushroom_rl.utils.value_functions", "compute_gae", "gae",
+         _contract_one_stream, "advantages", adapter=mushroom_rl.gae,
+         note="absorbing = terminated, last = terminated or time limit (Core); V by index"),
+    Peer("MushroomRL", "mushroom-rl", "mushroom_rl.utils.value_functions", "compute_gae", "gae",
+         _contract_one_stream, "returns", adapter=mushroom_rl.gae, note="v_target"),
+    # --- Sample Factory 1.x: dones of the step, values[T+1]; gym's done, nothing folded ----
+    Peer("Sample Factory", "sample-factory", "sample_factory.algorithms.utils.algo_utils",
+         "calculate_gae", "gae",
+         _stored(sample_factory.FOLD, flags="dones", bootstrap="values_plus_one"),
+         "advantages", adapter=sample_factory.calculate_gae, dtype="float32",
+         note="the function alone, given the real bootstrap value; a time-out is gym's done",
+         findings={"*": _TIMEOUT_AS_TERMINAL}),
+    Peer("Sample Factory", "sample-factory", "sample_factory.algorithms.utils.algo_utils",
+         "calculate_gae", "gae",
+         _stored(sample_factory.FOLD, flags="dones", bootstrap="values_plus_one"),
+         "advantages", adapter=sample_factory.learner_gae, dtype="float32",
+         note="as APPOLearner._calculate_gae calls it: fake last value (V - r) / gamma",
+         findings={"*": Finding("bug", _TIMEOUT_AS_TERMINAL.why + "; and the learner's fake "
+                                       "last value (V - r)/gamma zeroes the last step's "
+                                       "advantage: the segment's end never bootstraps")}),
+    # --- rsl_rl: dones of the step, values[t+1]; process_env_step folds gamma V(s_t) --------
+    Peer("rsl_rl", "rsl-rl-lib", "rsl_rl.algorithms.ppo", "PPO.compute_returns", "gae",
+         _stored(rsl_rl.FOLD, flags="dones"), "advantages", adapter=rsl_rl.compute_returns,
+         array="torch", note="with process_env_step's fold: gamma * V(s_t) on every time_out",
+         findings={"*": Finding("bug", _CURRENT_VALUE_FOLD.why + "; and (1 - dones.float()) "
+                                       "* gamma is float32: gamma rounded to float32")}),
+    # --- Lightning Bolts: one call per trajectory with its last value -------------------------
+    Peer("Lightning Bolts", "lightning-bolts", "pl_bolts.models.rl.ppo_model",
+         "PPO.calc_advantage", "gae",
+         _stored(lightning_bolts.GYM_TIME_LIMIT_FOLD, calls="trajectory"), "advantages",
+         adapter=lightning_bolts.calc_advantage,
+         note="a gym TimeLimit time-out is a done: last_value 0",
+         findings={"*": _TIMEOUT_AS_TERMINAL}),
+    Peer("Lightning Bolts", "lightning-bolts", "pl_bolts.models.rl.ppo_model",
+         "PPO.calc_advantage", "gae",
+         _stored(lightning_bolts.MAX_EPISODE_LEN_FOLD, calls="trajectory"), "advantages",
+         adapter=lightning_bolts.calc_advantage,
+         note="its own max_episode_len: last_value = V(next state) unless done"),
     # --- not importable -----------------------------------------------------------------------
-    Peer("CleanRL", "cleanrl", "cleanrl.ppo", "(inline GAE loop)", "gae", _done_next("as_done"),
+    Peer("CleanRL", "cleanrl", "cleanrl.ppo", "(inline GAE loop)", "gae",
+         _done_next(dict(add="nothing")),
          "advantages",
          unavailable="inline, not importable: the GAE loop is in the body of the script "
                      "cleanrl/ppo.py (0.4.8 runs argparse and builds environments at import; "

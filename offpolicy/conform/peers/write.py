@@ -16,7 +16,8 @@ __all__ = ["write_peer_reports"]
 
 def _entries(rows: list[dict]) -> list[list[dict]]:
     """Rows grouped by entry, in order."""
-    groups, keys = [], []
+    groups: list[list[dict]] = []
+    keys: list[tuple] = []
     for r in rows:
         key = (r["library"], r["function"], r["estimator"], r["layout"], r["output"],
                r["fixed_params"], r.get("note", ""))
@@ -27,7 +28,7 @@ def _entries(rows: list[dict]) -> list[list[dict]]:
     return groups
 
 
-def _md_escape(text: str) -> str:
+def _md_escape(text: object) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
