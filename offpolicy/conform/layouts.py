@@ -275,7 +275,7 @@ class Layout:
         """What it cannot hold for ``spec`` (and, where the form depends on it, ``fn``)."""
         return self.constraints(spec)
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         """This layout with the rollout's time-out ``fold`` (layouts that store a rollout)."""
         raise ConformUsageError(f"fold: the {self.name} layout receives its flags as they "
                                 f"are; a fold is for stored_values, done_next, puffer_rows")
@@ -347,7 +347,7 @@ FOLD_NAMES = {
 TRUNCATION_FOLDS = (None, *FOLD_NAMES)
 
 
-def as_fold(fold) -> Fold | None:
+def as_fold(fold: Fold | str | dict | None) -> Fold | None:
     """A :class:`Fold` from a Fold, None, a name of :data:`FOLD_NAMES`, a dict of Fold's
     fields, or ``"add[:every_timeout][:not_done]"``; ``ConformUsageError`` naming ``fold``."""
     if fold is None or isinstance(fold, Fold):
@@ -512,7 +512,7 @@ class _RolloutFold(Layout):
         """The contract case the function effectively receives (see :func:`received`)."""
         return received(case, self.fold)
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         return dataclasses.replace(self, truncation_fold=as_fold(fold))
 
     def describe(self) -> str:
@@ -788,7 +788,8 @@ class StoredValues(Layout):
     * ``"dones"``: one per-step ``dones`` flag: the steps the rollout stores as done;
     * ``"masks"``: pytorch-a2c-ppo-acktr's ``masks`` and ``bad_masks`` ``[T+1, B]``
       (``masks[t+1] = 0`` after any done of step t, ``bad_masks[t+1] = 0`` after a time-out
-      that did not terminate, as gym's ``TimeLimit.truncated``);
+      that did not terminate, as gym's ``TimeLimit.truncated``; with a fold ``on`` every
+      time-out, after every step at the limit, as that repository's ``TimeLimitMask``);
     * ``"episode_starts"``: SB3/CleanRL's ``episode_starts`` (also ``dones``) ``[T, B]``, the
       done of step t-1, with ``last_dones`` (also ``next_done``) ``[B]`` for the last step;
     * ``"indices"``: ``terminal_indices`` and ``timeout_indices``: the steps as index lists
@@ -836,7 +837,7 @@ class StoredValues(Layout):
             raise ConformUsageError("fold: add='last_value' needs calls='trajectory' (a "
                                     "function called once per trajectory with its last value)")
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         return dataclasses.replace(self, fold=as_fold(fold))
 
     def received(self, case: Case) -> Case | None:
@@ -908,9 +909,12 @@ class StoredValues(Layout):
             any_done = r.done | (r.time_outs if self.fold is None else False)
             kw["masks"] = arrays.floats(np.concatenate([ones, 1.0 - any_done], axis=0))
             # bad_masks as gym's TimeLimit sets it: a time-out where the episode did not end
-            # on its own (TimeLimit.truncated = not done)
+            # on its own (TimeLimit.truncated = not done); with a fold on every time-out, every
+            # step at the limit, terminal or not (pytorch-a2c-ppo-acktr's TimeLimitMask marks
+            # `done and elapsed == max_episode_steps`)
+            every = self.fold is not None and self.fold.on == "every_timeout"
             kw["bad_masks"] = arrays.floats(np.concatenate(
-                [ones, 1.0 - (r.time_outs & ~r.terminated)], axis=0))
+                [ones, 1.0 - (r.time_outs if every else r.time_outs & ~r.terminated)], axis=0))
         elif self.flags == "episode_starts":
             starts = np.concatenate([np.zeros_like(r.done[:1]), r.done[:-1]], axis=0)
             kw["episode_starts"] = kw["dones"] = arrays.flags(starts, as_float=True)
