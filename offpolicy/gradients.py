@@ -45,7 +45,8 @@ from .mdp import TabularMDP
 
 __all__ = [
     "LOSSES", "ADVANTAGE_OUTPUT", "GradientMoments", "softmax_policy", "objective",
-    "policy_gradient", "segment_visits", "exact_gradient_moments", "clipped_pg_bias",
+    "policy_gradient", "segment_visits", "exact_gradient_moments",
+    "exact_value_gradient_moments", "clipped_pg_bias", "sequence_gradient_moments",
 ]
 
 LOSSES = ("ppo_clip", "prox_clip", "impala")
@@ -121,8 +122,12 @@ class GradientMoments:
 
     @staticmethod
     def _cos(x: np.ndarray, y: np.ndarray) -> float:
-        nx, ny = np.linalg.norm(x), np.linalg.norm(y)
-        return float((x * y).sum() / (nx * ny)) if nx > 0 and ny > 0 else float("nan")
+        """NaN where either vector is round-off (its norm below 1e-10 of the other's): the
+        direction of an update that is zero up to round-off depends on the machine."""
+        nx, ny = float(np.linalg.norm(x)), float(np.linalg.norm(y))
+        if nx <= 1e-10 * ny or ny <= 1e-10 * nx or nx == 0 or ny == 0:
+            return float("nan")
+        return float((x * y).sum() / (nx * ny))
 
     @property
     def cosine(self) -> float:
@@ -137,7 +142,8 @@ class GradientMoments:
     @property
     def relative_bias(self) -> float:
         """``||E g_hat - reference|| / ||reference||``."""
-        return float(np.linalg.norm(self.mean - self.reference) / np.linalg.norm(self.reference))
+        ref = float(np.linalg.norm(self.reference))
+        return float(np.linalg.norm(self.mean - self.reference) / ref) if ref > 0 else float("nan")
 
 
 def _enumerate(mdp: TabularMDP, behaviour: np.ndarray, horizon: int, max_branches: int):
@@ -256,6 +262,77 @@ def exact_gradient_moments(mdp: TabularMDP, loss: str, estimator: str, *,
     true = policy_gradient(mdp, pi)
     reference = segment_visits(mdp, pi, horizon)[:, None] * pi * _exact.a_pi(mdp, pi)
     return GradientMoments(mean.reshape(S, A), var, true, reference)
+
+
+
+def exact_value_gradient_moments(mdp: TabularMDP, estimator: str, *, target: npt.ArrayLike,
+                                 behaviour: npt.ArrayLike, horizon: int,
+                                 values: npt.ArrayLike | None = None,
+                                 q: npt.ArrayLike | None = None, lam: float = 1.0,
+                                 rho_clip: float = 1.0, c_clip: float = 1.0,
+                                 n: int | None = None,
+                                 max_branches: int = 400_000) -> GradientMoments:
+    """Exact ``E[g_hat]`` and total variance of one segment's value (or TD) update.
+
+    The squared loss ``0.5 (V(s_t) - G_t)^2`` (``estimators.losses.numpy.squared_value_loss``)
+    on the estimator's value output (``returns`` / ``value_targets``), or the TD loss
+    ``0.5 (Q(s_t, a_t) - G_t)^2`` (``td_loss``) on a Q-trace's ``targets``, over a segment of
+    ``horizon`` steps (as :func:`exact_gradient_moments`), aggregated by ``1/horizon``, targets
+    detached; ``g_hat = -dL/dV`` (``[S]``) or ``-dL/dQ`` (``[S, A]``), the tabular
+    semi-gradient. ``values`` (default ``V^pi``) / ``q`` (default ``Q^pi``) are the current
+    estimates. ``reference`` and ``true_gradient`` are both ``w_mu(s) (V^pi(s) - V(s))`` (or
+    ``w_mu(s) mu(a|s) (Q^pi(s, a) - Q(s, a))``): the expected update of a regression onto
+    the exact values on the same states, ``w_mu`` the behaviour's segment frequencies."""
+    from estimators import numpy as ref
+    from estimators.losses import numpy as L
+
+    info, _ = _registry.resolve(estimator)
+    if info.kind not in ("state", "action"):
+        raise ValueError(f"estimator: {estimator!r} has no value or Q target")
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+        raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
+    output = info.output_for("value" if info.kind == "state" else "target")
+    pi = np.asarray(target, float)
+    mu = np.asarray(behaviour, float)
+    for name, x in (("target", pi), ("behaviour", mu)):
+        if x.shape != (mdp.num_states, mdp.num_actions):
+            raise ValueError(f"{name}: expected shape {(mdp.num_states, mdp.num_actions)}")
+    S, A = pi.shape
+    s, a, r, s2, term, w = _enumerate(mdp, mu, horizon, max_branches)
+    with np.errstate(divide="ignore"):
+        log_rhos = np.log(pi[s, a]) - np.log(mu[s, a])
+    inputs: dict = {"rewards": r, "terminated": term, "truncated": np.zeros_like(term),
+                    "log_rhos": log_rhos}
+    params: dict = {"lam": lam, "rho_clip": rho_clip, "c_clip": c_clip}
+    if n is not None:
+        params["n"] = n
+    if info.kind == "state":
+        v = _exact.v_pi(mdp, pi) if values is None else np.asarray(values, float)
+        inputs.update(values=v[s], next_values=np.where(term, np.nan, v[s2]))
+        estimate, cells, size = v[s], s, S
+        truth = _exact.v_pi(mdp, pi) - v
+        reference = segment_visits(mdp, mu, horizon) * truth
+    else:
+        qq = _exact.q_pi(mdp, pi) if q is None else np.asarray(q, float)
+        next_q = (pi * qq).sum(axis=1)
+        inputs.update(q_taken=qq[s, a], next_expected_q=np.where(term, np.nan, next_q[s2]),
+                      target_probs_taken=pi[s, a])
+        estimate, cells, size = qq[s, a], s * A + a, S * A
+        truth = _exact.q_pi(mdp, pi) - qq
+        reference = (segment_visits(mdp, mu, horizon)[:, None] * mu * truth).ravel()
+    G = np.asarray(_registry.call_estimator(ref, info.name, inputs, gamma=mdp.gamma,
+                                            output=output, **params), float)
+    grad = L.squared_value_loss(estimate, G, aggregation="constant",
+                                constant=horizon).grad_values
+    N = s.shape[1]
+    Gm = np.zeros((N, size))
+    cols = np.broadcast_to(np.arange(N), s.shape)
+    np.add.at(Gm, (cols.ravel(), cells.ravel()), -grad.ravel())
+    mean = w @ Gm
+    var = float(max(w @ (Gm * Gm).sum(axis=1) - (mean * mean).sum(), 0.0))
+    shape = (S,) if info.kind == "state" else (S, A)
+    return GradientMoments(mean.reshape(shape), var, reference.reshape(shape),
+                           reference.reshape(shape))
 
 
 def clipped_pg_bias(target: npt.ArrayLike, behaviour: npt.ArrayLike,

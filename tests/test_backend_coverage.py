@@ -24,32 +24,28 @@ import torch
 import estimators.numpy as N
 import estimators.torch as E
 from estimators import layout
+from offpolicy import registry
 
 X = pytest.importorskip("estimators.taichi")
 K = None  # estimators.taichi._kernels, imported once Taichi runs
 
 T0, B0, H = 7, 8, 3
-SIG = {
-    "gae": ("rewards values next_values terminated truncated", dict(gamma=0.9, lam=0.8)),
-    "vtrace": ("rewards values next_values terminated truncated log_rhos",
-               dict(gamma=0.9, lam=0.8, rho_clip=1.2, c_clip=0.9, pg_rho_clip=1.5)),
-    "puff_advantage": ("rewards values next_values terminated truncated log_rhos",
-                       dict(gamma=0.9, lam=0.8, c_clip=math.inf)),
-    "per_decision_is": ("rewards values next_values terminated truncated log_rhos",
-                        dict(gamma=0.9, lam=0.8)),
-    "nstep_returns": ("rewards next_values terminated truncated", dict(gamma=0.9, n=3)),
-    "q_trace": ("rewards q_taken next_expected_q terminated truncated traces",
-                dict(gamma=0.9, lam=0.8)),
-    "retrace": ("rewards q_taken next_expected_q terminated truncated log_rhos",
-                dict(gamma=0.9, lam=0.8)),
-    "tree_backup": ("rewards q_taken next_expected_q terminated truncated target_probs_taken",
-                    dict(gamma=0.9, lam=0.8)),
-    "q_lambda": ("rewards q_taken next_expected_q terminated truncated", dict(gamma=0.9, lam=0.8)),
-    "importance_sampling_q": ("rewards q_taken next_expected_q terminated truncated log_rhos",
-                              dict(gamma=0.9, lam=0.8)),
-    "p3o_advantage": ("rewards reward_mean reward_std terminated truncated",
-                      dict(batch_reward_std=1.1, normalize="sum")),
+# keyword values each test passes; the array inputs, in call order, are the registry's
+PARAMS = {
+    "gae": dict(gamma=0.9, lam=0.8),
+    "vtrace": dict(gamma=0.9, lam=0.8, rho_clip=1.2, c_clip=0.9, pg_rho_clip=1.5),
+    "puff_advantage": dict(gamma=0.9, lam=0.8, c_clip=math.inf),
+    "per_decision_is": dict(gamma=0.9, lam=0.8),
+    "nstep_returns": dict(gamma=0.9, n=3),
+    "q_trace": dict(gamma=0.9, lam=0.8),
+    "retrace": dict(gamma=0.9, lam=0.8),
+    "tree_backup": dict(gamma=0.9, lam=0.8),
+    "q_lambda": dict(gamma=0.9, lam=0.8),
+    "importance_sampling_q": dict(gamma=0.9, lam=0.8),
+    "p3o_advantage": dict(batch_reward_std=1.1, normalize="sum"),
 }
+SIG = {name: (" ".join(registry.ESTIMATORS[name].inputs), PARAMS[name])
+       for name in registry.ESTIMATORS}
 BACKENDS = {"numpy": N, "torch": E, "taichi": X}
 
 

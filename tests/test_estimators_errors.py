@@ -10,32 +10,28 @@ import torch
 import estimators.numpy as N
 import estimators.taichi as X
 import estimators.torch as E
+from offpolicy import registry
 
 T, B, H = 4, 2, 3
 BACKENDS = {"numpy": N, "torch": E, "taichi": X}
 
 # estimator -> (array arguments, scalar keyword arguments)
-SIGNATURES = {
-    "gae": ("rewards values next_values terminated truncated", dict(gamma=0.9, lam=0.9)),
-    "vtrace": ("rewards values next_values terminated truncated log_rhos",
-               dict(gamma=0.9, lam=0.9, rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0)),
-    "puff_advantage": ("rewards values next_values terminated truncated log_rhos",
-                       dict(gamma=0.9, lam=0.9, rho_clip=1.0, c_clip=1.0)),
-    "per_decision_is": ("rewards values next_values terminated truncated log_rhos",
-                        dict(gamma=0.9, lam=0.9)),
-    "nstep_returns": ("rewards next_values terminated truncated", dict(gamma=0.9, n=2)),
-    "q_trace": ("rewards q_taken next_expected_q terminated truncated traces",
-                dict(gamma=0.9, lam=0.9)),
-    "retrace": ("rewards q_taken next_expected_q terminated truncated log_rhos",
-                dict(gamma=0.9, lam=0.9)),
-    "tree_backup": ("rewards q_taken next_expected_q terminated truncated target_probs_taken",
-                    dict(gamma=0.9, lam=0.9)),
-    "q_lambda": ("rewards q_taken next_expected_q terminated truncated", dict(gamma=0.9, lam=0.9)),
-    "importance_sampling_q": ("rewards q_taken next_expected_q terminated truncated log_rhos",
-                              dict(gamma=0.9, lam=0.9)),
-    "p3o_advantage": ("rewards reward_mean reward_std terminated truncated",
-                      dict(batch_reward_std=1.0, normalize="max")),
+# keyword values each test passes; the array inputs, in call order, are the registry's
+PARAMS = {
+    "gae": dict(gamma=0.9, lam=0.9),
+    "vtrace": dict(gamma=0.9, lam=0.9, rho_clip=1.0, c_clip=1.0, pg_rho_clip=1.0),
+    "puff_advantage": dict(gamma=0.9, lam=0.9, rho_clip=1.0, c_clip=1.0),
+    "per_decision_is": dict(gamma=0.9, lam=0.9),
+    "nstep_returns": dict(gamma=0.9, n=2),
+    "q_trace": dict(gamma=0.9, lam=0.9),
+    "retrace": dict(gamma=0.9, lam=0.9),
+    "tree_backup": dict(gamma=0.9, lam=0.9),
+    "q_lambda": dict(gamma=0.9, lam=0.9),
+    "importance_sampling_q": dict(gamma=0.9, lam=0.9),
+    "p3o_advantage": dict(batch_reward_std=1.0, normalize="max"),
 }
+SIGNATURES = {name: (" ".join(registry.ESTIMATORS[name].inputs), PARAMS[name])
+              for name in registry.ESTIMATORS}
 
 
 def valid_array(name, t=T):

@@ -34,11 +34,12 @@ def test_policy_gradient_equals_finite_differences_of_J(m):
                                atol=1e-7)
 
 
-def brute_force(m, loss, target, behaviour, horizon, lam, clip_coef=0.2):
+def brute_force(m, loss, target, behaviour, horizon, lam, clip_coef=0.2, values=None):
     """E[g_hat] and E||g_hat||^2 by recursion over every (a, s', reset) branch; GAE written
     out; the loss's gradient by autograd. No reward noise in the MDPs used here."""
     S, A = target.shape
-    V = exact.v_pi(m, target)
+    V = exact.v_pi(m, target) if values is None else values
+    mean_v = np.zeros(m.num_states)
     R = np.asarray(m.R)  # [S, A] (these MDPs: reward per state-action)
     P, term, init = np.asarray(m.P), np.asarray(m.terminal), np.asarray(m.initial)
     mean, second = np.zeros((S, A)), 0.0
@@ -55,6 +56,15 @@ def brute_force(m, loss, target, behaviour, horizon, lam, clip_coef=0.2):
                 cont = 0.0 if (d_ or k == T - 1) else 1.0
                 last = delta + m.gamma * lam * cont * last
                 adv[k] = last
+            if loss == "value":  # the squared loss on GAE's returns A_t + V(s_t), V a table
+                table = torch.tensor(V, requires_grad=True)
+                ret = np.array(adv) + V[[x[0] for x in steps]]
+                value = TL.squared_value_loss(table[[x[0] for x in steps]], ret,
+                                              aggregation="constant", constant=horizon)
+                (g,) = torch.autograd.grad(-value, table)
+                mean_v[:] += prob * g.numpy()
+                second += prob * float((g.numpy() ** 2).sum())
+                return
             theta = torch.tensor(np.log(target), requires_grad=True)
             logp = torch.log_softmax(theta, dim=1)[[x[0] for x in steps], [x[1] for x in steps]]
             logmu = np.log(behaviour[[x[0] for x in steps], [x[1] for x in steps]])
@@ -84,6 +94,8 @@ def brute_force(m, loss, target, behaviour, horizon, lam, clip_coef=0.2):
 
     for s0 in np.nonzero(init)[0]:
         walk(s0, 0, init[s0], [])
+    if loss == "value":
+        return mean_v, second - (mean_v * mean_v).sum()
     return mean, second - (mean * mean).sum()
 
 
@@ -99,6 +111,49 @@ def test_exact_moments_equal_brute_force(loss, m):
     np.testing.assert_allclose(got.mean, mean, atol=1e-13)
     assert got.total_variance == pytest.approx(var, abs=1e-13)
     assert np.abs(mean).max() > 1e-5  # not a vacuous comparison (1e5 x the tolerance)
+
+
+def test_exact_value_moments_equal_brute_force():
+    m = mdp.garnet(4, 2, 2, gamma=0.8, seed=3, num_terminal=1)
+    pi = policies.random_policy(m, seed=11)
+    mu = policies.stale_policy(m, pi, 2)
+    v = 0.5 * exact.v_pi(m, pi)  # a wrong critic: the update is not zero
+    got = gradients.exact_value_gradient_moments(m, "gae", target=pi, behaviour=mu, horizon=3,
+                                                 lam=0.7, values=v)
+    mean, var = brute_force(m, "value", pi, mu, 3, 0.7, values=v)
+    np.testing.assert_allclose(got.mean, mean, atol=1e-13)
+    assert got.total_variance == pytest.approx(var, abs=1e-13)
+    assert np.abs(mean).max() > 1e-3
+
+
+@pytest.mark.parametrize("estimator", ["gae", "vtrace", "per_decision_is", "nstep_returns",
+                                       "retrace", "tree_backup", "q_lambda",
+                                       "importance_sampling_q"])
+def test_on_policy_exact_values_take_a_zero_expected_value_update(estimator):
+    # every target is unbiased for V^pi / Q^pi on-policy with exact values (T03, T07, T08,
+    # T10): the expected semi-gradient is 0, and the reference (V^pi - V) is 0 too
+    m = mdp.garnet(4, 2, 2, gamma=0.9, seed=3, num_terminal=1)
+    pi = policies.random_policy(m, seed=1)
+    kw = {"n": 2} if estimator == "nstep_returns" else {}
+    g = gradients.exact_value_gradient_moments(m, estimator, target=pi, behaviour=pi,
+                                               horizon=3, lam=0.8, **kw)
+    assert np.abs(g.mean).max() < 1e-14 and np.abs(g.reference).max() < 1e-14
+    assert g.total_variance > 1e-3  # the samples do move it
+
+
+def test_value_update_with_a_stale_critic_is_off_by_the_uncorrected_target():
+    # uncorrected GAE's returns estimate V^mu: with V = V^mu the expected update is zero
+    # although V^pi != V (relative bias 1), while Retrace's corrected target moves Q towards
+    # Q^pi (cosine to the reference close to 1)
+    m = mdp.garnet(4, 2, 2, gamma=0.9, seed=3, num_terminal=1)
+    pi = policies.random_policy(m, seed=1)
+    mu = policies.stale_policy(m, pi, 2)
+    gae = gradients.exact_value_gradient_moments(m, "gae", target=pi, behaviour=mu, horizon=3,
+                                                 lam=0.8, values=exact.v_pi(m, mu))
+    assert np.abs(gae.mean).max() < 1e-14 and gae.relative_bias == pytest.approx(1.0)
+    ret = gradients.exact_value_gradient_moments(m, "retrace", target=pi, behaviour=mu,
+                                                 horizon=3, lam=0.8, q=exact.q_pi(m, mu))
+    assert ret.cosine > 0.9
 
 
 def test_segment_visits_equal_enumerated_state_frequencies():

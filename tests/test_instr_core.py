@@ -330,3 +330,87 @@ def test_mutation_cli_unknown_name_exits_2(capsys):
 def test_mutation_cli_failing_unmutated_copy_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(mutation, "run_suite", lambda *a, **k: (False, 0.0, "boom"))
     assert mutation.main(["--only", _first_two()[0]]) == 2
+
+
+# ---- the messages themselves (each names what was wrong) ----------------------------------------
+
+
+def test_cli_helper_messages_name_the_problem(tmp_path, monkeypatch):
+    r = _cli.RaisingParser(prog="p")
+    r.add_argument("x")
+    with pytest.raises(_cli.UsageError, match="the following arguments are required: x"):
+        r.parse_args([])
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^expected an integer, got 'x'$"):
+        _cli.positive_int("x")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"^must be >= 1, got 0$"):
+        _cli.positive_int("0")
+    monkeypatch.chdir(tmp_path)
+    assert _cli.writable_file("bare.json", "--json") is None  # a bare name: the current dir
+    f = tmp_path / "f.txt"
+    f.write_text("x")
+    assert _cli.writable_dir(str(f)) == f"--out {f}: exists and is not a directory"
+
+
+def test_writable_file_refuses_an_unwritable_directory_or_file(tmp_path, monkeypatch):
+    """os.access is stubbed (a root user writes through permission bits)."""
+    f = tmp_path / "f.json"
+    f.write_text("{}")
+    real = _cli.os.access
+    monkeypatch.setattr(_cli.os, "access", lambda p, m: str(p) != str(tmp_path))
+    assert _cli.writable_file(str(tmp_path / "new.json"), "--json") == \
+        f"--json: {tmp_path / 'new.json'} is not writable"
+    monkeypatch.setattr(_cli.os, "access", lambda p, m: str(p) != str(f))
+    assert _cli.writable_file(str(f), "--json") == f"--json: {f} is not writable"
+    monkeypatch.setattr(_cli.os, "access", real)
+
+
+def test_unknown_estimator_lists_every_known_name():
+    with pytest.raises(ValueError) as e:
+        registry.lookup("nope")
+    known = [*registry.ESTIMATORS, *registry.ALIASES, *registry.OUTPUT_ALIASES]
+    assert str(e.value) == f"estimator: unknown 'nope'; known: {', '.join(known)}"
+
+
+@pytest.mark.parametrize("kind", registry.KINDS)
+def test_estimator_info_accepts_every_kind_and_a_consistent_entry(kind):
+    e = registry.EstimatorInfo("x", kind, ("rewards",), ("a", "b"), ("gamma",),
+                               {"a": "advantage", "b": "value"}, None, "b")
+    assert e.all_names == ("x",) and e.output_for("value") == "b"
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(kind="bogus"), r"^kind: one of \('state', 'action', 'reward'\), got 'bogus'$"),
+    (dict(quantities={"a": "advantage"}), r"^x: quantities/default_output must name its"),
+    (dict(default_output="c"), r"^x: quantities/default_output must name its outputs$"),
+])
+def test_estimator_info_refuses_an_inconsistent_entry(change, message):
+    fields = dict(name="x", kind="state", inputs=("rewards",), outputs=("a", "b"),
+                  params=("gamma",), quantities={"a": "advantage", "b": "value"},
+                  moments_name=None, default_output="a")
+    with pytest.raises(ValueError, match=message):
+        registry.EstimatorInfo(**{**fields, **change})
+
+
+def test_writable_dir_probes_inside_the_directory_and_names_the_os_error(tmp_path, monkeypatch):
+    seen = []
+    real = _cli.tempfile.TemporaryFile
+
+    def probe(**kw):
+        seen.append(kw.get("dir"))
+        return real(**kw)
+
+    monkeypatch.setattr(_cli.tempfile, "TemporaryFile", probe)
+    assert _cli.writable_dir(str(tmp_path / "d")) is None
+    assert seen == [str(tmp_path / "d")]
+
+    def refuse(err):
+        def fn(**kw):
+            raise err
+        return fn
+
+    monkeypatch.setattr(_cli.tempfile, "TemporaryFile", refuse(PermissionError(13, "Denied")))
+    assert _cli.writable_dir(str(tmp_path), "--out") == \
+        f"--out {tmp_path}: cannot write there (Denied)"
+    monkeypatch.setattr(_cli.tempfile, "TemporaryFile", refuse(OSError()))
+    assert _cli.writable_dir(str(tmp_path), "--out") == \
+        f"--out {tmp_path}: cannot write there (OSError)"

@@ -170,7 +170,7 @@ def _computing_modules() -> list[str]:
 
 
 # loaded while computing but not computing figures: package re-exports, argument parsing, the
-# worker pool and its thread settings, the report's command line
+# optional-dependency check, the worker pool and its thread settings, the report's command line
 NOT_COMPUTING = {"estimators/__init__.py", "offpolicy/__init__.py", "offpolicy/_cli.py",
                  "offpolicy/parallel.py", "offpolicy/report/__init__.py",
                  "offpolicy/report/_blas.py", "offpolicy/report/cli.py",

@@ -366,3 +366,14 @@ def test_a_pool_left_by_ctrl_c_has_closed_its_wakeup_pipe_when_the_block_ends():
                 raise KeyboardInterrupt  # the first result is in; the other task still runs
     open_pipes = [t for t, w in list(cf_process._threads_wakeups.items()) if not w._closed]
     assert not open_pipes
+
+
+def test_conform_handles_ctrl_c_before_its_heavy_imports():
+    """``python -m offpolicy.conform`` imports the package, then ``__main__`` installs the
+    Ctrl-C handling before the command line's imports: the package itself must load none of
+    the runner's heavy modules (an interrupt during them would be a traceback)."""
+    out = subprocess.run([sys.executable, "-c", "import sys, offpolicy.conform; print("
+                          "[n for n in ('hypothesis', 'offpolicy.moments', "
+                          "'offpolicy.conform.runner') if n in sys.modules])"],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr

@@ -77,3 +77,14 @@ def test_report_check_fails_on_a_gradient_regression(tmp_path):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "check FAILED: gradients: 2 regression(s)" in proc.stdout
     assert "cos_grad_j" in proc.stdout and "not in the baseline" in proc.stdout
+
+
+def test_value_findings_say_every_only_when_every_stale_row_is_one():
+    rows = [row("m", k, "value", "gae", float("nan"), rel_bias=1.0) for k in (1, 4)]
+    rows += [row("m", 0, "value", "gae", float("nan"), rel_bias=7.0)]  # lag 0: not a stale row
+    rows += [row("m", k, "value", "vtrace", 0.9, rel_bias=b) for k, b in ((1, 0.5), (4, 1.0))]
+    text = RG.findings(rows)
+    assert any(t.startswith("gae (value loss)") and "every one of the 2 stale rows" in t
+               for t in text)
+    assert any(t.startswith("vtrace (value loss)") and "relative bias 0.500-1.000 over the 2"
+               in t for t in text)

@@ -6,24 +6,36 @@ together with the *world* they come from (for action-value estimators the full Q
 policies), so that a layout can rebuild what a library's function takes. Numbers come from a
 grid of one-decimal values so that shrunk counterexamples read as short numbers.
 
-Families (``FAMILIES``), each a property the contract pins down and real code breaks:
+Families (``FAMILIES``), each a property the contract pins down and real code breaks. Each
+*isolates one factor*: it varies only what its name says, on a plain background (no flag
+anywhere else, one-decimal numbers, ratios near 1), so that a failing family is a true
+statement about the function:
 
 * ``no_dones``: no flag anywhere;
-* ``terminations_inside``: a termination before the last step;
-* ``truncations_inside``: a time-limit truncation before the last step, whose bootstrap value
-  (the final observation's) differs from ``values[t+1]`` (the next episode's first state);
-* ``both_flags_one_step``: ``terminated`` and ``truncated`` on the same step;
-* ``done_at_last_step``: termination and/or truncation on the segment's last step;
-* ``T_equals_1``, ``B_equals_1``: degenerate shapes;
+* ``terminations_inside``: terminations only (no time-out anywhere), all before the last step;
+* ``truncations_inside``: time-outs only (no termination anywhere), all before the last step,
+  whose bootstrap value (the final observation's) differs from ``values[t+1]`` (the next
+  episode's first state);
+* ``both_flags_one_step``: one step flagged ``terminated`` and ``truncated`` at once, no other
+  flag;
+* ``terminated_at_last_step``, ``truncated_at_last_step``: that flag on the segment's last step
+  only;
+* ``T_equals_1``, ``B_equals_1``: degenerate shapes, no flags;
 * ``inconsistent_next_values``: ``next_values[t] != values[t+1]`` inside an episode (a target
-  network, a stale or refreshed critic);
-* ``ratios_far_from_1``: some ``|log rho| >= 2``;
-* ``rho_clip_ne_c_clip``: V-trace with different clip levels;
-* ``lambda_0``, ``lambda_0.5``, ``lambda_1``: the trace parameter at its landmarks;
+  network, a stale or refreshed critic), no flags;
+* ``ratios_far_from_1``: some ``|log rho| >= 2``, no flags;
+* ``rho_clip_ne_c_clip``: V-trace with different clip levels, no flags;
+* ``lambda_0``, ``lambda_0.5``, ``lambda_1``: the trace parameter at its landmarks, no flags;
 * ``float64_precision``: values near 1e3 with small rewards, where float32 arithmetic is off;
 * ``nan_under_terminated``: NaN in the value read after a termination (must be ignored);
+  terminations only;
 * ``per_step_gamma_lambda``: ``gamma`` and ``lam`` as ``[T, B]`` arrays (semi-MDP discounts,
   state-dependent lambda; run when the check is told the function takes them).
+
+Mixed families (``MIXED_FAMILIES``, named as mixed) draw every flag combination at once, where
+combinations reach bugs a single factor does not: ``mixed_flags`` (terminations, time-outs and
+both, anywhere, any λ), ``mixed_done_at_last_step`` (any flag on the last step over mixed
+flags), ``mixed_T_equals_1`` and ``mixed_B_equals_1`` (the degenerate shapes with flags).
 """
 
 from __future__ import annotations
@@ -35,14 +47,16 @@ from hypothesis import strategies as st
 
 from .registry import PARAM_CHOICES, EstimatorSpec
 
-__all__ = ["FAMILIES", "Case", "Constraints", "family_strategy", "family_not_applicable"]
+__all__ = ["FAMILIES", "ISOLATED_FAMILIES", "MIXED_FAMILIES", "Case", "Constraints",
+           "family_strategy", "family_not_applicable"]
 
-FAMILIES = (
+ISOLATED_FAMILIES = (
     "no_dones",
     "terminations_inside",
     "truncations_inside",
     "both_flags_one_step",
-    "done_at_last_step",
+    "terminated_at_last_step",
+    "truncated_at_last_step",
     "T_equals_1",
     "B_equals_1",
     "inconsistent_next_values",
@@ -55,6 +69,13 @@ FAMILIES = (
     "nan_under_terminated",
     "per_step_gamma_lambda",
 )
+MIXED_FAMILIES = ("mixed_flags", "mixed_done_at_last_step", "mixed_T_equals_1",
+                  "mixed_B_equals_1")
+FAMILIES = ISOLATED_FAMILIES + MIXED_FAMILIES
+#: the flag codes each family may draw besides its marked step (the plain background: none)
+_BACKGROUND = {"terminations_inside": (0, 0, 0, 1), "nan_under_terminated": (0, 0, 0, 1),
+               "truncations_inside": (0, 0, 0, 2)}
+_MIXED_BACKGROUND = (0, 0, 0, 0, 1, 2, 3)
 _NEEDS_INSIDE = {"terminations_inside", "truncations_inside", "inconsistent_next_values"}
 _FORCED_LAMBDA = {"lambda_0": 0.0, "lambda_0.5": 0.5, "lambda_1": 1.0}
 MAX_T = 6
@@ -63,10 +84,9 @@ NUM_ACTIONS = 2
 
 # flag codes per step: 0 none, 1 terminated, 2 truncated, 3 both; mostly none.
 _NONE, _TERM, _TRUNC, _BOTH = 0, 1, 2, 3
-_FLAG_CODES = st.sampled_from((_NONE, _NONE, _NONE, _NONE, _TERM, _TRUNC, _BOTH))
-_SHORT = st.integers(-20, 20).map(lambda k: k / 10)  # -2.0 .. 2.0, step 0.1
+_SHORT = np.arange(-20, 21) / 10  # -2.0 .. 2.0, step 0.1
 _NONZERO = st.integers(1, 20).flatmap(lambda k: st.sampled_from((k / 10, -k / 10)))
-_PROB = st.integers(1, 9).map(lambda k: k / 10)  # 0.1 .. 0.9
+_PROB = np.arange(1, 10) / 10  # 0.1 .. 0.9
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +135,11 @@ def family_not_applicable(family: str, spec: EstimatorSpec, fixed: dict,
                 "final observation, then cut); see its truncation_fold option")
     if family == "no_dones" and constraints.terminal_last:
         return "every row of this layout ends in a termination"
-    if family == "done_at_last_step" and constraints.terminal_last:
+    if family in ("truncated_at_last_step", "T_equals_1", "B_equals_1") \
+            and constraints.terminal_last:
+        return "every row of this layout ends in a termination"
+    if family in ("mixed_done_at_last_step", "terminated_at_last_step") \
+            and constraints.terminal_last:
         return None
     if family == "ratios_far_from_1" and not spec.takes_ratios:
         return f"{spec.name} takes no importance ratios"
@@ -142,9 +166,11 @@ def family_not_applicable(family: str, spec: EstimatorSpec, fixed: dict,
 
 
 def _grid(draw, shape, elements=_SHORT) -> np.ndarray:
-    size = int(np.prod(shape))
-    return np.array(draw(st.lists(elements, min_size=size, max_size=size)),
-                    dtype=np.float64).reshape(shape)
+    """An array of ``shape`` with entries from ``elements`` (a sequence of values): one draw
+    of a seed, the entries from numpy's generator. Drawing each entry through hypothesis
+    cost most of a check's time; hypothesis's shrinker is not used (the runner shrinks)."""
+    seed = draw(st.integers(0, 2**32 - 1))
+    return np.random.default_rng(seed).choice(np.asarray(elements), size=shape)
 
 
 def _params(draw, family, spec: EstimatorSpec, fixed: dict, shape=None) -> dict:
@@ -160,7 +186,7 @@ def _params(draw, family, spec: EstimatorSpec, fixed: dict, shape=None) -> dict:
         T, B = shape
         for name, choices in (("gamma", (0.5, 1.0, 0.9, 0.0)), ("lam", (0.5, 1.0, 0.0, 0.9))):
             if name in spec.params and name not in fixed:
-                params[name] = _grid(draw, (T, B), st.sampled_from(choices))
+                params[name] = _grid(draw, (T, B), np.array(choices, dtype=np.float64))
     if family == "rho_clip_ne_c_clip":
         pairs = [(r, c) for r in (0.5, 1.0, 2.0) for c in (0.5, 1.0, 2.0) if r != c]
         if "rho_clip" in fixed:
@@ -173,11 +199,16 @@ def _params(draw, family, spec: EstimatorSpec, fixed: dict, shape=None) -> dict:
 
 def _flags(draw, family, T, B, constraints: Constraints):
     """terminated, truncated [T, B] for the family, and a marked position (t, b) or None."""
-    if family == "no_dones" or not constraints.flags_inside:
+    background = _MIXED_BACKGROUND if family.startswith("mixed_") else \
+        _BACKGROUND.get(family, (_NONE,))
+    if not constraints.flags_inside or background == (_NONE,):
         codes = np.zeros((T, B), dtype=int)
     else:
-        codes = np.array(draw(st.lists(_FLAG_CODES, min_size=T * B, max_size=T * B)),
-                         dtype=int).reshape(T, B)
+        codes = _grid(draw, (T, B), np.array(background, dtype=int))
+    if not family.startswith("mixed_") and family not in _BACKGROUND:
+        codes[:] = _NONE
+    if family in _NEEDS_INSIDE:  # inside only: the last step is the *_at_last_step families'
+        codes[-1] = _NONE
     mark = None
     if family in _NEEDS_INSIDE:
         mark = (draw(st.integers(0, T - 2)), draw(st.integers(0, B - 1)))
@@ -186,7 +217,10 @@ def _flags(draw, family, T, B, constraints: Constraints):
     elif family == "both_flags_one_step":
         mark = (draw(st.integers(0, T - 1)), draw(st.integers(0, B - 1)))
         codes[mark] = _BOTH
-    elif family == "done_at_last_step":
+    elif family in ("terminated_at_last_step", "truncated_at_last_step"):
+        mark = (T - 1, draw(st.integers(0, B - 1)))
+        codes[mark] = _TERM if family == "terminated_at_last_step" else _TRUNC
+    elif family == "mixed_done_at_last_step":
         mark = (T - 1, draw(st.integers(0, B - 1)))
         codes[mark] = draw(st.sampled_from((_TERM, _TRUNC, _BOTH)))
     elif family == "nan_under_terminated" and not ((codes & _TERM) != 0).any():
@@ -201,8 +235,8 @@ def _flags(draw, family, T, B, constraints: Constraints):
 
 def _shape(draw, family) -> tuple[int, int]:
     low_T = 2 if family in _NEEDS_INSIDE else 1
-    T = 1 if family == "T_equals_1" else draw(st.integers(low_T, MAX_T))
-    B = 1 if family == "B_equals_1" else draw(st.integers(1, MAX_B))
+    T = 1 if family in ("T_equals_1", "mixed_T_equals_1") else draw(st.integers(low_T, MAX_T))
+    B = 1 if family in ("B_equals_1", "mixed_B_equals_1") else draw(st.integers(1, MAX_B))
     return T, B
 
 
@@ -244,8 +278,8 @@ def _state_case(draw, family, spec: EstimatorSpec, fixed, constraints) -> Case:
 
 def _log_rhos(draw, family, T, B) -> np.ndarray:
     if family not in ("ratios_far_from_1", "rho_clip_ne_c_clip"):
-        return _grid(draw, (T, B), st.integers(-10, 10).map(lambda k: k / 10))
-    log_rhos = _grid(draw, (T, B), st.integers(-30, 30).map(lambda k: k / 10))
+        return _grid(draw, (T, B), np.arange(-10, 11) / 10)
+    log_rhos = _grid(draw, (T, B), np.arange(-30, 31) / 10)
     t, b = draw(st.integers(0, T - 1)), draw(st.integers(0, B - 1))
     log_rhos[t, b] = draw(st.integers(20, 30).flatmap(lambda k: st.sampled_from((k / 10,
                                                                                   -k / 10))))
@@ -254,7 +288,7 @@ def _log_rhos(draw, family, T, B) -> np.ndarray:
 
 def _policy_rows(draw, shape, far=False) -> np.ndarray:
     """[..., 2] probability rows (p, 1 - p)."""
-    p = _grid(draw, shape, st.sampled_from((0.1, 0.9)) if far else _PROB)
+    p = _grid(draw, shape, np.array([0.1, 0.9]) if far else _PROB)
     return np.stack([p, 1.0 - p], axis=-1)
 
 
@@ -273,14 +307,12 @@ def _action_case(draw, family, spec: EstimatorSpec, fixed, constraints) -> Case:
     if far:  # the taken action's ratio is 9 or 1/9 somewhere: |log rho| = 2.2
         t, b = draw(st.integers(0, T - 1)), draw(st.integers(0, B - 1))
         behaviour_probs[t, b] = 1.0 - target_probs[t, b]
-    actions = np.array(draw(st.lists(st.integers(0, A - 1), min_size=T * B, max_size=T * B)),
-                       dtype=np.int64).reshape(T, B)
+    actions = _grid(draw, (T, B), np.arange(A, dtype=np.int64))
     # the tables after each step: those of s_{t+1} where the episode goes on
     cont = _continuing(terminated, truncated)
     after_q = _grid(draw, (T, B, A)) + offset
     after_pi = _policy_rows(draw, (T, B))
-    after_a = np.array(draw(st.lists(st.integers(0, A - 1), min_size=T * B, max_size=T * B)),
-                       dtype=np.int64).reshape(T, B)
+    after_a = _grid(draw, (T, B), np.arange(A, dtype=np.int64))
     roll = lambda x: np.concatenate([x[1:], x[:1]])  # noqa: E731  x_{t+1} at t
     next_q_values = np.where(cont[..., None], roll(q_values), after_q)
     next_target_probs = np.where(cont[..., None], roll(target_probs), after_pi)

@@ -11,13 +11,16 @@ fails) and ``nan_leak_under_terminated``.
 
 from __future__ import annotations
 
+import functools
 import types
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
 from .registry import select_reference_output
 
-__all__ = ["diagnose", "catalogue", "load_mutant"]
+__all__ = ["diagnose", "diagnose_full", "Diagnosis", "catalogue", "load_mutant"]
 
 _MIN_MATCH = 0.95  # fraction of recorded examples a bug class must reproduce
 
@@ -97,8 +100,28 @@ def _match(runner, case, outcome, y, rtol=None) -> bool:
     return bool(same_nan.all() and (np.abs(y[both] - outcome.got[both]) <= tol).all())
 
 
+def _through(view, run):
+    """``run`` on the case the function received (``view``: the layout's ``received``)."""
+    def through(case):
+        seen = view(case)
+        return run(case if seen is None else seen)
+    return through
+
+
+def _view(runner):
+    """The layout's ``received`` when its fold changes what the function sees, else None."""
+    received = getattr(runner.layout, "received", None)
+    if received is None or getattr(runner.layout, "fold", None) is None:
+        return None
+    return received
+
+
 def _candidates(runner):
-    """(name, one line, f(case) -> output or None) for every bug class that applies."""
+    """(name, one line, f(case) -> output or None, breadth, mutant or (mutant, view) or
+    None) for every bug class that applies; where the layout's rollout folds time-outs, each
+    catalogue class twice: as the pipeline's bug (on the contract case) and as the function's
+    (on what the rollout stored)."""
+    view = _view(runner)
     for mutant in catalogue():
         estimators = getattr(mutant, "estimators", None)
         if estimators and runner.spec.name not in estimators:
@@ -116,6 +139,9 @@ def _candidates(runner):
             except Exception:
                 return None
         yield mutant.name, detail, run, len(estimators or ()) or 99, mutant
+        if view is not None:  # the same bug in the function, behind the rollout's fold
+            yield (mutant.name, detail + " [in the function, on what the rollout stored]",
+                   _through(view, run), len(estimators or ()) or 99, (mutant, view))
     for name, detail, transform in _extra_classes(runner.spec):
         if name == f"wrong_output_{runner.output}":
             continue
@@ -142,30 +168,70 @@ def _score(runner, records, run, rtol=None):
     return key, sum(fail_hits), len(fail_hits)
 
 
+class Diagnosis(NamedTuple):
+    """The named class (or ``+``-joined classes), its one line, and for the runner: ``run``
+    (case -> the class's output, None for call-level classes without one) and ``rivals``
+    (the other classes' runs, to keep a counterexample that still tells them apart)."""
+
+    name: str | None
+    detail: str | None
+    run: Callable | None = None
+    rivals: tuple = ()
+
+    def reproduces(self, runner, case, outcome) -> bool:
+        """Whether the named class gives what the function gave on ``case``."""
+        return self.run is not None and _match(runner, case, outcome, self.run(case))
+
+    def tells_apart(self, runner, case, outcome, rivals=None) -> bool:
+        """Whether no rival (default: every rival) gives what the function gave."""
+        return not any(_match(runner, case, outcome, run(case))
+                       for run in (self.rivals if rivals is None else rivals))
+
+
+def _passes(key) -> bool:
+    return key[0] >= 0.5 and key[1] >= 0.9
+
+
 def _name_best(scored):
-    """(name, detail) of the best-scoring class if it passes the thresholds, else None."""
+    """The best-scoring entry if it passes the thresholds, else None.
+
+    Ranking (the tie rule): the most failing examples reproduced; then the most recorded
+    examples reproduced; then the class specific to fewer estimators; then the catalogue's
+    order (``offpolicy.mutation.CATALOGUE``, then the call-level classes). Classes equal on the
+    first two are reported as indistinguishable here."""
     if not scored:
         return None
-    best = max(scored, key=lambda x: x[0])
+    best = max(scored, key=lambda x: x[0])  # max keeps the first of equal keys: catalogue order
     key, name, detail, k, n = best[:5]
-    if key[0] < 0.5 or key[1] < 0.9:
+    if not _passes(key):
         return None
     same = [x[1] for x in scored if x[0][:2] == key[:2] and x[1] != name]
     how = "" if key[:2] == (1.0, 1.0) else f" [reproduces {k} of {n} failing examples]"
     also = f" [indistinguishable here from: {', '.join(same)}]" if same else ""
-    return name, detail + how + also
+    return best, name, detail + how + also
 
 
-def _pair_runner(runner, a, b):
-    """The reference with both bugs' patches applied (None when they touch the same lines)."""
+def _combined(runner, mutants):
+    """The reference with every patch of ``mutants`` applied (None when two touch the same
+    lines, or when they are not all seen through the same view)."""
     import dataclasses
 
-    estimators = tuple(sorted(set(a.estimators or ()) | set(b.estimators or ())))
-    both = dataclasses.replace(a, name=f"{a.name}+{b.name}", edits=a.edits + b.edits,
-                               estimators=estimators)
-    try:
-        module = load_mutant(both)
-    except Exception:
+    views = {m[1] if isinstance(m, tuple) else None for m in mutants}
+    if len(views) > 1:
+        return None
+    view = views.pop()
+    if view is not None:
+        run = _combined(runner, [m[0] for m in mutants])
+        return None if run is None else _through(view, run)
+    if len(mutants) == 1:
+        both = mutants[0]
+    else:
+        estimators = tuple(sorted(set().union(*(m.estimators or () for m in mutants))))
+        both = dataclasses.replace(mutants[0], name="+".join(m.name for m in mutants),
+                                   edits=sum((m.edits for m in mutants), ()),
+                                   estimators=estimators)
+    module = _load_cached(both)
+    if module is None:
         return None
 
     def run(case):
@@ -176,41 +242,127 @@ def _pair_runner(runner, a, b):
     return run
 
 
+@functools.lru_cache(maxsize=256)
+def _load_cached(mutant):
+    try:
+        return load_mutant(mutant)
+    except Exception:
+        return None
+
+
+_MAX_BUGS = 4  # the most bugs one diagnosis names together
+_COMBINE_FROM = 12  # the classes (best single scores first) a combination is drawn from
+
+
+def _combination(runner, records, scored):
+    """Bugs at once: grow a set of catalogue patches greedily, each step adding the patch that
+    reproduces the most failing examples (then the most examples) together with those
+    already chosen, while that number grows; then drop any patch the set does not need.
+    Returns (key, mutants, run) or None."""
+    pool = [x for x in sorted(scored, key=lambda x: x[0], reverse=True) if x[5] is not None]
+    pool = pool[:_COMBINE_FROM]
+    chosen, best_key, best_run = [], (0.0, 0.0), None
+    for _ in range(_MAX_BUGS):
+        step = None
+        for x in pool:
+            m = x[5]
+            if m in chosen:
+                continue
+            run = _combined(runner, chosen + [m])
+            if run is None:
+                continue
+            key = _score(runner, records, run)[0]
+            if key > best_key and (step is None or key > step[0]):
+                step = (key, m, run)
+        if step is None:
+            break
+        best_key, best_run = step[0], step[2]
+        chosen.append(step[1])
+        if best_key == (1.0, 1.0):
+            break
+    if len(chosen) < 2:
+        return None
+    for m in list(chosen):  # minimal: a patch the set does not need goes
+        rest = [c for c in chosen if c is not m]
+        run = _combined(runner, rest) if rest else None
+        if run is not None and _score(runner, records, run)[0] >= best_key:
+            chosen, best_run = rest, run
+    return (best_key, chosen, best_run) if len(chosen) >= 2 else None
+
+
 def diagnose(runner, results) -> tuple[str | None, str | None]:
-    """(bug class name, one line) for a runner whose families include failures.
+    """(bug class name, one line) for a runner whose families include failures (see
+    :func:`diagnose_full`)."""
+    d = diagnose_full(runner, results)
+    return d.name, d.detail
+
+
+def diagnose_full(runner, results) -> Diagnosis:
+    """The :class:`Diagnosis` of a runner whose families include failures.
 
     A class is named when it reproduces what the function returned on at least half of the
-    failing examples and 9/10 of all recorded ones (the detail says how many); the class with
-    the most failing examples reproduced wins, ties going to the most examples overall.
+    failing examples and 9/10 of all recorded ones (the detail says how many); ranking and ties
+    as in :func:`_name_best`. When the best class does not reproduce every failing example,
+    several bugs at once are tried (:func:`_combination`: up to four catalogue patches applied
+    together, every one named) and a class reproduced only to float32 accuracy
+    (``<class>+float32_arithmetic``); the combination is named when it reproduces more.
     """
     records = [(c, o) for family, kept in runner.records.items() for c, o in kept
                if runner.strict_nan or family != "nan_under_terminated"]  # there: a warning
     failing = [(c, o) for c, o in records if not o.ok]
     failed = [r.name for r in results if r.verdict == "fail"]
     if runner.hung_case is not None:
-        return "hangs", "the function did not return within the time limit"
+        return Diagnosis("hangs", "the function did not return within the time limit")
     if failing and any(o.kind == "inplace" for _, o in failing):
         first = next(o for _, o in failing if o.kind == "inplace")
-        return "modifies_inputs_in_place", f"the function {first.error}"
+        return Diagnosis("modifies_inputs_in_place", f"the function {first.error}")
     if failing and all(o.kind == "raised" for _, o in failing):
-        return "raises", f"the function raises on valid input ({failing[0][1].error})"
+        return Diagnosis("raises", f"the function raises on valid input "
+                                   f"({failing[0][1].error})")
     if failing and all(o.kind == "shape" for _, o in failing):
-        return "wrong_shape", failing[0][1].error
+        if all((o.error or "").startswith("returned shape") for _, o in failing):
+            return Diagnosis("wrong_shape", failing[0][1].error)
+        return Diagnosis("wrong_return", f"the function {failing[0][1].error}")
     if failed == ["float64_precision"] or (failing and all(
             o.kind == "mismatch" and _float32_close(runner, c, o) for c, o in failing)):
-        return ("float32_arithmetic", "float64 inputs, but the result is only float32-accurate "
-                "(within 1e-5 relative of the contract: float32 arithmetic somewhere, e.g. a "
-                "float32 discount, or a small epsilon in a denominator)")
-    scored = []  # (key, name, detail, hits on failing, failing, mutant)
+        return Diagnosis("float32_arithmetic", "float64 inputs, but the result is only "
+                         "float32-accurate (within 1e-5 relative of the contract: float32 "
+                         "arithmetic somewhere, e.g. a float32 discount, or a small epsilon "
+                         "in a denominator)")
+    scored = []  # (key, name, detail, hits on failing, failing, mutant, run)
+    view = _view(runner)
     for name, detail, run, breadth, mutant in _candidates(runner):
+        if isinstance(mutant, tuple) and _no_bug_there(runner, records, run, view):
+            continue
         key, k, n = _score(runner, records, run)
-        # the most failing examples reproduced, then the most examples; between classes that
-        # behave the same here, the one specific to fewer estimators
         scored.append(((*key, -breadth), name, detail, k, n, mutant, run))
-    named = _name_best(scored)
-    if named:
-        return named
-    # two bugs at once: a class reproduced to float32 accuracy only, or two patches together
+
+    def result(entry, name, detail) -> Diagnosis:
+        # the rivals a counterexample keeps apart from the named class: every other class
+        # that does not behave the same on every recorded example
+        run = entry[6]
+        rivals = tuple(x[6] for x in scored if x[6] is not run and x[0][:2] != entry[0][:2])
+        return Diagnosis(name, detail, run, rivals)
+
+    single = _name_best(scored)
+    if single is None or single[0][0][:2] != (1.0, 1.0):
+        combo = _combination(runner, records, scored)
+        # a combination is named when no single class passes, or when it reproduces every
+        # failing example and the best single class does not
+        if combo is not None and _passes(combo[0]) and (
+                single is None or combo[0][0] == 1.0 > single[0][0][0]):
+            key, mutants, run = combo
+            by_name = {x[1]: x for x in scored}
+            k, n = _score(runner, records, run)[1:]
+            names = [(m[0] if isinstance(m, tuple) else m).name for m in mutants]
+            detail = "; and ".join(by_name[n_][2] for n_ in names)
+            how = "" if key[:2] == (1.0, 1.0) else f" [reproduces {k} of {n} failing examples]"
+            entry = (key, None, None, k, n, None, run)
+            return result(entry, "+".join(names),
+                          f"{len(mutants)} bugs at once: {detail}{how}")
+    if single is not None:
+        return result(*single)
+    # a class reproduced to float32 accuracy only: that bug and float32 arithmetic
     float32 = []
     for (_, _, breadth), name, detail, _, _, _mutant, run in scored:
         key, k, n = _score(runner, records, run, rtol=1e-5)
@@ -218,21 +370,35 @@ def diagnose(runner, results) -> tuple[str | None, str | None]:
                         f"{detail}; and float32 arithmetic on float64 inputs", k, n, None, run))
     named = _name_best(float32)
     if named:
-        return named
-    pairs = []
-    top = sorted((x for x in scored if x[5] is not None), key=lambda x: x[0], reverse=True)[:6]
-    for i, a in enumerate(top):
-        for b in top[i + 1:]:
-            run = _pair_runner(runner, a[5], b[5])
-            if run is None:
-                continue
-            key, k, n = _score(runner, records, run)
-            pairs.append(((*key, -99), f"{a[1]}+{b[1]}", f"{a[2]}; and {b[2]}", k, n, None, run))
-    named = _name_best(pairs)
-    if named:
-        return named
+        entry, name, detail = named
+        return Diagnosis(name, detail, None, ())
     if failed == ["nan_under_terminated"] or (failing and all(
-            o.kind == "nonfinite" for _, o in failing)):
-        return ("nan_leak_under_terminated", "a NaN in the value after a termination reaches "
-                "the output (multiplied by 0 instead of masked)")
-    return None, None
+            o.kind == "nonfinite" and _has_nan(c) for c, o in failing)):
+        return Diagnosis("nan_leak_under_terminated", "a NaN in the value after a termination "
+                         "reaches the output (multiplied by 0 instead of masked)")
+    if failing and all(o.kind == "nonfinite" for _, o in failing):
+        return Diagnosis("returns_nonfinite", "the function returns NaN/inf on finite inputs "
+                         "(e.g. 0/0, log of 0, an uninitialised buffer)")
+    return Diagnosis(None, None)
+
+
+def _no_bug_there(runner, records, run, view) -> bool:
+    """Whether a class, seen through the rollout's view, gives the contract's answer on every
+    recorded example of what the function received (a bug that makes no difference there is
+    not the function's: e.g. a truncation class once the fold made every time-out a
+    termination)."""
+    for case, _ in records:
+        seen = view(case)
+        seen = case if seen is None else seen
+        with np.errstate(all="ignore"):
+            ref = select_reference_output(
+                runner.spec, runner.spec.reference()(*seen.contract_args(runner.spec),
+                                                     **seen.params), runner.output)
+        y = run(case)
+        if y is None or y.shape != ref.shape or not np.allclose(y, ref, equal_nan=True):
+            return False
+    return True
+
+
+def _has_nan(case) -> bool:
+    return any(v.dtype.kind == "f" and np.isnan(v).any() for v in case.inputs.values())

@@ -49,6 +49,19 @@ def _case(segments, mdp, mu, pi, values, q) -> Case:
     return Case(NAME, inputs, {}, world)
 
 
+def _what_went_wrong(e: BaseException) -> str:
+    from .layouts import ModifiedInput, WrongReturn
+
+    if isinstance(e, ModifiedInput):
+        return str(e)
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    if isinstance(e, (WrongReturn, ValueError)) and str(e).startswith(("returned", "could not")):
+        return str(e) if str(e).startswith("returned") else f"returned no numbers ({e})"
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"raised {type(e).__name__}: {first}".rstrip(": ")
+
+
 def run(runner) -> CaseResult:
     spec = runner.spec
     reason = None
@@ -85,14 +98,16 @@ def run(runner) -> CaseResult:
         case.params = dict(params)
         trajectories += segments.weight.size
         try:
-            got = runner.call(case)
-        except Exception as e:
-            return CaseResult(NAME, "fail", f"raised {type(e).__name__} on the enumerated "
-                                            f"segments: {str(e).splitlines()[0] if str(e) else ''}")
-        got = np.asarray(got, dtype=np.float64)
-        if got.shape != segments.rewards.shape or not np.isfinite(got[0]).all():
-            return CaseResult(NAME, "fail", f"returned shape {got.shape} or non-finite values "
-                                            f"on the enumerated segments")
+            got = np.asarray(runner.call(case), dtype=np.float64)
+        except (Exception, SystemExit) as e:  # a verdict, never the runner's crash
+            return CaseResult(NAME, "fail", f"on the enumerated segments the function "
+                                            f"{_what_went_wrong(e)}")
+        if got.shape != segments.rewards.shape:
+            return CaseResult(NAME, "fail", f"returned shape {got.shape} on the enumerated "
+                                            f"segments, expected {segments.rewards.shape}")
+        if not np.isfinite(got[0]).all():
+            return CaseResult(NAME, "fail", "returned NaN/inf on the enumerated segments "
+                                            "(finite inputs)")
         mean, var = segments.moments(got[0])
         dtype = "float32" if "float32" in runner.dtypes_seen else "float64"
         scale = max(1.0, float(np.abs(got[0]).max()))
@@ -100,8 +115,10 @@ def run(runner) -> CaseResult:
         d_var = abs(var - exact.var_s[s0])
         if d_mean > _MEAN_RTOL[dtype] * scale or d_var > _VAR_RTOL[dtype] * scale ** 2:
             return CaseResult(NAME, "fail", (
-                f"from s0={s0}: mean {mean:.6g} vs exact {exact.mean_s[s0]:.6g}, variance "
-                f"{var:.6g} vs exact {exact.var_s[s0]:.6g} (all {segments.weight.size} "
+                f"from s0={s0}: mean {mean:.12g} vs exact {exact.mean_s[s0]:.12g} "
+                f"(off by {mean - exact.mean_s[s0]:.3g}), variance {var:.12g} vs exact "
+                f"{exact.var_s[s0]:.12g} (off by {var - exact.var_s[s0]:.3g}) (all "
+                f"{segments.weight.size} "
                 f"trajectories of a horizon-{HORIZON} Garnet segment, truncation probability "
                 f"{cut}, params {params})"))
         worst = max(worst, d_mean)

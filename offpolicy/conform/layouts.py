@@ -45,8 +45,8 @@ from .registry import ConformUsageError, EstimatorSpec
 __all__ = [
     "LayoutProtocol", "Layout", "Contract", "DoneNext", "StoredValues", "Rlax", "TorchRL",
     "PufferRows", "SingleEpisodeRows", "QTables", "LAYOUTS", "get_layout", "ConformUsageError",
-    "ModifiedInput", "OutputPick", "Fold", "FOLD_NAMES", "FOLD_ADDS", "FOLD_STEPS", "as_fold",
-    "rollout", "Rollout", "Arrays",
+    "ModifiedInput", "WrongReturn", "OutputPick", "Fold", "FOLD_NAMES", "FOLD_ADDS",
+    "FOLD_STEPS", "as_fold", "rollout", "received", "Rollout", "Arrays",
 ]
 
 
@@ -99,6 +99,15 @@ class OutputPick(NamedTuple):
     pick: str | int | None = None
 
 
+class WrongReturn(TypeError):
+    """What the function returned is not the checked output (a verdict on the function; with
+    ``by_pick``, the caller's ``pick`` named something that is not there)."""
+
+    def __init__(self, message: str, by_pick: bool = False):
+        super().__init__(message)
+        self.by_pick = by_pick
+
+
 def _twins(name: str) -> tuple[str, ...]:
     return (name, name[:-1]) if name.endswith("s") else (name, name + "s")
 
@@ -107,35 +116,50 @@ def select_output(raw: Any, output: str | OutputPick, spec: EstimatorSpec) -> An
     """The checked output out of what the function returned (array, tuple, namedtuple, dict,
     object with attributes)."""
     name, pick = (output.name, output.pick) if isinstance(output, OutputPick) else (output, None)
+    by_pick = pick is not None
+    if raw is None or isinstance(raw, (str, bytes)):
+        raise WrongReturn(f"returned {raw!r:.40}, not an array")
     if isinstance(pick, int):
         if not isinstance(raw, (tuple, list)):
-            raise TypeError(f"returned {type(raw).__name__}, not a tuple to index with {pick}")
+            raise WrongReturn(f"returned {type(raw).__name__}, not a tuple to index with {pick}",
+                              by_pick)
         if not -len(raw) <= pick < len(raw):
-            raise TypeError(f"returned a tuple of {len(raw)}, no index {pick}")
-        return raw[pick]
+            raise WrongReturn(f"returned a tuple of {len(raw)}, no index {pick}", by_pick)
+        return _array_like(raw[pick])
     keys = (pick,) if pick is not None else _twins(name)
     if isinstance(raw, dict):
         for key in keys:
             if key in raw:
-                return raw[key]
-        raise TypeError(f"returned a dict without {' or '.join(map(repr, keys))} "
-                        f"(keys: {sorted(raw)}); pass pick=<key>")
+                return _array_like(raw[key])
+        raise WrongReturn(f"returned a dict without {' or '.join(map(repr, keys))} "
+                          f"(keys: {sorted(map(str, raw))}); pass pick=<key>", by_pick)
     fields = getattr(raw, "_fields", None)
     if fields is not None or (not hasattr(raw, "shape") and not isinstance(raw, (list, tuple))):
         for key in keys:
-            if hasattr(raw, key):
-                return getattr(raw, key)
+            if isinstance(key, str) and hasattr(raw, key):
+                return _array_like(getattr(raw, key))
         if fields is not None:  # never a silent positional guess for named fields
-            raise TypeError(f"returned {type(raw).__name__} with fields {tuple(fields)}, none "
-                            f"named {' or '.join(map(repr, keys))}; pass pick=<field or index>")
+            raise WrongReturn(f"returned {type(raw).__name__} with fields {tuple(fields)}, none "
+                              f"named {' or '.join(map(repr, keys))}; pass pick=<field or "
+                              f"index>", by_pick)
+        if by_pick:
+            raise WrongReturn(f"returned {type(raw).__name__}, which has no {pick!r}", by_pick)
     if isinstance(raw, (tuple, list)) and not hasattr(raw, "shape"):
         if pick is not None:
-            raise TypeError(f"returned a tuple; pass pick=<index>, not {pick!r}")
+            raise WrongReturn(f"returned a tuple; pass pick=<index>, not {pick!r}", by_pick)
         index = spec.outputs.index(name)
         if index < len(raw):
-            return raw[index]
-        raise TypeError(f"returned a tuple of {len(raw)}; pass pick=<index>")
+            return _array_like(raw[index])
+        raise WrongReturn(f"returned a tuple of {len(raw)}; pass pick=<index>")
+    if by_pick:
+        raise WrongReturn(f"returned one {type(raw).__name__}, which has no {pick!r}", by_pick)
     return raw
+
+
+def _array_like(x):
+    if x is None or isinstance(x, (str, bytes)):
+        raise WrongReturn(f"returned {x!r:.40} as the output, not an array")
+    return x
 
 
 class ModifiedInput(Exception):
@@ -195,10 +219,23 @@ class LayoutProtocol(Protocol):
     """What the runner needs of a layout (any object with these members is one; subclassing
     :class:`Layout` gives the defaults)."""
 
-    name: str
-    kinds: tuple[str, ...]  # estimator kinds it can express: "state", "action"
-    default_array: str  # numpy | torch | jax
-    folded_params: tuple  # contract parameters put into the arrays, never passed
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Estimator kinds it can express: "state", "action"."""
+        ...
+
+    @property
+    def default_array(self) -> str:
+        """numpy | torch | jax."""
+        ...
+
+    @property
+    def folded_params(self) -> tuple:
+        """Contract parameters put into the arrays, never passed."""
+        ...
 
     def constraints_for(self, spec: EstimatorSpec, fn: Callable[..., Any]) -> Constraints:
         """What the layout cannot hold for ``spec`` and ``fn`` (families outside it: n/a)."""
@@ -238,7 +275,7 @@ class Layout:
         """What it cannot hold for ``spec`` (and, where the form depends on it, ``fn``)."""
         return self.constraints(spec)
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         """This layout with the rollout's time-out ``fold`` (layouts that store a rollout)."""
         raise ConformUsageError(f"fold: the {self.name} layout receives its flags as they "
                                 f"are; a fold is for stored_values, done_next, puffer_rows")
@@ -274,7 +311,9 @@ class Fold:
     (CleanRL) — or, for per-trajectory calls, ``last_value`` (V(final obs) handed to the
     function as the trajectory's last value, no reward change: Spinning Up's ``finish_path``);
     ``on`` says on which steps: ``timeout_not_terminated`` or ``every_timeout`` (the time-out
-    flag alone, so a step both terminated and timed out is folded too); ``done``: the rollout
+    flag alone, so a step both terminated and timed out is folded too; with ``last_value``
+    the segment's end counts as a time-out, as in a loop that checks "time-out or epoch end"
+    before "terminated"); ``done``: the rollout
     stores the time-out step as done (False: it stores terminations only, PufferLib's trainer).
     """
 
@@ -308,7 +347,7 @@ FOLD_NAMES = {
 TRUNCATION_FOLDS = (None, *FOLD_NAMES)
 
 
-def as_fold(fold) -> Fold | None:
+def as_fold(fold: Fold | str | dict | None) -> Fold | None:
     """A :class:`Fold` from a Fold, None, a name of :data:`FOLD_NAMES`, a dict of Fold's
     fields, or ``"add[:every_timeout][:not_done]"``; ``ConformUsageError`` naming ``fold``."""
     if fold is None or isinstance(fold, Fold):
@@ -366,6 +405,26 @@ def rollout(case: Case, fold: Fold | None) -> Rollout:
     return Rollout(rewards, done, term.copy(), trunc.copy(), folded)
 
 
+def received(case: Case, fold: Fold | None) -> Case | None:
+    """The contract case a function of a rollout layout effectively receives under ``fold``:
+    the fold's additions in the rewards, a time-out the rollout stores as done as a
+    termination, one it does not store dropped (None: the case itself, nothing folded). A bug
+    *in the function* behaves on this case as the catalogue's patch does."""
+    if fold is None or fold.add == "last_value":
+        return None
+    r = rollout(case, fold)
+    x = case.inputs
+    # a time-out not stored as done: inside, the episode reads on into values[t+1]; at the
+    # segment's end, it is the end's bootstrap
+    dropped = x["truncated"] & ~r.done
+    truncated = np.zeros_like(dropped)
+    truncated[-1] = dropped[-1]
+    dropped[-1] = False
+    following = np.concatenate([x["values"][1:], x["values"][:1]], axis=0)
+    return case.replace_inputs(rewards=r.rewards, terminated=r.done.copy(), truncated=truncated,
+                               next_values=np.where(dropped, following, x["next_values"]))
+
+
 def _done_flags(case: Case, fold):
     """The done flags a rollout loop stores under ``fold``, and the rewards it stores."""
     r = rollout(case, as_fold(fold))
@@ -401,9 +460,10 @@ class Contract(Layout):
         as_float = self.flags == "float"
         args = [arrays.flags(inputs[n], as_float=as_float) if n in ("terminated", "truncated")
                 else arrays.floats(inputs[n]) for n in spec.inputs]
-        before = _snapshot(dict(enumerate(args)))
+        named = dict(zip(spec.inputs, args, strict=True))  # messages name inputs by name
+        before = _snapshot(named)
         raw = fn(*args, **params)
-        _check_unchanged(before, dict(enumerate(args)))
+        _check_unchanged(before, named)
         return Arrays.back(select_output(raw, output, spec))
 
     def run(self, fn: Callable[..., Any], case: Case, spec: EstimatorSpec, params: dict,
@@ -415,7 +475,7 @@ class Contract(Layout):
             y = self._call(fn, {k: v[:, b] for k, v in case.inputs.items()}, spec, params,
                            arrays, output)
             if y.shape != (case.T,):
-                raise TypeError(f"returned shape {y.shape} for one stream, expected ({case.T},)")
+                raise WrongReturn(f"returned shape {y.shape} for one stream, expected ({case.T},)")
             columns.append(y)
         return np.stack(columns, axis=1)
 
@@ -448,7 +508,11 @@ class _RolloutFold(Layout):
     def fold(self) -> Fold | None:
         return as_fold(self.truncation_fold)
 
-    def with_fold(self, fold) -> Layout:
+    def received(self, case: Case) -> Case | None:
+        """The contract case the function effectively receives (see :func:`received`)."""
+        return received(case, self.fold)
+
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         return dataclasses.replace(self, truncation_fold=as_fold(fold))
 
     def describe(self) -> str:
@@ -571,7 +635,7 @@ class Rlax(Layout):
             raw = call_with_keywords(fn, {**kw, **params})
             col = Arrays.back(select_output(raw, output, spec))
             if col.shape != (case.T,):
-                raise TypeError(f"returned shape {col.shape} for one sequence, expected "
+                raise WrongReturn(f"returned shape {col.shape} for one sequence, expected "
                                 f"({case.T},)")
             columns.append(col)
         return np.stack(columns, axis=1)
@@ -607,7 +671,7 @@ class TorchRL(Layout):
         raw = call_with_keywords(fn, {**kw, **params})
         y = Arrays.back(select_output(raw, output, spec))
         if y.shape != (case.B, case.T, 1):
-            raise TypeError(f"returned shape {y.shape}, expected {(case.B, case.T, 1)}")
+            raise WrongReturn(f"returned shape {y.shape}, expected {(case.B, case.T, 1)}")
         return y[..., 0].T
 
 
@@ -639,7 +703,7 @@ class PufferRows(_RolloutFold):
         raw = call_with_keywords(fn, {**kw, "advantages": buffer, **params})
         y = Arrays.back(buffer if raw is None else select_output(raw, output, spec))
         if y.shape != (B, T + 1):
-            raise TypeError(f"returned shape {y.shape}, expected rows {(B, T + 1)}")
+            raise WrongReturn(f"returned shape {y.shape}, expected rows {(B, T + 1)}")
         return y[:, :T].T
 
 
@@ -667,7 +731,7 @@ class SingleEpisodeRows(Layout):
         raw = call_with_keywords(fn, {**kw, **params})
         y = Arrays.back(select_output(raw, output, spec))
         if y.shape != (case.B, case.T):
-            raise TypeError(f"returned shape {y.shape}, expected rows {(case.B, case.T)}")
+            raise WrongReturn(f"returned shape {y.shape}, expected rows {(case.B, case.T)}")
         return y.T
 
 
@@ -723,7 +787,9 @@ class StoredValues(Layout):
       kept apart, plus ``dones`` (either);
     * ``"dones"``: one per-step ``dones`` flag: the steps the rollout stores as done;
     * ``"masks"``: pytorch-a2c-ppo-acktr's ``masks`` and ``bad_masks`` ``[T+1, B]``
-      (``masks[t+1] = 0`` after any done of step t, ``bad_masks[t+1] = 0`` after a time-out);
+      (``masks[t+1] = 0`` after any done of step t, ``bad_masks[t+1] = 0`` after a time-out
+      that did not terminate, as gym's ``TimeLimit.truncated``; with a fold ``on`` every
+      time-out, after every step at the limit, as that repository's ``TimeLimitMask``);
     * ``"episode_starts"``: SB3/CleanRL's ``episode_starts`` (also ``dones``) ``[T, B]``, the
       done of step t-1, with ``last_dones`` (also ``next_done``) ``[B]`` for the last step;
     * ``"indices"``: ``terminal_indices`` and ``timeout_indices``: the steps as index lists
@@ -753,7 +819,7 @@ class StoredValues(Layout):
     calls: str = "segment"
     bootstrap: str = "last_values"
     next_values: bool = False
-    fold: Fold | str | None = None
+    fold: Fold | None = None  # also a name of FOLD_NAMES or "add[:every_timeout][:not_done]"
 
     def __post_init__(self):
         for field, value, allowed in (("flags", self.flags, _FLAG_FORMS),
@@ -771,8 +837,12 @@ class StoredValues(Layout):
             raise ConformUsageError("fold: add='last_value' needs calls='trajectory' (a "
                                     "function called once per trajectory with its last value)")
 
-    def with_fold(self, fold) -> Layout:
+    def with_fold(self, fold: Fold | str | dict | None) -> Layout:
         return dataclasses.replace(self, fold=as_fold(fold))
+
+    def received(self, case: Case) -> Case | None:
+        """The contract case the function effectively receives (see :func:`received`)."""
+        return received(case, self.fold)
 
     def describe(self) -> str:
         default = StoredValues()
@@ -838,7 +908,13 @@ class StoredValues(Layout):
             ones = np.ones_like(r.done[:1], dtype=float)
             any_done = r.done | (r.time_outs if self.fold is None else False)
             kw["masks"] = arrays.floats(np.concatenate([ones, 1.0 - any_done], axis=0))
-            kw["bad_masks"] = arrays.floats(np.concatenate([ones, 1.0 - r.time_outs], axis=0))
+            # bad_masks as gym's TimeLimit sets it: a time-out where the episode did not end
+            # on its own (TimeLimit.truncated = not done); with a fold on every time-out, every
+            # step at the limit, terminal or not (pytorch-a2c-ppo-acktr's TimeLimitMask marks
+            # `done and elapsed == max_episode_steps`)
+            every = self.fold is not None and self.fold.on == "every_timeout"
+            kw["bad_masks"] = arrays.floats(np.concatenate(
+                [ones, 1.0 - (r.time_outs if every else r.time_outs & ~r.terminated)], axis=0))
         elif self.flags == "episode_starts":
             starts = np.concatenate([np.zeros_like(r.done[:1]), r.done[:-1]], axis=0)
             kw["episode_starts"] = kw["dones"] = arrays.flags(starts, as_float=True)
@@ -867,9 +943,8 @@ class StoredValues(Layout):
             return y
         columns = []
         for b in range(case.B):
-            col = lambda a: a[:, b]  # noqa: E731
-            rb = Rollout(*map(col, r))
-            xb = {k: col(v) for k, v in x.items()}
+            rb = Rollout(*(a[:, b] for a in r))
+            xb = {k: v[:, b] for k, v in x.items()}
             if self.calls == "stream":
                 kw = self._keywords(rb, xb, last[b], arrays)
                 y = Arrays.back(select_output(call_with_keywords(fn, {**kw, **params}),
@@ -877,7 +952,7 @@ class StoredValues(Layout):
                 if self.bootstrap == "values_plus_one" and y.shape == (case.T + 1,):
                     y = y[:-1]
                 if y.shape != (case.T,):
-                    raise TypeError(f"returned shape {y.shape} for one stream, expected "
+                    raise WrongReturn(f"returned shape {y.shape} for one stream, expected "
                                     f"({case.T},)")
                 columns.append(y)
             else:
@@ -890,9 +965,15 @@ class StoredValues(Layout):
         ends = r.done | (r.time_outs if fold is None else False)
         ends[-1] = True
         out, start = [], 0
+        # Fold("last_value", "every_timeout"): the loop checks 'time-out or segment end' before
+        # 'terminated' (Spinning Up's finish_path call), so both bootstrap even where the
+        # episode terminated
+        timeout_first = fold is not None and fold.add == "last_value" and \
+            fold.on == "every_timeout"
         for end in np.flatnonzero(ends):
-            if r.terminated[end] and not (fold is not None and fold.add == "last_value"
-                                          and r.folded[end]):
+            if timeout_first and (r.time_outs[end] or end == len(ends) - 1):
+                last = x["next_values"][end]
+            elif r.terminated[end]:
                 last = 0.0  # a terminal state has value 0
             elif r.time_outs[end] and (fold is None or fold.add == "last_value"):
                 last = x["next_values"][end]  # V(final observation)
@@ -915,7 +996,7 @@ class StoredValues(Layout):
             if self.bootstrap == "values_plus_one" and y.shape == (n + 1,):
                 y = y[:-1]
             if y.shape != (n,):
-                raise TypeError(f"returned shape {y.shape} for a trajectory of {n} steps, "
+                raise WrongReturn(f"returned shape {y.shape} for a trajectory of {n} steps, "
                                 f"expected ({n},)")
             out.append(y)
             start = end + 1

@@ -27,6 +27,7 @@ from .layouts import (
     LayoutProtocol,
     ModifiedInput,
     OutputPick,
+    WrongReturn,
     accepted_names,
     get_layout,
 )
@@ -109,6 +110,14 @@ def _dtype_name(dtype) -> str | None:
     raise ConformUsageError(f"dtype: expected float64 or float32, got {dtype!r}")
 
 
+def describe_exception(e: BaseException) -> str:
+    """One line for what the function raised (``SystemExit`` too: a verdict, not an exit)."""
+    if isinstance(e, SystemExit):
+        return f"called sys.exit({e.code!r})"
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"raised {type(e).__name__}: {first}".strip().rstrip(":")
+
+
 def _function_name(fn) -> str:
     module = getattr(fn, "__module__", None) or "?"
     name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
@@ -168,14 +177,16 @@ class _Runner:
             raise
         except ModifiedInput as e:
             return Outcome(False, expected, None, str(e), "inplace")
-        except Exception as e:  # the function's own error is a verdict, not a crash
-            msg = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".strip()
-            return Outcome(False, expected, None, f"raised {msg}", "raised")
+        except WrongReturn as e:
+            return Outcome(False, expected, None, str(e), "shape")
+        except (Exception, SystemExit) as e:  # the function's own error is a verdict
+            return Outcome(False, expected, None, describe_exception(e), "raised")
         try:
             got_float = np.asarray(got, dtype=np.float64)
         except (TypeError, ValueError):
-            return Outcome(False, expected, None, f"returned {type(got).__name__}, not numbers",
-                           "shape")
+            kind = getattr(np.asarray(got), "dtype", None)
+            return Outcome(False, expected, None, f"returned {type(got).__name__} of "
+                           f"{kind}, not numbers", "shape")
         if got_float.shape != expected.shape:
             return Outcome(False, expected, None,
                            f"returned shape {got_float.shape}, expected {expected.shape}", "shape")
@@ -258,16 +269,39 @@ class _Runner:
         return find(strategy, fails, settings=config,
                     random=random.Random(self.seed * 1009 + index))
 
-    def shrink(self, family: str, case: Case) -> Case:
+    def shrink(self, family: str, case: Case, diagnosis=None) -> Case:
         """A smaller failing case: one column, the shortest failing window of steps, flags
         cleared, numbers moved to 0 or rounded, parameters moved to their simplest values,
         each step kept only while the case still fails (greedy, deterministic, bounded: a few
-        hundred calls; hypothesis found the case, and its own shrinker can take minutes)."""
-        def fails_held(c: Case) -> bool:
-            return self.holds(c) and self.is_failure(family, self.evaluate(c))
+        hundred calls; hypothesis found the case, and its own shrinker can take minutes).
 
+        With a ``diagnosis`` whose class reproduces the case, every step also keeps the
+        evidence: the class still reproduces it, and the classes the case told apart from it
+        (e.g. "bootstraps from V(s_t)" against "no bootstrap", which V(s_t) = 0 would merge)
+        still give something else."""
+        explained = diagnosis is not None and diagnosis.run is not None and \
+            diagnosis.reproduces(self, case, self.evaluate(case))
+
+        def fails_held(c: Case, ruled_out=None) -> bool:
+            if not self.holds(c):
+                return False
+            outcome = self.evaluate(c)
+            if not self.is_failure(family, outcome):
+                return False
+            if not explained:
+                return True
+            return diagnosis.reproduces(self, c, outcome) and (
+                ruled_out is None or diagnosis.tells_apart(self, c, outcome, ruled_out))
+
+        # narrowing keeps every number; the classes the narrowed case tells apart from the
+        # named one stay told apart while numbers move to 0 (the evidence)
         case = self._narrow(case, fails_held)
-        return self._simplify(case, fails_held)
+        ruled_out = None
+        if explained:
+            outcome = self.evaluate(case)
+            ruled_out = tuple(r for r in diagnosis.rivals
+                              if diagnosis.tells_apart(self, case, outcome, (r,)))
+        return self._simplify(case, lambda c: fails_held(c, ruled_out))
 
     def holds(self, case: Case) -> bool:
         """Whether the layout can hold ``case`` (a shrink step must not leave the layout: a
@@ -360,8 +394,12 @@ class _Runner:
     def _pass_result(self, family, n) -> CaseResult:
         if family == "nan_under_terminated":
             kept = self.records.get(family, [])
-            leaked = [o for _, o in kept if o.kind == "nonfinite"]
-            raised = [o for _, o in kept if o.kind == "raised"]
+            # a kind of failure the function shows without NaN too is no NaN warning: the
+            # other families fail with it already
+            elsewhere = {o.kind for f, k in self.records.items() if f != family
+                         for _, o in k if not o.ok}
+            leaked = [o for _, o in kept if o.kind == "nonfinite" and "nonfinite" not in elsewhere]
+            raised = [o for _, o in kept if o.kind == "raised" and "raised" not in elsewhere]
             if leaked:
                 return CaseResult(family, "pass", f"warning: NaN in the value after a "
                                   f"termination reached the output in {len(leaked)} examples "
@@ -392,9 +430,10 @@ def _protected_cells(case: Case) -> set:
     """Flags a family is about (clearing them would leave the family)."""
     x = case.inputs
     keep = set()
-    if case.family in ("terminations_inside", "nan_under_terminated"):
+    if case.family in ("terminations_inside", "nan_under_terminated",
+                       "terminated_at_last_step"):
         keep |= {("terminated", i) for i in zip(*np.nonzero(x["terminated"]), strict=True)}
-    if case.family == "truncations_inside":
+    if case.family in ("truncations_inside", "truncated_at_last_step"):
         keep |= {("truncated", i) for i in zip(*np.nonzero(x["truncated"]), strict=True)}
     if case.family == "both_flags_one_step":
         both = x["terminated"] & x["truncated"]
@@ -403,12 +442,42 @@ def _protected_cells(case: Case) -> set:
     return keep
 
 
+def _explained(runner: _Runner, found, failures):
+    """The failures whose case the diagnosis reproduces (all of them when it reproduces none
+    or names no class with outputs): the counterexample shows what the diagnosis says."""
+    if found.run is None:
+        return failures
+    explained = [(family, case) for family, case in failures
+                 if case is not None and found.reproduces(runner, case, runner.evaluate(case))]
+    return explained or failures
+
+
+def _with_most_evidence(runner: _Runner, found, family: str, case: Case) -> Case:
+    """Of the family's recorded failing examples that the diagnosis reproduces, the one that
+    the fewest other classes also reproduce (then the smallest): the counterexample that best
+    tells the named class from the others."""
+    if found.run is None or not found.rivals:
+        return case
+    best = None
+    for i, (c, o) in enumerate(runner.records.get(family, [])):
+        if o.ok or not found.reproduces(runner, c, o):
+            continue
+        matching = sum(not found.tells_apart(runner, c, o, (r,)) for r in found.rivals)
+        key = (matching, c.T * c.B, i)
+        if best is None or key < best[0]:
+            best = (key, c)
+    return case if best is None else best[1]
+
+
 def _smallest(failures):
-    """The failing case that reads best: fewest cells, then fewest flags, then family order."""
+    """The failing case that reads best: from a family that isolates one factor before a
+    mixed one (and before float64_precision's large numbers), then fewest cells, then fewest
+    flags, then family order."""
     def key(item):
-        i, (_, case) = item
+        i, (family, case) = item
         flags = int(case.inputs["terminated"].sum() + case.inputs["truncated"].sum())
-        return (case.T * case.B, case.T, flags, i)
+        return (family.startswith("mixed_"), family == "float64_precision", case.T * case.B,
+                case.T, flags, i)
     return min(enumerate(failures), key=key)[1]
 
 
@@ -481,6 +550,8 @@ def check(fn: Callable[..., Any], estimator: str, *,
 
     runner = _Runner(fn, spec, lay, output, Arrays(array, dtype), fixed, passed, timeout,
                      strict_nan, examples, seed, per_step=per_step, pick=pick)
+    if pick is not None:
+        _probe_pick(runner)
     results, failures = [], []
     for i, family in enumerate(FAMILIES):
         result, case = runner.run_family(i, family)
@@ -495,19 +566,53 @@ def check(fn: Callable[..., Any], estimator: str, *,
     if moments and runner.hung_case is None:
         results.append(exact_check.run(runner))
     counterexample = None
+    found = _diagnosis.diagnose_full(runner, results) if failures else _diagnosis.Diagnosis(
+        None, None)
     if failures:
-        family, case = _smallest(failures)
+        family, case = _smallest(_explained(runner, found, failures))
+        case = _with_most_evidence(runner, found, family, case)
         if runner.hung_case is None:
-            case = runner.shrink(family, case)
+            case = runner.shrink(family, case, found)
             outcome = runner.evaluate(case)
         else:
             outcome = None
         counterexample = _counterexample(runner, family, case, outcome)
-    name, detail = _diagnosis.diagnose(runner, results) if failures else (None, None)
+    name, detail = found.name, found.detail
     warnings = notes + [r.reason[len("warning: "):] for r in results
                         if r.reason.startswith("warning:")]
     return Report(spec.name, lay.describe(), output, _function_name(fn), results,
                   counterexample, name, detail, warnings, time.perf_counter() - start, dtype)
+
+
+def _plain_case(spec, fixed, constraints=None) -> Case:
+    """A small flagless example (T, B >= 2 where the layout allows) for the probes."""
+    import hypothesis
+
+    family = "no_dones" if constraints is None or not constraints.terminal_last \
+        else "terminated_at_last_step"
+    strategy = family_strategy(family, spec, fixed,
+                               *(() if constraints is None else (constraints,)))
+    return hypothesis.find(strategy, lambda c: c.T >= 2 and c.B >= 2,
+                           settings=settings(database=None, max_examples=200,
+                                             phases=[Phase.generate],
+                                             suppress_health_check=list(HealthCheck)),
+                           random=random.Random(0))
+
+
+def _probe_pick(runner: _Runner):
+    """``pick`` names where the output is: when the function returns and what it returns has
+    no such key, field or index, that is the caller's mistake (a usage error naming ``pick``),
+    not a verdict on the function."""
+    case = _plain_case(runner.spec, runner.fixed, runner.constraints)
+    try:
+        with np.errstate(all="ignore"):
+            runner.call(case)
+    except WrongReturn as e:
+        if e.by_pick:
+            raise ConformUsageError(f"pick: {runner.selector.pick!r} is not in what the "
+                                    f"function returns ({e})") from None
+    except (Exception, SystemExit, _Hung):
+        pass  # the families report what the function does
 
 
 def _probe_contract(fn, spec, layout, output, arrays, fixed, passed, timeout, notes):
@@ -515,14 +620,7 @@ def _probe_contract(fn, spec, layout, output, arrays, fixed, passed, timeout, no
     preference — ``[T, B]`` with bool flags, with 0/1 float flags, then one ``[T]`` stream per
     call — on which the function returns an array of the right shape. A function that fails
     in every form keeps the first, and the families say how it fails."""
-    import hypothesis
-
-    case = hypothesis.find(family_strategy("no_dones", spec, fixed),
-                           lambda c: c.T >= 2 and c.B >= 2,
-                           settings=settings(database=None, max_examples=200,
-                                             phases=[Phase.generate],
-                                             suppress_health_check=list(HealthCheck)),
-                           random=random.Random(0))
+    case = _plain_case(spec, fixed)
     params = {p: case.params[p] for p in passed}
     batched = [True] if layout.batched == "auto" else [layout.batched]
     if layout.batched == "auto":
@@ -533,7 +631,7 @@ def _probe_contract(fn, spec, layout, output, arrays, fixed, passed, timeout, no
         try:
             with _time_limit(timeout), np.errstate(all="ignore"):
                 y = form.run(fn, case, spec, params, arrays, output)  # an OutputPick
-        except Exception:
+        except (Exception, SystemExit):
             continue
         if np.shape(y) == (case.T, case.B):
             if form.batched is False and layout.batched == "auto":
@@ -586,7 +684,7 @@ def _recorded_call(runner: _Runner, case: Case) -> dict | None:
     try:
         params = {runner.layout.keyword_for(p): case.params[p] for p in runner.passed}
         runner.layout.run(recorder, case, runner.spec, params, runner.arrays, runner.selector)
-    except Exception:
+    except (Exception, SystemExit):
         pass
     return calls[0] if calls else None
 

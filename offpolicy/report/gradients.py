@@ -12,6 +12,14 @@ Columns: ``cos_grad_j`` = cos(E g_hat, grad J); ``cos_reference`` = cos(E g_hat,
 update of T23); ``rel_bias`` = ||E g_hat - reference|| / ||reference||; ``total_var`` =
 E||g_hat - E g_hat||^2; ``weight`` = how often the behaviour correction enters the update
 (``once``, ``twice``: PPO's ratio on an advantage that already carries a clipped ratio).
+
+Value rows (``loss`` = ``value`` or ``td``,
+:func:`offpolicy.gradients.exact_value_gradient_moments`; not at lag 0, where there is nothing
+to learn): the critic is the behaviour's own ``V^mu`` / ``Q^mu`` (fitted to the stale data); the
+reference (and ``cos_grad_j``'s direction) is the regression onto the exact ``V^pi`` /
+``Q^pi`` on the same states, so ``rel_bias`` = 1 means the update does not move the critic
+towards the target's values at all. A cosine is NaN where the expected update is zero up to
+round-off (its direction would be the machine's).
 """
 
 from __future__ import annotations
@@ -30,6 +38,16 @@ FORMS = (
     ("impala", "gae", "once"),
     ("impala", "vtrace", "once"),
     ("ppo_clip", "vtrace", "twice"),
+)
+LOSS_NAMES = tuple(dict.fromkeys(f[0] for f in FORMS))
+# value and TD updates (the squared loss on the estimator's value target, the critic the
+# behaviour's own V^mu / Q^mu: a critic fitted to the stale data): (loss, estimator)
+VALUE_FORMS = (
+    ("value", "gae"),
+    ("value", "vtrace"),
+    ("td", "retrace"),
+    ("td", "tree_backup"),
+    ("td", "q_lambda"),
 )
 COLUMNS = ("mdp", "behaviour", "k", "H", "loss", "estimator", "weight", "kl", "cos_grad_j",
            "cos_reference", "rel_bias", "total_var")
@@ -89,6 +107,14 @@ def compute(profile: str) -> list[dict]:
                              "weight": weight, "kl": kl, "cos_grad_j": mom.cosine,
                              "cos_reference": mom.cosine_reference,
                              "rel_bias": mom.relative_bias, "total_var": mom.total_variance})
+            for loss, est in VALUE_FORMS if (kind, k) != ("lag", 0) else ():
+                mom = gradients.exact_value_gradient_moments(
+                    m, est, target=pi, behaviour=mu, horizon=horizon, lam=LAM,
+                    values=exact.v_pi(m, mu), q=exact.q_pi(m, mu))
+                rows.append({"mdp": name, "behaviour": kind, "k": k, "H": horizon,
+                             "loss": loss, "estimator": est, "weight": "-", "kl": kl,
+                             "cos_grad_j": mom.cosine, "cos_reference": mom.cosine_reference,
+                             "rel_bias": mom.relative_bias, "total_var": mom.total_variance})
     return rows
 
 
@@ -131,10 +157,9 @@ def findings(rows: list[dict]) -> list[str]:
     by = {(r["mdp"], int(r["k"]), r["loss"], r["estimator"]): r for r in rows
           if r["behaviour"] == "lag"}
     mdps = list(dict.fromkeys(r["mdp"] for r in rows))
-    lags = sorted({int(r["k"]) for r in rows if r["behaviour"] == "lag" and r["k"] > 0})
-    if not lags:
-        return out
-    for name in mdps:
+    lags = sorted({int(r["k"]) for r in rows if r["behaviour"] == "lag" and r["k"] > 0
+                   and r["loss"] in LOSS_NAMES})
+    for name in mdps if lags else ():
         once = [by[(name, k, "impala", "vtrace")]["cos_grad_j"] for k in lags]
         twice = [by[(name, k, "ppo_clip", "vtrace")]["cos_grad_j"] for k in lags]
         flips = [k for k, a, b in zip(lags, once, twice, strict=True) if a <= b]
@@ -157,6 +182,21 @@ def findings(rows: list[dict]) -> list[str]:
                            "." if all(by[(name, k, 'ppo_clip', 'gae')]['cos_grad_j'] < 0
                                       for k in lags if k >= neg[0])
                            else ", though not at every larger lag."))
+    stale = [r for r in rows if r["loss"] in ("value", "td")
+             and not (r["behaviour"] == "lag" and r["k"] == 0)]
+    for loss, est in VALUE_FORMS:
+        rb = [r["rel_bias"] for r in stale if (r["loss"], r["estimator"]) == (loss, est)]
+        if not rb:
+            continue
+        if all(abs(x - 1.0) < 1e-9 for x in rb):
+            out.append(f"{est} ({loss} loss) with a critic fitted to the behaviour: the expected "
+                       f"update is zero up to round-off in every one of the {len(rb)} stale rows "
+                       f"(relative bias 1): its target is the behaviour's value, so the critic "
+                       f"never moves towards the target policy's.")
+        else:
+            out.append(f"{est} ({loss} loss) with a critic fitted to the behaviour: relative "
+                       f"bias {min(rb):.3f}-{max(rb):.3f} over the {len(rb)} stale rows "
+                       f"(1 = no movement towards the target policy's values).")
     return out
 
 
