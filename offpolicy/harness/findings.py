@@ -431,7 +431,9 @@ def _pg_loss() -> list:
     items += [
         Figure("mean_J_frac", [_c(f"vtrace impala, lag {k}", pg, estimator="vtrace", lag=k,
                                   pg_loss="impala") for k in (0, 8, 32)]),
-        Hypothesis("the trust region matters more than counting the weight once (no loss here "
+        Hypothesis("where impala and prox_clip learn faster than ppo_clip (prox_clip on both "
+                   "seed sets; vtrace and puff impala on seeds 0–4 only: not replicated), "
+                   "the trust region matters more than counting the weight once (no loss here "
                    "weights once with a clip centred on μ): ppo_clip is centred on μ, so the "
                    "learner waits for the actors; prox_clip is centred on the learner's own "
                    "policy and impala has none."),
