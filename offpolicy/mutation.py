@@ -511,6 +511,12 @@ CATALOGUE = (
 
 MUTANTS = CATALOGUE  # the historical name
 
+#: time-out classes whose patch leaves a step flagged terminated *and* truncated as the contract
+#: has it (a test checks it): they have no ``_both_flags`` variant
+SAME_ON_BOTH_FLAGS = ("trace_not_cut_at_truncation", "truncation_as_termination",
+                      "next_value_from_next_row", "truncations_ignored",
+                      "nstep_truncation_not_bootstrapped", "p3o_window_not_cut_at_truncation")
+
 _BY_NAME = {m.name: m for m in CATALOGUE}
 if len(_BY_NAME) != len(CATALOGUE):
     raise RuntimeError("two mutants share a name")
@@ -541,7 +547,9 @@ def catalogue_markdown() -> str:
         "`offpolicy.conform` runs them as implementations to name the bug of a failing "
         "function (see [Conformance](conformance.md)). Classes ending in `_both_flags` are the "
         "time-out classes applied also on a step flagged terminated and truncated at once, as "
-        "rollout loops that read the time-out flag alone do.",
+        "rollout loops that read the time-out flag alone do. The other time-out classes "
+        f"({', '.join(f'`{n}`' for n in SAME_ON_BOTH_FLAGS)}) already act on such a step "
+        "as the contract does (the termination decides), so they need no such variant.",
         "",
         "This page is generated from the catalogue (`offpolicy.mutation.catalogue_markdown`); "
         "a test keeps it in step.",

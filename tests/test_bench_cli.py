@@ -74,22 +74,28 @@ def test_interrupt_is_one_line_exit_130_and_keeps_rows(tmp_path, how):
     out = tmp_path / "out"
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     # many cells of 3 s each: still running when the signal comes
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "offpolicy.bench", "--sizes", "64x64," * 40 + "64x64",
-         "--backends", "numpy", "--estimators", "gae", "--repeats", "1000000",
-         "--out", str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
-        start_new_session=True)
-    try:
-        first = proc.stdout.readline()  # the first measured cell's line
-        assert "gae" in first, first
-        time.sleep(0.3)
-        os.killpg(proc.pid, getattr(signal, how))
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    # stderr to a file and proc.wait, not communicate: the verdict is this process's exit,
+    # whatever else might hold a pipe open (the process-group check below catches that)
+    err_path = tmp_path / "stderr.txt"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "offpolicy.bench", "--sizes", "64x64," * 40 + "64x64",
+             "--backends", "numpy", "--estimators", "gae", "--repeats", "1000000",
+             "--out", str(out)],
+            stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT, env=env,
+            start_new_session=True)
+        try:
+            first = proc.stdout.readline()  # the first measured cell's line
+            assert "gae" in first, first
+            time.sleep(0.3)
+            os.killpg(proc.pid, getattr(signal, how))
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            proc.stdout.close()
+    err = err_path.read_text()
     assert proc.returncode == 130, err
     lines = err.strip().splitlines()
     assert len(lines) == 1 and "interrupted" in lines[0] and "Traceback" not in err, err

@@ -543,7 +543,7 @@ def test_every_catalogue_bug_is_named_by_the_runner():
     from offpolicy import mutation
     from offpolicy.conform.diagnosis import load_mutant
 
-    outputs = {"vtrace_pg": "pg_advantages", "returns_from": "returns"}
+    outputs = {"vtrace_pg": "pg_advantages", "returns_from": "returns", "value_target": "returns"}
     for mutant in mutation.MUTANTS:
         if mutant.name == "nan_leak_under_terminated":
             continue  # the patched reference's own output guard raises; tested directly above

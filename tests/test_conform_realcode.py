@@ -420,6 +420,14 @@ BUGGY = [
                                              fold="as_done"),
                  "truncated_step_advantage_zeroed", "truncations_inside",
                  id="a2c-bad-masks"),
+    # the repository's TimeLimitMask marks every step at the limit, terminal or not: with the
+    # fold on every time-out bad_masks is 0 on a both-flags step too, and the class is the
+    # both-flags variant (the survey's hand verdict on ikostrikov/pytorch-a2c-ppo-acktr-gail)
+    pytest.param(a2c_bad_masks_zeroing, dict(layout=StoredValues(flags="masks",
+                                                                 bootstrap="values_plus_one"),
+                                             fold=Fold("nothing", "every_timeout")),
+                 "truncated_step_advantage_zeroed_both_flags", "truncations_inside",
+                 id="a2c-time-limit-mask"),
 ]
 
 

@@ -326,3 +326,18 @@ def test_timeout_checked_before_termination():
     assert _gae(ref, *args)[0].tolist() == [1.0, 1.0]
     assert _gae(mutation.load("timeout_checked_before_termination"), *args)[0].tolist() == \
         [3.0, 2.0]
+
+
+@pytest.mark.parametrize("name", mutation.SAME_ON_BOTH_FLAGS)
+def test_timeout_classes_without_a_both_flags_variant_leave_such_a_step_alone(name):
+    """Column 3 of the case with its last-step truncation cleared: its only flag is one step
+    terminated and truncated at once. There every estimator of these classes equals the
+    reference (and each class still changes the full case, tested above)."""
+    x = {k: v[:, 3:4].copy() for k, v in CASE.items()}
+    x["truncated"][T - 1] = False
+    assert x["terminated"].sum() == x["truncated"].sum() == 1
+    assert (x["terminated"] == x["truncated"]).all()
+    module = mutation.load(name)
+    for est in mutation.by_name(name).estimators:
+        for gamma in (0.9, GAMMAS[1][:, 3:4]):
+            assert _same(_call(module, est, gamma, x), _call(ref, est, gamma, x)), (name, est)

@@ -788,7 +788,8 @@ class StoredValues(Layout):
     * ``"dones"``: one per-step ``dones`` flag: the steps the rollout stores as done;
     * ``"masks"``: pytorch-a2c-ppo-acktr's ``masks`` and ``bad_masks`` ``[T+1, B]``
       (``masks[t+1] = 0`` after any done of step t, ``bad_masks[t+1] = 0`` after a time-out
-      that did not terminate, as gym's ``TimeLimit.truncated``);
+      that did not terminate, as gym's ``TimeLimit.truncated``; with a fold ``on`` every
+      time-out, after every step at the limit, as that repository's ``TimeLimitMask``);
     * ``"episode_starts"``: SB3/CleanRL's ``episode_starts`` (also ``dones``) ``[T, B]``, the
       done of step t-1, with ``last_dones`` (also ``next_done``) ``[B]`` for the last step;
     * ``"indices"``: ``terminal_indices`` and ``timeout_indices``: the steps as index lists
@@ -908,9 +909,12 @@ class StoredValues(Layout):
             any_done = r.done | (r.time_outs if self.fold is None else False)
             kw["masks"] = arrays.floats(np.concatenate([ones, 1.0 - any_done], axis=0))
             # bad_masks as gym's TimeLimit sets it: a time-out where the episode did not end
-            # on its own (TimeLimit.truncated = not done)
+            # on its own (TimeLimit.truncated = not done); with a fold on every time-out, every
+            # step at the limit, terminal or not (pytorch-a2c-ppo-acktr's TimeLimitMask marks
+            # `done and elapsed == max_episode_steps`)
+            every = self.fold is not None and self.fold.on == "every_timeout"
             kw["bad_masks"] = arrays.floats(np.concatenate(
-                [ones, 1.0 - (r.time_outs & ~r.terminated)], axis=0))
+                [ones, 1.0 - (r.time_outs if every else r.time_outs & ~r.terminated)], axis=0))
         elif self.flags == "episode_starts":
             starts = np.concatenate([np.zeros_like(r.done[:1]), r.done[:-1]], axis=0)
             kw["episode_starts"] = kw["dones"] = arrays.flags(starts, as_float=True)

@@ -197,9 +197,10 @@ def main(argv=None) -> int:
         for s in specs:
             (runs_dir / f"{s['name']}.json").unlink(missing_ok=True)
     todo = grid.pending(specs, runs_dir)
-    print(f"{args.algo} on {args.env}: {len(specs)} runs ({len(specs) - len(todo)} done), "
-          f"axes {axes}, executor {args.executor}, jobs {args.jobs}", file=sys.stderr)
+    summary = (f"{args.algo} on {args.env}: {len(specs)} runs ({len(specs) - len(todo)} done), "
+               f"axes {axes}, executor {args.executor}, jobs {args.jobs}")
     if args.report_only:
+        print(summary, file=sys.stderr)
         results, missing = grid.load_results(specs, runs_dir, with_missing=True)
         if missing:
             print(f"warning: {len(missing)} of {len(specs)} runs have no result in {runs_dir} "
@@ -211,6 +212,8 @@ def main(argv=None) -> int:
 
         previous = signal.signal(signal.SIGTERM, stop)
         try:
+            # printed inside the try: an interrupt once this line is out keeps finished runs
+            print(summary, file=sys.stderr)
             results = grid.run_grid(specs, runs_dir, executor=args.executor, jobs=args.jobs,
                                     progress=not args.no_progress, address=args.address,
                                     drop_timing=args.no_timing)

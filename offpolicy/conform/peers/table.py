@@ -108,6 +108,31 @@ _TERMINAL_FOLD = Finding("bug", "the rollout folds gamma V(final obs) on every t
 _TIMEOUT_AS_TERMINAL = Finding("bug", "a time-out is stored as a done with nothing folded: the "
                                        "time-out step never bootstraps from V(final obs)")
 _SKRL_FLOAT32 = "; and discount_factor * not_done (a bool mask) rounds gamma to float32"
+_SKRL_GAMMA = Finding("bug", "discount_factor * not_done (a bool mask) with a Python-float "
+                             "discount is a float32 tensor: gamma rounded to float32")
+_RSL_GAMMA = Finding("bug", "(1 - dones.float()) * gamma is float32: gamma rounded to float32")
+_FAKE_LAST_VALUE = Finding("bug", "the learner's fake last value (V - r)/gamma zeroes the last "
+                                  "step's advantage: the segment's end never bootstraps")
+
+# the isolated families that draw no time-out flag (offpolicy.conform.cases): a bug that acts
+# only on time-outs cannot show there, so an entry with two bugs fails them for the other one
+_NO_TIMEOUT = ("no_dones", "terminations_inside", "terminated_at_last_step", "T_equals_1",
+               "B_equals_1", "inconsistent_next_values", "ratios_far_from_1",
+               "rho_clip_ne_c_clip", "lambda_0", "lambda_0.5", "lambda_1", "float64_precision",
+               "nan_under_terminated", "per_step_gamma_lambda")
+
+
+def _two_bugs(both: Finding, alone: Finding, families) -> dict[str, Finding]:
+    """Findings of an entry with two bugs: ``alone`` (the one bug that can act there) for
+    ``families``, ``both`` for every other failing family."""
+    return {**{f: alone for f in families}, "*": both}
+
+
+def _vec(both: Finding, rounding: Finding, **more: Finding) -> dict[str, Finding]:
+    """TorchRL's vec_* estimators: lambda_0 always raises (the rounding cannot show), lambda_0.5
+    and lambda_1 never draw lmbda = 0 (only the rounding shows); the rest draw both."""
+    return {"lambda_0": _LMBDA_0, "lambda_0.5": rounding, "lambda_1": rounding, **more,
+            "*": both}
 
 _TRL = torchrl.MODULE
 _RLAX_X64: dict[str, Any] = dict(array="jax", setup=rlax.float64)
@@ -123,7 +148,7 @@ PEERS: tuple[Peer, ...] = (
          "returns", note="value_target = advantage + state_value",
          findings={"*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_generalized_advantage_estimate", "gae", "torchrl",
-         "advantages", findings={"*": _VEC_GAMMA}),
+         "advantages", findings=_vec(_VEC_GAMMA, _FLOAT32_GAMMA)),
     Peer("TorchRL", "torchrl", _TRL, "td0_advantage_estimate", "gae", "torchrl", "advantages",
          params={"lam": 0.0}, note="TD(0) = GAE with lambda 0", findings={"*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "td1_advantage_estimate", "gae", "torchrl", "advantages",
@@ -134,7 +159,7 @@ PEERS: tuple[Peer, ...] = (
          findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _FLOAT32_GAMMA}),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", note="lambda-return from next_state_value only",
-         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _VEC_GAMMA}),
+         findings=_vec(_VEC_GAMMA, _FLOAT32_GAMMA, inconsistent_next_values=_LAMBDA_RETURN)),
     Peer("TorchRL", "torchrl", _TRL, "td0_return_estimate", "nstep_returns", "torchrl",
          "returns", params={"n": 1}, note="one-step return = n-step with n 1",
          findings={"*": _FLOAT32_GAMMA}),
@@ -155,7 +180,7 @@ PEERS: tuple[Peer, ...] = (
          note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)"),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", adapter=torchrl.gamma_as_tensor(), note=_G64,
-         findings={"inconsistent_next_values": _LAMBDA_RETURN, "*": _VEC_LAMBDA}),
+         findings=_vec(_VEC_LAMBDA, _FLOAT32_LAMBDA, inconsistent_next_values=_LAMBDA_RETURN)),
     Peer("TorchRL", "torchrl", _TRL, "vec_td_lambda_return_estimate", "gae", "torchrl",
          "returns", params={"lam": 0.9}, adapter=torchrl.gamma_as_tensor(),
          note=_G64 + "; lam fixed at 0.9 (lmbda=0 raises)",
@@ -233,12 +258,18 @@ PEERS: tuple[Peer, ...] = (
          _stored_values(skrl.FOLDS[False]), "returns", adapter=skrl.ppo_gae(False),
          array="torch", note="default time_limit_bootstrap=False: not_done = ~terminated, "
                              "nothing folded",
-         findings={"*": Finding("bug", _TRUNCATIONS_DROPPED.why + _SKRL_FLOAT32)}),
+         # not_done = ~terminated: a both-flags step is cut as it should be
+         findings=_two_bugs(Finding("bug", _TRUNCATIONS_DROPPED.why + _SKRL_FLOAT32), _SKRL_GAMMA,
+                            _NO_TIMEOUT + ("both_flags_one_step",))),
     Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
          _stored_values(skrl.FOLDS[True]), "returns", adapter=skrl.ppo_gae(True),
          array="torch", note="time_limit_bootstrap=True: record_transition adds "
                              "gamma V(next obs) * truncated",
-         findings={"*": Finding("bug", _TERMINAL_FOLD.why + _SKRL_FLOAT32)}),
+         # the fold is right on a time-out that did not terminate (the float64-gamma entry
+         # passes those families)
+         findings=_two_bugs(Finding("bug", _TERMINAL_FOLD.why + _SKRL_FLOAT32), _SKRL_GAMMA,
+                            _NO_TIMEOUT + ("truncations_inside", "truncated_at_last_step",
+                                           "exact_moments"))),
     Peer("skrl", "skrl", "skrl.agents.torch.ppo.ppo", "compute_gae", "gae",
          _stored_values(skrl.FOLDS[False]), "returns",
          adapter=gamma_tensor(skrl.ppo_gae(False)), array="torch",
@@ -287,15 +318,16 @@ PEERS: tuple[Peer, ...] = (
          _stored(sample_factory.FOLD, flags="dones", bootstrap="values_plus_one"),
          "advantages", adapter=sample_factory.learner_gae, dtype="float32",
          note="as APPOLearner._calculate_gae calls it: fake last value (V - r) / gamma",
-         findings={"*": Finding("bug", _TIMEOUT_AS_TERMINAL.why + "; and the learner's fake "
-                                       "last value (V - r)/gamma zeroes the last step's "
-                                       "advantage: the segment's end never bootstraps")}),
+         # a both-flags step is a done either way: only the fake last value shows there
+         findings=_two_bugs(Finding("bug", _TIMEOUT_AS_TERMINAL.why + "; and "
+                                           + _FAKE_LAST_VALUE.why), _FAKE_LAST_VALUE,
+                            _NO_TIMEOUT + ("both_flags_one_step",))),
     # --- rsl_rl: dones of the step, values[t+1]; process_env_step folds gamma V(s_t) --------
     Peer("rsl_rl", "rsl-rl-lib", "rsl_rl.algorithms.ppo", "PPO.compute_returns", "gae",
          _stored(rsl_rl.FOLD, flags="dones"), "advantages", adapter=rsl_rl.compute_returns,
          array="torch", note="with process_env_step's fold: gamma * V(s_t) on every time_out",
-         findings={"*": Finding("bug", _CURRENT_VALUE_FOLD.why + "; and (1 - dones.float()) "
-                                       "* gamma is float32: gamma rounded to float32")}),
+         findings=_two_bugs(Finding("bug", _CURRENT_VALUE_FOLD.why + "; and "
+                                           + _RSL_GAMMA.why), _RSL_GAMMA, _NO_TIMEOUT)),
     # --- Lightning Bolts: one call per trajectory with its last value -------------------------
     Peer("Lightning Bolts", "lightning-bolts", "pl_bolts.models.rl.ppo_model",
          "PPO.calc_advantage", "gae",
