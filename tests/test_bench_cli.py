@@ -83,7 +83,10 @@ def test_interrupt_is_one_line_exit_130_and_keeps_rows(tmp_path, how):
              "--backends", "numpy", "--estimators", "gae", "--repeats", "1000000",
              "--out", str(out)],
             stdout=subprocess.PIPE, stderr=err_file, text=True, cwd=ROOT, env=env,
-            start_new_session=True)
+            start_new_session=True,
+            # as from a terminal: a runner started as a background job (CI, nohup) hands
+            # SIGINT down ignored, and a command line rightly keeps ignoring it then
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             first = proc.stdout.readline()  # the first measured cell's line
             assert "gae" in first, first

@@ -8,6 +8,7 @@ strategy's documented option, or the exit-code table of docs/DESIGN.md / offpoli
 
 import argparse
 import inspect
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -302,14 +303,18 @@ def _first_two():
     return [m.name for m in mutation.CATALOGUE[:2]]
 
 
+# the property suite the check runs, named: from an installed wheel the CLI cannot find it
+TESTS = ["--tests", str(Path(__file__).resolve().parent)]
+
+
 def test_mutation_cli_all_killed_exits_0(stub_suite, capsys):
-    assert mutation.main(["--only", *_first_two()]) == 0
+    assert mutation.main([*TESTS, "--only", *_first_two()]) == 0
     assert "2/2 mutants killed" in capsys.readouterr().out
 
 
 def test_mutation_cli_a_survivor_exits_1(stub_suite, capsys):
     stub_suite.add(_first_two()[1])
-    assert mutation.main(["--only", *_first_two()]) == 1
+    assert mutation.main([*TESTS, "--only", *_first_two()]) == 1
     assert "SURVIVED" in capsys.readouterr().out
 
 
@@ -317,7 +322,7 @@ def test_mutation_cli_a_stale_patch_exits_1(stub_suite, monkeypatch, capsys):
     first = mutation.CATALOGUE[0]
     src = mutation.reference_source().replace(first.edits[0][0], "# edited away\n")
     monkeypatch.setattr(mutation, "reference_source", lambda: src)
-    assert mutation.main(["--only", first.name, _first_two()[1]]) == 1
+    assert mutation.main([*TESTS, "--only", first.name, _first_two()[1]]) == 1
     out = capsys.readouterr().out
     assert "STALE" in out and "1/2 mutants killed" in out
 
@@ -329,7 +334,7 @@ def test_mutation_cli_unknown_name_exits_2(capsys):
 
 def test_mutation_cli_failing_unmutated_copy_exits_2(monkeypatch, capsys):
     monkeypatch.setattr(mutation, "run_suite", lambda *a, **k: (False, 0.0, "boom"))
-    assert mutation.main(["--only", _first_two()[0]]) == 2
+    assert mutation.main([*TESTS, "--only", _first_two()[0]]) == 2
 
 
 # ---- the messages themselves (each names what was wrong) ----------------------------------------
