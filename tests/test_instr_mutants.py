@@ -58,3 +58,26 @@ def test_harness_check_gamma_rejects_a_discount_outside_the_unit_interval():
     for bad in (0.0, 1.5, -0.1, "0.9"):
         with pytest.raises(ValueError, match="gamma"):
             measure.check_gamma(SimpleNamespace(gamma=bad))
+
+
+def test_monte_carlo_standard_errors_are_the_sample_std_over_root_n():
+    """The report's Monte Carlo columns: mc_bias_mean_se = std(e, ddof=1)/sqrt(n), which the
+    other two columns determine exactly (var = (mean(e^2) - mean(e)^2) n/(n-1)); a standard
+    error scaled the wrong way (times sqrt(n)) would widen every tolerance it scales."""
+    import math
+
+    from offpolicy.report import compute, grid, montecarlo
+
+    cell = next(c for c in grid.cells(grid.PROFILES["quick"], ["chain"], ["gae"]) if c["mc"])
+    su = compute.setup(cell["mdp"], cell["stale"], cell["values"], 0)
+    metrics, tgt = compute.exact_metrics(cell, su)
+    n = 400
+    out = montecarlo.mc_metrics(cell, su, tgt, 0, n, metrics)
+    var = (out["mc_mse"] - out["mc_bias_mean"] ** 2) * n / (n - 1)
+    assert out["mc_bias_mean_se"] == pytest.approx(math.sqrt(var / n), rel=1e-9)
+    assert out["mc_bias_mean_se"] < math.sqrt(var)  # divided by sqrt(n), not multiplied
+    # the MSE column's: four times the samples, half the standard error (the sample std of
+    # e^2 moves little between the two fixed-seed runs; a sqrt(n) factor the wrong way
+    # would make the ratio 1/2)
+    big = montecarlo.mc_metrics(cell, su, tgt, 0, 4 * n, metrics)
+    assert 1.5 < out["mc_mse_se"] / big["mc_mse_se"] < 2.7
