@@ -146,6 +146,44 @@ class GradientMoments:
         return float(np.linalg.norm(self.mean - self.reference) / ref) if ref > 0 else float("nan")
 
 
+def _check_horizon(horizon) -> None:
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+        raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
+
+
+def _check_policies(mdp: TabularMDP, **policies: np.ndarray) -> None:
+    for name, x in policies.items():
+        if x.shape != (mdp.num_states, mdp.num_actions):
+            raise ValueError(f"{name}: expected shape {(mdp.num_states, mdp.num_actions)}")
+
+
+def _per_segment(cells: np.ndarray, values: np.ndarray, size: int,
+                 out: np.ndarray | None = None) -> np.ndarray:
+    """``[N, size]``: column n of ``values`` ``[T, N]`` summed into the cells ``cells[t, n]``
+    (added into ``out`` when given)."""
+    out = np.zeros((cells.shape[1], size)) if out is None else out
+    rows = np.broadcast_to(np.arange(cells.shape[1]), cells.shape)
+    np.add.at(out, (rows.ravel(), cells.ravel()), values.ravel())
+    return out
+
+
+def _score_sums(s: np.ndarray, a: np.ndarray, coef: np.ndarray, pi: np.ndarray) -> np.ndarray:
+    """``[N, S*A]``: per segment, ``sum_t coef_t dlog pi(a_t|s_t)/dtheta`` for the tabular
+    softmax, ``dlog pi(a|s)/dtheta[s, :] = e_a - pi(.|s)``."""
+    S, A = pi.shape
+    G = _per_segment(s * A + a, coef, S * A)
+    for b in range(A):
+        _per_segment(s * A + b, -(coef * pi[s, b]), S * A, out=G)
+    return G
+
+
+def _weighted_moments(weight: np.ndarray, G: np.ndarray) -> tuple[np.ndarray, float]:
+    """(mean, total variance ``E||g - Eg||^2``) of the rows of ``G`` under ``weight``."""
+    mean = weight @ G
+    second = weight @ (G * G).sum(axis=1)
+    return mean, float(max(second - (mean * mean).sum(), 0.0))
+
+
 def _enumerate(mdp: TabularMDP, behaviour: np.ndarray, horizon: int, max_branches: int):
     """Every segment of ``horizon`` steps with resets: time-major ``[T, N]`` states, actions,
     rewards, next states, terminated, and the probabilities ``[N]``."""
@@ -209,15 +247,12 @@ def exact_gradient_moments(mdp: TabularMDP, loss: str, estimator: str, *,
     if info.name not in ADVANTAGE_OUTPUT:
         raise ValueError(f"estimator: {estimator!r} has no policy-gradient advantage; choose "
                          f"from {', '.join(ADVANTAGE_OUTPUT)}")
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
+    _check_horizon(horizon)
     output, weighted = ADVANTAGE_OUTPUT[info.name]
     pi = np.asarray(target, float)
     mu = np.asarray(behaviour, float)
     prox = pi if proximal is None else np.asarray(proximal, float)
-    for name, x in (("target", pi), ("behaviour", mu), ("proximal", prox)):
-        if x.shape != (mdp.num_states, mdp.num_actions):
-            raise ValueError(f"{name}: expected shape {(mdp.num_states, mdp.num_actions)}")
+    _check_policies(mdp, target=pi, behaviour=mu, proximal=prox)
     v = _exact.v_pi(mdp, pi) if values is None else np.asarray(values, float)
     pg_clip = rho_clip if pg_rho_clip is None else pg_rho_clip
 
@@ -247,18 +282,9 @@ def exact_gradient_moments(mdp: TabularMDP, loss: str, estimator: str, *,
         is_w = None if weighted else np.minimum(pg_clip, np.exp(logprox - logmu))
         grad_logp = L.prox_clip(logp, logprox, adv, is_weights=is_w, clip_coef=clip_coef,
                                 aggregation="constant", constant=T).grad_logp
-    # g_hat = -sum_t dL/dlogp_t * dlogp_t/dtheta, dlogp(a|s)/dtheta[s, :] = e_a - pi(.|s)
+    # g_hat = -sum_t dL/dlogp_t * dlogp_t/dtheta
     S, A = pi.shape
-    N = s.shape[1]
-    coef = -grad_logp  # [T, N]
-    G = np.zeros((N, S * A))
-    cols = np.broadcast_to(np.arange(N), s.shape)
-    np.add.at(G, (cols.ravel(), (s * A + a).ravel()), coef.ravel())
-    for b in range(A):
-        np.add.at(G, (cols.ravel(), (s * A + b).ravel()), -(coef * pi[s, b]).ravel())
-    mean = w @ G
-    second = w @ (G * G).sum(axis=1)
-    var = float(max(second - (mean * mean).sum(), 0.0))
+    mean, var = _weighted_moments(w, _score_sums(s, a, -grad_logp, pi))
     true = policy_gradient(mdp, pi)
     reference = segment_visits(mdp, pi, horizon)[:, None] * pi * _exact.a_pi(mdp, pi)
     return GradientMoments(mean.reshape(S, A), var, true, reference)
@@ -289,14 +315,11 @@ def exact_value_gradient_moments(mdp: TabularMDP, estimator: str, *, target: npt
     info, _ = _registry.resolve(estimator)
     if info.kind not in ("state", "action"):
         raise ValueError(f"estimator: {estimator!r} has no value or Q target")
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ValueError(f"horizon: expected an int >= 1, got {horizon!r}")
+    _check_horizon(horizon)
     output = info.output_for("value" if info.kind == "state" else "target")
     pi = np.asarray(target, float)
     mu = np.asarray(behaviour, float)
-    for name, x in (("target", pi), ("behaviour", mu)):
-        if x.shape != (mdp.num_states, mdp.num_actions):
-            raise ValueError(f"{name}: expected shape {(mdp.num_states, mdp.num_actions)}")
+    _check_policies(mdp, target=pi, behaviour=mu)
     S, A = pi.shape
     s, a, r, s2, term, w = _enumerate(mdp, mu, horizon, max_branches)
     with np.errstate(divide="ignore"):
@@ -324,12 +347,7 @@ def exact_value_gradient_moments(mdp: TabularMDP, estimator: str, *, target: npt
                                             output=output, **params), float)
     grad = L.squared_value_loss(estimate, G, aggregation="constant",
                                 constant=horizon).grad_values
-    N = s.shape[1]
-    Gm = np.zeros((N, size))
-    cols = np.broadcast_to(np.arange(N), s.shape)
-    np.add.at(Gm, (cols.ravel(), cells.ravel()), -grad.ravel())
-    mean = w @ Gm
-    var = float(max(w @ (Gm * Gm).sum(axis=1) - (mean * mean).sum(), 0.0))
+    mean, var = _weighted_moments(w, _per_segment(cells, -grad, size))
     shape = (S,) if info.kind == "state" else (S, A)
     return GradientMoments(mean.reshape(shape), var, reference.reshape(shape),
                            reference.reshape(shape))
@@ -401,13 +419,9 @@ def sequence_gradient_moments(mdp: TabularMDP, policy: npt.ArrayLike, *, horizon
                          axis=0) == 0
         if not (done & live).any(axis=0).all():
             raise ValueError("horizon: an episode is still running after horizon steps")
-        G = np.zeros((done.shape[1], S, A))
-        for t in range(horizon):
-            for n in np.nonzero(live[t])[0]:
-                s, a = seg.states[t, n], seg.actions[t, n]
-                G[n, s] -= adv[s, a] * pi[s]
-                G[n, s, a] += adv[s, a]
-        sums.append(G.reshape(len(G), -1))
+        # every live token's A^pi(s_t, a_t) (e_{a_t} - pi(.|s_t)); the filler after the end: 0
+        coef = np.where(live, adv[seg.states, seg.actions], 0.0)
+        sums.append(_score_sums(seg.states, seg.actions, coef, pi))
         lengths.append(live.sum(axis=0))
         probs.append(init[s0] * seg.weight)
     Gs, Ls, ps = (np.concatenate(x) for x in (sums, lengths, probs))
@@ -425,13 +439,8 @@ def sequence_gradient_moments(mdp: TabularMDP, policy: npt.ArrayLike, *, horizon
     else:
         combos = [(update([Gs[i][None, :], Gs], [Ls[i:i + 1], Ls]), ps[i] * ps)
                   for i in range(len(ps))]
-    mean = np.zeros(S * A)
-    second = 0.0
-    for g, p in combos:
-        mean += p @ g
-        second += float(p @ (g * g).sum(axis=1))
+    mean, var = _weighted_moments(np.concatenate([p for _, p in combos]),
+                                  np.concatenate([g for g, _ in combos]))
     true = policy_gradient(mdp, pi)
-    expected_len = float(ps @ Ls)
-    scale = constant if aggregation == "constant" else expected_len
-    return GradientMoments(mean.reshape(S, A), max(second - float(mean @ mean), 0.0), true,
-                           true / scale)
+    scale = constant if aggregation == "constant" else float(ps @ Ls)  # E[L]
+    return GradientMoments(mean.reshape(S, A), var, true, true / scale)
