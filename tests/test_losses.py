@@ -130,3 +130,14 @@ def test_torch_value_losses_match(name):
     loss.backward()
     assert loss.item() == pytest.approx(out.loss, rel=1e-12)
     np.testing.assert_allclose(t.grad.numpy(), out.grad_values, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"aggregation": "sum"}, "aggregation"),
+    ({"aggregation": "constant"}, "constant"),
+    ({"mask": np.zeros(3, bool)}, "mask"),
+    ({"mask": torch.zeros(2, dtype=torch.bool)}, "mask"),
+])
+def test_torch_bad_arguments_name_themselves_as_the_reference_does(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TL.ppo_clip(torch.zeros(3, requires_grad=True), np.zeros(3), np.ones(3), **kwargs)

@@ -12,33 +12,19 @@ from __future__ import annotations
 
 import torch
 
-from .numpy import AGGREGATIONS, NORMALIZE_EPS
+from .numpy import NORMALIZE_EPS, aggregation_weights
 
 __all__ = ["ppo_clip", "prox_clip", "impala_pg", "squared_value_loss", "clipped_value_loss",
            "td_loss"]
 
 
 def _weights(like: torch.Tensor, mask, aggregation: str, constant) -> torch.Tensor:
-    m = torch.ones_like(like) if mask is None else torch.as_tensor(
-        mask, device=like.device).to(torch.bool).to(like.dtype)
-    if m.shape != like.shape:
-        raise ValueError(f"mask: shape {tuple(m.shape)} differs from logp's {tuple(like.shape)}")
-    if aggregation == "token_mean":
-        n = m.sum()
-        if n.item() == 0:
-            raise ValueError("mask: no element counts (token_mean would divide by 0)")
-        return m / n
-    if aggregation == "seq_mean":
-        m2 = m.reshape(m.shape[0], -1)
-        per_seq = m2.sum(dim=0)
-        if (per_seq == 0).any().item():
-            raise ValueError("mask: a sequence has no counted element (seq_mean)")
-        return (m2 / (per_seq * m2.shape[1])).reshape(m.shape)
-    if aggregation == "constant":
-        if constant is None or not float(constant) > 0:
-            raise ValueError("constant: required and > 0 with aggregation='constant'")
-        return m / float(constant)
-    raise ValueError(f"aggregation: unknown {aggregation!r}; choose from {', '.join(AGGREGATIONS)}")
+    """The reference's aggregation weights (``aggregation_weights``: the same checks and
+    messages), as a constant tensor like ``like``."""
+    m = mask.detach().cpu().numpy() if isinstance(mask, torch.Tensor) else mask
+    w = aggregation_weights(tuple(like.shape), mask=m, aggregation=aggregation,
+                            constant=constant)
+    return torch.as_tensor(w, dtype=like.dtype, device=like.device)
 
 
 def _const(x, like: torch.Tensor, name: str) -> torch.Tensor:
