@@ -1,0 +1,404 @@
+"""The conformance runner's paths that sampled mutants showed untested (issue 20,
+reports/mutation/groups/conform.md): each test pins one path by its observable effect on a
+check of a function whose verdict follows from how it was written (a conforming function in
+the layout's own convention, or the reference with one deliberate deviation)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+
+import numpy as np
+import pytest
+
+import estimators.numpy as R
+from offpolicy import conform, moments
+from offpolicy.conform.cli import main as cli_main
+
+FAST = dict(examples=4, moments=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# the exact-moment check: its variance half, with the mean right
+
+
+def pdis_advantages(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
+                    lam):
+    return R.per_decision_is(rewards, values, next_values, terminated, truncated, log_rhos,
+                             gamma=gamma, lam=lam).advantages
+
+
+def unbiased_noise(eps):
+    """Per-decision IS plus ``eps * (rho_0 - 1)`` at t = 0: E_mu[rho_0 | s_0] = sum_a pi(a|s_0)
+    = 1, so the mean at t = 0 is unchanged from every start state and only the variance moves
+    (by 2 eps Cov(A_0, rho_0) + eps^2 Var(rho_0))."""
+
+    def fn(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma, lam):
+        out = pdis_advantages(rewards, values, next_values, terminated, truncated, log_rhos,
+                              gamma=gamma, lam=lam).copy()
+        out[0] += eps * (np.exp(log_rhos[0]) - 1.0)
+        return out
+
+    return fn
+
+
+@pytest.fixture(scope="module")
+def enumerated():
+    """Per start state of the exact-moment check: the trajectory probabilities it enumerates
+    (spied on ``moments.enumerate_segments``, unchanged) and, per trajectory, the correct
+    output at t = 0 and rho_0 - 1 (recorded from the function's inputs)."""
+    segments, calls = [], []
+    original = moments.enumerate_segments
+
+    def spy(*a, **k):
+        s = original(*a, **k)
+        segments.append(s)
+        return s
+
+    def recording(rewards, values, next_values, terminated, truncated, log_rhos, *, gamma,
+                  lam):
+        out = pdis_advantages(rewards, values, next_values, terminated, truncated, log_rhos,
+                              gamma=gamma, lam=lam)
+        calls.append((out[0].copy(), np.exp(log_rhos[0]) - 1.0))
+        return out
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(moments, "enumerate_segments", spy)
+        report = conform.check(recording, "per_decision_is", examples=1)
+    assert report.case("exact_moments").verdict == "pass"
+    assert len(segments) == 3
+    rows = []
+    for s, (x, y) in zip(segments, calls[-3:], strict=True):  # the check's calls come last
+        w = s.weight / s.weight.sum()
+        assert x.shape == w.shape
+        cov = float(w @ ((x - w @ x) * (y - w @ y)))
+        var_y = float(w @ (y - w @ y) ** 2)
+        assert abs(w @ y) < 1e-12  # rho_0 - 1 has mean 0 from every start state
+        rows.append(dict(scale=max(1.0, float(np.abs(x).max())), cov=cov, var_y=var_y))
+    return rows
+
+
+def _eps_for(row, d):
+    """The eps > 0 whose variance change 2 eps cov + eps^2 var_y equals d (cov > 0 here)."""
+    a, b = row["var_y"], 2 * row["cov"]
+    return (-b + np.sqrt(b * b + 4 * a * d)) / (2 * a)
+
+
+def _d_var(row, eps):
+    return 2 * eps * row["cov"] + eps * eps * row["var_y"]
+
+
+def test_the_variance_tolerance_is_quadratic_in_the_output_scale(enumerated):
+    """Variance is in squared output units, so its tolerance is 1e-7 * scale^2 (scale =
+    max(1, max |output at t=0|)). An unbiased function whose variance is off by half that
+    from the first start state (and by at most half of it from every other) passes; the
+    outputs here reach scale 26-740, where a tolerance linear in the scale (e.g.
+    1e-7 * 2 * scale) is over 5 times smaller there and would fail it."""
+    first = enumerated[0]
+    assert first["cov"] > 0 and first["scale"] > 20
+    eps = _eps_for(first, 0.5e-7 * first["scale"] ** 2)
+    for row in enumerated:  # the construction: within half the tolerance everywhere
+        assert _d_var(row, eps) <= 0.5e-7 * row["scale"] ** 2 * (1 + 1e-6)
+    assert _d_var(first, eps) > 5 * 2e-7 * first["scale"]
+    case = conform.check(unbiased_noise(eps), "per_decision_is", examples=1) \
+        .case("exact_moments")
+    assert case.verdict == "pass", case.reason
+
+
+def test_a_variance_off_by_twice_the_tolerance_fails_with_the_mean_right(enumerated):
+    """The same unbiased function with its variance off by twice 1e-7 * scale^2 from the
+    first start state: the check fails there, and its message shows the mean agreeing."""
+    first = enumerated[0]
+    eps = _eps_for(first, 2e-7 * first["scale"] ** 2)
+    case = conform.check(unbiased_noise(eps), "per_decision_is", examples=1) \
+        .case("exact_moments")
+    assert case.verdict == "fail"
+    assert case.reason.startswith("from s0=0: mean ")
+    mean_off = float(case.reason.split("(off by ")[1].split(")")[0])
+    var_off = float(case.reason.split("(off by ")[2].split(")")[0])
+    assert abs(mean_off) < 1e-12
+    # the message rounds to 3 significant digits
+    assert var_off == pytest.approx(2e-7 * first["scale"] ** 2, rel=5e-3)
+
+
+# ---------------------------------------------------------------------------------------------
+# what the exact-moment check says when the function raises
+
+
+@pytest.mark.parametrize("error, said", [
+    (RuntimeError(), "raised RuntimeError"),
+    (RuntimeError("no inverse for matrix X"), "raised RuntimeError: no inverse for matrix X"),
+    (KeyError("Q"), "raised KeyError: 'Q'"),
+])
+def test_the_exact_check_quotes_what_the_function_raised(error, said):
+    """Only the enumerated segments (thousands of columns) make this function raise: the
+    exact-moment case's reason quotes the exception, its type alone when it has no message,
+    its first line whole (a trailing letter kept) otherwise."""
+    def big_batches_raise(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        if np.shape(rewards)[1] > 100:
+            raise error
+        return R.gae(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                     lam=lam).advantages
+
+    rep = conform.check(big_batches_raise, "gae", examples=1)
+    case = rep.case("exact_moments")
+    assert case.verdict == "fail"
+    assert case.reason == f"on the enumerated segments the function {said}"
+
+
+# ---------------------------------------------------------------------------------------------
+# the CLI's rlax layout
+
+
+RLAX_MODULE = '''
+import numpy as np
+
+def td_lambda_advantages(r_t, discount_t, lambda_, values):
+    """rlax's truncated GAE: one sequence, values[T+1] (the last the bootstrap)."""
+    T = len(r_t)
+    delta = r_t + discount_t * values[1:] - values[:-1]
+    adv = np.zeros(T)
+    last = 0.0
+    for t in reversed(range(T)):
+        last = delta[t] + discount_t[t] * lambda_[t] * last
+        adv[t] = last
+    return adv
+'''
+
+
+def test_cli_rlax_without_values_form_picks_the_form_from_the_signature(tmp_path, monkeypatch,
+                                                                        capsys):
+    """``--layout rlax`` alone is rlax's "auto" form: a function taking ``values[T+1]`` is
+    checked in the values form, whose families with a truncation inside the segment are n/a
+    (values[t+1] is the next episode's start), so a correct one conforms (exit 0)."""
+    (tmp_path / "rlax_code.py").write_text(RLAX_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "r.json"
+    code = cli_main(["rlax_code:td_lambda_advantages", "--estimator", "gae", "--layout", "rlax",
+                     "--examples", "4", "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    cases = {c["name"]: c for c in json.loads(out.read_text())["cases"]}
+    assert cases["truncations_inside"]["verdict"] == "n/a"
+    # the explicit v_t form cannot call it (no v_tm1/v_t in its signature): not a pass
+    assert cli_main(["rlax_code:td_lambda_advantages", "--estimator", "gae", "--layout", "rlax",
+                     "--values-form", "v_t", "--examples", "2"]) in (1, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# the Q side of the rlax layout, with conforming functions
+
+
+def rlax_q_trace(trace):
+    """A Q-trace in rlax's names, one sequence per call: ``q_tm1[t]`` = Q(s_t, .), ``q_t[t]``,
+    ``pi_t[t]``, ``mu_t[t]`` the tables of the state after step t and ``a_t[t]`` the action
+    taken there, ``discount_t`` = gamma (1 - terminated), ``lambda_`` = lam where the trace
+    goes on. G_t = r_t + discount_t (E_pi q_t + c_t (G_{t+1} - q_t[a_t])), with
+    c_t = lambda_t min(1, pi/mu) (Retrace), lambda_t pi (tree backup), lambda_t (Q(lambda)),
+    lambda_t pi/mu (per-decision IS)."""
+
+    def fn(q_tm1, a_tm1, r_t, discount_t, q_t, a_t, pi_t, mu_t, lambda_):
+        T = len(r_t)
+        out = np.zeros(T)
+        g = 0.0
+        for t in reversed(range(T)):
+            pi_a, mu_a = pi_t[t, a_t[t]], mu_t[t, a_t[t]]
+            c = lambda_[t] * {"retrace": min(1.0, pi_a / mu_a), "tree_backup": pi_a,
+                              "q_lambda": 1.0, "importance_sampling_q": pi_a / mu_a}[trace]
+            corr = c * (g - q_t[t, a_t[t]]) if lambda_[t] > 0 else 0.0
+            g = r_t[t] + discount_t[t] * (pi_t[t] @ q_t[t] + corr)
+            out[t] = g
+        return out
+
+    return fn
+
+
+@pytest.mark.parametrize("estimator", ["retrace", "tree_backup", "q_lambda",
+                                       "importance_sampling_q"])
+def test_a_correct_q_trace_in_rlax_names_conforms(estimator):
+    """The rlax layout's Q side hands each table to its rlax name (q_t is the table after
+    the step): a correct Q-trace conforms in every family that runs and in the exact-moment
+    check."""
+    report = conform.check(rlax_q_trace(estimator), estimator, layout="rlax", examples=4)
+    assert report.ok, str(report)
+    assert report.case("exact_moments").verdict == "pass"
+    assert report.case("no_dones").verdict == "pass"
+
+
+def test_a_q_trace_in_rlax_names_with_the_wrong_trace_fails():
+    report = conform.check(rlax_q_trace("q_lambda"), "retrace", layout="rlax", **FAST)
+    assert not report.ok
+
+
+# ---------------------------------------------------------------------------------------------
+# single-episode rows returning a tuple
+
+
+def rows_gae_tuple(rewards, values, *, gamma, lam):
+    """TRL-style rows [B, T], each one episode ending at its last column: (advantages,
+    returns) as a plain tuple, in the contract's order."""
+    r, v = np.asarray(rewards, float).T, np.asarray(values, float).T
+    nv = np.concatenate([v[1:], np.zeros_like(v[:1])])
+    term = np.zeros(r.shape, bool)
+    term[-1] = True
+    out = R.gae(r, v, nv, term, np.zeros_like(term), gamma=gamma, lam=lam)
+    return out.advantages.T, out.returns.T
+
+
+@pytest.mark.parametrize("output", ["advantages", "returns"])
+def test_single_episode_rows_take_a_plain_tuple_in_the_contract_order(output):
+    report = conform.check(rows_gae_tuple, "gae", layout="single_episode_rows", output=output,
+                           **FAST)
+    assert report.ok, str(report)
+    swapped = lambda rewards, values, *, gamma, lam: rows_gae_tuple(  # noqa: E731
+        rewards, values, gamma=gamma, lam=lam)[::-1]
+    assert not conform.check(swapped, "gae", layout="single_episode_rows", output=output,
+                             **FAST).ok
+
+
+# ---------------------------------------------------------------------------------------------
+# stored_values: every flag name, the per-trajectory values[L+1], the NaN family
+
+
+def _with_signature(fn, names):
+    """``fn(**kw)`` declaring exactly ``names`` (the runner passes only declared names)."""
+    fn.__signature__ = inspect.Signature(
+        [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY) for n in names])
+    return fn
+
+
+def stored_gae(terminated_name, timeouts_name):
+    """GAE over a stored rollout with per-step next_values, reading the termination and
+    time-out flags under the given names (``terminated`` and ``timeouts`` are the contract's
+    ``terminated`` and ``truncated``)."""
+
+    def fn(**kw):
+        return R.gae(kw["rewards"], kw["values"], kw["next_values"], kw[terminated_name],
+                     kw[timeouts_name], gamma=kw["gamma"], lam=kw["lam"]).advantages
+
+    return _with_signature(fn, ["rewards", "values", "next_values", terminated_name,
+                                timeouts_name, "gamma", "lam"])
+
+
+@pytest.mark.parametrize("terminated_name", ["terminated", "terminations", "terminals"])
+@pytest.mark.parametrize("timeouts_name", ["time_outs", "timeouts", "truncated",
+                                           "truncations"])
+def test_stored_values_pass_the_flags_under_each_of_their_names(terminated_name,
+                                                                timeouts_name):
+    layout = conform.layouts.StoredValues(next_values=True)
+    report = conform.check(stored_gae(terminated_name, timeouts_name), "gae", layout=layout,
+                           examples=3, moments=False)
+    assert report.ok, str(report)
+    assert report.case("truncations_inside").verdict == "pass"
+
+
+def test_stored_values_dones_is_either_flag():
+    def fn(rewards, values, next_values, terminated, dones, *, gamma, lam):
+        timeouts = np.asarray(dones, bool) & ~np.asarray(terminated, bool)
+        return R.gae(rewards, values, next_values, terminated, timeouts, gamma=gamma,
+                     lam=lam).advantages
+
+    report = conform.check(fn, "gae", layout=conform.layouts.StoredValues(next_values=True),
+                           examples=3, moments=False)
+    assert report.ok, str(report)
+
+
+def spinning_up_finish_path(rewards, values, *, gamma, lam):
+    """Spinning Up's per-trajectory GAE: ``values`` holds the trajectory's L values and then
+    the last value (0 after a termination, else the bootstrap)."""
+    rewards = np.asarray(rewards, float)
+    values = np.asarray(values, float)
+    deltas = rewards + gamma * values[1:] - values[:-1]
+    adv = np.zeros_like(deltas)
+    last = 0.0
+    for t in reversed(range(len(deltas))):
+        last = deltas[t] + gamma * lam * last
+        adv[t] = last
+    return adv
+
+
+def test_stored_values_per_trajectory_with_values_plus_one_conforms():
+    layout = conform.layouts.StoredValues(calls="trajectory", bootstrap="values_plus_one")
+    report = conform.check(spinning_up_finish_path, "gae", layout=layout, output="advantages",
+                           **FAST)
+    assert report.ok, str(report)
+    assert report.case("terminations_inside").verdict == "pass"
+    assert report.case("truncations_inside").verdict == "pass"
+
+
+def test_stored_values_without_next_values_have_no_nan_slot():
+    """values[t+1] after a termination is the next episode's start: no input holds the value
+    after a termination, so the NaN family is n/a with that reason (with next_values=True it
+    runs)."""
+    def fn(rewards, values, last_values, terminated, timeouts, *, gamma, lam):
+        nv = np.concatenate([values[1:], np.asarray(last_values)[None]], axis=0)
+        return R.gae(rewards, values, nv, terminated, timeouts, gamma=gamma,
+                     lam=lam).advantages
+
+    report = conform.check(fn, "gae", layout="stored_values", **FAST)
+    assert report.ok, str(report)
+    nan = report.case("nan_under_terminated")
+    assert nan.verdict == "n/a" and nan.examples == 0
+    assert nan.reason.startswith("no slot holds the value after a termination")
+    withnext = conform.check(stored_gae("terminated", "timeouts"), "gae",
+                             layout=conform.layouts.StoredValues(next_values=True), **FAST)
+    assert withnext.case("nan_under_terminated").verdict == "pass"
+
+
+# ---------------------------------------------------------------------------------------------
+# the shrinker: flags in a mixed family, evidence kept for a named bug
+
+
+def gae_adv(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    return R.gae(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                 lam=lam).advantages
+
+
+def off_with_both_flags(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    """Off by 1 in every step of a column that holds a termination and a (separate) time-out;
+    right elsewhere."""
+    te, tr = np.asarray(terminated, bool), np.asarray(truncated, bool)
+    both = (te & ~tr).any(axis=0) & (tr & ~te).any(axis=0)
+    return gae_adv(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                   lam=lam) + both
+
+
+def test_the_shrinker_clears_flags_only_while_the_failure_stays():
+    """Only the mixed families hold both flags in one column; none of their flags is the
+    family's own, so the shrinker tries clearing each: the counterexample is one column
+    with exactly one termination and one time-out (clearing either passes), off by 1 at
+    every step."""
+    rep = conform.check(off_with_both_flags, "gae", examples=10, moments=False,
+                        output="advantages")
+    assert not rep.ok
+    assert set(rep.failed) <= {"mixed_flags", "mixed_done_at_last_step", "mixed_B_equals_1"}
+    ce = rep.counterexample
+    x = ce.inputs
+    assert x["rewards"].shape[1] == 1
+    assert int((x["terminated"] & ~x["truncated"]).sum()) == 1
+    assert int((x["truncated"] & ~x["terminated"]).sum()) == 1
+    np.testing.assert_allclose(np.asarray(ce.got) - np.asarray(ce.expected), 1.0, atol=1e-12)
+
+
+def truncation_as_termination(rewards, values, next_values, terminated, truncated, *, gamma,
+                              lam):
+    return gae_adv(rewards, values, next_values, np.asarray(terminated, bool) |
+                   np.asarray(truncated, bool), np.zeros_like(truncated, bool), gamma=gamma,
+                   lam=lam)
+
+
+def test_a_named_bug_is_shrunk_to_one_truncated_step():
+    """Treating a time-out as a termination drops gamma V(s'_T) at a truncated step: the
+    diagnosis names it, and the shrunk counterexample is the one truncated step, where the
+    function returns r - V(s) instead of r + gamma V(s') - V(s)."""
+    rep = conform.check(truncation_as_termination, "gae", examples=6, moments=False,
+                        output="advantages")
+    assert rep.diagnosis == "truncation_as_termination"
+    ce = rep.counterexample
+    x = ce.inputs
+    assert x["rewards"].shape == (1, 1) and x["truncated"][0, 0] and not x["terminated"][0, 0]
+    r, v, nv, g = x["rewards"][0, 0], x["values"][0, 0], x["next_values"][0, 0], \
+        ce.params["gamma"]
+    assert float(np.ravel(ce.expected)[0]) == pytest.approx(r + g * nv - v, abs=1e-12)
+    assert float(np.ravel(ce.got)[0]) == pytest.approx(r - v, abs=1e-12)
