@@ -402,3 +402,139 @@ def test_a_named_bug_is_shrunk_to_one_truncated_step():
         ce.params["gamma"]
     assert float(np.ravel(ce.expected)[0]) == pytest.approx(r + g * nv - v, abs=1e-12)
     assert float(np.ravel(ce.got)[0]) == pytest.approx(r - v, abs=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# seed-21 sample: the families' flags, the CLI's options, output picking, dtype names, the
+# choice of the counterexample and what the diagnosis weighs
+
+
+def test_the_terminated_at_last_step_family_ends_in_a_termination():
+    """A function that bootstraps through a termination is wrong wherever a step terminates:
+    the family about a termination at the last step fails, and its counterexample is that
+    one terminated step. The family about a time-out at the last step passes (nothing
+    terminates there)."""
+    def bootstraps_through_terminations(rewards, values, next_values, terminated, truncated,
+                                        *, gamma, lam):
+        te = np.asarray(terminated, bool)
+        return gae_adv(rewards, values, np.where(te, 1.0 + np.nan_to_num(next_values),
+                                                 next_values), np.zeros_like(te),
+                       te | np.asarray(truncated, bool), gamma=gamma, lam=lam)
+
+    rep = conform.check(bootstraps_through_terminations, "gae", **FAST)
+    assert rep.case("terminated_at_last_step").verdict == "fail"
+    assert rep.case("truncated_at_last_step").verdict == "pass"
+    assert rep.case("no_dones").verdict == "pass"
+
+
+def test_the_counterexample_comes_from_the_failing_case_with_fewest_cells():
+    """``_smallest``: isolated families before mixed ones and before float64_precision, then
+    the fewest cells T*B (a 2x1 case before a 3x3 one, though 3/3 < 2/1), then fewer steps."""
+    from offpolicy.conform.cases import Case
+    from offpolicy.conform.runner import _smallest
+
+    def case(family, T, B):
+        z = np.zeros((T, B))
+        return family, Case(family, dict(rewards=z, terminated=z > 0, truncated=z > 0), {})
+
+    wide, tall = case("no_dones", 3, 3), case("B_equals_1", 2, 1)
+    assert _smallest([wide, tall]) is tall
+    assert _smallest([tall, wide]) is tall
+    assert _smallest([case("mixed_flags", 1, 1), wide])[0] == "no_dones"
+    assert _smallest([case("float64_precision", 1, 1), wide])[0] == "no_dones"
+    assert _smallest([case("no_dones", 1, 4), case("T_equals_1", 4, 1)])[0] == "no_dones"
+
+
+def test_a_class_must_also_agree_with_the_passing_examples():
+    """A function that treats a time-out as a termination only in segments of 4 steps or more:
+    every failing example looks like truncation_as_termination, but the shorter segments
+    with a time-out, where the function is right, contradict that class; the diagnosis
+    weighs them (a class is named only if it reproduces 9/10 of all recorded examples,
+    passing ones included), so no class is named."""
+    def only_long_segments(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        if np.shape(rewards)[0] >= 4:
+            return truncation_as_termination(rewards, values, next_values, terminated,
+                                             truncated, gamma=gamma, lam=lam)
+        return gae_adv(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                       lam=lam)
+
+    rep = conform.check(only_long_segments, "gae", examples=10, moments=False)
+    assert not rep.ok
+    assert rep.diagnosis is None, str(rep)
+
+
+def test_exact_check_fails_nan_at_the_first_step():
+    """NaN at t = 0 on the enumerated segments (finite inputs) fails the exact-moment check
+    with its own reason, though the later steps are finite."""
+    def nan_first_step_on_big_batches(rewards, values, next_values, terminated, truncated, *,
+                                      gamma, lam):
+        out = gae_adv(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                      lam=lam).copy()
+        if np.shape(rewards)[1] > 100:
+            out[0, -1] = np.nan
+        return out
+
+    case = conform.check(nan_first_step_on_big_batches, "gae", examples=1) \
+        .case("exact_moments")
+    assert case.verdict == "fail"
+    assert case.reason == "returned NaN/inf on the enumerated segments (finite inputs)"
+
+
+def test_pick_an_index_of_a_single_array_is_a_usage_error_naming_pick():
+    with pytest.raises(conform.ConformUsageError,
+                       match=r"^pick: 0 is not in what the function returns \(returned "
+                             r"ndarray, not a tuple to index with 0\)$"):
+        conform.check(gae_adv, "gae", pick=0, **FAST)
+
+
+def test_a_tuple_too_short_for_the_output_says_so():
+    def only_advantages(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        return (gae_adv(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                        lam=lam),)
+
+    rep = conform.check(only_advantages, "gae", output="returns", **FAST)
+    assert not rep.ok and rep.diagnosis == "wrong_return"
+    assert rep.case("no_dones").reason.endswith(
+        "first: returned a tuple of 1; pass pick=<index>")
+    assert conform.check(only_advantages, "gae", output="advantages", **FAST).ok
+
+
+@pytest.mark.parametrize("dtype", ["numpy.float32", "float32", np.float32, np.dtype("float32")])
+def test_dtype_names_of_float32(dtype):
+    def gae32(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        return gae_adv(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                       lam=lam).astype(np.float32)
+
+    rep = conform.check(gae32, "gae", dtype=dtype, **FAST)
+    assert rep.ok, str(rep)
+    assert rep.dtype == "float32"
+
+
+CLI_MODULE = '''
+import numpy as np
+from estimators import numpy as ref
+
+def both(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    out = ref.gae(rewards, values, next_values, terminated, truncated, gamma=gamma, lam=lam)
+    return out.returns, out.advantages
+'''
+
+
+def test_cli_options_reach_the_check(tmp_path, monkeypatch, capsys):
+    """``--pick 1`` is a tuple index (the function returns (returns, advantages)), ``--timeout
+    5`` is seconds as a number, ``--values-form values`` is taken with ``--layout rlax``, and
+    ``--help`` names ``--json``'s argument PATH."""
+    (tmp_path / "cli_code.py").write_text(CLI_MODULE + RLAX_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    base = ["--estimator", "gae", "--examples", "2"]
+    assert cli_main(["cli_code:both", *base, "--pick", "1", "--timeout", "5"]) == 0
+    assert cli_main(["cli_code:both", *base, "--pick", "0"]) == 1  # returns, not advantages
+    assert cli_main(["cli_code:td_lambda_advantages", *base, "--layout", "rlax",
+                     "--values-form", "values"]) == 0
+    assert cli_main(["cli_code:both", *base, "--values-form", "values"]) == 2
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        cli_main(["--help"])
+    assert e.value.code == 0
+    assert "--json PATH" in capsys.readouterr().out
