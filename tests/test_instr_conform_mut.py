@@ -538,3 +538,37 @@ def test_cli_options_reach_the_check(tmp_path, monkeypatch, capsys):
         cli_main(["--help"])
     assert e.value.code == 0
     assert "--json PATH" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------
+# the call-level bug classes (not patches of the reference: the call itself is wrong)
+
+
+def flags_swapped(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    return gae_adv(rewards, values, next_values, truncated, terminated, gamma=gamma, lam=lam)
+
+
+def gamma_lam_swapped(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    return gae_adv(rewards, values, next_values, terminated, truncated, gamma=lam, lam=gamma)
+
+
+def returns_not_advantages(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+    return R.gae(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                 lam=lam).returns
+
+
+@pytest.mark.parametrize("fn, name, says", [
+    (flags_swapped, "terminated_truncated_swapped", "the terminated and truncated flags are "
+                                                    "swapped"),
+    (gamma_lam_swapped, "gamma_lam_swapped", "gamma and lambda passed the wrong way round"),
+    (returns_not_advantages, "wrong_output_returns", "the function returns returns, not the "
+                                                     "requested output"),
+])
+def test_call_level_bugs_are_named(fn, name, says):
+    """The reference called with the flags swapped, gamma and lambda swapped, or the other
+    output returned: the diagnosis names the wrong call (it reruns the reference with the
+    same wrong call, its parameters included, and matches every example) and says it in
+    words."""
+    rep = conform.check(fn, "gae", output="advantages", examples=6, moments=False)
+    assert rep.diagnosis == name, str(rep)
+    assert rep.diagnosis_detail.startswith(says), rep.diagnosis_detail
