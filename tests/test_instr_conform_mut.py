@@ -572,3 +572,47 @@ def test_call_level_bugs_are_named(fn, name, says):
     rep = conform.check(fn, "gae", output="advantages", examples=6, moments=False)
     assert rep.diagnosis == name, str(rep)
     assert rep.diagnosis_detail.startswith(says), rep.diagnosis_detail
+
+
+def _on_big_batches(misbehave):
+    """GAE that does ``misbehave(rewards)`` instead on the enumerated segments (hundreds of
+    columns; the families draw at most a few)."""
+    def fn(rewards, values, next_values, terminated, truncated, *, gamma, lam):
+        if np.shape(rewards)[1] > 100:
+            return misbehave(rewards)
+        return gae_adv(rewards, values, next_values, terminated, truncated, gamma=gamma,
+                       lam=lam)
+    return fn
+
+
+def _writes(rewards):
+    rewards[0, 0] += 1.0
+    return np.zeros(np.shape(rewards))
+
+
+def _exits(rewards):
+    raise SystemExit(3)
+
+
+@pytest.mark.parametrize("misbehave, said", [
+    (_writes, "on the enumerated segments the function modified its input 'rewards' in place"),
+    (_exits, "on the enumerated segments the function called sys.exit(3)"),
+    (lambda r: None, "on the enumerated segments the function returned None, not an array"),
+    (lambda r: np.zeros(3), "returned shape (3,) on the enumerated segments, expected (3, 376)"),
+])
+def test_the_exact_check_says_how_the_call_went_wrong(misbehave, said):
+    """Writing into an input, sys.exit, no array, a wrong shape: each is the exact check's
+    verdict in one line saying what happened (never the runner's crash). (376: the
+    trajectories of the first start state's enumeration, seed 0.)"""
+    case = conform.check(_on_big_batches(misbehave), "gae", output="advantages",
+                         examples=1).case("exact_moments")
+    assert case.verdict == "fail"
+    assert case.reason == said
+
+
+def test_the_exact_check_says_the_function_returned_no_numbers():
+    case = conform.check(_on_big_batches(lambda r: np.full(np.shape(r), "x")), "gae",
+                         output="advantages", examples=1).case("exact_moments")
+    assert case.verdict == "fail"
+    assert case.reason.startswith("on the enumerated segments the function returned no "
+                                  "numbers (could not convert string to float: "), case.reason
