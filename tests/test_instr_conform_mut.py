@@ -616,3 +616,89 @@ def test_the_exact_check_says_the_function_returned_no_numbers():
     assert case.verdict == "fail"
     assert case.reason.startswith("on the enumerated segments the function returned no "
                                   "numbers (could not convert string to float: "), case.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# folds and layout names as reports print them
+
+
+def test_a_fold_string_round_trips_through_its_description():
+    """``"add[:every_timeout][:not_done]"`` names a Fold; ``describe`` writes the same string
+    (the defaults left out), so a report's layout line can be pasted back as ``fold=``."""
+    from offpolicy.conform.layouts import FOLD_ADDS, Fold, as_fold
+
+    for add in FOLD_ADDS:
+        for on, on_part in (("timeout_not_terminated", []), ("every_timeout",
+                                                             ["every_timeout"])):
+            for done, done_part in ((True, []), (False, ["not_done"])):
+                text = ":".join([add, *on_part, *done_part])
+                assert as_fold(text) == Fold(add, on, done), text
+                assert Fold(add, on, done).describe() == text
+    assert as_fold("nothing:not_done:every_timeout") == Fold("nothing", "every_timeout", False)
+    assert as_fold("as_done") == Fold("nothing") and as_fold(None) is None
+    assert as_fold(dict(add="final_value", done=False)) == Fold("final_value", done=False)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("nothing:sometimes", "fold: expected one of bootstrap_reward, as_done, ignored, "
+                          "current_value_reward or ADD[:every_timeout][:not_done] with ADD in "
+                          "gamma_final_value, final_value, gamma_current_value, current_value, "
+                          "nothing, last_value; got 'nothing:sometimes'"),
+    ("half_value", "fold: expected one of bootstrap_reward"),
+    (dict(add="nothing", when="always"), "fold: "),
+    (dict(add="half"), "fold: add must be one of gamma_final_value"),
+    (3, "fold: expected a Fold, a name or None, got int"),
+])
+def test_a_bad_fold_is_a_usage_error_naming_fold(bad, message):
+    from offpolicy.conform.layouts import as_fold
+
+    with pytest.raises(conform.ConformUsageError) as e:
+        as_fold(bad)
+    assert str(e.value).startswith(message), str(e.value)
+
+
+def test_layout_descriptions_name_the_options_that_differ_from_the_defaults():
+    from offpolicy.conform.layouts import DoneNext, Fold, PufferRows, StoredValues
+
+    assert StoredValues().describe() == "stored_values"
+    assert StoredValues(flags="masks", calls="stream", bootstrap="values_plus_one",
+                        next_values=True, fold="as_done").describe() == (
+        "stored_values(flags='masks', calls='stream', bootstrap='values_plus_one', "
+        "next_values=True, fold=nothing)")
+    assert StoredValues(calls="trajectory", fold="last_value:every_timeout").describe() == \
+        "stored_values(calls='trajectory', fold=last_value:every_timeout)"
+    assert DoneNext().describe() == "done_next(truncation_fold=None)"
+    assert DoneNext(truncation_fold="as_done").describe() == "done_next(truncation_fold=as_done)"
+    assert PufferRows(truncation_fold=Fold("final_value", done=False)).describe() == \
+        "puffer_rows(truncation_fold=final_value:not_done)"
+
+
+def _bad_layouts():
+    from offpolicy.conform.layouts import DoneNext, Fold, StoredValues
+
+    return [
+        (lambda: Fold("nothing", on="sometimes"),
+         "fold: on must be one of timeout_not_terminated, every_timeout; got 'sometimes'"),
+        (lambda: Fold("nothing", done=1), "fold: done must be True or False, got 1"),
+        (lambda: StoredValues(flags="x"), "flags: expected one of terminated_timeouts, dones, "
+                                          "masks, episode_starts, indices, got 'x'"),
+        (lambda: StoredValues(calls="x"), "calls: expected one of segment, stream, "
+                                          "trajectory, got 'x'"),
+        (lambda: StoredValues(bootstrap="x"), "bootstrap: expected one of last_values, "
+                                              "values_plus_one, got 'x'"),
+        (lambda: StoredValues(next_values=1), "next_values: expected True or False, got 1"),
+        (lambda: StoredValues(fold="last_value"), "fold: add='last_value' needs "
+                                                  "calls='trajectory'"),
+        (lambda: DoneNext(truncation_fold="bogus"), "truncation_fold: expected a Fold or one "
+                                                    "of (None, 'bootstrap_reward', "),
+        (lambda: DoneNext(truncation_fold=Fold("last_value")), "truncation_fold: 'last_value' "
+                                                               "is for per-trajectory calls"),
+    ]
+
+
+@pytest.mark.parametrize("i", range(9))
+def test_a_bad_layout_option_is_a_usage_error_naming_it(i):
+    make, message = _bad_layouts()[i]
+    with pytest.raises(conform.ConformUsageError) as e:
+        make()
+    assert str(e.value).startswith(message), str(e.value)
