@@ -702,3 +702,90 @@ def test_a_bad_layout_option_is_a_usage_error_naming_it(i):
     with pytest.raises(conform.ConformUsageError) as e:
         make()
     assert str(e.value).startswith(message), str(e.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# the report as people and machines read it
+
+
+def _hand_made_report():
+    from offpolicy.conform.report import CaseResult, Counterexample, Report
+
+    cx = Counterexample(
+        "truncations_inside",
+        dict(rewards=np.array([[1.0], [np.nan]]), terminated=np.array([[False], [True]])),
+        dict(gamma=0.5, n=np.int64(2)), expected=np.array([[0.123456789012345], [np.inf]]),
+        got=np.array([[2.0], [-np.inf]]), call={"r_t": np.array([1.0, 2.0]), "lambda_": 0.5})
+    cases = [CaseResult("no_dones", "pass", "4 examples agree with the reference", 4),
+             CaseResult("truncations_inside", "fail", "1 of 4 examples fail", 4)]
+    return Report("gae", "rlax", "advantages", "m:f", cases, cx, "some_bug", "what it does",
+                  ["w1"], 1.234, "float64")
+
+
+def test_the_report_prints_every_part_in_order():
+    assert str(_hand_made_report()) == "\n".join([
+        "m:f: DOES NOT CONFORM to the gae contract (layout rlax, output advantages, float64, "
+        "1.2 s)",
+        "  no_dones            pass  4 examples agree with the reference",
+        "  truncations_inside  fail  1 of 4 examples fail",
+        "diagnosis: some_bug — what it does",
+        "counterexample (truncations_inside, T=2, B=1, params {'gamma': 0.5, 'n': 2}):",
+        "  rewards = [[1.0], ['nan']]",
+        "  terminated = [[False], [True]]",
+        "  the function was called (rlax) with:",
+        "    r_t = [1.0, 2.0]",
+        "    lambda_ = 0.5",
+        "  expected = [[0.123456789], ['inf']]",
+        "  got      = [[2.0], ['-inf']]",
+        "warning: w1",
+    ])
+
+
+def test_the_report_as_json():
+    d = json.loads(_hand_made_report().to_json())
+    assert d == {
+        "ok": False, "estimator": "gae", "layout": "rlax", "output": "advantages",
+        "function": "m:f", "dtype": "float64",
+        "cases": [{"name": "no_dones", "verdict": "pass",
+                   "reason": "4 examples agree with the reference"},
+                  {"name": "truncations_inside", "verdict": "fail",
+                   "reason": "1 of 4 examples fail"}],
+        "counterexample": {
+            "family": "truncations_inside", "T": 2, "B": 1,
+            "inputs": {"rewards": [[1.0], ["nan"]], "terminated": [[False], [True]]},
+            "params": {"gamma": 0.5, "n": 2},
+            "expected": [[0.123456789], ["inf"]], "got": [[2.0], ["-inf"]], "error": None,
+            "call": {"r_t": [1.0, 2.0], "lambda_": 0.5}},
+        "diagnosis": "some_bug", "diagnosis_detail": "what it does", "warnings": ["w1"],
+        "seconds": 1.234}
+    assert _hand_made_report().to_json().startswith('{\n "ok": false,\n "estimator"')
+
+
+def test_a_report_that_conforms_or_names_nothing():
+    from offpolicy.conform.report import CaseResult, Report
+
+    ok = Report("gae", "contract", "advantages", "m:f",
+                [CaseResult("no_dones", "pass", "fine", 1)], None, None)
+    assert ok.ok and ok.failed == [] and str(ok) == (
+        "m:f: CONFORMS to the gae contract (layout contract, output advantages, float64, "
+        "0.0 s)\n  no_dones  pass  fine")
+    bad = Report("gae", "contract", "advantages", "m:f",
+                 [CaseResult("no_dones", "fail", "x", 1), CaseResult("B_equals_1", "n/a", "y")],
+                 None, None)
+    assert not bad.ok and bad.failed == ["no_dones"]
+    assert str(bad).endswith("diagnosis: no known bug class matches (see the counterexample)")
+    assert bad.case("B_equals_1").reason == "y"
+    with pytest.raises(KeyError):
+        bad.case("lambda_1")
+
+
+def test_a_counterexample_that_raised_shows_the_error():
+    from offpolicy.conform.report import CaseResult, Counterexample, Report
+
+    cx = Counterexample("no_dones", {"rewards": np.zeros((1, 1))}, {}, np.zeros((1, 1)), None,
+                        "raised ValueError: no")
+    rep = Report("gae", "contract", "advantages", "m:f",
+                 [CaseResult("no_dones", "fail", "x", 1)], cx, "raises", "it raises")
+    assert str(rep).splitlines()[-1] == "  got      = raised ValueError: no"
+    d = rep.to_dict()["counterexample"]
+    assert d["got"] is None and d["error"] == "raised ValueError: no" and d["call"] is None
