@@ -789,3 +789,151 @@ def test_a_counterexample_that_raised_shows_the_error():
     assert str(rep).splitlines()[-1] == "  got      = raised ValueError: no"
     d = rep.to_dict()["counterexample"]
     assert d["got"] is None and d["error"] == "raised ValueError: no" and d["call"] is None
+
+
+# ---------------------------------------------------------------------------------------------
+# the case families draw what their names say (cases.py's module docstring)
+
+
+def _draw(family, estimator, n=25, constraints=None, **fixed):
+    """``n`` cases hypothesis draws for ``family`` (seeded, deterministic)."""
+    import random
+
+    from hypothesis import HealthCheck, Phase, find, settings
+    from hypothesis.errors import NoSuchExample
+
+    from offpolicy.conform.cases import Constraints, family_strategy
+    from offpolicy.conform.registry import spec_for
+
+    got = []
+    strategy = family_strategy(family, spec_for(estimator), fixed,
+                               constraints or Constraints())
+    try:
+        find(strategy, lambda c: got.append(c) and False,
+             settings=settings(max_examples=n, database=None, phases=[Phase.generate],
+                               suppress_health_check=list(HealthCheck)),
+             random=random.Random(1))
+    except NoSuchExample:
+        pass
+    assert len(got) == n
+    return got
+
+
+def _flag_codes(c):
+    x = c.inputs
+    return x["terminated"].astype(int) + 2 * x["truncated"].astype(int)
+
+
+ISOLATED_FLAGS = {
+    # family -> what must hold of its flag codes [T, B] (0 none, 1 terminated, 2 truncated,
+    # 3 both)
+    "no_dones": lambda k: (k == 0).all(),
+    "terminations_inside": lambda k: set(np.unique(k)) <= {0, 1} and (k[:-1] == 1).any()
+    and (k[-1] == 0).all(),
+    "truncations_inside": lambda k: set(np.unique(k)) <= {0, 2} and (k[:-1] == 2).any()
+    and (k[-1] == 0).all(),
+    "both_flags_one_step": lambda k: (k == 3).sum() == 1 and ((k == 0) | (k == 3)).all(),
+    "terminated_at_last_step": lambda k: (k == 1).sum() == 1 and (k[-1] == 1).sum() == 1
+    and (k[:-1] == 0).all() and set(np.unique(k[-1])) <= {0, 1},
+    "truncated_at_last_step": lambda k: (k == 2).sum() == 1 and (k[-1] == 2).sum() == 1
+    and (k[:-1] == 0).all() and set(np.unique(k[-1])) <= {0, 2},
+    "T_equals_1": lambda k: k.shape[0] == 1 and (k == 0).all(),
+    "B_equals_1": lambda k: k.shape[1] == 1 and (k == 0).all(),
+    "inconsistent_next_values": lambda k: (k == 0).all() and k.shape[0] >= 2,
+    "ratios_far_from_1": lambda k: (k == 0).all(),
+    "rho_clip_ne_c_clip": lambda k: (k == 0).all(),
+    "lambda_0": lambda k: (k == 0).all(),
+    "lambda_0.5": lambda k: (k == 0).all(),
+    "lambda_1": lambda k: (k == 0).all(),
+    "float64_precision": lambda k: (k == 0).all(),
+    "nan_under_terminated": lambda k: set(np.unique(k)) <= {0, 1} and (k == 1).any(),
+    "per_step_gamma_lambda": lambda k: (k == 0).all(),
+    "mixed_flags": lambda k: True,
+    "mixed_done_at_last_step": lambda k: (k[-1] != 0).any(),
+    "mixed_T_equals_1": lambda k: k.shape[0] == 1,
+    "mixed_B_equals_1": lambda k: k.shape[1] == 1,
+}
+
+
+@pytest.mark.parametrize("family", list(ISOLATED_FLAGS))
+def test_each_state_family_draws_its_flags_and_numbers(family):
+    for c in _draw(family, "vtrace"):
+        x, k = c.inputs, _flag_codes(c)
+        assert 1 <= c.T <= 6 and 1 <= c.B <= 3
+        assert ISOLATED_FLAGS[family](k), (family, k)
+        v, nv = x["values"], x["next_values"]
+        goes_on = ~(x["terminated"] | x["truncated"])[:-1]
+        differs = (nv[:-1] != v[1:]) & goes_on
+        if family == "inconsistent_next_values":
+            assert differs.sum() == 1
+        else:
+            assert not differs.any()  # next_values[t] = values[t+1] while the episode goes on
+        if family == "truncations_inside":
+            cut = (k[:-1] == 2)
+            assert (nv[:-1][cut] != v[1:][cut]).any()  # the final observation is not the reset
+        if family == "nan_under_terminated":
+            np.testing.assert_array_equal(np.isnan(nv), x["terminated"])
+        else:
+            assert np.isfinite(nv).all()
+        if family == "float64_precision":
+            assert (v >= 998.0).all() and (np.abs(x["rewards"]) <= 0.02 + 1e-12).all()
+        else:  # one-decimal numbers
+            for a in (x["rewards"], v):
+                np.testing.assert_allclose(a * 10, np.round(a * 10), atol=1e-9)
+            assert (np.abs(v) <= 2.0).all()
+        far = np.abs(x["log_rhos"]) >= 2.0 - 1e-12
+        assert far.any() == (family in ("ratios_far_from_1", "rho_clip_ne_c_clip")), family
+        p = c.params
+        if family in ("lambda_0", "lambda_0.5", "lambda_1"):
+            assert p["lam"] == {"lambda_0": 0.0, "lambda_0.5": 0.5, "lambda_1": 1.0}[family]
+        if family == "rho_clip_ne_c_clip":
+            assert p["rho_clip"] != p["c_clip"]
+        if family == "per_step_gamma_lambda":
+            assert np.shape(p["gamma"]) == (c.T, c.B) == np.shape(p["lam"])
+            assert set(np.unique(p["gamma"])) <= {0.0, 0.5, 0.9, 1.0}
+        else:
+            assert p["gamma"] in (0.5, 0.9, 1.0, 0.99)
+
+
+@pytest.mark.parametrize("family", ["no_dones", "truncations_inside", "terminated_at_last_step",
+                                    "nan_under_terminated", "mixed_flags"])
+def test_each_action_family_keeps_the_tables_of_the_next_state(family):
+    """Q side: while the episode goes on, the tables after step t are those of s_{t+1};
+    the contract inputs are read off the tables (q_taken, E_pi Q, log pi/mu)."""
+    for c in _draw(family, "retrace"):
+        x, w, k = c.inputs, c.world, _flag_codes(c)
+        assert ISOLATED_FLAGS[family](k), (family, k)
+        goes_on = (k == 0)[:-1]
+        a = w["actions"]
+        np.testing.assert_array_equal(w["next_actions"][:-1][goes_on], a[1:][goes_on])
+        np.testing.assert_array_equal(w["next_target_probs"][:-1][goes_on],
+                                      w["target_probs"][1:][goes_on])
+        diff = (w["next_q_values"][:-1] != w["q_values"][1:]).any(-1) & goes_on
+        assert not diff.any()
+        q_a = np.take_along_axis(w["q_values"], a[..., None], -1)[..., 0]
+        np.testing.assert_array_equal(x["q_taken"], q_a)
+        pi_a = np.take_along_axis(w["target_probs"], a[..., None], -1)[..., 0]
+        mu_a = np.take_along_axis(w["behaviour_probs"], a[..., None], -1)[..., 0]
+        np.testing.assert_allclose(x["log_rhos"], np.log(pi_a / mu_a), rtol=1e-12)
+        np.testing.assert_array_equal(x["target_probs_taken"], pi_a)
+        e_q = (w["next_target_probs"] * w["next_q_values"]).sum(-1)
+        if family == "nan_under_terminated":
+            np.testing.assert_array_equal(np.isnan(x["next_expected_q"]), x["terminated"])
+            e_q = np.where(x["terminated"], np.nan, e_q)
+        np.testing.assert_allclose(x["next_expected_q"], e_q, rtol=1e-12)
+        np.testing.assert_allclose(w["target_probs"].sum(-1), 1.0, rtol=1e-12)
+
+
+def test_the_families_keep_to_what_the_layout_can_hold():
+    from offpolicy.conform.cases import Constraints
+
+    no_trunc = Constraints(truncations_inside=False)
+    for family in ("mixed_flags", "truncations_inside", "terminations_inside"):
+        for c in _draw(family, "gae", n=15, constraints=no_trunc):
+            k = _flag_codes(c)
+            assert not (k[:-1] == 2).any(), (family, k)
+    rows = Constraints(flags_inside=False, truncations_inside=False, terminal_last=True)
+    for family in ("mixed_flags", "terminated_at_last_step", "lambda_1"):
+        for c in _draw(family, "gae", n=15, constraints=rows):
+            k = _flag_codes(c)
+            assert (k[:-1] == 0).all() and (k[-1] & 1).all(), (family, k)
