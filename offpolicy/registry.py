@@ -63,6 +63,7 @@ __all__ = [
     "lookup",
     "canonical",
     "resolve",
+    "call_outputs",
     "call_estimator",
 ]
 
@@ -107,6 +108,12 @@ class EstimatorInfo:
     def docs_page(self) -> str:
         """Its documentation page, relative to the repository root."""
         return f"docs/estimators/{self.name}.md"
+
+    @property
+    def short_name(self) -> str:
+        """Its first alias (``puff``, ``pdis``, ``nstep``), else its contract name: the value the
+        harness's learners take and key their results by."""
+        return self.aliases[0] if self.aliases else self.name
 
     @property
     def all_names(self) -> tuple[str, ...]:
@@ -300,16 +307,30 @@ def call_estimator(backend: types.ModuleType | Any, estimator: str, inputs: Mapp
 
     ``inputs``: a dict of named arrays (docs/DESIGN.md section 1 names, e.g.
     :meth:`offpolicy.sampler.Segments.inputs` or :func:`offpolicy.strategies.trajectory_batches`);
-    the entry's ``inputs`` are taken from it in order. ``estimator``, ``output``: as
-    :func:`resolve` (the names :func:`offpolicy.moments.exact_moments` accepts). ``params``:
-    the entry's parameters, defaults from :func:`with_defaults`; others are ignored, so one ``params`` dict serves
-    ``exact_moments`` and this function alike.
+    the entry's ``inputs`` are taken from it in order (others are ignored). ``estimator``,
+    ``output``: as :func:`resolve` (the names :func:`offpolicy.moments.exact_moments` accepts).
+    ``params``: the entry's parameters, defaults from :func:`with_defaults`; others are
+    ignored, so one ``params`` dict serves ``exact_moments`` and this function alike.
 
     P3O: ``weights`` [H] or [S,H] (default gamma^k) and ``means`` [S,H] are fed through the
     backend's ``reward_std = weights^-1/2`` with ``normalize="none"`` and no batch-std floor,
     which reproduces the fixed weights exactly; pass ``states`` [T,B] in ``inputs``.
     """
     info, output = resolve(estimator, output)
+    return _select(info, _call(backend, info, inputs, gamma, params), output)
+
+
+def call_outputs(backend: types.ModuleType | Any, estimator: str, inputs: Mapping[str, Any], *,
+                 gamma: Any, **params: Any) -> dict[str, Any]:
+    """Every output of one call of ``estimator`` (as :func:`call_estimator`), by output name
+    (``{"advantages": ..., "value_targets": ...}``)."""
+    info = lookup(estimator)
+    result = _call(backend, info, inputs, gamma, params)
+    return {out: _select(info, result, out) for out in info.outputs}
+
+
+def _call(backend, info: EstimatorInfo, inputs: Mapping[str, Any], gamma: Any,
+          params: Mapping[str, Any]) -> Any:
     fn = getattr(backend, info.name)
     if info.kind == "reward":
         means = np.asarray(params["means"], float)
@@ -322,4 +343,4 @@ def call_estimator(backend: types.ModuleType | Any, estimator: str, inputs: Mapp
                   inputs["truncated"], batch_reward_std=np.inf, normalize="none")
     given = {**with_defaults(info.name, params), "gamma": gamma}
     kwargs = {k: given[k] for k in info.params if k in given}
-    return _select(info, fn(*(inputs[k] for k in info.inputs), **kwargs), output)
+    return fn(*(inputs[k] for k in info.inputs), **kwargs)

@@ -320,3 +320,32 @@ def test_exact_moments_take_importance_samplings_unclipped_trace_from_the_regist
     np.testing.assert_array_equal(is_q.var_sa, unclipped.var_sa)
     np.testing.assert_array_equal(is_q.mean_sa, unclipped.mean_sa)
     assert np.max(np.abs(is_q.var_sa - retrace.var_sa)) > 1e-3
+
+
+def test_call_outputs_returns_every_output_of_one_call_by_name():
+    # V-trace on one step (T = 1, B = 1): rho = 2 clipped to 1; r = 1, V = 0.5, V' = 2,
+    # gamma = 0.5: delta = 1 + 0.5 * 2 - 0.5 = 1.5, value target 0.5 + 1.5 = 2.0,
+    # advantage 1.5; pg advantage rho_pg (r + gamma v_{t+1} - V) = 1 * (1 + 1 - 0.5) = 1.5
+    inputs = dict(rewards=[[1.0]], values=[[0.5]], next_values=[[2.0]],
+                  terminated=[[False]], truncated=[[False]], log_rhos=[[np.log(2.0)]])
+    out = registry.call_outputs(ref, "vtrace", inputs, gamma=0.5)
+    assert list(out) == ["advantages", "value_targets", "pg_advantages"]
+    assert out["value_targets"][0, 0] == pytest.approx(2.0)
+    assert out["advantages"][0, 0] == pytest.approx(1.5)
+    assert out["pg_advantages"][0, 0] == pytest.approx(1.5)
+    single = registry.call_outputs(ref, "puff", inputs, gamma=0.5)
+    assert list(single) == ["advantages"] and single["advantages"][0, 0] == pytest.approx(1.5)
+
+
+def test_the_harness_learners_take_their_estimators_from_the_registry():
+    from offpolicy.harness import dqn, ppo
+
+    # PPO: each state-value estimator with an advantage, by its short registry name, and the
+    # decoupled loss; the importance-weighted ones are those reading log-ratios
+    assert ppo.ESTIMATORS == ("gae", "vtrace", "puff", "pdis", "decoupled")
+    assert ppo.WEIGHTED_ADVANTAGE == ("vtrace", "puff", "pdis")
+    # DQN: n-step, then each Q estimator whose inputs a replayed sequence has (not q_trace)
+    assert dqn.ESTIMATORS == ("nstep", "retrace", "tree_backup", "q_lambda",
+                              "importance_sampling_q")
+    for name in (*ppo.ESTIMATORS[:-1], *dqn.ESTIMATORS):
+        assert registry.lookup(name).short_name == name
