@@ -209,8 +209,9 @@ class TableQ(nn.Module):
 def sequence_targets(cfg: DQNConfig, seq: dict, pi: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Targets G_t [n, B] of ``cfg.estimator`` for the sampled sequences: one call into
     ``estimators.torch`` through the registry.  ``pi`` and ``q`` [2n, B, A]: the target
-    policy's probabilities and the Q values read by the target, at ``seq["obs"]`` (rows :n) and ``seq["next_obs"]``
-    (rows n:; after a truncation the final observation, so the bootstrap is Q(final obs))."""
+    policy's probabilities and the Q values read by the target, at ``seq["obs"]`` (rows :n)
+    and ``seq["next_obs"]`` (rows n:; after a truncation the final observation, so the
+    bootstrap is Q(final obs))."""
     from estimators import torch as E
 
     n = seq["obs"].shape[0]
