@@ -538,7 +538,7 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
                          state_value, desc)
         return Truth(sa, np.einsum("ij,ij->i", mu, sa), desc)
 
-    if base in ("retrace", "tree_backup", "q_lambda", "importance_sampling_q"):
+    if _registry.lookup(base).kind == "action":
         return pack(_q_pi(mdp, pi, gamma), "Q^pi")
     if base == "p3o":
         pol, name = (mu, "mu") if fixed else (pi, "pi")
