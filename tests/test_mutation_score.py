@@ -102,7 +102,8 @@ def test_records_keep_the_newest_record_per_group_and_its_killed_mutants(ms, tmp
     assert recs["core"]["killed"] == ["x_b__mutmut_1", "x_b__mutmut_2"]
 
 
-def _gate(ms, monkeypatch, tmp_path, *, changed, statuses, budget=900.0, budget_ok=False):
+def _gate(ms, monkeypatch, tmp_path, *, changed, statuses, budget=900.0, budget_ok=False,
+          write=False):
     """--recheck with the record, git's diff and mutmut replaced: ``statuses`` is what the
     rerun finds for each recorded-killed mutant (absent: no longer generated)."""
     monkeypatch.setattr(ms, "records", lambda: {"core": {
@@ -117,7 +118,8 @@ def _gate(ms, monkeypatch, tmp_path, *, changed, statuses, budget=900.0, budget_
 
     monkeypatch.setattr(ms, "run_group", fake_run_group)
     args = ["--recheck", "--group", "core", "--log", str(tmp_path / "log"),
-            "--budget", str(budget)] + (["--budget-ok"] if budget_ok else [])
+            "--budget", str(budget)] + (["--budget-ok"] if budget_ok else []) + (
+                ["--write"] if write else [])
     return ms.main(args), calls
 
 
@@ -175,3 +177,31 @@ def test_usage_errors_exit_2_naming_the_argument(ms, argv, word, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and word in err[0]
+
+
+def test_recheck_write_records_the_rechecked_kills_for_the_next_gate(ms, monkeypatch, tmp_path):
+    monkeypatch.setattr(ms, "REPORT", str(tmp_path / "report"))
+    rc, _ = _gate(ms, monkeypatch, tmp_path, changed=["offpolicy/registry.py"],
+                  statuses={"x_a__mutmut_1": "killed", "x_a__mutmut_2": "timeout"}, write=True)
+    assert rc == 0
+    rec = json.loads((tmp_path / "report" / "runs" / "core_recheck.json").read_text())
+    assert rec["groups"]["core"]["rechecked_from"] == "runs/core_s21.json at abc"
+    assert rec["modules"] == {"offpolicy/registry.py": {"group": "core"}}
+    assert rec["mutants"] == {"x_a__mutmut_1": {"module": "offpolicy/registry.py",
+                                                "status": "killed"},
+                              "x_a__mutmut_2": {"module": "offpolicy/registry.py",
+                                                "status": "timeout"}}
+    # a record the gate reads back: the same kills, at this commit
+    monkeypatch.undo()
+    monkeypatch.setattr(ms, "REPORT", str(tmp_path / "report"))
+    recs = ms.records()
+    assert recs["core"]["killed"] == ["x_a__mutmut_1", "x_a__mutmut_2"]
+    assert recs["core"]["age"] == 0
+
+
+def test_recheck_write_records_nothing_when_a_kill_survives(ms, monkeypatch, tmp_path):
+    monkeypatch.setattr(ms, "REPORT", str(tmp_path / "report"))
+    rc, _ = _gate(ms, monkeypatch, tmp_path, changed=["offpolicy/registry.py"],
+                  statuses={"x_a__mutmut_1": "survived", "x_a__mutmut_2": "killed"}, write=True)
+    assert rc == 1
+    assert not (tmp_path / "report" / "runs").exists()
