@@ -7,6 +7,7 @@ outcome worked out by hand."""
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -273,3 +274,195 @@ def test_sigint_is_blocked_inside_and_restored_after():
     with parallel._sigint_blocked():
         assert signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, set())
     assert signal.pthread_sigmask(signal.SIG_BLOCK, set()) == before
+
+
+# ---- the mutation catalogue CLI (offpolicy/mutation.py): its bookkeeping, suite runs replaced --
+
+
+def test_check_hands_the_suite_the_patched_copy_the_tests_and_the_first_estimators(
+        monkeypatch, tmp_path):
+    from offpolicy import mutation
+
+    seen = {}
+
+    def recorder(package_dir, tests, pytest_args, first=()):
+        seen.update(text=(package_dir / "estimators" / "numpy.py").read_text(), tests=tests,
+                    args=pytest_args, first=first, package_dir=package_dir)
+        return False, 1.5, "x\nFAILED tests/test_p.py::test_q - assert 1 == 2\n1 failed"
+
+    monkeypatch.setattr(mutation, "run_suite", recorder)
+    m = mutation.CATALOGUE[0]
+    src = mutation.reference_source()
+    tests = tmp_path / "the_tests"
+    out = mutation._check(m, src, tmp_path, tests, ["-k", "gae"])
+    assert out == ("killed", 1.5, "test_q - assert 1 == 2")
+    assert seen["text"] == mutation.apply(src, m) and seen["text"] != src
+    assert seen["tests"] == tests and seen["args"] == ["-k", "gae"]
+    assert seen["first"] == m.estimators
+    assert seen["package_dir"].parent == tmp_path  # a fresh copy inside the run's directory
+    assert (seen["package_dir"] / "estimators" / "__init__.py").is_file()
+
+    monkeypatch.setattr(mutation, "run_suite", lambda *a, **k: (True, 2.0, "1 passed"))
+    assert mutation._check(m, src, tmp_path, tests, []) == ("SURVIVED", 2.0, f"({m.bug})")
+    assert mutation._check(None, src, tmp_path, tests, []) == ("passes", 2.0, "")
+    monkeypatch.setattr(mutation, "run_suite", lambda *a, **k: (False, 3.0, "boom"))
+    assert mutation._check(None, src, tmp_path, tests, []) == ("FAILS", 3.0, "boom")
+    assert mutation._check(m, src, tmp_path, tests, []) == ("killed", 3.0, "boom")  # no ::
+    stale = mutation._check(m, "nothing to patch", tmp_path, tests, [])
+    assert stale[:2] == ("STALE", 0.0) and "occurs 0 times" in stale[2]
+
+
+def test_run_suite_runs_the_property_files_of_the_copy_first_on_the_path(monkeypatch, tmp_path):
+    from offpolicy import mutation
+
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_prop.py").write_text(
+        "import pytest\n@pytest.mark.property\ndef test_a():\n    pass\n")
+    pkg = tmp_path / "copy"
+    calls = []
+
+    class Done:
+        def __init__(self, stdout, returncode=0, stderr=""):
+            self.stdout, self.returncode, self.stderr = stdout, returncode, stderr
+
+    def fake_run(cmd, cwd, env, capture_output, text):
+        calls.append((cmd, cwd, env))
+        if len(calls) == 1:  # which estimators package the copy's path imports
+            return Done(str(pkg / "estimators" / "__init__.py") + "\n")
+        return Done("l1\nl2\nl3\nl4\n", returncode=1)
+
+    monkeypatch.setattr(mutation.subprocess, "run", fake_run)
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    passed, secs, tail = mutation.run_suite(pkg, tests, ["--maxfail", "1"], ("retrace",))
+    assert passed is False and secs >= 0 and tail == "l2\nl3\nl4"
+    cmd, cwd, env = calls[1]
+    assert cwd == pkg
+    assert env["PYTHONPATH"].split(os.pathsep) == [str(pkg), str(mutation.ROOT), "/elsewhere"]
+    assert env["HYPOTHESIS_PROFILE"] == "ci"
+    assert env["OFFPOLICY_MUTATION_FIRST"] == "retrace"
+    assert cmd[:3] == [sys.executable, "-m", "pytest"]
+    assert cmd[3] == str(tests / "test_prop.py")
+    joined = " ".join(cmd)
+    for part in ("-m property", "-x", "-k not T12", "-p offpolicy.mutation",
+                 f"--rootdir {tmp_path}", "--maxfail 1"):
+        assert part in joined
+    # the copy must win the import: else the run would test the installed reference
+    calls.clear()
+    monkeypatch.setattr(mutation.subprocess, "run",
+                        lambda *a, **k: Done("/site-packages/estimators/__init__.py\n"))
+    with pytest.raises(RuntimeError, match="the copy is not imported first"):
+        mutation.run_suite(pkg, tests, [], ())
+
+
+def test_run_suite_names_every_registry_name_of_the_first_estimators(monkeypatch, tmp_path):
+    from offpolicy import mutation
+
+    envs = []
+
+    class Done:
+        returncode, stderr = 0, ""
+
+        def __init__(self, stdout):
+            self.stdout = stdout
+
+    def fake_run(cmd, cwd, env, capture_output, text):
+        envs.append(env)
+        return Done(str(tmp_path) + "/estimators\n")
+
+    monkeypatch.setattr(mutation.subprocess, "run", fake_run)
+    for var in ("PYTHONPATH", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        monkeypatch.delenv(var, raising=False)
+    (tmp_path / "t").mkdir()
+    assert mutation.run_suite(tmp_path, tmp_path / "t", [], ("puff_advantage", "nstep_returns")
+                              )[0] is True
+    env = envs[-1]
+    assert env["OFFPOLICY_MUTATION_FIRST"] == "puff_advantage,puff,nstep_returns,nstep"
+    # no empty entry at the end (it would put the working directory on the path)
+    assert env["PYTHONPATH"] == os.pathsep.join([str(tmp_path), str(mutation.ROOT)])
+    # one BLAS/OpenMP thread per suite unless the caller chose (suites run side by side)
+    assert env["OMP_NUM_THREADS"] == "1" and env["OPENBLAS_NUM_THREADS"] == "1"
+
+
+def test_property_files_keeps_property_tests_fast_ones_first_and_skips_t12_only(tmp_path):
+    from offpolicy import mutation
+
+    prop = "import pytest\n@pytest.mark.property\ndef test_{}():\n    pass\n"
+    (tmp_path / "test_a.py").write_text(prop.format("a"))
+    (tmp_path / "test_property_moments.py").write_text(prop.format("m"))
+    (tmp_path / "test_property_splitting.py").write_text(prop.format("s"))
+    (tmp_path / "test_b.py").write_text("def test_b():\n    pass\n")  # no property mark
+    (tmp_path / "test_t12.py").write_text(prop.format("T12_only"))  # theorem 12 only
+    (tmp_path / "helper.py").write_text(prop.format("h"))  # not a test file
+    names = [p.name for p in mutation.property_files(tmp_path)]
+    assert names == ["test_property_splitting.py", "test_property_moments.py", "test_a.py"]
+
+
+def test_the_ordering_hook_moves_tests_naming_the_mutated_estimators_first(monkeypatch):
+    from offpolicy import mutation
+
+    class Item:
+        def __init__(self, nodeid):
+            self.nodeid = nodeid
+
+    items = [Item("t.py::test_gae"), Item("t.py::test_retrace[x]"), Item("t.py::test_other"),
+             Item("t.py::test_vtrace")]
+    monkeypatch.setenv("OFFPOLICY_MUTATION_FIRST", "retrace,vtrace")
+    mutation.pytest_collection_modifyitems(None, None, items)
+    assert [i.nodeid for i in items] == ["t.py::test_retrace[x]", "t.py::test_vtrace",
+                                        "t.py::test_gae", "t.py::test_other"]
+    monkeypatch.setenv("OFFPOLICY_MUTATION_FIRST", "")
+    mutation.pytest_collection_modifyitems(None, None, items)  # no words: order kept
+    assert [i.nodeid for i in items][0] == "t.py::test_retrace[x]"
+
+
+def test_catalogue_markdown_escapes_table_bars(monkeypatch):
+    from offpolicy import mutation
+
+    m = mutation.Mutant("bar_class", "uses a | b", "seen | there", ("gae",), (("x", "y"),))
+    monkeypatch.setattr(mutation, "CATALOGUE", (m,))
+    page = mutation.catalogue_markdown()
+    assert "| `bar_class` | uses a \\| b | `gae` | seen \\| there |" in page
+    assert "1 classes." in page
+
+
+def test_a_loaded_mutant_is_a_module_of_the_estimators_package_named_for_its_source():
+    from offpolicy import mutation
+
+    mod = mutation.load(mutation.CATALOGUE[0].name)
+    assert mod.__name__ == f"estimators._mutant_{mutation.CATALOGUE[0].name}"
+    assert mod.__package__ == "estimators"
+    assert mod.__file__ == str(mutation.PACKAGE_DIR / "numpy.py")  # where its code comes from
+    assert mutation.load(None).__name__ == "estimators._mutant_unmutated"
+
+
+def test_mutation_cli_prints_the_unmutated_run_first_then_each_mutant(monkeypatch, capsys):
+    from offpolicy import mutation
+
+    def fake_check(mutant, source, tmp, tests, pytest_args):
+        return ("passes", 0.5, "") if mutant is None else ("killed", 1.0, "test_z")
+
+    monkeypatch.setattr(mutation, "_check", fake_check)
+    names = [m.name for m in mutation.CATALOGUE[:2]]
+    here = str(pathlib.Path(__file__).resolve().parent)
+    assert mutation.main(["--tests", here, "--jobs", "1", "--only", *names]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("(unmutated reference)") and "passes" in lines[0]
+    assert lines[1].startswith(names[0]) and "killed" in lines[1] and "test_z" in lines[1]
+    assert lines[-1].startswith("2/2 mutants killed in ") and lines[-1].endswith(
+        "(1 at a time)")
+
+
+def test_mutation_cli_help_describes_every_option(capsys):
+    from offpolicy import mutation
+
+    with pytest.raises(SystemExit) as e:
+        mutation.main(["--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())
+    for text in ("--list list the catalogue (name, estimators, seen in) and exit",
+                 "--only NAME [NAME ...] run only these mutants",
+                 "--tests DIR the tests directory (default: the checkout's tests/)",
+                 "--jobs N suites run at once (default: min(2, CPUs))",
+                 "pytest_args extra pytest arguments (after --)"):
+        assert text in out, text
