@@ -336,6 +336,9 @@ def test_run_suite_runs_the_property_files_of_the_copy_first_on_the_path(monkeyp
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     passed, secs, tail = mutation.run_suite(pkg, tests, ["--maxfail", "1"], ("retrace",))
     assert passed is False and secs >= 0 and tail == "l2\nl3\nl4"
+    check_cmd, check_cwd, _ = calls[0]
+    assert check_cmd == [sys.executable, "-c", "import estimators; print(estimators.__file__)"]
+    assert check_cwd == pkg
     cmd, cwd, env = calls[1]
     assert cwd == pkg
     assert env["PYTHONPATH"].split(os.pathsep) == [str(pkg), str(mutation.ROOT), "/elsewhere"]
@@ -466,3 +469,148 @@ def test_mutation_cli_help_describes_every_option(capsys):
                  "--jobs N suites run at once (default: min(2, CPUs))",
                  "pytest_args extra pytest arguments (after --)"):
         assert text in out, text
+
+
+def test_a_catalogue_entry_must_name_known_estimators_and_edits():
+    from offpolicy import mutation
+
+    with pytest.raises(ValueError, match=r"^x: estimators \['nope'\] are not in ESTIMATORS$"):
+        mutation.Mutant("x", "b", "s", ("gae", "nope"), (("a", "b"),))
+    with pytest.raises(ValueError, match=r"^x: estimators \[\] are not in ESTIMATORS$"):
+        mutation.Mutant("x", "b", "s", (), (("a", "b"),))
+    with pytest.raises(ValueError, match=r"^x: no edits$"):
+        mutation.Mutant("x", "b", "s", ("gae",), ())
+    m = mutation.Mutant("x", "b", "s", ("gae",), (("old1", "new1"), ("old2", "new2")))
+    assert (m.old, m.new) == ("old1", "new1")
+
+
+def test_pool_defaults_to_one_local_process():
+    pool = parallel.Pool()
+    assert (pool.executor, pool.jobs, pool.address) == ("process", 1, None)
+
+
+# ---- parallel's Ray path, with Ray replaced by a stand-in (tests/test_ray.py runs the real one)
+
+
+class _FakeRay:
+    """The part of Ray's API the pool uses: tasks run at once; ``fingerprints`` is what each
+    worker reports (default: the driver's)."""
+
+    def __init__(self, fingerprint=None, init_error=None):
+        self.initialized, self.calls = False, []
+        self.fingerprint, self.init_error = fingerprint, init_error
+
+    def is_initialized(self):
+        return self.initialized
+
+    def init(self, **kw):
+        self.calls.append(("init", kw))
+        if self.init_error:
+            raise self.init_error
+        self.initialized = True
+
+    def shutdown(self):
+        self.calls.append(("shutdown",))
+        self.initialized = False
+
+    def cluster_resources(self):
+        return {"CPU": 6.0}
+
+    def remote(self, **kw):
+        ray = self
+
+        def wrap(fn):
+            class Remote:
+                @staticmethod
+                def remote(f, task, init, fingerprint):
+                    fp, out = fn(f, task, init, fingerprint)
+                    return ("ref", task, ray.fingerprint or fp, out)
+            return Remote
+        return wrap
+
+    def wait(self, pending, num_returns):
+        return pending[-1:], pending[:-1]  # the last submitted finishes first
+
+    def get(self, ref):
+        return ref[2], ref[3]
+
+
+def _fp():
+    return "code-v1"
+
+
+def test_ray_pool_yields_every_result_with_its_task_index(monkeypatch):
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(parallel, "ray_available", lambda: True)
+    monkeypatch.setattr(parallel, "_RAY_INITIALISED", False)
+    with parallel.Pool("ray", 3, fingerprint=_fp) as pool:
+        assert pool.workers == 6  # the cluster's CPUs, not jobs
+        got = list(pool.imap_unordered(abs, [-1, 2, -3]))
+    assert got == [(2, 3), (1, 2), (0, 1)]  # in the order they finish
+    init = fake.calls[0]
+    assert init[0] == "init" and init[1]["address"] == "local" and init[1]["num_cpus"] == 3
+    assert fake.calls[-1] == ("shutdown",)  # started here: shut down here
+
+
+def test_ray_pool_rejects_a_worker_running_other_code(monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay(fingerprint="code-v0"))
+    monkeypatch.setattr(parallel, "ray_available", lambda: True)
+    with pytest.raises(parallel.WorkerCodeMismatch,
+                       match=r"fingerprint code-v0, driver code-v1"):
+        with parallel.Pool("ray", 1, fingerprint=_fp) as pool:
+            list(pool.imap_unordered(abs, [1]))
+
+
+def test_ray_pool_uses_a_running_instance_as_is_and_leaves_it_running(monkeypatch):
+    fake = _FakeRay()
+    fake.initialized = True  # the caller connected already
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(parallel, "ray_available", lambda: True)
+    with parallel.Pool("ray", 2) as pool:
+        assert dict(pool.imap_unordered(abs, [-5])) == {0: 5}
+    assert fake.calls == []  # neither init nor shutdown
+
+
+def test_ray_pool_start_failures_are_one_line_naming_the_option(monkeypatch):
+    monkeypatch.setattr(parallel, "ray_available", lambda: True)
+    fake = _FakeRay(init_error=RuntimeError("first line\nsecond line"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    with pytest.raises(ConnectionError,
+                       match=r"^--executor ray: cannot start or reach Ray: first line$"):
+        with parallel.Pool("ray", 1):
+            pass
+    monkeypatch.setattr(parallel, "_unreachable", lambda a: None)
+    with pytest.raises(ConnectionError,
+                       match=r"^--address h:1: cannot start or reach Ray: first line$"):
+        with parallel.Pool("ray", 1, address="h:1"):
+            pass
+    assert fake.calls[-1][1] == {"address": "h:1", "logging_level": 30, "log_to_driver": True}
+    monkeypatch.setattr(parallel, "_unreachable", lambda a: "nothing answers there (refused)")
+    with pytest.raises(ConnectionError, match=r"^--address h:2: nothing answers there"):
+        with parallel.Pool("ray", 1, address="h:2"):
+            pass
+    assert all(c[1].get("address") != "h:2" for c in fake.calls)  # never tried to init
+
+
+def test_ray_start_keeps_the_drivers_sigterm_handler(monkeypatch):
+    fake = _FakeRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(parallel, "ray_available", lambda: True)
+
+    def ours(signum, frame):  # pragma: no cover - never delivered here
+        pass
+
+    previous = signal.signal(signal.SIGTERM, ours)
+    try:
+        real_init = fake.init
+
+        def init_replacing_sigterm(**kw):  # what Ray's core worker does
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            real_init(**kw)
+
+        fake.init = init_replacing_sigterm
+        with parallel.Pool("ray", 1):
+            assert signal.getsignal(signal.SIGTERM) is ours
+    finally:
+        signal.signal(signal.SIGTERM, previous)
