@@ -614,3 +614,134 @@ def test_ray_start_keeps_the_drivers_sigterm_handler(monkeypatch):
             assert signal.getsignal(signal.SIGTERM) is ours
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+class _Stop(Exception):
+    pass
+
+
+class _Proxy:
+    """A module with some attributes replaced, seen only by ``parallel`` (the real ``os``,
+    ``time``, ``threading`` and ``sys`` stay untouched for everything else)."""
+
+    def __init__(self, real, **over):
+        self._real, self._over = real, over
+
+    def __getattr__(self, name):
+        return self._over[name] if name in self._over else getattr(self._real, name)
+
+
+def test_die_with_parent_arms_the_kernel_and_a_watch_that_kills_an_orphan(monkeypatch):
+    # everything that would act on this process is replaced: the prctl call, the thread, the
+    # signals, the exit; the watch loop is then run by hand
+    calls, threads, kills = [], [], []
+
+    class FakeLibc:
+        def prctl(self, *args):
+            calls.append(args)
+
+    class FakeThread:
+        def __init__(self, target, name, daemon):
+            threads.append((target, name, daemon))
+
+        def start(self):
+            calls.append("start")
+
+    driver = {"alive": True}
+
+    def fake_kill(pid, sig):
+        if sig == 0:  # _alive's probe of the driver
+            if not driver["alive"]:
+                raise ProcessLookupError
+            return
+        kills.append((pid, sig))
+        raise _Stop
+
+    sleeps = []
+
+    def fake_sleep(s):
+        sleeps.append(s)
+        if len(sleeps) > 3:
+            raise _Stop
+
+    def fake_exit(code):
+        raise SystemExit(code)
+
+    monkeypatch.setattr(parallel, "sys", _Proxy(sys, platform="linux"))
+    monkeypatch.setattr(parallel, "ctypes",
+                        _Proxy(parallel.ctypes, CDLL=lambda *a, **k: FakeLibc()))
+    monkeypatch.setattr(parallel, "threading", _Proxy(parallel.threading, Thread=FakeThread))
+    monkeypatch.setattr(parallel, "os", _Proxy(os, kill=fake_kill, _exit=fake_exit))
+    monkeypatch.setattr(parallel, "time", _Proxy(parallel.time, sleep=fake_sleep))
+
+    parallel.die_with_parent(driver_pid=12345)
+    assert calls == [(1, int(signal.SIGKILL), 0, 0, 0), "start"]  # PR_SET_PDEATHSIG, SIGKILL
+    watch, name, daemon = threads[0]
+    assert name == "offpolicy-parent-watch" and daemon is True
+    with pytest.raises(_Stop):  # parent and driver there: it only polls
+        watch()
+    assert kills == [] and sleeps == [parallel._POLL_S] * 4
+    driver["alive"] = False
+    sleeps.clear()
+    with pytest.raises(_Stop):  # the driver gone: SIGKILL to itself after one poll
+        watch()
+    assert kills == [(os.getpid(), signal.SIGKILL)] and len(sleeps) == 1
+    # already orphaned when called: exit at once (1), no thread started
+    threads.clear()
+    with pytest.raises(SystemExit) as e:
+        parallel.die_with_parent(driver_pid=12345)
+    assert e.value.code == 1 and threads == []
+
+
+def test_die_with_parent_watches_the_parent_when_there_is_no_driver(monkeypatch):
+    threads, kills = [], []
+
+    class FakeThread:
+        def __init__(self, target, name, daemon):
+            threads.append(target)
+
+        def start(self):
+            pass
+
+    def fake_kill(pid, sig):
+        kills.append((pid, sig))
+        raise _Stop
+
+    def no_prctl(*a, **k):
+        pytest.fail("prctl called off Linux")
+
+    parent = os.getppid()
+    monkeypatch.setattr(parallel, "sys", _Proxy(sys, platform="other"))  # the thread alone
+    monkeypatch.setattr(parallel, "ctypes", _Proxy(parallel.ctypes, CDLL=no_prctl))
+    monkeypatch.setattr(parallel, "threading", _Proxy(parallel.threading, Thread=FakeThread))
+    monkeypatch.setattr(parallel, "time", _Proxy(parallel.time, sleep=lambda s: None))
+    monkeypatch.setattr(parallel, "os", _Proxy(os, kill=fake_kill))
+    parallel.die_with_parent()
+    # reparented: orphaned
+    monkeypatch.setattr(parallel, "os", _Proxy(os, kill=fake_kill, getppid=lambda: parent + 1))
+    with pytest.raises(_Stop):
+        threads[0]()
+    assert kills == [(os.getpid(), signal.SIGKILL)]
+
+
+def test_a_pool_worker_starts_watched_ignoring_sigint_and_runs_init(monkeypatch):
+    calls = []
+    fake_signal = _Proxy(
+        signal, signal=lambda sig, handler: calls.append(("signal", sig, handler)),
+        pthread_sigmask=lambda how, sigs: calls.append(("mask", how, set(sigs))))
+    monkeypatch.setattr(parallel, "signal", fake_signal)
+    monkeypatch.setattr(parallel, "die_with_parent", lambda pid: calls.append(("watch", pid)))
+    parallel._process_worker_start(4242, lambda: calls.append("init"))
+    assert calls == [("watch", 4242), ("signal", signal.SIGINT, signal.SIG_IGN),
+                     ("signal", signal.SIGTERM, signal.SIG_DFL),
+                     ("mask", signal.SIG_UNBLOCK, {signal.SIGINT}), "init"]
+
+
+def test_mutation_cli_unknown_name_lists_every_valid_name_in_one_line(capsys):
+    from offpolicy import mutation
+
+    assert mutation.main(["--only", "nope"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+    assert "unknown mutant 'nope'; valid names: " + ", ".join(
+        m.name for m in mutation.CATALOGUE) in err
