@@ -937,3 +937,60 @@ def test_the_families_keep_to_what_the_layout_can_hold():
         for c in _draw(family, "gae", n=15, constraints=rows):
             k = _flag_codes(c)
             assert (k[:-1] == 0).all() and (k[-1] & 1).all(), (family, k)
+
+
+# ---------------------------------------------------------------------------------------------
+# bad arguments to check(): one line naming the argument, what was expected and what came
+
+
+def _needs_foo(rewards, values, foo, *, gamma, lam):
+    return rewards
+
+
+def _no_gamma(rewards, values, next_values, terminated, truncated):
+    return rewards
+
+
+BAD_CALLS = [
+    (dict(fn=3), "fn: expected a callable, got int"),
+    (dict(output="bogus"), "output: gae has outputs advantages, returns; got 'bogus'"),
+    (dict(examples=0), "examples: expected an integer >= 1, got 0"),
+    (dict(examples=True), "examples: expected an integer >= 1, got True"),
+    (dict(seed=-1), "seed: expected an integer >= 0, got -1"),
+    (dict(seed=1.0), "seed: expected an integer >= 0, got 1.0"),
+    (dict(timeout=0), "timeout: expected seconds > 0 or None, got 0"),
+    (dict(timeout="5"), "timeout: expected seconds > 0 or None, got '5'"),
+    (dict(dtype="float16"), "dtype: expected float64 or float32, got 'float16'"),
+    (dict(array="cupy"), "array: expected numpy, torch or jax, got 'cupy'"),
+    (dict(gamma="x"), "gamma: expected a number, got 'x'"),
+    (dict(gamma=1.5), "gamma: must lie in [0, 1], got 1.5"),
+    (dict(lam=-0.5), "lam: must lie in [0, 1], got -0.5"),
+    (dict(rho_clip=1.0), "rho_clip: gae takes no parameter 'rho_clip' (its parameters: gamma, "
+                         "lam)"),
+    (dict(estimator="vtrace", output="advantages", rho_clip=0),
+     "rho_clip: must be > 0 (inf: no clipping), got 0.0"),
+    (dict(estimator="nstep_returns", output=None, n=0), "n: expected an integer >= 1, got 0"),
+    (dict(estimator="nstep_returns", output=None, n=2.0), "n: expected an integer >= 1, got "
+                                                          "2.0"),
+    (dict(estimator="nstep_returns", output=None, n=True), "n: expected an integer >= 1, got "
+                                                           "True"),
+    (dict(fold="as_done"), "fold: the contract layout receives its flags as they are; a fold "
+                           "is for stored_values, done_next, puffer_rows"),
+    (dict(estimator="retrace", output=None, layout="torchrl"),
+     "layout: torchrl cannot express the action-value estimator retrace"),
+    (dict(fn=_no_gamma, layout="done_next"),
+     "gamma: the function takes no 'gamma'; pass gamma=<the value it hard-codes>"),
+    (dict(fn=_needs_foo, layout="done_next"),
+     "fn: requires foo, which the done_next layout does not provide (it provides: dones, "
+     "last_dones, last_values, log_rhos, rewards, values); wrap it in a lambda that renames"),
+]
+
+
+@pytest.mark.parametrize("i", range(len(BAD_CALLS)))
+def test_a_bad_argument_to_check_is_one_line_naming_it(i):
+    kw, message = BAD_CALLS[i]
+    kw = {"fn": gae_adv, "estimator": "gae", "output": "advantages", **kw}
+    fn, estimator = kw.pop("fn"), kw.pop("estimator")
+    with pytest.raises(conform.ConformUsageError) as e:
+        conform.check(fn, estimator, **kw)
+    assert str(e.value) == message
