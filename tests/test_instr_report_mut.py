@@ -1,0 +1,296 @@
+"""The report's instruments pinned where mutation testing found them unguarded (issue 20):
+the baseline writer's refusal, the Ctrl-C and --limit messages, resuming and the run
+directory's name (in-process, so that mutmut sees these paths), the code fingerprint, the
+terminal table on a narrow terminal, number formatting, the plots' titles and the cells each
+plot draws, and the findings' marker error.
+
+Every expected value is worked out by hand from the profile's settings or the cells given."""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+
+import pytest
+
+from offpolicy.report import cli, findings, grid, plots, render, run
+
+QUICK = grid.PROFILES["quick"]
+CHAIN_GAE = ["--mdps", "chain", "--estimators", "gae"]
+
+
+# ---- findings: the markers ---------------------------------------------------------------------
+
+
+def test_section_without_markers_names_the_missing_begin_marker():
+    """findings.section: no markers (or the end before the begin) -> ValueError naming the
+    begin marker's first 24 characters, ``<!-- findings:begin (gen``, then an ellipsis."""
+    msg = "the README has no findings markers (<!-- findings:begin (gen…)"
+    with pytest.raises(ValueError) as e:
+        findings.section("a README with no marker at all")
+    assert str(e.value) == msg
+    with pytest.raises(ValueError) as e:
+        findings.section(findings.END + "\n" + findings.BEGIN + "\n")
+    assert str(e.value) == msg
+
+
+def test_section_is_the_text_between_the_markers_after_the_begin_line():
+    text = "intro\n" + findings.BEGIN + "\nline one\nline two\n" + findings.END + "\ntail\n"
+    i, j = findings.section(text)
+    assert text[i:j] == "line one\nline two\n"
+
+
+# ---- the command line in-process: baseline writer, Ctrl-C, --limit, resume ---------------------
+
+
+def _records(cells, z_of=lambda c: 0.0):
+    """Records for ``cells`` as compute() returns them; Monte Carlo cells get z_mse = z_of(c)."""
+    out = []
+    for c in cells:
+        m = {"mse": 1.0, "bias_mean": 0.0}
+        if c["mc"]:
+            m.update(mc_mse=1.5, mc_bias_mean=0.0, z_mse=z_of(c), z_bias=0.0)
+        out.append({"id": grid.cell_id(c), "cell": c, "metrics": m})
+    return out
+
+
+def test_update_baseline_refuses_an_estimator_that_disagrees_with_its_exact_moments(
+        tmp_path, monkeypatch, capsys):
+    """cli._write_baseline with a self-consistency regression: chain x gae in the quick profile
+    is 3 staleness levels x 2 value qualities x 2 lambdas = 12 cells; one Monte Carlo cell at
+    z = 6 > 5 standard errors -> exit 1, the regression printed with the cell, "baseline NOT
+    rewritten", and no results.json written."""
+    cells = grid.cells(QUICK, ["chain"], ["gae"])
+    assert len(cells) == 12
+    bad = next(c for c in cells if c["mc"])
+    monkeypatch.setattr(cli, "compute", lambda args, profile, cs, run_dir, progress: _records(
+        cs, lambda c: 6.0 if grid.cell_id(c) == grid.cell_id(bad) else 0.0))
+    out_dir = tmp_path / "base"
+    rc = cli.main(["--update-baseline", str(out_dir), "--no-progress", "--no-plots", *CHAIN_GAE])
+    out = capsys.readouterr().out
+    assert rc == 1
+    assert "check FAILED: 1 regression(s) against (the exact moments) (1 of 12 cells)" in out
+    assert f"cell {grid.cell_id(bad)}" in out
+    assert "mc_mse vs exact mse" in out and "|z| <= 5 (z = 6)" in out
+    assert out.rstrip().endswith(f"baseline NOT rewritten: {out_dir}")
+    assert not (out_dir / "results.json").exists()
+
+
+def _tag(seed, mdps=("chain",), ests=("gae",)):
+    """The run directory's name, from its definition: profile, grid fingerprint, code."""
+    return f"quick-{grid.fingerprint(QUICK, seed, list(mdps), list(ests))}-{run.code_fingerprint()}"
+
+
+def test_ctrl_c_keeps_the_cells_and_says_so_on_stderr_only(tmp_path, monkeypatch, capsys):
+    """cli.main on KeyboardInterrupt while computing: exit 130, one message on stderr naming
+    the run directory, nothing on stdout."""
+    def interrupted(*a):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "compute", interrupted)
+    out_dir = tmp_path / "out"
+    assert cli.main(["--out", str(out_dir), "--no-progress", *CHAIN_GAE]) == 130
+    cap = capsys.readouterr()
+    run_dir = os.path.join(str(out_dir), "_runs", _tag(0))
+    assert cap.out == ""
+    assert cap.err == (f"\ninterrupted: finished cells are kept in {run_dir}; run the same "
+                       "command again to resume\n")
+
+
+def _report(tmp_path, capsys, *args):
+    """One in-process report call on sb_loop x gae computing at most one new cell; returns
+    {run directory name: cells stored}."""
+    rc = cli.main(["--out", str(tmp_path / "out"), "--mdps", "sb_loop", "--estimators", "gae",
+                   "--limit", "1", "--no-progress", "--executor", "serial", *args])
+    assert rc == 0
+    err = capsys.readouterr().err
+    assert "stopped after --limit 1 new cells" in err and "run again to resume" in err
+    runs = tmp_path / "out" / "_runs"
+    return {d.name: len((d / "cells.jsonl").read_text().splitlines())
+            for d in sorted(runs.iterdir())}
+
+
+def test_same_command_resumes_another_seed_or_code_starts_afresh_in_process(
+        tmp_path, capsys, monkeypatch):
+    """The run directory is quick-<grid and seed fingerprint>-<code fingerprint>: the same
+    command adds its next cell to the same directory; --fresh empties it; another seed, or
+    another code fingerprint, never sees the old cells."""
+    first = _report(tmp_path, capsys, "--seed", "0")
+    assert first == {_tag(0, ["sb_loop"]): 1}
+    assert _report(tmp_path, capsys, "--seed", "0") == {_tag(0, ["sb_loop"]): 2}
+    assert _report(tmp_path, capsys, "--seed", "0", "--fresh") == {_tag(0, ["sb_loop"]): 1}
+    other = _report(tmp_path, capsys, "--seed", "1")
+    assert _tag(1, ["sb_loop"]) != _tag(0, ["sb_loop"])
+    assert other == {_tag(0, ["sb_loop"]): 1, _tag(1, ["sb_loop"]): 1}
+    monkeypatch.setattr(run, "code_fingerprint", lambda: "0123456789ab")
+    changed = _report(tmp_path, capsys, "--seed", "0")
+    new = f"quick-{grid.fingerprint(QUICK, 0, ['sb_loop'], ['gae'])}-0123456789ab"
+    assert changed[new] == 1 and len(changed) == 3
+
+
+# ---- the code fingerprint: which files it covers -----------------------------------------------
+
+# the modules a cell's computation loads and that compute figures (tests/test_instr_report.py
+# derives them in a fresh interpreter; here they are written out so the test runs in-process)
+COMPUTING = ("offpolicy/_checks.py", "offpolicy/mdp.py", "offpolicy/policies.py",
+             "offpolicy/exact.py", "offpolicy/sampler.py", "offpolicy/moments.py",
+             "offpolicy/registry.py", "offpolicy/report/compute.py",
+             "offpolicy/report/montecarlo.py", "offpolicy/report/cell.py",
+             "offpolicy/report/grid.py", "estimators/numpy.py", "estimators/_validate.py",
+             "estimators/_types.py")
+
+
+def test_code_fingerprint_changes_with_each_computing_module_and_only_those(tmp_path,
+                                                                            monkeypatch):
+    """run.code_fingerprint over a copy of the tree (run.__file__ pointed into it): 12 hex
+    digits; one comment appended to any computing module changes it, removing the comment
+    restores it; an edit of the command line (cli.py) or the plots does not change it; a
+    computing module removed changes it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(run.__file__)))
+    root = os.path.dirname(root)
+    for rel in (*COMPUTING, "offpolicy/report/cli.py", "offpolicy/report/plots.py"):
+        os.makedirs(tmp_path / os.path.dirname(rel), exist_ok=True)
+        shutil.copyfile(os.path.join(root, rel), tmp_path / rel)
+    monkeypatch.setattr(run, "__file__", str(tmp_path / "offpolicy" / "report" / "run.py"))
+    base = run.code_fingerprint()
+    assert re.fullmatch(r"[0-9a-f]{12}", base)
+    for rel in COMPUTING:
+        text = (tmp_path / rel).read_bytes()
+        (tmp_path / rel).write_bytes(text + b"# edited\n")
+        assert run.code_fingerprint() != base, rel
+        (tmp_path / rel).write_bytes(text)
+        assert run.code_fingerprint() == base, rel
+    for rel in ("offpolicy/report/cli.py", "offpolicy/report/plots.py"):
+        (tmp_path / rel).write_bytes((tmp_path / rel).read_bytes() + b"# edited\n")
+        assert run.code_fingerprint() == base, rel
+    os.remove(tmp_path / "estimators/_types.py")  # a computing module gone: another tree
+    assert run.code_fingerprint() != base
+
+
+# ---- the terminal table on a narrow terminal ---------------------------------------------------
+
+
+def _table(width):
+    buf = io.StringIO()
+    from rich.console import Console
+
+    render.print_table(["estimator", "k", "MSE"],
+                       [["tree_backup lam=0.95", "2", "0.0103"], ["gae", "16", "123.456"]],
+                       "T", console=Console(width=width, file=buf, color_system=None))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("width", [22, 18])
+def test_narrow_terminal_folds_names_and_keeps_numbers_whole_and_right_aligned(width):
+    """render.print_table: the numeric columns (k, MSE) keep their full width on one line,
+    right-justified (k = "2" is padded on the left to the width of "16"); only the name
+    column folds; no line is wider than the terminal."""
+    pytest.importorskip("rich")
+    out = _table(width)
+    lines = out.splitlines()
+    assert max(len(x) for x in lines) <= width
+    assert any(re.fullmatch(r"│[^│]*│  2 │  0\.0103 │", x) for x in lines), out
+    assert any(re.fullmatch(r"│[^│]*│ 16 │ 123\.456 │", x) for x in lines), out
+    assert "…" not in out
+    assert "tree_backup lam=0.95" not in out  # the name column folded
+
+
+def test_a_number_is_never_cut_even_when_the_table_no_longer_fits():
+    """render.print_table at 16 columns, narrower than the numeric columns need (the name
+    column is already down to its border): the numbers still show whole, never "123.4…"."""
+    pytest.importorskip("rich")
+    out = _table(16)
+    cells = re.findall(r"[^\s│┃]+", out)
+    assert "0.0103" in cells and "123.456" in cells, out
+    assert "…" not in out
+
+
+# ---- numbers ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("x,digits,text", [
+    (2 / 3, 3, "0.667"), (2 / 3, 2, "0.67"), (0.001, 3, "0.001"), (1234.5678, 3, "1.23e+03"),
+    (9.87654, 1, "1e+01"), (12345.678, 3, "1.23e+04"), (0.0001234, 3, "1.23e-04"),
+    (123456.0, 1, "1.2e+05"), (0.0, 3, "0"), (None, 3, "-"), (float("nan"), 3, "nan"),
+    (float("inf"), 3, "inf"), (-2 / 3, 3, "-0.667"),
+])
+def test_short_formats_with_the_requested_significant_digits(x, digits, text):
+    """render.short: in [1e-3, 1e4) `digits` significant digits (%g), outside it scientific
+    with digits - 1 (at least 1) decimals; 0, None, nan and inf by name."""
+    assert render.short(x, digits) == text
+
+
+# ---- the plots: titles and which cells each plot draws -----------------------------------------
+
+
+def _plot_records():
+    """chain x {gae, nstep} of the quick profile; MSE = 1 + the cell's index, bias 0.5,
+    variance 2 (every figure positive: every selected cell is drawn)."""
+    cells = grid.cells(QUICK, ["chain"], ["gae", "nstep"])
+    return [{"id": grid.cell_id(c), "cell": c,
+             "metrics": {"mse": 1.0 + i, "bias_target": 0.5, "var": 2.0}}
+            for i, c in enumerate(cells)]
+
+
+def test_plots_have_their_titles_and_draw_the_selected_cells(tmp_path, monkeypatch):
+    """plots.plot_all on chain x {gae, nstep}: staleness levels 0, 2, 8 -> k_mid = 2.
+    mse_vs_lambda draws gae only (nstep has no lambda) at k = 2, T = 16, values = stale, clip
+    1/1: lambda 0.5 and 0.95; mse_vs_staleness draws the shown slice (gae lambda 0.95, nstep
+    n = 8) at k = 0, 2, 8; bias_variance draws every lambda/n of both at k = 2."""
+    pytest.importorskip("matplotlib")
+    figs = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.__setitem__(
+        os.path.basename(path), fig))
+    recs = _plot_records()
+    paths = plots.plot_all(str(tmp_path), recs, QUICK)
+    assert [os.path.basename(p) for p in paths] == [
+        "bias_variance.png", "mse_vs_staleness.png", "mse_vs_lambda.png"]
+    titles = {n: f._suptitle.get_text() for n, f in figs.items()}
+    assert titles == {
+        "bias_variance.png": "bias^2 vs variance over each estimator's grid "
+                             "(k=2, T=16, values=stale)",
+        "mse_vs_staleness.png": "MSE vs staleness k (lam=0.95, n=8, clip=1, T=16, "
+                                "values=stale)",
+        "mse_vs_lambda.png": "MSE vs lambda (k=2, T=16, values=stale)",
+    }
+    mse = {grid.cell_id(r["cell"]): r["metrics"]["mse"] for r in recs}
+
+    def mse_at(est, **axes):
+        return [mse[grid.cell_id(c)] for c in grid.cells(QUICK, ["chain"], [est])
+                if all(c[a] == v for a, v in axes.items())]
+
+    (ax,) = [a for a in figs["mse_vs_lambda.png"].axes if a.get_visible() and a.get_title()]
+    assert ax.get_title() == "chain"
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert list(lines) == ["gae"]
+    assert list(lines["gae"].get_xdata()) == [0.5, 0.95]
+    assert list(lines["gae"].get_ydata()) == (mse_at("gae", stale=2, T=16, values="stale",
+                                                     lam=0.5)
+                                              + mse_at("gae", stale=2, T=16, values="stale",
+                                                       lam=0.95))
+
+    (ax,) = [a for a in figs["mse_vs_staleness.png"].axes if a.get_visible() and a.get_title()]
+    lines = {ln.get_label(): ln for ln in ax.get_lines()}
+    assert sorted(lines) == ["gae", "nstep"]
+    assert list(lines["gae"].get_xdata()) == [0, 2, 8]
+    assert list(lines["gae"].get_ydata()) == mse_at("gae", T=16, values="stale", lam=0.95)
+    assert list(lines["nstep"].get_ydata()) == mse_at("nstep", T=16, values="stale", n=8)
+
+    (ax,) = [a for a in figs["bias_variance.png"].axes if a.get_visible() and a.get_title()]
+    counts = {c.get_label(): len(c.get_offsets()) for c in ax.collections}
+    assert counts == {"gae": 2, "nstep": 2}  # lambda 0.5, 0.95; n 1, 8
+
+
+# ---- --help ------------------------------------------------------------------------------------
+
+
+def test_help_describes_quiet(monkeypatch, capsys):
+    """--help documents --quiet as suppressing the terminal tables."""
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert re.search(r"--quiet\s+no tables on the terminal\n", out), out
