@@ -15,7 +15,7 @@ import shutil
 
 import pytest
 
-from offpolicy.report import cli, findings, grid, plots, render, run
+from offpolicy.report import cli, compute, findings, grid, plots, render, run
 
 QUICK = grid.PROFILES["quick"]
 CHAIN_GAE = ["--mdps", "chain", "--estimators", "gae"]
@@ -294,3 +294,177 @@ def test_help_describes_quiet(monkeypatch, capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert re.search(r"--quiet\s+no tables on the terminal\n", out), out
+
+
+# ---- seed-21 sample: the MDP suite, the run seed's reach, the Monte Carlo streams --------------
+
+
+def test_the_mdp_suite_is_the_one_the_report_readme_describes():
+    """compute.build_mdp against reports/README.md's "What is computed": garnet_medium is a
+    Garnet 25x4 with branching 3 and 2 terminal states, reward noise 0.2, gamma 0.95; gridworld
+    is 5x5 with slip 0.1 (an intended move is taken with probability 0.9 + 0.1/4 = 0.925 from a
+    cell whose four neighbours are all inside the grid), gamma 0.95; garnet_small 10x3,
+    branching 3, gamma 0.9; chain 10 states, gamma 0.95; sb_loop gamma 1."""
+    import numpy as np
+
+    gm = compute.build_mdp("garnet_medium")
+    assert gm.P.shape == (25, 4, 25) and gm.gamma == 0.95 and int(gm.terminal.sum()) == 2
+    live = ~gm.terminal
+    assert ((gm.P[live] > 0).sum(axis=-1) == 3).all()  # branching 3 at every live (s, a)
+    assert np.allclose(gm.reward_std[live], 0.2)
+    gs = compute.build_mdp("garnet_small")
+    assert gs.P.shape == (10, 3, 10) and gs.gamma == 0.9 and not gs.terminal.any()
+    assert ((gs.P > 0).sum(axis=-1) == 3).all()
+    gw = compute.build_mdp("gridworld")
+    assert gw.P.shape == (25, 4, 25) and gw.gamma == 0.95
+    # cell (2, 2) = state 12; RIGHT = 1 moves to (3, 2) = state 13
+    assert gw.P[12, 1, 13] == pytest.approx(0.925, abs=1e-12)
+    assert gw.P[12, 1, 12] == 0.0
+    ch = compute.build_mdp("chain")
+    assert ch.P.shape[0] == 10 and ch.gamma == 0.95
+    assert compute.build_mdp("sb_loop").gamma == 1.0
+    with pytest.raises(ValueError, match="unknown MDP 'nope'; known: garnet_small"):
+        compute.build_mdp("nope")
+
+
+def _cell(**kw):
+    c = dict(mdp="chain", estimator="gae", lam=0.95, n=None, rho_clip=None, c_clip=None,
+             stale=2, T=16, values="stale", mc=False)
+    c.update(kw)
+    return c
+
+
+def test_noisy_values_follow_the_run_seed():
+    """compute.compute_cell with values = "noisy": the critic's noise is drawn from the run
+    seed, so the same seed gives the same exact figures and another seed other ones."""
+    c = _cell(values="noisy")
+    a0, a0_again, a1 = (compute.compute_cell(c, s, 0)["metrics"]["mse"] for s in (0, 0, 1))
+    assert a0 == a0_again
+    assert a0 != a1
+
+
+def test_each_cell_draws_its_own_monte_carlo_segments():
+    """montecarlo.mc_metrics: V-trace with rho = c = inf and per_decision_is are the same
+    estimator (reports/README.md, Finding 3: "the same cells"), so their exact columns agree;
+    their Monte Carlo columns come from the segments of each cell's own stream, so the
+    figures differ (by sampling error, here 0.27 standard errors; one shared stream would make
+    them equal up to round-off) and each is within 5 standard errors of the exact MSE."""
+    inf = float("inf")
+    a = compute.compute_cell(_cell(estimator="vtrace", rho_clip=inf, c_clip=inf, mc=True),
+                             0, 2000)["metrics"]
+    b = compute.compute_cell(_cell(estimator="per_decision_is", mc=True), 0, 2000)["metrics"]
+    assert a["mse"] == pytest.approx(b["mse"], rel=1e-12)
+    assert a["mc_n"] == b["mc_n"] == 2000
+    se = max(a["mc_mse_se"], b["mc_mse_se"])
+    assert abs(a["mc_mse"] - b["mc_mse"]) > 1e-3 * se
+    assert abs(a["mc_bias_mean"] - b["mc_bias_mean"]) > 1e-3 * max(a["mc_bias_mean_se"],
+                                                                   b["mc_bias_mean_se"])
+    for m in (a, b):
+        assert abs(m["mc_mse"] - m["mse"]) <= 5 * m["mc_mse_se"]
+
+
+# ---- seed-21 sample: the findings' conditions --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def table():
+    return findings.load(findings.DEFAULT_TABLE)
+
+
+def _edited(t, metric, value, **axes):
+    """A copy of the table with ``metric`` of the one row matching ``axes`` set to ``value``."""
+    t = [dict(r) for r in t]
+    hits = [r for r in t if all(r[a] == v for a, v in axes.items())]
+    assert len(hits) == 1
+    hits[0][metric] = value
+    return t
+
+
+def _condition(t, number, description):
+    f = next(f for f in findings.findings(t) if f.title == number)
+    return dict(f.conditions)[description]
+
+
+SLICE = dict(lam="1", k="8", T="16", V="exact")
+
+
+def test_clipping_condition_needs_both_mdps(table):
+    """Finding 3's "clipping lowers the MSE on both MDPs" holds on the committed table, and
+    fails when V-trace (rho = c = 1) on chain is made worse than unclipped per-decision IS there
+    while garnet_small still holds."""
+    what = "clipping lowers the MSE on both MDPs"
+    assert _condition(table, "3", what) is True
+    p_ch = findings.cell(table, mdp="chain", estimator="per_decision_is", **SLICE)["mse"]
+    t = _edited(table, "mse", 2 * p_ch + 1, mdp="chain", estimator="vtrace", rho="1", c="1",
+                **SLICE)
+    assert _condition(t, "3", what) is False
+
+
+def test_exact_critic_rho_2_condition_is_strict(table):
+    """Finding 4's "exact-critic rho=2 raises MSE" needs rho = 2's MSE strictly above
+    rho = 1's (garnet_medium, k = 8, vtrace lam 1, c 1, T 16, exact critic): equal MSEs fail."""
+    what = "exact-critic rho=2 raises MSE (finding 1's direction)"
+    assert _condition(table, "4", what) is True
+    axes = dict(mdp="garnet_medium", k="8", estimator="vtrace", lam="1", c="1", T="16",
+                V="exact")
+    r1 = findings.cell(table, rho="1", **axes)["mse"]
+    t = _edited(table, "mse", r1, rho="2", **axes)
+    assert _condition(t, "4", what) is False
+
+
+# ---- seed-21 sample: tables, JSON, plot labels -------------------------------------------------
+
+
+def test_plain_table_pads_each_column_to_its_widest_entry_and_rejects_ragged_rows():
+    """render.plain_table (the fallback without rich): columns two spaces apart, each as wide
+    as its widest entry, a dash rule under the header, trailing spaces stripped."""
+    text = render.plain_table(["mdp", "MSE"], [["chain", "0.5"], ["sb_loop", "12.25"]], "T")
+    assert text == ("T\n"
+                    "mdp      MSE\n"
+                    "-------  -----\n"
+                    "chain    0.5\n"
+                    "sb_loop  12.25\n")
+    with pytest.raises(ValueError):
+        render.plain_table(["mdp", "MSE"], [["chain"]])
+
+
+def test_detailed_staleness_table_names_the_largest_staleness_in_its_extra_columns():
+    """render.staleness_table(detail=True) on quick-profile cells with k = 0, 2, 8: the bias,
+    fixed-point gap and modulus columns are those of k = 8, the largest."""
+    recs = [{"id": grid.cell_id(c), "cell": c,
+             "metrics": {"mse": 1.0 + c["stale"], "bias_target": 0.5, "fp_gap": 0.25,
+                         "modulus": 0.125}}
+            for c in grid.cells(QUICK, ["chain"], ["gae"])]
+    header, body = render.staleness_table(recs, QUICK, detail=True)
+    assert header == ["mdp", "estimator", "MSE k=0", "MSE k=2", "MSE k=8", "bias_target k=8",
+                      "fp_gap k=8", "modulus k=8", "MC max|z|"]
+    assert body == [["chain", "gae", "1", "3", "9", "0.5", "0.25", "0.125", ""]]
+
+
+def test_results_json_keeps_every_cell_under_cells():
+    """render.to_json: the document's "cells" list holds each record's id, cell and metrics
+    (check.load_baseline reads the baseline's cells from there)."""
+    import json
+
+    c = _cell()
+    rec = {"id": grid.cell_id(c), "cell": c, "metrics": {"mse": 0.5}}
+    doc = json.loads(render.to_json([rec], {"profile": "quick"}, {}))
+    assert [x["id"] for x in doc["cells"]] == [grid.cell_id(c)]
+    assert doc["cells"][0]["metrics"]["mse"] == 0.5
+
+
+def test_plot_axes_are_labelled(tmp_path, monkeypatch):
+    """plots.plot_all: bias_variance's axes read "bias^2 (vs target)" / "variance"; the MSE
+    plots' y axis "MSE", x axis "staleness k (improvement steps behind)" and "lambda"."""
+    pytest.importorskip("matplotlib")
+    figs = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.__setitem__(
+        os.path.basename(path), fig))
+    plots.plot_all(str(tmp_path), _plot_records(), QUICK)
+    labels = {n: [(a.get_xlabel(), a.get_ylabel()) for a in f.axes if a.get_visible()
+                  and a.get_title()] for n, f in figs.items()}
+    assert labels == {
+        "bias_variance.png": [("bias^2 (vs target)", "variance")],
+        "mse_vs_staleness.png": [("staleness k (improvement steps behind)", "MSE")],
+        "mse_vs_lambda.png": [("lambda", "MSE")],
+    }
