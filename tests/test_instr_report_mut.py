@@ -468,3 +468,129 @@ def test_plot_axes_are_labelled(tmp_path, monkeypatch):
         "mse_vs_staleness.png": [("staleness k (improvement steps behind)", "MSE")],
         "mse_vs_lambda.png": [("lambda", "MSE")],
     }
+
+
+# ---- seed-22 sample ----------------------------------------------------------------------------
+
+
+def test_a_baseline_that_is_not_an_object_is_named_with_its_json_type(tmp_path):
+    """check.load_baseline on a results.json holding a JSON list: one line naming the file
+    and the type found ("list")."""
+    from offpolicy.report import check
+
+    (tmp_path / "results.json").write_text("[]\n")
+    with pytest.raises(check.BaselineError) as e:
+        check.load_baseline(str(tmp_path))
+    assert str(e.value) == (f"{tmp_path / 'results.json'}: expected a JSON object with 'meta' "
+                            "and 'cells', got list")
+
+
+def test_limit_below_one_is_one_usage_line_naming_the_program(capsys):
+    """--limit 0: exit 2, one line "python -m offpolicy.report: error: --limit: ..." (the
+    program's name as a user types it, not the test runner's)."""
+    with pytest.raises(SystemExit) as e:
+        cli.main(["--limit", "0"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == ("python -m offpolicy.report: error: --limit: must be "
+                                       ">= 1, got 0 (--help for usage)\n")
+
+
+def test_help_describes_address(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "200")
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert ("--address ADDRESS with --executor ray: join this cluster (auto or HOST:PORT) "
+            "instead of starting a local Ray instance") in out
+
+
+@pytest.mark.parametrize("mdps,ests,expected", [
+    (None, None, True), (["chain"], None, False), (None, ["gae"], False),
+    (["chain"], ["gae"], False)])
+def test_gradient_section_runs_for_the_whole_grid_only(mdps, ests, expected):
+    """cli._with_gradients: the quick profile has a gradient grid; any subset of MDPs or of
+    estimators (either one alone) leaves the section out."""
+    from types import SimpleNamespace
+
+    assert cli._with_gradients(SimpleNamespace(mdps=mdps, estimators=ests), QUICK) is expected
+
+
+def test_p3o_value_head_follows_the_critic_quality():
+    """compute.exact_metrics for P3O (offpolicy/report/cell.py: the value head's reward means
+    are the target's with an exact critic, the behaviour's with a stale one): at k = 0 target
+    and behaviour coincide, so both qualities give the same figures; at k = 2 they differ."""
+    c = _cell(estimator="p3o", lam=None)
+    same = [compute.compute_cell(dict(c, stale=0, values=v), 0, 0)["metrics"]["mse"]
+            for v in ("exact", "stale")]
+    assert same[0] == same[1]
+    k2 = [compute.compute_cell(dict(c, stale=2, values=v), 0, 0)["metrics"]["mse"]
+          for v in ("exact", "stale")]
+    assert k2[0] != pytest.approx(k2[1], rel=1e-6)
+
+
+def test_mse_lines_are_drawn_with_small_circle_markers(tmp_path, monkeypatch):
+    """plots._mse_lines: each estimator's line carries circle markers of size 3 (the style
+    the committed PNGs use)."""
+    pytest.importorskip("matplotlib")
+    figs = {}
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figs.__setitem__(
+        os.path.basename(path), fig))
+    plots.plot_all(str(tmp_path), _plot_records(), QUICK)
+    for name in ("mse_vs_staleness.png", "mse_vs_lambda.png"):
+        lines = [ln for a in figs[name].axes for ln in a.get_lines()]
+        assert lines and all((ln.get_marker(), ln.get_markersize()) == ("o", 3) for ln in lines)
+
+
+def _markdown():
+    recs = [{"id": grid.cell_id(c), "cell": c,
+             "metrics": {"mse": 1.0, "bias_target": 0.5, "fp_gap": 0.25, "modulus": 0.125}}
+            for c in grid.cells(QUICK, ["chain"], ["gae"])]
+    summ = {"best_by_staleness": [], "mc_cells": 0, "mc_max_abs_z": None,
+            "frontier": [{"mdp": "chain", "estimator": "gae", "k": 2, "setting": "lam=0.95",
+                          "bias2": 0.25, "var": 0.75, "mse": 1.0}]}
+    meta = {"profile": "quick", "seed": 0, "command": "python -m offpolicy.report", "cells": 12}
+    return render.to_markdown(recs, QUICK, meta, summ)
+
+
+def test_markdown_lists_each_metric_definition_on_its_own_line():
+    lines = _markdown().splitlines()
+    for k, v in render.METRIC_HELP.items():
+        assert f"- `{k}`: {v}" in lines, k
+
+
+def test_markdown_frontier_rows_show_the_staleness_level():
+    """results.md's frontier table: one row per frontier point, k as the number."""
+    assert "| chain | gae | 2 | lam=0.95 | 0.25 | 0.75 | 1 |" in _markdown().splitlines()
+
+
+def test_the_pool_starts_its_workers_single_threaded(monkeypatch):
+    """run.run_cells hands the pool report._blas.single_thread as the workers' initialiser
+    (so one BLAS thread per worker process) and the code fingerprint."""
+    from offpolicy.report import _blas
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, executor, jobs, **kw):
+            seen.update(kw, executor=executor, jobs=jobs)
+            self.workers = jobs
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def imap_unordered(self, fn, work):
+            return iter([])
+
+    monkeypatch.setattr(run, "Pool", Recorder)
+
+    class Store(dict):
+        def add(self, rec):
+            self[rec["id"]] = rec
+
+    run.run_cells([_cell()], Store(), seed=0, mc_samples=10, jobs=2, progress=False)
+    assert seen["init"] is _blas.single_thread
+    assert seen["fingerprint"] is run.code_fingerprint
+    assert (seen["executor"], seen["jobs"]) == ("process", 2)
