@@ -141,3 +141,175 @@ def test_curve_plot_draws_j_star_from_the_run_of_a_single_update(tmp_path, saved
     assert list(mean[0].get_xdata()) == [32]
     assert mean[0].get_ydata()[0] == pytest.approx(0.25, abs=1e-15)
     assert not math.isnan(float(np.asarray(star[0].get_ydata())[0]))
+
+
+# ---- findings: each sentence's figures, comparisons and quantifiers on tables known by hand -----
+
+from offpolicy.harness import findings as F  # noqa: E402
+
+
+def _write(path, rows):
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def _cells(*names, stem="g"):
+    return [F.Cell(n, stem, {"estimator": n}) for n in names]
+
+
+def test_touching_intervals_overlap_and_disjoint_ones_separate():
+    """Pins ``_separate``: closed intervals that share an end point overlap (0); the sign says
+    which lies above."""
+    assert F._separate((1.0, 0.25), (0.5, 0.25)) == 0  # [0.75, 1.25] and [0.25, 0.75] touch
+    assert F._separate((0.5, 0.25), (1.0, 0.25)) == 0
+    assert F._separate((1.0, 0.25), (0.5, 0.125)) == 1  # [0.75, 1.25] above [0.375, 0.625]
+    assert F._separate((0.5, 0.125), (1.0, 0.25)) == -1
+
+
+def test_a_comparison_fails_its_condition_when_the_direction_the_text_relies_on_changes(
+        tmp_path):
+    """Pins ``Compare.evaluate``'s condition: expect=+1 holds when a is above b on seeds 0-4,
+    fails when it is below or when they overlap; the condition names the expected word."""
+    _write(tmp_path / "g_table.csv", [{"estimator": "a", "m": 1.0, "m_ci": 0.1},
+                                      {"estimator": "b", "m": 0.5, "m_ci": 0.1},
+                                      {"estimator": "c", "m": 0.95, "m_ci": 0.1}])
+    tb = F.Tables(str(tmp_path))
+    a, b, c = _cells("a", "b", "c")
+    text, conds = F.Compare("m", a, b, expect=1).evaluate(tb)
+    assert conds == [("m: a vs b expected higher on seeds 0–4", True), ("_status", None)]
+    assert text == ("m: a 1.000 ± 0.100 vs b 0.500 ± 0.100 (seeds 0–4, separate): "
+                    "**not replicated (second seed set not run)**")
+    _, conds = F.Compare("m", b, a, expect=1).evaluate(tb)
+    assert conds[0] == ("m: b vs a expected higher on seeds 0–4", False)
+    _, conds = F.Compare("m", a, c, expect=0).evaluate(tb)
+    assert conds == [("m: a vs c expected no difference on seeds 0–4", True), ("_status", 0)]
+    _, conds = F.Compare("m", b, a, expect=-1).evaluate(tb)
+    assert conds[0] == ("m: b vs a expected lower on seeds 0–4", True)
+    # a labelled metric prints its label
+    _write(tmp_path / "h_table.csv", [{"estimator": "a", "adv_rmse": 1.0, "adv_rmse_ci": 0.1},
+                                      {"estimator": "b", "adv_rmse": 0.5, "adv_rmse_ci": 0.1}])
+    text, _ = F.Compare("adv_rmse", *_cells("a", "b", stem="h")).evaluate(F.Tables(str(tmp_path)))
+    assert text.startswith("advantage RMSE: a 1.000 ± 0.100 vs b 0.500 ± 0.100")
+
+
+def test_the_replicated_verdict_is_lower_when_a_is_below_on_both_sets(tmp_path):
+    """Pins the word of a replicated difference and its status (−1: a below b)."""
+    for suffix, shift in (("", 0.0), ("_s100", 0.05)):
+        _write(tmp_path / f"g_table{suffix}.csv",
+               [{"estimator": "a", "m": 0.5 + shift, "m_ci": 0.1},
+                {"estimator": "b", "m": 1.0, "m_ci": 0.1}])
+    text, conds = F.Compare("m", *_cells("a", "b")).evaluate(F.Tables(str(tmp_path)))
+    assert text.endswith("**a lower on both seed sets**")
+    assert "a 0.550 ± 0.100 vs b 1.000 ± 0.100 (seeds 100–104, separate)" in text
+    assert conds == [("_status", -1)]
+
+
+def test_contains_zero_at_the_interval_end_and_in_every_cell(tmp_path):
+    """Pins ``ContainsZero``: |mean| = half-width still contains 0 (a closed interval); when
+    every cell contains it the sentence counts cells, settings and seed sets; expect=False
+    turns the condition around; the first cell that excludes 0 is the one quoted."""
+    _write(tmp_path / "g_table.csv", [{"estimator": "a", "m": -0.25, "m_ci": 0.25},
+                                      {"estimator": "b", "m": 0.0, "m_ci": 0.5},
+                                      {"estimator": "c", "m": 0.5, "m_ci": 0.25},
+                                      {"estimator": "d", "m": -1.0, "m_ci": 0.25}])
+    _write(tmp_path / "g_table_s100.csv", [{"estimator": "a", "m": 0.125, "m_ci": 0.25},
+                                           {"estimator": "b", "m": 0.25, "m_ci": 0.25},
+                                           {"estimator": "c", "m": 0.0, "m_ci": 0.25},
+                                           {"estimator": "d", "m": 0.0, "m_ci": 0.25}])
+    tb = F.Tables(str(tmp_path))
+    text, conds = F.ContainsZero("m", _cells("a", "b"), "a and b").evaluate(tb)
+    assert text == ("m of a and b: the interval contains 0 in every one of the 4 cells "
+                    "(2 settings × seeds 0–4 and seeds 100–104)")
+    assert conds == [("m contains 0 in every cell", True)]
+    _, conds = F.ContainsZero("m", _cells("a", "b"), "x", expect=False).evaluate(tb)
+    assert conds == [("m contains 0 in every cell", False)]
+    text, conds = F.ContainsZero("m", _cells("a", "c", "d"), "x", expect=False).evaluate(tb)
+    assert text == ("m of x: the interval contains 0 in 4 of 6 cells (seeds 0–4 and seeds "
+                    "100–104); not in c, seeds 0–4: 0.500 ± 0.250")
+    assert conds == [("m contains 0 in every cell", True)]
+
+
+def test_figure_range_and_zero_everywhere_quote_the_tables(tmp_path):
+    """Pins ``Figure`` (each cell on each seed set held), ``Range`` (min–max of the means per
+    seed set; a table without its second seed set gives one range) and ``ZeroEverywhere`` (rows
+    counted over every table and seed set; one nonzero row fails the condition)."""
+    _write(tmp_path / "g_table.csv", [{"estimator": "a", "m": 0.25, "m_ci": 0.05, "z": 0},
+                                      {"estimator": "b", "m": 0.75, "m_ci": 0.0, "z": 0}])
+    _write(tmp_path / "g_table_s100.csv", [{"estimator": "a", "m": 0.5, "m_ci": 0.05, "z": 0},
+                                           {"estimator": "b", "m": 1.0, "m_ci": 0.25, "z": 0}])
+    _write(tmp_path / "h_table.csv", [{"estimator": "a", "m": 12.5, "m_ci": 1.5, "z": 2}])
+    tb = F.Tables(str(tmp_path))
+    text, conds = F.Figure("m", _cells("a", "b")).evaluate(tb)
+    assert text == ("m — a: 0.250 ± 0.050 (seeds 0–4), 0.500 ± 0.050 (seeds 100–104); "
+                    "b: 0.750 ± 0 (seeds 0–4), 1.000 ± 0.250 (seeds 100–104)")
+    assert conds == []
+    text, _ = F.Range("m", _cells("b", "a"), "two cells").evaluate(tb)
+    assert text == "m over two cells: 0.250–0.750 (seeds 0–4), 0.500–1.000 (seeds 100–104)"
+    text, _ = F.Range("m", [F.Cell("a", "h", {"estimator": "a"})], "one").evaluate(tb)
+    assert text == "m over one: 12.500–12.500 (seeds 0–4)"
+    text, conds = F.ZeroEverywhere("z", ["g"], "nothing relaxed").evaluate(tb)
+    assert text == "nothing relaxed: z = 0 in 4 of 4 cells of `g`"
+    assert conds == [("z = 0 in every cell", True)]
+    text, conds = F.ZeroEverywhere("z", ["g", "h"], "w").evaluate(tb)
+    assert text == "w: z = 0 in 4 of 5 cells of `g`, `h`"
+    assert conds == [("z = 0 in every cell", False)]
+    assert F.pm(12.5, 1.5) == "12.5 ± 1.5" and F.pm(-12.5, float("nan")) == "-12.5 ± 0"
+
+
+def test_table_rows_match_numbers_within_round_off_and_strings_exactly(tmp_path):
+    """Pins ``Tables.row``: a numeric column matches 8 and 8.0 (not 8.5); a string column
+    matches by its text; no row or two rows is a LookupError naming the table; a missing table
+    is None."""
+    _write(tmp_path / "g_table.csv", [{"estimator": "a", "lag": 8, "m": 1.0},
+                                      {"estimator": "a", "lag": 32, "m": 2.0},
+                                      {"estimator": "b", "lag": 8, "m": 3.0}])
+    tb = F.Tables(str(tmp_path))
+    assert tb.row("g", {"estimator": "a", "lag": 8.0})["m"] == 1.0
+    assert tb.row("g", {"estimator": "b", "lag": 8})["m"] == 3.0
+    with pytest.raises(LookupError, match=r"g_table.csv: .* matches 0 rows"):
+        tb.row("g", {"estimator": "a", "lag": 8.5})
+    with pytest.raises(LookupError, match="matches 2 rows"):
+        tb.row("g", {"estimator": "a"})
+    assert tb.row("g", {"estimator": "a"}, "_s100") is None and tb.get("nope") is None
+
+
+def test_lowest_seed_sentence_names_the_worst_seed_and_its_rank(tmp_path):
+    """Pins ``LowestSeed``: the seed with the smallest metric in the cell, its value, its other
+    figure and that figure's rank from the lowest among the cell's seeds (other cells ignored)."""
+    _write(tmp_path / "g_runs.csv", [
+        {"lag": 8, "seed": 0, "J": 0.9, "r": 1.5}, {"lag": 8, "seed": 1, "J": 0.2, "r": 1.25},
+        {"lag": 8, "seed": 2, "J": 0.7, "r": 1.0}, {"lag": 0, "seed": 0, "J": 0.1, "r": 9.0}])
+    text, conds = F.LowestSeed("g", {"lag": 8}, "J", "r",
+                               "s{seed} {value} {other} rank {rank}/{n}").evaluate(
+                                   F.Tables(str(tmp_path)))
+    assert text == "s1 0.200 1.25 rank 2/3" and conds == []
+
+
+def test_generate_check_and_write_round_trip_on_a_synthetic_readme(tmp_path, monkeypatch):
+    """Pins ``render_section``/``generate``/``check``/``write``: bullets wrapped at 98 with a
+    two-space continuation, a Note as a paragraph, a failed condition reported as "condition
+    no longer holds", a changed body reported as differing, and --write restoring it."""
+    _write(tmp_path / "g_table.csv", [{"estimator": "a", "m": 1.0, "m_ci": 0.1},
+                                      {"estimator": "b", "m": 0.5, "m_ci": 0.1}])
+    a, b = _cells("a", "b")
+    monkeypatch.setattr(F, "SECTIONS", {"s": [F.Note("Lead-in:"),
+                                              F.Compare("m", a, b, expect=-1),
+                                              F.Hypothesis("it is so.")]})
+    sections, failed = F.generate(str(tmp_path))
+    # the first bullet line is 96 characters; one more word would make it 100 > 98
+    body = ("Lead-in:\n\n- m: a 1.000 ± 0.100 vs b 0.500 ± 0.100 (seeds 0–4, separate): **not "
+            "replicated (second seed set\n  not run)**\n"
+            "- Hypothesis (not isolated by any experiment here): it is so.\n")
+    assert sections == {"s": body}
+    assert failed == ["s: m: a vs b expected lower on seeds 0–4"]
+    begin, end = F._marks("s")
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# t\n{begin}\nold\n{end}\ntail\n", encoding="utf-8")
+    problems = F.check(str(readme), str(tmp_path))
+    assert problems[0] == "condition no longer holds: s: m: a vs b expected lower on seeds 0–4"
+    assert len(problems) == 2 and "section 's' differs" in problems[1]
+    F.write(str(readme), str(tmp_path))
+    assert readme.read_text(encoding="utf-8") == f"# t\n{begin}\n{body}{end}\ntail\n"
+    assert F.check(str(readme), str(tmp_path)) == problems[:1]
+    readme.write_text("# no markers\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no markers for section 's'"):
+        F.check(str(readme), str(tmp_path))
