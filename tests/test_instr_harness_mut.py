@@ -313,3 +313,78 @@ def test_generate_check_and_write_round_trip_on_a_synthetic_readme(tmp_path, mon
     readme.write_text("# no markers\n", encoding="utf-8")
     with pytest.raises(ValueError, match="no markers for section 's'"):
         F.check(str(readme), str(tmp_path))
+
+
+def test_findings_cli_prints_exit_2_and_check_exit_1_when_a_table_lacks_a_cell(
+        tmp_path, monkeypatch, capsys):
+    """Pins ``main``'s error exit: a sentence whose cell is not in its table (LookupError) is a
+    one-line "findings: ..." on stderr, exit 2 when printing (malformed input) and exit 1
+    with --check (the check failed)."""
+    _write(tmp_path / "g_table.csv", [{"estimator": "a", "m": 1.0, "m_ci": 0.1}])
+    (tmp_path / "README.md").write_text("# t\n", encoding="utf-8")
+    monkeypatch.setattr(F, "SECTIONS", {"s": [F.Compare("m", *_cells("a", "b"))]})
+    assert F.main(["--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("findings: g_table.csv: {'estimator': 'b'} matches 0 rows")
+    assert len(err.strip().splitlines()) == 1
+    assert F.main(["--check", "--dir", str(tmp_path)]) == 1
+
+
+# ---- the harness CLI, the Gymnasium wrapper and the PPO config checks ---------------------------
+
+
+def test_harness_help_documents_the_set_option():
+    """Pins ``build_parser``'s --set: repeatable FIELD=V1[,V2] whose help says what it does."""
+    from offpolicy.harness.__main__ import build_parser
+
+    text = " ".join(build_parser().format_help().split())
+    assert "--set FIELD=V1[,V2]" in text
+    assert "any config field; several values make an axis" in text
+
+
+def test_gym_reset_with_a_seed_seeds_the_action_space_with_that_seed():
+    """Pins ``GymVecEnv.reset``: reset(seed=s) seeds the vector action space with s (the
+    same draws as a wrapper built with seed s and reset without one), not the constructor's."""
+    from offpolicy.harness.envs import make_env
+
+    def draws(env, **kw):
+        env.reset(**kw)
+        return [env.envs.action_space.sample().tolist() for _ in range(16)]
+
+    a = draws(make_env("cartpole", 2, seed=0), seed=7)
+    b = draws(make_env("cartpole", 2, seed=7))
+    c = draws(make_env("cartpole", 2, seed=0))
+    assert a == b and a != c  # 32 binary draws: equal by chance with probability 2**-32
+
+
+@pytest.mark.parametrize("over, field, message", [
+    ({"max_episode_steps": 0}, "max_episode_steps", "must be None or an integer >= 1, got 0"),
+    ({"estimator": "decoupled", "pg_loss": "impala"}, "pg_loss",
+     "decoupled PPO has its own clipped surrogate; use auto, ppo_clip or prox_clip"),
+])
+def test_ppo_config_errors_name_the_field_and_say_why(over, field, message):
+    """Pins ``ppo.check_config``'s time-limit check and the decoupled/impala message."""
+    from offpolicy.harness import measure, ppo
+
+    with pytest.raises(measure.ConfigError) as e:
+        ppo.check_config(ppo.PPOConfig(**over))
+    assert (e.value.field, e.value.detail) == (field, message)
+
+
+def test_ppo_wall_time_is_the_time_since_the_run_started():
+    """Pins ``train``'s clock: every row's wall_time lies between 0 and the time measured
+    around the call (never the clock's absolute reading), non-decreasing, and sps =
+    env_steps / wall_time. An inequality of two clock readings, not a speed."""
+    import time
+
+    from offpolicy.harness import ppo
+
+    cfg = ppo.PPOConfig(env="chain", seed=0, num_envs=2, num_steps=4, total_steps=16, hidden=4,
+                        update_epochs=1, num_minibatches=1, measure_exact=False)
+    t0 = time.perf_counter()
+    curve = ppo.train(cfg)["curve"]
+    outside = time.perf_counter() - t0
+    walls = [r["wall_time"] for r in curve]
+    assert len(curve) == 2 and 0 < walls[0] <= walls[1] <= outside
+    for r in curve:
+        assert r["sps"] == pytest.approx(r["env_steps"] / r["wall_time"], rel=1e-12)
