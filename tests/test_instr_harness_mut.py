@@ -388,3 +388,36 @@ def test_ppo_wall_time_is_the_time_since_the_run_started():
     assert len(curve) == 2 and 0 < walls[0] <= walls[1] <= outside
     for r in curve:
         assert r["sps"] == pytest.approx(r["env_steps"] / r["wall_time"], rel=1e-12)
+
+
+# ---- report.runs_frame / aggregate / write_report: from run files to the table ------------------
+
+
+def test_a_grid_of_two_seeds_per_cell_aggregates_to_mean_sd_and_t_interval(tmp_path):
+    """Pins ``runs_frame`` (axes and scalar summary fields become columns; lists do not),
+    ``aggregate`` (per cell: seeds, mean, sd with ddof=1, half-width t_{0.975,1} sd/sqrt(2)
+    with t_{0.975,1} = 12.7062047...) and ``write_report``'s file set. By hand: lag 0 seeds
+    J 1 and 3 -> mean 2, sd sqrt(2), half-width 12.7062047; lag 4 seeds 0.5 and 0.5 -> sd 0."""
+    def run(lag, seed, j):
+        return {"algo": "ppo", "config": {"env": "chain", "seed": seed}, "axes": {"lag": lag},
+                "summary": {"final_J": j, "final_J_frac": j / 4, "J_opt": 4.0, "curve": [1]},
+                "curve": [{"env_steps": 8, "J": j, "J_opt": 4.0}]}
+
+    results = [run(0, 0, 1.0), run(0, 1, 3.0), run(4, 0, 0.5), run(4, 1, 0.5)]
+    df = R.runs_frame(results)
+    assert list(df.columns) == ["algo", "env", "seed", "lag", "final_J", "final_J_frac", "J_opt"]
+    agg = R.aggregate(df, ["lag"])
+    assert agg["lag"].tolist() == [0, 4] and agg["seeds"].tolist() == [2, 2]
+    assert agg["final_J"].tolist() == [2.0, 0.5] and agg["J_opt"].tolist() == [4.0, 4.0]
+    assert agg["final_J_sd"].tolist() == pytest.approx([math.sqrt(2), 0.0], abs=1e-15)
+    assert agg["final_J_ci"].tolist() == pytest.approx([12.706204736, 0.0], abs=1e-8)
+    assert "seed_ci" not in agg.columns and "J_opt_ci" not in agg.columns
+    paths = R.write_report(results, "ppo", {"lag": [0, 4]}, tmp_path, stem="s")
+    assert sorted(paths) == ["curves_png", "runs_csv", "staleness_png", "table_csv", "table_md"]
+    back = pd.read_csv(paths["table_csv"])
+    assert back["final_J_ci"].tolist() == pytest.approx([12.706204736, 0.0], abs=1e-8)
+    assert len(pd.read_csv(paths["runs_csv"])) == 4
+    # final_J_frac: mean 0.5, half-width 12.7062 sd(0.25, 0.75)/sqrt(2) = 3.1766; three
+    # decimals for means below 10 (the table's rule)
+    md = open(paths["table_md"]).read()
+    assert "| 0 | 2 | 0.500 ± 3.177 | 2.000 ± 12.706 |\n| 4 | 2 | 0.125 ± 0 | 0.500 ± 0 |" in md
