@@ -2,7 +2,8 @@
 input and the output expected by hand, at the helper that writes what a report quotes.
 
 Written against the sampled mutmut survivors of group ``harness`` (reports/mutation/groups/
-harness.md names the mutant each test kills); every test is fast and reads no committed file."""
+harness.md names the mutant each test kills); every test is fast; only the section-builder
+test reads committed files (reports/harness)."""
 
 from __future__ import annotations
 
@@ -421,3 +422,20 @@ def test_a_grid_of_two_seeds_per_cell_aggregates_to_mean_sd_and_t_interval(tmp_p
     # decimals for means below 10 (the table's rule)
     md = open(paths["table_md"]).read()
     assert "| 0 | 2 | 0.500 ± 3.177 | 2.000 ± 12.706 |\n| 4 | 2 | 0.125 ± 0 | 0.500 ± 0 |" in md
+
+
+def test_the_section_builders_called_now_generate_the_committed_findings(monkeypatch):
+    """Pins every section builder (``_pg_loss`` ... ``_dqn_target_lag``) when it runs inside
+    the test, not only when ``findings`` is imported: SECTIONS is rebuilt here from the
+    builders (``_<section name>``), and the committed README must be what they generate. (A
+    mutation tool that imports the module before activating a mutant builds SECTIONS from the
+    original builders; this test calls them under the mutant.)"""
+    import os
+
+    folder = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "reports", "harness")
+    rebuilt = {name: (items if name == "seed_sets" else getattr(F, f"_{name}")())
+               for name, items in F.SECTIONS.items()}
+    assert len(rebuilt) == 12
+    monkeypatch.setattr(F, "SECTIONS", rebuilt)
+    assert F.check(os.path.join(folder, "README.md"), folder) == []
