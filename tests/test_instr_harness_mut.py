@@ -439,3 +439,19 @@ def test_the_section_builders_called_now_generate_the_committed_findings(monkeyp
     assert len(rebuilt) == 12
     monkeypatch.setattr(F, "SECTIONS", rebuilt)
     assert F.check(os.path.join(folder, "README.md"), folder) == []
+
+
+def test_dqn_skips_updates_until_the_buffer_holds_one_sequence_and_still_returns_its_run():
+    """Pins ``dqn.train``'s empty-buffer branch: with learning_starts 0, one env, replay ratio 1
+    and n = 3, the update attempts of the first n - 1 = 2 steps find no complete sequence
+    (valid starts = size - n + 1 <= 0) and are skipped, every later step makes one update: 24
+    steps give 22 updates, and the run returns its curve and summary."""
+    from offpolicy.harness import dqn
+
+    cfg = dqn.DQNConfig(env="chain", seed=0, num_envs=1, total_steps=24, learning_starts=0,
+                        batch_size=2, n=3, hidden=4, buffer_capacity=64, replay_ratio=1.0,
+                        log_points=2, measure_exact=False)
+    result = dqn.train(cfg)
+    last = result["curve"][-1]
+    assert (last["env_steps"], last["updates"]) == (24, 22)
+    assert result["summary"]["env_steps"] == 24
