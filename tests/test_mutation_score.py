@@ -103,12 +103,12 @@ def test_records_keep_the_newest_record_per_group_and_its_killed_mutants(ms, tmp
 
 
 def _gate(ms, monkeypatch, tmp_path, *, changed, statuses, budget=900.0, budget_ok=False,
-          write=False):
+          write=False, wall_s=None):
     """--recheck with the record, git's diff and mutmut replaced: ``statuses`` is what the
     rerun finds for each recorded-killed mutant (absent: no longer generated)."""
     monkeypatch.setattr(ms, "records", lambda: {"core": {
         "file": "runs/core_s21.json", "commit": "abc", "age": 0,
-        "killed": ["x_a__mutmut_1", "x_a__mutmut_2"]}})
+        "killed": ["x_a__mutmut_1", "x_a__mutmut_2"], "wall_s": wall_s}})
     monkeypatch.setattr(ms, "touched", lambda g, c: changed)
     calls = []
 
@@ -205,3 +205,16 @@ def test_recheck_write_records_nothing_when_a_kill_survives(ms, monkeypatch, tmp
                   statuses={"x_a__mutmut_1": "survived", "x_a__mutmut_2": "killed"}, write=True)
     assert rc == 1
     assert not (tmp_path / "report" / "runs").exists()
+
+
+def test_recheck_starts_a_group_only_if_its_recorded_time_fits_the_budget(ms, monkeypatch,
+                                                                         tmp_path, capsys):
+    ok = {"x_a__mutmut_1": "killed", "x_a__mutmut_2": "killed"}
+    rc, calls = _gate(ms, monkeypatch, tmp_path, changed=["offpolicy/registry.py"],
+                      statuses=ok, budget=300.0, wall_s=500)
+    assert rc == 1 and calls == []
+    assert ("core: NOT rechecked: its record took 500 s, more than what was left of --budget "
+            "300 s") in capsys.readouterr().out
+    rc, calls = _gate(ms, monkeypatch, tmp_path, changed=["offpolicy/registry.py"],
+                      statuses=ok, budget=300.0, wall_s=100)
+    assert rc == 0 and len(calls) == 1
