@@ -95,3 +95,15 @@ def test_cli(tmp_path, capsys):
     assert F.main(["--check", "--dir", str(d)]) == 1
     assert "differs" in capsys.readouterr().out
     assert F.main(["--check", "--dir", str(tmp_path / "missing")]) == 2
+
+
+def test_findings_cli_on_a_folder_without_tables_is_one_usage_line(tmp_path, capsys):
+    assert F.main(["--dir", str(tmp_path)]) == 2
+    assert capsys.readouterr().err == f"--dir: no harness tables (*_table.csv) in {tmp_path}\n"
+
+
+def test_findings_cli_names_a_missing_table_in_one_line(tmp_path, capsys):
+    shutil.copy(os.path.join(DIR, "ppo_chain_table.csv"), tmp_path)
+    assert F.main(["--dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("findings: ") and str(tmp_path) in err

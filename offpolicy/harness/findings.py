@@ -384,6 +384,9 @@ def main(argv=None) -> int:
     if not os.path.isdir(args.dir):
         print(f"--dir: no such folder: {args.dir}", file=sys.stderr)
         return 2
+    if not any(f.endswith("_table.csv") for f in os.listdir(args.dir)):
+        print(f"--dir: no harness tables (*_table.csv) in {args.dir}", file=sys.stderr)
+        return 2
     if (args.check or args.write) and not os.path.isfile(readme):
         print(f"--readme: no such file: {readme}", file=sys.stderr)
         return 2
@@ -398,6 +401,10 @@ def main(argv=None) -> int:
             write(readme, args.dir)
             return 0
         sections, _ = generate(args.dir)
+    except IndexError:  # a cell with no value: a table the findings read is absent or empty
+        print(f"findings: a table the findings read is missing or has no matching rows in "
+              f"{args.dir}", file=sys.stderr)
+        return 1 if args.check else 2
     except (ValueError, LookupError, KeyError, OSError) as e:
         print(f"findings: {e}", file=sys.stderr)
         return 1 if args.check else 2
