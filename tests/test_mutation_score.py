@@ -103,13 +103,14 @@ def test_records_keep_the_newest_record_per_group_and_its_killed_mutants(ms, tmp
 
 
 def _gate(ms, monkeypatch, tmp_path, *, changed, statuses, budget=900.0, budget_ok=False,
-          write=False, wall_s=None):
+          write=False, wall_s=None, moved=()):
     """--recheck with the record, git's diff and mutmut replaced: ``statuses`` is what the
     rerun finds for each recorded-killed mutant (absent: no longer generated)."""
     monkeypatch.setattr(ms, "records", lambda: {"core": {
         "file": "runs/core_s21.json", "commit": "abc", "age": 0,
         "killed": ["x_a__mutmut_1", "x_a__mutmut_2"], "wall_s": wall_s}})
     monkeypatch.setattr(ms, "touched", lambda g, c: changed)
+    monkeypatch.setattr(ms, "renumbered", lambda module_of, commit: set(moved))
     calls = []
 
     def fake_run_group(name, modules, jobs, log, sample=None, names=None):
@@ -218,3 +219,42 @@ def test_recheck_starts_a_group_only_if_its_recorded_time_fits_the_budget(ms, mo
     rc, calls = _gate(ms, monkeypatch, tmp_path, changed=["offpolicy/registry.py"],
                       statuses=ok, budget=300.0, wall_s=100)
     assert rc == 0 and len(calls) == 1
+
+
+@pytest.mark.parametrize("name, function", [
+    ("offpolicy.moments.x_estimator_target__mutmut_138", "estimator_target"),
+    ("offpolicy.mutation.x__check__mutmut_36", "_check"),
+    ("offpolicy.parallel.x\u01c1Pool\u01c1__init____mutmut_22", "Pool.__init__"),
+    ("offpolicy.conform.runner.x\u01c1_Runner\u01c1shrink__mutmut_60", "_Runner.shrink"),
+])
+def test_function_of_reads_mutmuts_names(ms, name, function):
+    assert ms.function_of(name) == function
+
+
+def test_renumbered_names_the_mutants_of_functions_changed_since_the_record(ms, monkeypatch,
+                                                                           tmp_path):
+    old = ("def f(x):\n    return x + 1\n\n\ndef g(x):\n    return x * 2\n\n\n"
+           "class C:\n    def m(self):\n        return 1\n")
+    new = ("def f(x):\n    # a comment changes no mutant\n    return x + 1\n\n\n"
+           "def g(x):\n    return x * 3\n\n\nclass C:\n    def m(self):\n        return 1\n\n\n"
+           "def h():\n    pass\n")
+    (tmp_path / "pkg").mkdir()
+    (tmp_path / "pkg" / "mod.py").write_text(new)
+    monkeypatch.setattr(ms, "ROOT", str(tmp_path))
+    monkeypatch.setattr(ms, "_git", lambda *args: old)
+    module_of = {f"pkg.mod.{n}": "pkg/mod.py" for n in (
+        "x_f__mutmut_1", "x_g__mutmut_1", "x_g__mutmut_2", "x\u01c1C\u01c1m__mutmut_1",
+        "x_h__mutmut_1")}
+    assert ms.renumbered(module_of, "abc") == {"pkg.mod.x_g__mutmut_1", "pkg.mod.x_g__mutmut_2",
+                                               "pkg.mod.x_h__mutmut_1"}
+
+
+def test_recheck_reruns_only_the_mutants_whose_function_is_unchanged(ms, monkeypatch, tmp_path,
+                                                                    capsys):
+    rc, calls = _gate(ms, monkeypatch, tmp_path, changed=["offpolicy/registry.py"],
+                      statuses={"x_a__mutmut_1": "killed"}, moved=["x_a__mutmut_2"])
+    assert rc == 0 and calls == [("core", ["x_a__mutmut_1"])]
+    assert "1 not rerun: their function changed since" in capsys.readouterr().out
+    rc, calls = _gate(ms, monkeypatch, tmp_path, changed=["offpolicy/registry.py"],
+                      statuses={}, moved=["x_a__mutmut_1", "x_a__mutmut_2"])
+    assert rc == 0 and calls == []  # nothing left to rerun: mutmut is not started
