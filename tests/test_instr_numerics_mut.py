@@ -169,7 +169,7 @@ def test_random_policy_default_is_uniform_over_the_simplex_in_distribution():
     assert abs(x.var() - 1 / 12) < 5 * se
 
 
-# ---- moments.estimator_target: V-trace's fixed-point advantages -----------------------------------
+# ---- moments.estimator_target: V-trace's fixed-point advantages ---------------------------
 
 
 @pytest.mark.parametrize("rho_clip,pg_rho_clip", [(1.0, None), (0.6, 2.0), (1.5, 0.4)])
