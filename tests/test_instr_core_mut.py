@@ -16,8 +16,9 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis.errors import InvalidArgument
 
-from offpolicy import _cli, registry
+from offpolicy import _cli, registry, strategies
 
 # ---- the child-process walk --------------------------------------------------------------------
 
@@ -362,3 +363,55 @@ def test_call_estimator_selects_by_position_from_a_plain_tuple():
                                    output="pg_advantage") == "pg"
     assert registry.call_estimator(Plain(), "vtrace", inputs, gamma=0.9,
                                    output="advantages") == "adv"
+
+
+# ---- strategies: every argument check, at its edges --------------------------------------------
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: strategies.mdps(min_states=0), "min_states: must be >= 1, got 0"),
+    (lambda: strategies.mdps(min_states=3, max_states=2), "max_states: must be >= 3, got 2"),
+    (lambda: strategies.mdps(min_actions=0), "min_actions: must be >= 1, got 0"),
+    (lambda: strategies.mdps(min_actions=2, max_actions=1), "max_actions: must be >= 2, got 1"),
+    (lambda: strategies.mdps(min_actions=2.0), "min_actions: expected an integer, got 2.0"),
+    (lambda: strategies.mdps(max_actions=True), "max_actions: expected an integer, got True"),
+    (lambda: strategies.mdps(terminal=1), "terminal: True, False or None, got 1"),
+    (lambda: strategies.mdps(gamma=1.0000001), "gamma: must be in [0.0, 1.0], got 1.0000001"),
+    (lambda: strategies.mdps(gamma=-0.1), "gamma: must be in [0.0, 1.0], got -0.1"),
+    (lambda: strategies.mdps(gamma=float("nan")), "gamma: must be in [0.0, 1.0], got nan"),
+    (lambda: strategies.mdps(gamma=True), "gamma: expected a real number, got True"),
+    (lambda: strategies.mdps(gamma="0.5"), "gamma: expected a real number, got '0.5'"),
+    (lambda: strategies.mdps(noise=-1e-9), "noise: must be in [0.0, inf], got -1e-09"),
+    (lambda: strategies.mdps(min_gamma=0.991), "min_gamma: must be in [0.0, 0.99], got 0.991"),
+    (lambda: strategies.policies(0, 2), "S: must be >= 1, got 0"),
+    (lambda: strategies.policies(2, 0), "A: must be >= 1, got 0"),
+    (lambda: strategies.policy_pairs(1, 1, divergence="far"), "divergence: one of "),
+    (lambda: strategies.done_patterns(1, 0), "B: must be >= 1, got 0"),
+    (lambda: strategies.trajectory_batches(min_T=0), "min_T: must be >= 1, got 0"),
+    (lambda: strategies.trajectory_batches(max_T=0), "max_T: must be >= 1, got 0"),
+    (lambda: strategies.trajectory_batches(consistent=0), "consistent: True, False or None, "
+     "got 0"),
+])
+def test_strategy_arguments_are_checked_with_a_message_naming_them(make, message):
+    with pytest.raises(InvalidArgument) as e:
+        make()
+    assert str(e.value).startswith(message), str(e.value)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: strategies.mdps(min_states=1, max_states=1, min_actions=1, max_actions=1),
+    lambda: strategies.mdps(min_states=np.int64(2), max_states=np.int64(2)),
+    lambda: strategies.mdps(gamma=1.0, terminal=True),
+    lambda: strategies.mdps(gamma=0.0),
+    lambda: strategies.mdps(gamma=1),
+    lambda: strategies.mdps(gamma=np.float32(0.5)),
+    lambda: strategies.mdps(min_gamma=0.99),
+    lambda: strategies.mdps(noise=0.0),
+    lambda: strategies.mdps(noise=float("inf")),
+    lambda: strategies.mdps(terminal=np.bool_(False)),
+    lambda: strategies.policies(1, 1),
+    lambda: strategies.done_patterns(1, 1),
+    lambda: strategies.trajectory_batches(min_T=1, max_T=1, max_B=1),
+])
+def test_strategy_arguments_at_the_ends_of_their_range_are_accepted(make):
+    make()
+
