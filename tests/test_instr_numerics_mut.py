@@ -194,3 +194,136 @@ def test_vtrace_fixed_point_advantages_are_the_clipped_ratio_times_the_clipped_a
         adv = q - (pol * q).sum(1, keepdims=True)
         np.testing.assert_allclose(t.mean_sa, np.minimum(clip, PI / MU) * adv, atol=1e-12)
         np.testing.assert_allclose(t.mean_s, (MU * t.mean_sa).sum(1), atol=1e-12)
+
+
+# ---- seed-21 sample: the remaining paths -------------------------------------------------------
+
+
+def test_gae_variance_on_policy_is_the_enumerated_variance_over_two_steps():
+    """proofs/T16 at horizon 2, enumerated branch by branch: A_0 = delta_0 + gamma lam
+    delta_1 (delta_1 = 0 after a terminal s_1) with the exact critic V^pi; the reward noise
+    (std 0.3 on live states, independent) adds 0.09 (1 + (gamma lam)^2 P(s_1 live))."""
+    base = _mdp()
+    std = np.where(np.asarray(base.terminal)[:, None], 0.0, 0.3) * np.ones((4, 2))
+    m = TabularMDP(base.P, base.R_sas, base.gamma, terminal=[3], reward_std=std)
+    v = exact.v_pi(m, PI)
+    P, R, g, lam = np.asarray(m.P), np.asarray(m.R_sas), m.gamma, 0.6
+    live = ~np.asarray(m.terminal)
+    want = np.zeros((4, 2))
+    for s in range(4):
+        for a in range(2):
+            m1 = m2 = alive = 0.0
+            for s1 in range(4):
+                d0 = R[s, a, s1] + g * live[s1] * v[s1] - v[s]
+                if not live[s1]:
+                    m1 += P[s, a, s1] * d0
+                    m2 += P[s, a, s1] * d0 ** 2
+                    continue
+                alive += P[s, a, s1]
+                for a1 in range(2):
+                    for s2 in range(4):
+                        p = P[s, a, s1] * PI[s1, a1] * P[s1, a1, s2]
+                        d1 = R[s1, a1, s2] + g * live[s2] * v[s2] - v[s1]
+                        x = d0 + g * lam * d1
+                        m1 += p * x
+                        m2 += p * x ** 2
+            want[s, a] = m2 - m1 ** 2 + std[s, a] ** 2 + (g * lam) ** 2 * alive * 0.09
+    got = exact.gae_variance_on_policy(m, PI, lam, 2)
+    np.testing.assert_allclose(got[:3], want[:3], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("which,pol", [("fixed_point", MU), ("target", PI)])
+@pytest.mark.parametrize("H", [1, 3])
+def test_p3o_target_is_the_h_truncated_advantage_enumerated_forward(which, pol, H):
+    """p3o: Q_H(s, a) = E[sum_{k<H} gamma^k r_k | s, a] (no bootstrap, 0 after the terminal
+    state) minus its pol-average, pol = mu (fixed point) or pi (target); enumerated with the
+    alive-state distribution."""
+    m = _mdp()
+    P, R, g = np.asarray(m.P), np.asarray(m.R_sas), m.gamma
+    live = ~np.asarray(m.terminal)
+    r_sa = np.einsum("sat,sat->sa", P, R)
+    r_s = (pol * r_sa).sum(1)
+    q = r_sa.copy()
+    d = P * live[None, None, :]
+    for k in range(1, H):
+        q += g ** k * (d @ r_s)
+        d = np.einsum("sat,tb,tbu->sau", d, pol, P * live[None, None, :])
+    want = q - (pol * q).sum(1, keepdims=True)
+    t = moments.estimator_target(m, "p3o", behaviour=MU, target=PI, which=which, horizon=H)
+    np.testing.assert_allclose(t.mean_sa, want, rtol=1e-12, atol=1e-12)
+
+
+def test_vtrace_pg_fixed_point_with_a_zero_behaviour_probability_is_quiet():
+    """pi = mu = 0 on one action: the ratio there is defined as 0 without a 0/0 warning."""
+    m = _mdp()
+    pi = PI.copy()
+    mu = MU.copy()
+    pi[2], mu[2] = [1.0, 0.0], [1.0, 0.0]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = exact.vtrace_pg_fixed_point(m, pi, mu)
+    assert out[2, 1] == 0.0 and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: exact.gae_bias(_mdp(), PI, np.zeros(3), 0.5), "^value_error"),
+    (lambda: exact.gae_variance_on_policy(_mdp(), PI[:3], 0.5, 2), "^policy"),
+    (lambda: exact.is_traces([[0.7, 0.7]], [[0.5, 0.5]]), "^target"),
+    (lambda: exact.is_traces([[0.5, 0.5]], [[0.7, 0.7]]), "^behaviour"),
+    (lambda: exact.state_transition(_mdp(), PI[:3]), "^policy"),
+    (lambda: policies.max_ratio(PI, MU[:3]), "^behaviour"),
+    (lambda: policies.max_ratio(np.ones((4, 1)), np.ones((4, 1))), None),
+])
+def test_numerics_errors_name_the_argument(call, message):
+    if message is None:  # a valid call (one action: every ratio is 1)
+        assert call() == 1.0
+        return
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_chain_needs_two_states():
+    from offpolicy import mdp
+
+    with pytest.raises(ValueError, match="^num_states"):
+        mdp.chain(1)
+    assert mdp.chain(2).num_states == 2
+
+
+def test_gridworld_names_a_bad_start():
+    from offpolicy import mdp
+
+    with pytest.raises(ValueError, match=r"^start: expected an \(x, y\) cell or 'uniform', "
+                       r"got 'corner'$"):
+        mdp.gridworld(3, 3, start="corner")
+
+
+def test_garnet_is_named_by_its_parameters():
+    assert garnet(3, 2, 2, seed=5).name == "garnet(3,2,2,seed=5)"
+
+
+def test_sampler_throughput_uses_the_seeded_garnet_and_policies(monkeypatch):
+    """The benchmark's MDP and policies come from ``seed`` (garnet seed, then seed + 1 and
+    seed + 2 for the two policies); the sampling itself is stubbed (no timing is asserted)."""
+    from offpolicy import mdp as mdp_mod
+    from offpolicy import sampler
+
+    seen = {}
+    real_garnet, real_policy = mdp_mod.garnet, policies.random_policy
+
+    def garnet_spy(*a, **k):
+        seen["garnet"] = (a, k)
+        return real_garnet(*a, **k)
+
+    def policy_spy(*a, **k):
+        seen.setdefault("policies", []).append(k["seed"])
+        return real_policy(*a, **k)
+
+    monkeypatch.setattr(mdp_mod, "garnet", garnet_spy)
+    monkeypatch.setattr(policies, "random_policy", policy_spy)
+    monkeypatch.setattr(sampler, "sample", lambda *a, **k: None)
+    assert sampler.throughput(6, 2, B=2, T=2, branching=3, repeats=1, seed=7) > 0
+    assert seen["garnet"] == ((6, 2, 3), {"seed": 7, "reward_std": 0.1})
+    assert seen["policies"] == [8, 9]
