@@ -73,3 +73,47 @@ def test_gpu_scan_form_is_chunked_for_very_large_arrays():
     assert E._scan_form(1 << 20, 64, "cuda") == "chunked"
     assert E._scan_form(1 << 12, 1 << 14, "cuda") == "chunked"
     assert E._scan_form(4096, 128, "cuda") == "doubling"
+
+
+# ---- seed-21 sample ------------------------------------------------------------------------------
+
+
+def test_to_pufferlib_names_a_bad_shape():
+    from estimators.layout import to_pufferlib
+
+    with pytest.raises(ValueError, match=r"^x: expected shape \[T, B\], got \(3,\)$"):
+        to_pufferlib(np.zeros(3))
+    # [T=2, B=1] -> one row of T+1 = 3 columns, the last 0
+    np.testing.assert_array_equal(to_pufferlib(np.array([[1.0], [2.0]])), [[1.0, 2.0, 0.0]])
+
+
+def _q_args(**bad):
+    z = np.zeros(2)
+    args = dict(rewards=z, q_taken=z, next_expected_q=z, terminated=np.zeros(2, bool),
+                truncated=np.zeros(2, bool))
+    return {**args, **bad}
+
+
+@pytest.mark.parametrize("fn,extra", [
+    ("q_trace", {"traces": np.ones(2)}), ("retrace", {"log_rhos": np.zeros(2)}),
+    ("tree_backup", {"target_probs_taken": np.ones(2)}), ("q_lambda", {}),
+    ("importance_sampling_q", {"log_rhos": np.zeros(2)})])
+@pytest.mark.parametrize("bad", ["rewards", "q_taken", "next_expected_q"])
+def test_torch_q_traces_name_a_non_numeric_input(fn, extra, bad):
+    """A list of strings where an array belongs: TypeError naming that input (not another)."""
+    args = _q_args(**{bad: ["a", "b"]})
+    with pytest.raises(TypeError, match=f"^{bad}: "):
+        getattr(E, fn)(*args.values(), *extra.values(), gamma=0.9, lam=1.0)
+
+
+def test_usable_cpus_without_sched_getaffinity_counts_the_cpus(monkeypatch):
+    """Off Linux (no os.sched_getaffinity): os.cpu_count(), at least 1 (None counts as 1)."""
+    import os
+
+    monkeypatch.delattr(os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(E, "_CPUS", [])
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert E._usable_cpus() == 6
+    monkeypatch.setattr(E, "_CPUS", [])
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert E._usable_cpus() == 1
