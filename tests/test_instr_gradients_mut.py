@@ -89,3 +89,62 @@ def test_clipped_pg_bias_integer_policies_equal_their_float_copies():
     # x - sum(x) pi = (-0.5 + 0.5, 0) = (0, 0). State 1: (pi - mu)^+ = (0, 0.25):
     # x = (0, -0.75); x - sum(x) pi = (0, -0.75 + 0.75) = (0, 0)
     np.testing.assert_allclose(gradients.clipped_pg_bias(pi, mu, adv, 1.0), 0.0, atol=1e-15)
+
+
+# ---- seed-21 sample ------------------------------------------------------------------------------
+
+
+def test_clipped_surrogate_checks_every_array_against_logp():
+    from estimators.losses import numpy as L
+
+    lp = np.zeros(2)
+    with pytest.raises(ValueError, match=r"^advantages: shape \(3,\) differs from logp's \(2,\)"):
+        L.clipped_surrogate(lp, lp, np.zeros(3))
+    # a [1] weight would broadcast silently: it must be refused, naming is_weights
+    with pytest.raises(ValueError, match=r"^is_weights: shape \(1,\) differs from logp's \(2,\)"):
+        L.clipped_surrogate(lp, lp, np.ones(2), is_weights=np.ones(1))
+    with pytest.raises(TypeError, match="^advantages: expected a numeric array"):
+        L.clipped_surrogate(lp, lp, ["a", "b"])
+
+
+def test_clipped_value_loss_refuses_targets_of_another_shape():
+    from estimators.losses import numpy as L
+
+    v = np.zeros(2)
+    with pytest.raises(ValueError, match=r"^targets: shape \(1,\) differs from logp's \(2,\)"):
+        L.clipped_value_loss(v, v, np.ones(1))
+
+
+def test_torch_impala_pg_names_advantages_of_another_shape():
+    import torch
+
+    from estimators.losses import torch as LT
+
+    lp = torch.zeros(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^advantages: shape \(3,\) differs from logp's \(2,\)"):
+        LT.impala_pg(lp, np.zeros(3))
+
+
+def test_normalized_gradient_moments_at_horizon_one_is_one_clean_error():
+    """Normalising one advantage per segment has no standard deviation: the documented
+    ValueError, with no RuntimeWarning (ddof=1 on one sample) on the way."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"^normalize: needs horizon >= 2$"):
+            gradients.exact_gradient_moments(_garnet(), "ppo_clip", "gae", target=PI,
+                                             behaviour=MU, horizon=1, normalize=True)
+
+
+@pytest.mark.parametrize("folder", ["reports/baseline", "reports/full"])
+def test_committed_gradient_reports_are_the_rendering_of_their_tables(folder):
+    """reports/*/gradients.md is what render writes from the committed gradients.csv, byte for
+    byte (headings included): the report and its table cannot drift apart."""
+    from pathlib import Path
+
+    from offpolicy.report import gradients as G
+
+    root = Path(__file__).resolve().parent.parent / folder
+    rows = G.read(str(root / G.CSV))
+    assert G.render(rows) == (root / "gradients.md").read_text()
