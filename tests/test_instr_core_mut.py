@@ -415,3 +415,46 @@ def test_strategy_arguments_are_checked_with_a_message_naming_them(make, message
 def test_strategy_arguments_at_the_ends_of_their_range_are_accepted(make):
     make()
 
+
+
+def test_mdps_at_gamma_one_draws_gamma_one():
+    """The closed upper end of gamma's [0, 1]: every draw has gamma exactly 1."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    seen = []
+
+    @settings(max_examples=5, derandomize=True, database=None, deadline=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(strategies.mdps(max_states=3, gamma=1.0, terminal=True, min_gamma=0.99))
+    def collect(m):
+        seen.append(m.gamma)
+
+    collect()
+    assert seen and set(seen) == {1.0}
+
+
+def test_mdps_at_gamma_one_are_proper_whatever_the_draw():
+    """Undiscounted MDPs must end under every policy (TabularMDP refuses them otherwise): each
+    drawn one has S >= 2, a terminal state, and every live (s, a) reaches a terminal state
+    with positive probability in one step."""
+    from hypothesis import HealthCheck, Phase, given, settings
+
+    n = []
+
+    @settings(max_examples=40, derandomize=True, database=None, deadline=None,
+              phases=[Phase.generate], suppress_health_check=list(HealthCheck))
+    @given(strategies.mdps(min_states=1, max_states=5, gamma=1.0))
+    def check(m):
+        live = ~m.terminal
+        assert m.num_states >= 2 and m.terminal.any() and m.gamma == 1.0
+        assert (m.P[live][:, :, m.terminal].sum(-1) > 0).all()
+        n.append(1)
+
+    check()
+    assert len(n) == 40
+
+
+@pytest.mark.parametrize("kw", [dict(max_states=1), dict(terminal=False)])
+def test_mdps_at_gamma_one_without_a_possible_terminal_state_is_refused(kw):
+    with pytest.raises(InvalidArgument, match=r"^gamma: 1 needs a terminal state"):
+        strategies.mdps(gamma=1.0, **kw)
