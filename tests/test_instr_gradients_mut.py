@@ -148,3 +148,15 @@ def test_committed_gradient_reports_are_the_rendering_of_their_tables(folder):
     root = Path(__file__).resolve().parent.parent / folder
     rows = G.read(str(root / G.CSV))
     assert G.render(rows) == (root / "gradients.md").read_text()
+
+
+@pytest.mark.parametrize("loss", ["ppo_clip", "impala"])  # prox_clip: 0/0 ratios, see report
+def test_gradient_moments_of_an_integer_deterministic_target_equal_its_float_copy(loss):
+    """A deterministic target written as integers (seed-20 note: ``np.asarray(target, float)``
+    -> ``np.asarray(target)``) is the same policy as its float copy: same moments."""
+    pi = np.array([[1, 0], [0, 1], [1, 0]])
+    kw = dict(behaviour=MU, horizon=2, lam=0.9)
+    a = gradients.exact_gradient_moments(_garnet(), loss, "gae", target=pi, **kw)
+    b = gradients.exact_gradient_moments(_garnet(), loss, "gae", target=pi.astype(float), **kw)
+    np.testing.assert_array_equal(a.mean, b.mean)
+    assert a.total_variance == b.total_variance
