@@ -315,7 +315,6 @@ _SPECS = {
 #: aliases, output aliases) of an estimator with a recursion here
 ESTIMATORS = tuple(n for e in _registry.ESTIMATORS.values() if e.moments_name in _SPECS
                    for n in e.all_names) + tuple(_registry.OUTPUT_ALIASES)
-_DEFAULT_C_CLIP = {"retrace": 1.0, "importance_sampling_q": np.inf, "vtrace": 1.0}
 
 
 def _resolve(estimator: str, output: str | None) -> tuple[str, str]:
@@ -406,12 +405,8 @@ def _cut_probs(truncation_prob, time_limit, h: int) -> np.ndarray:
 
 
 def _defaults(estimator: str, m: MDPArrays, behaviour, target, horizon, params):
-    p = dict(params)
+    p = _registry.with_defaults(estimator, params)
     p.setdefault("gamma", m.gamma)
-    p.setdefault("lam", 1.0)
-    p.setdefault("rho_clip", 1.0)
-    p.setdefault("c_clip", _DEFAULT_C_CLIP.get(estimator, 1.0))
-    p.setdefault("pg_rho_clip", p["rho_clip"])
     p.setdefault("next_q", "expected")
     if estimator == "p3o":
         H = int(p.setdefault("p3o_horizon", horizon))
@@ -543,7 +538,7 @@ def estimator_target(mdp: TabularMDP | MDPArrays, estimator: str, *, behaviour: 
                          state_value, desc)
         return Truth(sa, np.einsum("ij,ij->i", mu, sa), desc)
 
-    if base in ("retrace", "tree_backup", "q_lambda", "importance_sampling_q"):
+    if _registry.lookup(base).kind == "action":
         return pack(_q_pi(mdp, pi, gamma), "Q^pi")
     if base == "p3o":
         pol, name = (mu, "mu") if fixed else (pi, "pi")

@@ -28,6 +28,9 @@ for an estimator of docs/DESIGN.md section 2 (the functions of ``estimators.nump
   modulus, bias or variance in closed form), as ``exact.NAME`` (:mod:`offpolicy.exact`) or
   ``moments.NAME`` (:mod:`offpolicy.moments`); with ``moments_name``, its passport to the
   ground truth;
+- ``param_defaults``: defaults of its parameters that differ from :data:`PARAM_DEFAULTS`
+  (``importance_sampling_q``: ``c_clip = inf``, its trace unclipped; the exact moments take a
+  finite ``c_clip`` for clipped importance sampling); :func:`with_defaults` applies both;
 - ``docs_page``: its page of the documentation site (``docs/estimators/<name>.md``), whose
   header ``docs/hooks.py`` writes from this entry.
 
@@ -54,10 +57,13 @@ __all__ = [
     "ACTION_INPUTS",
     "OUTPUT_ALIASES",
     "ALIASES",
+    "PARAM_DEFAULTS",
     "names",
+    "with_defaults",
     "lookup",
     "canonical",
     "resolve",
+    "call_outputs",
     "call_estimator",
 ]
 
@@ -84,6 +90,8 @@ class EstimatorInfo:
     aliases: tuple[str, ...] = ()
     theorems: tuple[str, ...] = ()
     exact: tuple[str, ...] = ()
+    param_defaults: Mapping[str, float] = dataclasses.field(
+        default_factory=lambda: types.MappingProxyType({}))
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -100,6 +108,12 @@ class EstimatorInfo:
     def docs_page(self) -> str:
         """Its documentation page, relative to the repository root."""
         return f"docs/estimators/{self.name}.md"
+
+    @property
+    def short_name(self) -> str:
+        """Its first alias (``puff``, ``pdis``, ``nstep``), else its contract name: the value the
+        harness's learners take and key their results by."""
+        return self.aliases[0] if self.aliases else self.name
 
     @property
     def all_names(self) -> tuple[str, ...]:
@@ -125,11 +139,12 @@ class EstimatorInfo:
 
 
 def _info(name, kind, inputs, outputs, params, quantities, moments_name, default_output=None,
-          aliases=(), theorems=(), exact=()):
+          aliases=(), theorems=(), exact=(), param_defaults=None):
     return EstimatorInfo(name, kind, tuple(inputs), tuple(outputs), tuple(params),
                          types.MappingProxyType(dict(zip(outputs, quantities, strict=True))),
                          moments_name, default_output or outputs[0], tuple(aliases),
-                         tuple(theorems), tuple(exact))
+                         tuple(theorems), tuple(exact),
+                         types.MappingProxyType(dict(param_defaults or {})))
 
 
 _S, _A = STATE_INPUTS, ACTION_INPUTS
@@ -190,7 +205,7 @@ ESTIMATORS: Mapping[str, EstimatorInfo] = types.MappingProxyType({
                                              "spectral_radius"))),
         _info("importance_sampling_q", "action", _A + ("log_rhos",), ("targets",), _Q_PARAMS,
               ("target",), "importance_sampling_q",
-              theorems=(*_ALL, "T06", "T07", *_MOM, "T19"),
+              theorems=(*_ALL, "T06", "T07", *_MOM, "T19"), param_defaults={"c_clip": np.inf},
               exact=(*_Q_TRACE_EXACT, *_exact("is_traces"))),
         _info("p3o_advantage", "reward",
               ("rewards", "reward_mean", "reward_std", "terminated", "truncated"),
@@ -213,6 +228,22 @@ ALIASES: Mapping[str, str] = types.MappingProxyType(
 _taken = [n for e in ESTIMATORS.values() for n in e.all_names] + list(OUTPUT_ALIASES)
 if len(_taken) != len(set(_taken)):  # pragma: no cover - a registry edit gone wrong
     raise RuntimeError("a name of offpolicy.registry means two things")
+
+
+#: the defaults of the keyword parameters shared by :func:`call_estimator` and
+#: :func:`offpolicy.moments.exact_moments` (``pg_rho_clip`` defaults to ``rho_clip``)
+PARAM_DEFAULTS: Mapping[str, float] = types.MappingProxyType(
+    {"lam": 1.0, "rho_clip": 1.0, "c_clip": 1.0})
+
+
+def with_defaults(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` with the defaults of estimator ``name`` filled in: the entry's
+    ``param_defaults``, then :data:`PARAM_DEFAULTS`, then ``pg_rho_clip = rho_clip``."""
+    p = dict(params)
+    for k, v in {**PARAM_DEFAULTS, **lookup(name).param_defaults}.items():
+        p.setdefault(k, v)
+    p.setdefault("pg_rho_clip", p["rho_clip"])
+    return p
 
 
 def names(kind: str | None = None, *, takes_ratios: bool | None = None) -> tuple[str, ...]:
@@ -276,17 +307,30 @@ def call_estimator(backend: types.ModuleType | Any, estimator: str, inputs: Mapp
 
     ``inputs``: a dict of named arrays (docs/DESIGN.md section 1 names, e.g.
     :meth:`offpolicy.sampler.Segments.inputs` or :func:`offpolicy.strategies.trajectory_batches`);
-    the entry's ``inputs`` are taken from it in order. ``estimator``, ``output``: as
-    :func:`resolve` (the names :func:`offpolicy.moments.exact_moments` accepts). ``params``:
-    the entry's parameters; ``lam`` defaults to 1, ``rho_clip``/``c_clip`` to 1,
-    ``pg_rho_clip`` to ``rho_clip``; others are ignored, so one ``params`` dict serves
-    ``exact_moments`` and this function alike.
+    the entry's ``inputs`` are taken from it in order (others are ignored). ``estimator``,
+    ``output``: as :func:`resolve` (the names :func:`offpolicy.moments.exact_moments` accepts).
+    ``params``: the entry's parameters, defaults from :func:`with_defaults`; others are
+    ignored, so one ``params`` dict serves ``exact_moments`` and this function alike.
 
     P3O: ``weights`` [H] or [S,H] (default gamma^k) and ``means`` [S,H] are fed through the
     backend's ``reward_std = weights^-1/2`` with ``normalize="none"`` and no batch-std floor,
     which reproduces the fixed weights exactly; pass ``states`` [T,B] in ``inputs``.
     """
     info, output = resolve(estimator, output)
+    return _select(info, _call(backend, info, inputs, gamma, params), output)
+
+
+def call_outputs(backend: types.ModuleType | Any, estimator: str, inputs: Mapping[str, Any], *,
+                 gamma: Any, **params: Any) -> dict[str, Any]:
+    """Every output of one call of ``estimator`` (as :func:`call_estimator`), by output name
+    (``{"advantages": ..., "value_targets": ...}``)."""
+    info = lookup(estimator)
+    result = _call(backend, info, inputs, gamma, params)
+    return {out: _select(info, result, out) for out in info.outputs}
+
+
+def _call(backend, info: EstimatorInfo, inputs: Mapping[str, Any], gamma: Any,
+          params: Mapping[str, Any]) -> Any:
     fn = getattr(backend, info.name)
     if info.kind == "reward":
         means = np.asarray(params["means"], float)
@@ -297,11 +341,6 @@ def call_estimator(backend: types.ModuleType | Any, estimator: str, inputs: Mapp
         st = np.asarray(inputs["states"])
         return fn(inputs["rewards"], means[st], std[st], inputs["terminated"],
                   inputs["truncated"], batch_reward_std=np.inf, normalize="none")
-    rho_clip = params.get("rho_clip", 1.0)
-    given = {"gamma": gamma, "lam": params.get("lam", 1.0), "rho_clip": rho_clip,
-             "c_clip": params.get("c_clip", 1.0),
-             "pg_rho_clip": params.get("pg_rho_clip", rho_clip)}
-    if "n" in params:
-        given["n"] = params["n"]
+    given = {**with_defaults(info.name, params), "gamma": gamma}
     kwargs = {k: given[k] for k in info.params if k in given}
-    return _select(info, fn(*(inputs[k] for k in info.inputs), **kwargs), output)
+    return fn(*(inputs[k] for k in info.inputs), **kwargs)

@@ -218,8 +218,9 @@ def launched(monkeypatch):
     return forms
 
 
-STATE = ("gae", "vtrace", "puff_advantage", "per_decision_is")
-ACTION = ("q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q")
+# from the registry: the state-value estimators that read values (not n-step), every Q one
+STATE = tuple(n for n in registry.names("state") if "values" in registry.lookup(n).inputs)
+ACTION = registry.names("action")
 
 
 _REFERENCE: dict = {}

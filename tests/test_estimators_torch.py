@@ -9,6 +9,7 @@ import torch
 
 import estimators.numpy as N
 import estimators.torch as E
+from offpolicy import registry
 
 SHAPES = [(1,), (6,), (1, 1), (1, 4), (5, 1), (7, 3), (12, 5)]
 DTYPES = [torch.float32, torch.float64]
@@ -240,8 +241,9 @@ def test_long_sequences_match_the_reference_in_float64(B):
             np.testing.assert_allclose(g.numpy(), e, rtol=1e-12, atol=1e-12, err_msg=name)
 
 
-RECURRENCES = ("gae", "vtrace", "puff_advantage", "per_decision_is", "q_trace", "retrace",
-               "tree_backup", "q_lambda", "importance_sampling_q")
+# every recurrence estimator of the registry: the state-value ones that read values, every Q one
+RECURRENCES = tuple(n for n in registry.names()
+                    if "values" in registry.lookup(n).inputs or registry.lookup(n).kind == "action")
 
 
 def _recurrence_args(name, b):

@@ -210,7 +210,7 @@ def _hand_target(est, seq, s, s_next, a, pi, q, n):
             if t < n - 1 and not (term[t, b] or trunc[t, b]):
                 s1, a1 = s[t + 1, b], a[t + 1, b]
                 c = {"retrace": min(1.0, pi[s1, a1] / mu[t + 1, b]), "tree_backup": pi[s1, a1],
-                     "q_lambda": 1.0}[est]
+                     "q_lambda": 1.0, "importance_sampling_q": pi[s1, a1] / mu[t + 1, b]}[est]
                 g_t += GAMMA * LAM * c * (g - q[s1, a1])
             g = g_t
         out.append(g)

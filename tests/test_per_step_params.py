@@ -22,12 +22,14 @@ from hypothesis import strategies as st
 
 import estimators.numpy as N
 import estimators.torch as E
+from offpolicy import registry
 
 X = pytest.importorskip("estimators.taichi")
 FORMS = ("vec4", "rows", "naive", "chunked")
 
-STATE = ("gae", "vtrace", "puff_advantage", "per_decision_is")
-ACTION = ("q_trace", "retrace", "tree_backup", "q_lambda", "importance_sampling_q")
+# from the registry: the state-value estimators that read values (not n-step), every Q one
+STATE = tuple(n for n in registry.names("state") if "values" in registry.lookup(n).inputs)
+ACTION = registry.names("action")
 ALL = STATE + ("nstep_returns",) + ACTION
 
 

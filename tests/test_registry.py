@@ -288,3 +288,64 @@ def test_harness_maps_registry_names_to_its_own_values():
     assert grid.estimator_value("ppo", "decoupled") == "decoupled"
     assert grid.estimator_value("dqn", "nstep_returns") == "nstep"
     assert grid.estimator_value("dqn", "typo") == "typo"  # the config's check names it
+
+
+def test_with_defaults_fills_the_shared_defaults_and_the_entrys_own():
+    # the one table of parameter defaults: lam, rho_clip, c_clip 1, pg_rho_clip = rho_clip;
+    # importance sampling's trace is unclipped (c_clip = inf); a given value always wins
+    assert registry.with_defaults("retrace", {}) == {
+        "lam": 1.0, "rho_clip": 1.0, "c_clip": 1.0, "pg_rho_clip": 1.0}
+    assert registry.with_defaults("importance_sampling_q", {})["c_clip"] == np.inf
+    assert registry.with_defaults("importance_sampling_q", {"c_clip": 2.0})["c_clip"] == 2.0
+    assert registry.with_defaults("vtrace", {"rho_clip": 3.0})["pg_rho_clip"] == 3.0
+    assert registry.with_defaults("puff", {"lam": 0.5, "n": 4}) == {
+        "lam": 0.5, "n": 4, "rho_clip": 1.0, "c_clip": 1.0, "pg_rho_clip": 1.0}
+    with pytest.raises(ValueError, match="estimator"):
+        registry.with_defaults("nope", {})
+
+
+def test_exact_moments_take_importance_samplings_unclipped_trace_from_the_registry():
+    # importance sampling for Q is Retrace's recursion with c = rho unclipped: its default
+    # moments are Retrace's at c_clip = inf, and differ from Retrace's own c = min(1, rho)
+    # where a ratio exceeds 1 (pi = (1, 0) against mu = (1/4, 3/4): rho = 4 on action 0)
+    from offpolicy import mdp as mdp_mod
+
+    m = mdp_mod.garnet(3, 2, 2, seed=0)
+    mu = np.tile([0.25, 0.75], (3, 1))
+    pi = np.tile([1.0, 0.0], (3, 1))
+    kw = dict(behaviour=mu, target=pi, horizon=3, lam=1.0)
+    is_q = moments.exact_moments(m, "importance_sampling_q", **kw)
+    unclipped = moments.exact_moments(m, "retrace", c_clip=np.inf, **kw)
+    retrace = moments.exact_moments(m, "retrace", **kw)
+    np.testing.assert_array_equal(is_q.var_sa, unclipped.var_sa)
+    np.testing.assert_array_equal(is_q.mean_sa, unclipped.mean_sa)
+    assert np.max(np.abs(is_q.var_sa - retrace.var_sa)) > 1e-3
+
+
+def test_call_outputs_returns_every_output_of_one_call_by_name():
+    # V-trace on one step (T = 1, B = 1): rho = 2 clipped to 1; r = 1, V = 0.5, V' = 2,
+    # gamma = 0.5: delta = 1 + 0.5 * 2 - 0.5 = 1.5, value target 0.5 + 1.5 = 2.0,
+    # advantage 1.5; pg advantage rho_pg (r + gamma v_{t+1} - V) = 1 * (1 + 1 - 0.5) = 1.5
+    inputs = dict(rewards=[[1.0]], values=[[0.5]], next_values=[[2.0]],
+                  terminated=[[False]], truncated=[[False]], log_rhos=[[np.log(2.0)]])
+    out = registry.call_outputs(ref, "vtrace", inputs, gamma=0.5)
+    assert list(out) == ["advantages", "value_targets", "pg_advantages"]
+    assert out["value_targets"][0, 0] == pytest.approx(2.0)
+    assert out["advantages"][0, 0] == pytest.approx(1.5)
+    assert out["pg_advantages"][0, 0] == pytest.approx(1.5)
+    single = registry.call_outputs(ref, "puff", inputs, gamma=0.5)
+    assert list(single) == ["advantages"] and single["advantages"][0, 0] == pytest.approx(1.5)
+
+
+def test_the_harness_learners_take_their_estimators_from_the_registry():
+    from offpolicy.harness import dqn, ppo
+
+    # PPO: each state-value estimator with an advantage, by its short registry name, and the
+    # decoupled loss; the importance-weighted ones are those reading log-ratios
+    assert ppo.ESTIMATORS == ("gae", "vtrace", "puff", "pdis", "decoupled")
+    assert ppo.WEIGHTED_ADVANTAGE == ("vtrace", "puff", "pdis")
+    # DQN: n-step, then each Q estimator whose inputs a replayed sequence has (not q_trace)
+    assert dqn.ESTIMATORS == ("nstep", "retrace", "tree_backup", "q_lambda",
+                              "importance_sampling_q")
+    for name in (*ppo.ESTIMATORS[:-1], *dqn.ESTIMATORS):
+        assert registry.lookup(name).short_name == name

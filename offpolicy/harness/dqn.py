@@ -67,10 +67,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from offpolicy import registry
 from offpolicy.harness import measure
 from offpolicy.harness.envs import env_names, is_tabular, make_env
 
-ESTIMATORS = ("nstep", "retrace", "tree_backup", "q_lambda")
+# the arrays a replayed sequence gives an estimator (sequence_targets)
+_SEQUENCE_INPUTS = {"rewards", "terminated", "truncated", "next_values", "q_taken",
+                    "next_expected_q", "log_rhos", "target_probs_taken"}
+#: the targets DQN learns from, by short registry name (``nstep`` keys the committed results):
+#: n-step returns on the expected next Q, then every registry action-value estimator whose
+#: inputs a replayed sequence provides (not the general ``q_trace``, whose traces are an input)
+ESTIMATORS = (registry.lookup("nstep_returns").short_name,
+              *(registry.lookup(n).short_name for n in registry.names("action")
+                if set(registry.lookup(n).inputs) <= _SEQUENCE_INPUTS))
 TRUNCATION = ("bootstrap", "terminate")
 
 
@@ -199,9 +208,10 @@ class TableQ(nn.Module):
 
 def sequence_targets(cfg: DQNConfig, seq: dict, pi: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Targets G_t [n, B] of ``cfg.estimator`` for the sampled sequences: one call into
-    ``estimators.torch``.  ``pi`` and ``q`` [2n, B, A]: the target policy's probabilities and
-    the Q values read by the target, at ``seq["obs"]`` (rows :n) and ``seq["next_obs"]``
-    (rows n:; after a truncation the final observation, so the bootstrap is Q(final obs))."""
+    ``estimators.torch`` through the registry.  ``pi`` and ``q`` [2n, B, A]: the target
+    policy's probabilities and the Q values read by the target, at ``seq["obs"]`` (rows :n)
+    and ``seq["next_obs"]`` (rows n:; after a truncation the final observation, so the
+    bootstrap is Q(final obs))."""
     from estimators import torch as E
 
     n = seq["obs"].shape[0]
@@ -210,18 +220,14 @@ def sequence_targets(cfg: DQNConfig, seq: dict, pi: torch.Tensor, q: torch.Tenso
     q_taken = q[:n].gather(-1, a).squeeze(-1)
     pi_taken = pi[:n].gather(-1, a).squeeze(-1)
     log_rhos = torch.log(pi_taken.clamp_min(1e-30)) - torch.log(seq["mu"])
-    common = dict(rewards=seq["reward"], terminated=seq["terminated"],
-                  truncated=seq["truncated"], gamma=cfg.gamma)
-    if cfg.estimator == "nstep":
-        return E.nstep_returns(**common, next_values=next_expected_q, n=cfg.n)
-    trace = dict(common, q_taken=q_taken, next_expected_q=next_expected_q, lam=cfg.lam)
-    if cfg.estimator == "retrace":
-        return E.retrace(**trace, log_rhos=log_rhos)
-    if cfg.estimator == "tree_backup":
-        return E.tree_backup(**trace, target_probs_taken=pi_taken)
-    if cfg.estimator == "q_lambda":
-        return E.q_lambda(**trace)
-    raise ValueError(f"unknown estimator {cfg.estimator!r}; choose from {ESTIMATORS}")
+    if cfg.estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {cfg.estimator!r}; choose from {ESTIMATORS}")
+    inputs = dict(rewards=seq["reward"], terminated=seq["terminated"],
+                  truncated=seq["truncated"], next_values=next_expected_q, q_taken=q_taken,
+                  next_expected_q=next_expected_q, log_rhos=log_rhos,
+                  target_probs_taken=pi_taken)
+    return registry.call_estimator(E, cfg.estimator, inputs, gamma=cfg.gamma, lam=cfg.lam,
+                                   n=cfg.n)
 
 
 def q_targets(cfg: DQNConfig, seq: dict, q_net: nn.Module, target_net: nn.Module) -> torch.Tensor:

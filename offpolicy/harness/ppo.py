@@ -95,15 +95,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from offpolicy import registry
 from offpolicy.harness import measure
 from offpolicy.harness.envs import TABULAR_ENVS, env_names, is_tabular, make_env
 
-ESTIMATORS = ("gae", "vtrace", "puff", "pdis", "decoupled")
+#: the estimators PPO learns from: every registry state-value estimator with an advantage output,
+#: by its short registry name (``puff``, ``pdis``: they key the committed results), and
+#: ``decoupled`` (GAE with the decoupled loss: a loss, not a contract estimator)
+_ADVANTAGE_ESTIMATORS = tuple(registry.lookup(n) for n in registry.names("state")
+                              if "advantage" in registry.lookup(n).quantities.values())
+ESTIMATORS = (*(e.short_name for e in _ADVANTAGE_ESTIMATORS), "decoupled")
 REFRESH = ("none", "puffer", "full")
 PG_LOSSES = ("auto", "impala", "ppo_clip", "prox_clip")
 TRUNCATION = ("bootstrap", "terminate")
-# estimators whose policy-gradient advantage already carries the importance weight
-WEIGHTED_ADVANTAGE = ("vtrace", "puff", "pdis")
+# estimators whose policy-gradient advantage already carries the importance weight (those that
+# read the log-ratios)
+WEIGHTED_ADVANTAGE = tuple(e.short_name for e in _ADVANTAGE_ESTIMATORS if e.takes_ratios)
 
 
 @dataclass
@@ -176,26 +183,23 @@ class Agent(nn.Module):
 
 
 def advantages(cfg: PPOConfig, rewards, values, next_values, terminated, truncated, log_rhos):
-    """(advantage used by the policy loss, value target): one call into estimators.torch."""
+    """(advantage used by the policy loss, value target): one call into estimators.torch
+    through the registry. The policy loss takes the estimator's policy-gradient advantage where
+    it has one (V-trace's), else its advantage; the value target is its value output, or
+    advantage + V where it has none (the puff advantage)."""
     from estimators import torch as E
 
-    common = dict(rewards=rewards, values=values, next_values=next_values,
-                  terminated=terminated, truncated=truncated, gamma=cfg.gamma)
-    if cfg.estimator in ("gae", "decoupled"):
-        out = E.gae(**common, lam=cfg.gae_lambda)
-        return out.advantages, out.returns
-    if cfg.estimator == "vtrace":
-        out = E.vtrace(**common, log_rhos=log_rhos, lam=cfg.gae_lambda, rho_clip=cfg.rho_clip,
-                       c_clip=cfg.c_clip, pg_rho_clip=cfg.pg_rho_clip)
-        return out.pg_advantages, out.value_targets
-    if cfg.estimator == "puff":
-        adv = E.puff_advantage(**common, log_rhos=log_rhos, lam=cfg.gae_lambda,
-                               rho_clip=cfg.rho_clip, c_clip=cfg.c_clip)
-        return adv, adv + values
-    if cfg.estimator == "pdis":
-        out = E.per_decision_is(**common, log_rhos=log_rhos, lam=cfg.gae_lambda)
-        return out.advantages, out.value_targets
-    raise ValueError(f"unknown estimator {cfg.estimator!r}; choose from {ESTIMATORS}")
+    if cfg.estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {cfg.estimator!r}; choose from {ESTIMATORS}")
+    name = "gae" if cfg.estimator == "decoupled" else cfg.estimator
+    quantities = registry.lookup(name).quantities
+    inputs = dict(rewards=rewards, values=values, next_values=next_values,
+                  terminated=terminated, truncated=truncated, log_rhos=log_rhos)
+    out = {quantities[o]: x for o, x in registry.call_outputs(
+        E, name, inputs, gamma=cfg.gamma, lam=cfg.gae_lambda, rho_clip=cfg.rho_clip,
+        c_clip=cfg.c_clip, pg_rho_clip=cfg.pg_rho_clip).items()}
+    adv = out.get("pg_advantage", out["advantage"])
+    return adv, out["value"] if "value" in out else adv + values
 
 
 def resolved_pg_loss(cfg: PPOConfig) -> str:
