@@ -68,12 +68,13 @@ _seeds = st.integers(0, 2**32 - 1)
 def _mdps(draw: st.DrawFn, *, min_states: int = 1, max_states: int = 8, min_actions: int = 1,
          max_actions: int = 4, terminal: bool | None = None, gamma: float | None = None,
          noise: float | None = None, min_gamma: float = 0.0) -> TabularMDP:
-    S = draw(st.integers(min_states, max_states))
+    proper = gamma == 1.0  # undiscounted: every policy must terminate with probability 1
+    S = draw(st.integers(max(min_states, 2) if proper else min_states, max_states))
     A = draw(st.integers(min_actions, max_actions))
     if S == 1 or terminal is False:
         n_term = 0
     else:
-        n_term = draw(st.integers(1 if terminal else 0, max(1, S // 3)))
+        n_term = draw(st.integers(1 if terminal or proper else 0, max(1, S // 3)))
     if gamma is None:
         fixed = [x for x in (0.0, 0.5, 0.9, 0.99) if x >= min_gamma]
         g = draw(st.sampled_from(fixed) | st.floats(min_gamma, 0.99))
@@ -88,6 +89,9 @@ def _mdps(draw: st.DrawFn, *, min_states: int = 1, max_states: int = 8, min_acti
             k = int(rng.integers(1, S + 1))  # any branching, deterministic included
             nxt = rng.choice(S, size=k, replace=False)
             P[s, a, nxt] = rng.dirichlet(np.ones(k))
+            if proper and not P[s, a, n_live:].any():  # half the mass to a terminal state
+                P[s, a] *= 0.5
+                P[s, a, n_live + int(rng.integers(n_term))] += 0.5
     for s in range(n_live, S):
         P[s, :, s] = 1.0
     R = np.zeros((S, A, S))
@@ -311,7 +315,10 @@ def mdps(*, min_states: int = 1, max_states: int = 8, min_actions: int = 1,
     ``terminal``: None (maybe), True (at least one terminal state, when S >= 2) or False.
     ``gamma``: a fixed discount or None (drawn from [min_gamma, 0.99]; hypothesis favours the
     low end, and at gamma = 0 no trace can matter, so statements about traces should raise
-    ``min_gamma``, as they should ``min_actions`` to 2 for off-policy data).
+    ``min_gamma``, as they should ``min_actions`` to 2 for off-policy data). ``gamma = 1``
+    draws proper MDPs only (S >= 2, at least one terminal state, and every live (s, a) moves
+    to a terminal state with probability >= 1/2 when its drawn row reaches none), because
+    TabularMDP refuses an undiscounted MDP that some policy never ends.
     ``noise``: reward noise std (None: maybe some).
     """
     min_states = _int(min_states, "min_states", 1)
@@ -322,6 +329,9 @@ def mdps(*, min_states: int = 1, max_states: int = 8, min_actions: int = 1,
     min_gamma = _real(min_gamma, "min_gamma", 0.0, 0.99)
     if gamma is not None:
         gamma = _real(gamma, "gamma", 0.0, 1.0)
+        if gamma == 1.0 and (max_states < 2 or terminal is False):
+            _fail(f"gamma: 1 needs a terminal state (max_states >= 2, terminal not False), got "
+                  f"max_states={max_states}, terminal={terminal!r}")
     if noise is not None:
         noise = _real(noise, "noise", 0.0, float("inf"))
     return _mdps(min_states=min_states, max_states=max_states, min_actions=min_actions,
