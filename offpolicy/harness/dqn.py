@@ -78,8 +78,8 @@ _SEQUENCE_INPUTS = {"rewards", "terminated", "truncated", "next_values", "q_take
 #: n-step returns on the expected next Q, then every registry action-value estimator whose
 #: inputs a replayed sequence provides (not the general ``q_trace``, whose traces are an input)
 ESTIMATORS = (registry.lookup("nstep_returns").short_name,
-              *(registry.lookup(n).short_name for n in registry.names("action")
-                if set(registry.lookup(n).inputs) <= _SEQUENCE_INPUTS))
+              *(e.short_name for e in registry.ESTIMATORS.values()
+                if e.kind == "action" and set(e.inputs) <= _SEQUENCE_INPUTS))
 TRUNCATION = ("bootstrap", "terminate")
 
 

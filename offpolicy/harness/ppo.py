@@ -102,8 +102,8 @@ from offpolicy.harness.envs import TABULAR_ENVS, env_names, is_tabular, make_env
 #: the estimators PPO learns from: every registry state-value estimator with an advantage output,
 #: by its short registry name (``puff``, ``pdis``: they key the committed results), and
 #: ``decoupled`` (GAE with the decoupled loss: a loss, not a contract estimator)
-_ADVANTAGE_ESTIMATORS = tuple(registry.lookup(n) for n in registry.names("state")
-                              if "advantage" in registry.lookup(n).quantities.values())
+_ADVANTAGE_ESTIMATORS = tuple(e for e in registry.ESTIMATORS.values()
+                              if e.kind == "state" and "advantage" in e.quantities.values())
 ESTIMATORS = (*(e.short_name for e in _ADVANTAGE_ESTIMATORS), "decoupled")
 REFRESH = ("none", "puffer", "full")
 PG_LOSSES = ("auto", "impala", "ppo_clip", "prox_clip")
